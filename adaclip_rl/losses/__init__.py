@@ -1,0 +1,1 @@
+"""adaclip_rl.losses"""
