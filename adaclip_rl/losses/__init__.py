@@ -1,1 +1,47 @@
-"""adaclip_rl.losses"""
+"""Policy-loss core: pure PyTorch (no trl/transformers import), vectorised, no host sync.
+
+* :mod:`.surrogate` - clipped surrogate with per-token bounds, dual-clip, TRL aggregation modes
+* :mod:`.bapo` - BAPO adaptive bound search (arXiv 2510.18927)
+* :mod:`.archer` - Archer entropy-classed clip widths and KL weights (arXiv 2507.15778)
+* :mod:`.kl` - k1/k2/k3 KL estimators
+* :mod:`.registry` - policy losses by name
+"""
+
+from .archer import ArcherConfig, ArcherResult, archer_loss, archer_token_classes, entropy_thresholds
+from .bapo import BAPOConfig, BAPOResult, bapo_loss, bapo_search, bapo_select, bapo_statistics
+from .kl import KL_ESTIMATORS, kl_estimate
+from .registry import (
+    POLICY_LOSS_CONFIGS,
+    POLICY_LOSSES,
+    GRPOClipConfig,
+    PolicyLossOutput,
+    get_policy_loss,
+    register_policy_loss,
+)
+from .surrogate import AGGREGATION_MODES, aggregate_loss, clip_fractions, clipped_surrogate
+
+__all__ = [
+    "AGGREGATION_MODES",
+    "KL_ESTIMATORS",
+    "POLICY_LOSSES",
+    "POLICY_LOSS_CONFIGS",
+    "ArcherConfig",
+    "ArcherResult",
+    "BAPOConfig",
+    "BAPOResult",
+    "GRPOClipConfig",
+    "PolicyLossOutput",
+    "aggregate_loss",
+    "archer_loss",
+    "archer_token_classes",
+    "bapo_loss",
+    "bapo_search",
+    "bapo_select",
+    "bapo_statistics",
+    "clip_fractions",
+    "clipped_surrogate",
+    "entropy_thresholds",
+    "get_policy_loss",
+    "kl_estimate",
+    "register_policy_loss",
+]

@@ -1,0 +1,288 @@
+"""BAPO: balanced policy optimisation with adaptive clipping (Xi et al., arXiv 2510.18927).
+
+For every policy update the ratio bounds ``[c_low, c_high]`` restart at ``[a-, a+]`` and move
+along a fixed path until the *positive contribution* reaches a target (paper Algorithm 1):
+
+* ``contribution="grad"`` (default, the paper): share ``rho = P / (P + N)`` (paper Eq. 8, read as a
+  magnitude share) with target ``rho0 = 0.4``; ``c_high`` is raised first (1.2 -> 3.0, step
+  0.05), then ``c_low`` (0.6 -> 0.9, step 0.02). ``P`` and ``N`` count **gradient-carrying**
+  tokens only, weighted by ``|A| r`` (the magnitude of d(rA)/dlogp)::
+
+      P(c_high) = sum_{A>0, r < c_high} |A| r
+      N(c_low)  = sum_{A<0, c_low < r < dual_clip} |A| r
+
+  so raising ``c_low`` removes low-probability negative tokens from the gradient and raises the
+  share, as the paper intends (reference notes, pitfall 3).
+* ``contribution="value"`` (the official verl recipe, ``recipe/bapo/policy_loss.py``):
+  effective-advantage values ``P = sum_{A>0} A min(r, c_high)``, ``N = sum_{A<0} |A| max(r, c_low)``,
+  statistic ``P / (N + 1e-8)`` (``+inf`` when ``N == 0``) compared with a pos/neg *ratio* target,
+  ``c_low`` raised first, then ``c_high``.
+
+Search path semantics (both modes). Candidates are ``start + k * step`` for integer
+``k = 0..floor((max - start) / step)`` (integer steps, so no floating drift past the maximum).
+The path is the start pair, then every step of the first bound with the second at its start,
+then every step of the second with the first at its maximum. The chosen pair is the first on the
+path that meets the target; if none does, the last pair (both maxima) with ``reached = False``.
+A vacuous batch (``P + N == 0``, e.g. empty) counts as balanced (share 1): start bounds.
+
+Vectorised: P depends on ``c_high`` only and N on ``c_low`` only, so one bucketize of the
+ratios against each candidate grid plus cumulative sums gives P and N for every candidate in one
+pass. The statistics vector ``[P(h_0..h_K), N(l_0..l_L)]`` is sums over tokens, so a trainer
+all-reduces it (SUM) once and every rank picks the same bounds. No host sync, no Python loop
+over candidates.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from ._validate import check_bounds, check_non_negative, check_open_unit, check_positive, check_range
+from .surrogate import _as_2d, clipped_surrogate
+
+ReduceFn = Callable[[Tensor], Tensor]
+_STEP_EPS = 1e-9
+
+
+def _grid(start: float, end: float, step: float) -> list[float]:
+    """``start + k*step`` for ``k = 0..floor((end-start)/step)``; just ``[start]`` if step is 0."""
+    if step == 0 or end == start:
+        return [start]
+    n = math.floor((end - start) / step + _STEP_EPS)
+    return [start + k * step for k in range(n + 1)]
+
+
+@dataclass(frozen=True)
+class BAPOConfig:
+    """BAPO search settings. Defaults are the paper's (Sec. 5.1).
+
+    Args:
+        target: ``contribution="grad"``: target positive share rho0 in (0, 1) (paper: 0.4).
+            ``contribution="value"``: target pos/neg ratio > 0 (official yaml: 1.0).
+        low_start, low_max, low_step: range ``[a-, b-]`` and step delta2 of ``c_low``.
+        high_start, high_max, high_step: range ``[a+, b+]`` and step delta1 of ``c_high``.
+        contribution: "grad" (paper, upper bound first) or "value" (official code, lower first).
+        dual_clip: dual-clip constant for A<0 (verl default 3.0); None disables it.
+    """
+
+    target: float = 0.4
+    low_start: float = 0.6
+    low_max: float = 0.9
+    low_step: float = 0.02
+    high_start: float = 1.2
+    high_max: float = 3.0
+    high_step: float = 0.05
+    contribution: Literal["grad", "value"] = "grad"
+    dual_clip: float | None = 3.0
+
+    def __post_init__(self) -> None:
+        if self.contribution not in ("grad", "value"):
+            raise ValueError(f"contribution must be 'grad' or 'value'; got {self.contribution!r}")
+        if self.contribution == "grad":
+            check_open_unit("target", self.target)
+        else:
+            check_positive("target", self.target)
+        check_bounds("low_start", self.low_start, "high_start", self.high_start)
+        check_bounds("low_max", self.low_max, "high_max", self.high_max)
+        check_range("low_start", self.low_start, "low_max", self.low_max)
+        check_range("high_start", self.high_start, "high_max", self.high_max)
+        check_non_negative("low_step", self.low_step)
+        check_non_negative("high_step", self.high_step)
+        if self.dual_clip is not None and not (math.isfinite(self.dual_clip) and self.dual_clip > 1.0):
+            raise ValueError(f"dual_clip must be > 1 or None; got {self.dual_clip!r}")
+
+    @classmethod
+    def official(cls, **overrides) -> BAPOConfig:
+        """The official verl recipe's defaults (``config/bapo_trainer.yaml``): value-based pos/neg
+        ratio target 1.0, ``c_low`` 0.6 -> 0.8 then ``c_high`` 1.2 -> 2.0, both steps 0.05."""
+        base = dict(
+            target=1.0, low_start=0.6, low_max=0.8, low_step=0.05, high_start=1.2, high_max=2.0,
+            high_step=0.05, contribution="value",
+        )
+        base.update(overrides)
+        return cls(**base)
+
+    @property
+    def low_grid(self) -> list[float]:
+        return _grid(self.low_start, self.low_max, self.low_step)
+
+    @property
+    def high_grid(self) -> list[float]:
+        return _grid(self.high_start, self.high_max, self.high_step)
+
+    @property
+    def order(self) -> Literal["high_first", "low_first"]:
+        return "high_first" if self.contribution == "grad" else "low_first"
+
+    def path(self) -> list[tuple[int, int]]:
+        """Candidate path as ``(low_index, high_index)`` pairs, start first, maxima last."""
+        n_low, n_high = len(self.low_grid), len(self.high_grid)
+        if self.order == "high_first":
+            return [(0, j) for j in range(n_high)] + [(i, n_high - 1) for i in range(1, n_low)]
+        return [(i, 0) for i in range(n_low)] + [(n_low - 1, j) for j in range(1, n_high)]
+
+    @property
+    def stats_size(self) -> int:
+        """Length of the statistics vector to all-reduce: one P per c_high, one N per c_low."""
+        return len(self.high_grid) + len(self.low_grid)
+
+
+@dataclass
+class BAPOResult:
+    """Chosen bounds and search statistics; every field is a 0-d tensor on the input's device.
+
+    ``share_*`` is ``P / (P + N)`` (1 when ``P + N == 0``) under the configured contribution;
+    ``pos_neg_*`` is ``P / (N + 1e-8)`` (inf when ``N == 0``). ``index`` is the position on the
+    path (= search iterations); ``reached`` whether the target was met.
+    """
+
+    clip_low: Tensor
+    clip_high: Tensor
+    share_before: Tensor
+    share_after: Tensor
+    pos_neg_before: Tensor
+    pos_neg_after: Tensor
+    index: Tensor
+    reached: Tensor
+
+
+_cache: dict[tuple, tuple[Tensor, ...]] = {}
+
+
+def _tables(config: BAPOConfig, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    key = (config, str(device))
+    if key not in _cache:
+        path = config.path()
+        _cache[key] = (
+            torch.tensor(config.low_grid, dtype=torch.float64, device=device),
+            torch.tensor(config.high_grid, dtype=torch.float64, device=device),
+            torch.tensor([i for i, _ in path], dtype=torch.long, device=device),
+            torch.tensor([j for _, j in path], dtype=torch.long, device=device),
+        )
+    return _cache[key]
+
+
+def _binned(values: Tensor, index: Tensor, n_bins: int) -> Tensor:
+    return torch.zeros(n_bins, dtype=values.dtype, device=values.device).scatter_add_(0, index, values)
+
+
+def _suffix_sum(x: Tensor) -> Tensor:
+    return x.flip(0).cumsum(0).flip(0)
+
+
+def bapo_statistics(ratio: Tensor, advantages: Tensor, mask: Tensor, config: BAPOConfig) -> Tensor:
+    """Local statistics vector ``[P(h_0), ..., P(h_K), N(l_0), ..., N(l_L)]`` (float64).
+
+    Args:
+        ratio: importance ratio r, ``(B, T)`` (detached inside).
+        advantages: ``(B,)``, ``(B, 1)`` or ``(B, T)``.
+        mask: ``(B, T)`` loss mask; masked tokens never count (even if their ratio is NaN).
+
+    Every entry is a sum over tokens, so sums over ranks or micro-batches combine exactly.
+    """
+    low_grid, high_grid, _, _ = _tables(config, ratio.device)
+    r = ratio.detach().to(torch.float64)
+    adv = _as_2d(advantages).detach().to(torch.float64).expand_as(r)
+    valid = mask.bool() & torch.isfinite(r)
+    r = torch.where(valid, r, torch.ones_like(r)).reshape(-1)
+    adv = torch.where(valid, adv, torch.zeros_like(adv)).reshape(-1)
+    pos_a = adv.clamp(min=0.0)  # A for A>0, else 0
+    neg_a = (-adv).clamp(min=0.0)  # |A| for A<0, else 0
+    n_high, n_low = high_grid.numel(), low_grid.numel()
+    # bucket i: high[i-1] <= r < high[i]  ->  r < high[j]  iff  i <= j
+    hi_idx = torch.bucketize(r, high_grid, right=True)
+    # bucket i: low[i-1] < r <= low[i]   ->  r > low[j]   iff  i > j
+    lo_idx = torch.bucketize(r, low_grid, right=False)
+    if config.contribution == "grad":
+        pos_w = pos_a * r
+        neg_w = neg_a * r
+        if config.dual_clip is not None:
+            neg_w = torch.where(r < config.dual_clip, neg_w, torch.zeros_like(neg_w))
+        p = _binned(pos_w, hi_idx, n_high + 1).cumsum(0)[:n_high]
+        n = _suffix_sum(_binned(neg_w, lo_idx, n_low + 1))[1:]
+    else:
+        # P_j = sum_{r<h_j} A r + h_j * sum_{r>=h_j} A ;  N_l = sum_{r>l} |A| r + l * sum_{r<=l} |A|
+        p = _binned(pos_a * r, hi_idx, n_high + 1).cumsum(0)[:n_high]
+        p = p + high_grid * _suffix_sum(_binned(pos_a, hi_idx, n_high + 1))[1:]
+        n = _suffix_sum(_binned(neg_a * r, lo_idx, n_low + 1))[1:]
+        n = n + low_grid * _binned(neg_a, lo_idx, n_low + 1).cumsum(0)[:n_low]
+    return torch.cat([p, n])
+
+
+def _share(p: Tensor, n: Tensor) -> Tensor:
+    total = p + n
+    return torch.where(total > 0, p / torch.where(total > 0, total, torch.ones_like(total)), torch.ones_like(p))
+
+
+def _pos_neg(p: Tensor, n: Tensor) -> Tensor:
+    return torch.where(n > 0, p / (n + 1e-8), torch.full_like(p, math.inf))
+
+
+def bapo_select(stats: Tensor, config: BAPOConfig) -> BAPOResult:
+    """Pick the bounds from a (reduced) statistics vector; see the module docstring for semantics."""
+    low_grid, high_grid, path_low, path_high = _tables(config, stats.device)
+    if stats.numel() != config.stats_size:
+        raise ValueError(f"stats must have {config.stats_size} entries for this config; got {stats.numel()}")
+    p_all, n_all = stats[: high_grid.numel()], stats[high_grid.numel() :]
+    p, n = p_all[path_high], n_all[path_low]
+    share, pos_neg = _share(p, n), _pos_neg(p, n)
+    met = share >= config.target if config.contribution == "grad" else pos_neg >= config.target
+    last = torch.full((), path_low.numel() - 1, dtype=torch.long, device=stats.device)
+    reached = met.any()
+    index = torch.where(reached, met.to(torch.int32).argmax(), last)
+    return BAPOResult(
+        clip_low=low_grid[path_low[index]],
+        clip_high=high_grid[path_high[index]],
+        share_before=share[0],
+        share_after=share[index],
+        pos_neg_before=pos_neg[0],
+        pos_neg_after=pos_neg[index],
+        index=index,
+        reached=reached,
+    )
+
+
+def bapo_search(
+    ratio: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    config: BAPOConfig | None = None,
+    *,
+    reduce_fn: ReduceFn | None = None,
+) -> BAPOResult:
+    """BAPO adaptive bound search (paper Algorithm 1, lines 5-10), vectorised over candidates.
+
+    Args:
+        ratio, advantages, mask: as in :func:`bapo_statistics`.
+        config: search settings (paper defaults if None).
+        reduce_fn: applied once to the statistics vector, e.g. an all-reduce SUM across ranks,
+            so every process chooses identical bounds.
+    """
+    config = config or BAPOConfig()
+    stats = bapo_statistics(ratio, advantages, mask, config)
+    if reduce_fn is not None:
+        stats = reduce_fn(stats)
+    return bapo_select(stats, config)
+
+
+def bapo_loss(
+    ratio: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    config: BAPOConfig | None = None,
+    *,
+    reduce_fn: ReduceFn | None = None,
+) -> tuple[Tensor, BAPOResult]:
+    """Per-token BAPO loss ``-min(rA, clip(r, c_low, c_high) A)`` (dual-clipped for A<0) with the
+    searched bounds (paper Eq. 5 with Algorithm 1's bounds). Returns ``((B, T) loss, result)``."""
+    config = config or BAPOConfig()
+    result = bapo_search(ratio, advantages, mask, config, reduce_fn=reduce_fn)
+    low = result.clip_low.to(ratio.dtype)
+    high = result.clip_high.to(ratio.dtype)
+    loss = clipped_surrogate(ratio, advantages, low, high, dual_clip=config.dual_clip)
+    return loss, result

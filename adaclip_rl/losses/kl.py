@@ -1,0 +1,52 @@
+"""KL estimators between the current policy and a reference policy, per token.
+
+Schulman, "Approximating KL Divergence" (2020). With ``d = ref_logp - logp`` (samples from the
+current policy):
+
+* k1 = -d                       (unbiased, high variance, can be negative)
+* k2 = d^2 / 2                  (biased, low variance)
+* k3 = exp(d) - d - 1           (unbiased, non-negative; TRL's and verl's ``low_var_kl`` form)
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+KLEstimator = Literal["k1", "k2", "k3"]
+KL_ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3")
+
+
+def kl_estimate(
+    logp: Tensor,
+    ref_logp: Tensor,
+    estimator: KLEstimator = "k3",
+    *,
+    log_ratio_clamp: float | None = None,
+    value_clamp: float | None = None,
+) -> Tensor:
+    """Per-token KL(pi_theta || pi_ref) estimate, ``(B, T)``.
+
+    Args:
+        logp: log pi_theta of the sampled tokens (carries the gradient), ``(B, T)``.
+        ref_logp: log pi_ref of the same tokens, ``(B, T)``.
+        estimator: "k1", "k2" or "k3".
+        log_ratio_clamp: clamp ``d`` to ``[-c, c]`` first (verl's low_var_kl uses 20).
+        value_clamp: clamp the k3 value to ``[-c, c]`` (verl's low_var_kl uses 10).
+    """
+    d = ref_logp - logp
+    if log_ratio_clamp is not None:
+        d = torch.clamp(d, -log_ratio_clamp, log_ratio_clamp)
+    if estimator == "k1":
+        out = -d
+    elif estimator == "k2":
+        out = 0.5 * d.square()
+    elif estimator == "k3":
+        out = torch.exp(d) - d - 1
+    else:
+        raise ValueError(f"estimator must be one of {KL_ESTIMATORS}; got {estimator!r}")
+    if value_clamp is not None:
+        out = torch.clamp(out, -value_clamp, value_clamp)
+    return out

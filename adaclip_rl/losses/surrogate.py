@@ -1,0 +1,141 @@
+"""PPO/GRPO clipped surrogate with per-token bounds, dual-clip, and TRL's aggregation modes.
+
+Notation (per response token, shapes ``(B, T)`` unless noted): ``ratio`` r = pi_theta / pi_old,
+``advantages`` A (``(B, T)`` or ``(B, 1)``/``(B,)``, broadcast), ``mask`` 1 on loss tokens.
+
+PPO (Schulman et al. 2017, Eq. 7) with explicit, possibly per-token ratio bounds
+``c_low <= 1 <= c_high`` (clip-higher: DAPO, Yu et al. 2025, Eq. 10)::
+
+    l_t = -min(r_t A_t, clip(r_t, c_low_t, c_high_t) A_t)
+
+Dual-clip (Ye et al. 2020, "Mastering Complex Control in MOBA Games", Eq. 5) caps the loss of
+negative-advantage tokens at ``c * |A|``::
+
+    l_t = min(l_t, -c A_t)      for A_t < 0
+
+Clipped tokens get zero gradient: in the clipped branch the loss is a constant in theta.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from ._validate import check_bounds, check_positive
+
+AggregationMode = Literal["grpo", "bnpo", "dr_grpo", "dapo", "luspo"]
+AGGREGATION_MODES: tuple[str, ...] = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
+
+
+def _as_2d(advantages: Tensor) -> Tensor:
+    return advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages
+
+
+def clipped_surrogate(
+    ratio: Tensor,
+    advantages: Tensor,
+    clip_low: Tensor | float,
+    clip_high: Tensor | float,
+    *,
+    dual_clip: float | None = None,
+    ratio_cap: float | None = None,
+) -> Tensor:
+    """Per-token PPO clipped surrogate loss (to be minimised).
+
+    Args:
+        ratio: importance ratio r, ``(B, T)`` (or ``(B, 1)`` for sequence-level ratios); carries
+            the gradient.
+        advantages: A, ``(B,)``, ``(B, 1)`` or ``(B, T)``.
+        clip_low, clip_high: explicit ratio bounds ``c_low <= 1 <= c_high`` (not epsilons). Python
+            floats, 0-d tensors, or tensors broadcastable to ``(B, T)`` (per-token bounds).
+        dual_clip: dual-clip constant ``c > 1`` for ``A < 0``; None disables it.
+        ratio_cap: INTELLECT-2 two-sided clip ``delta``: caps the *unclipped* ratio from above
+            (TRL's ``GRPOConfig.delta``). None disables it.
+
+    Returns:
+        ``(B, T)`` per-token loss ``-min(r A, clip(r, c_low, c_high) A)`` (dual-clipped for A<0).
+        Unmasked; aggregate with :func:`aggregate_loss`.
+    """
+    advantages = _as_2d(advantages)
+    if isinstance(clip_low, int | float) and isinstance(clip_high, int | float):
+        check_bounds("clip_low", clip_low, "clip_high", clip_high)
+        clipped = torch.clamp(ratio, clip_low, clip_high)
+    else:
+        low = torch.as_tensor(clip_low, dtype=ratio.dtype, device=ratio.device)
+        high = torch.as_tensor(clip_high, dtype=ratio.dtype, device=ratio.device)
+        clipped = torch.minimum(torch.maximum(ratio, low), high)
+    unclipped = ratio if ratio_cap is None else torch.clamp(ratio, max=ratio_cap)
+    loss = -torch.min(unclipped * advantages, clipped * advantages)
+    if dual_clip is not None:
+        check_positive("dual_clip", dual_clip)
+        if dual_clip <= 1.0:
+            raise ValueError(f"dual_clip must be > 1; got {dual_clip!r}")
+        capped = torch.min(loss, -dual_clip * advantages)
+        loss = torch.where(advantages < 0, capped, loss)
+    return loss
+
+
+def clip_fractions(
+    ratio: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_low: Tensor | float,
+    clip_high: Tensor | float,
+    *,
+    dual_clip: float | None = None,
+) -> dict[str, Tensor]:
+    """Fractions of loss tokens whose gradient the clip removed, by advantage sign (0-d tensors).
+
+    ``high``: A>0 and r>c_high. ``low``: A<0 and r<c_low. ``dual``: A<0 and r>dual_clip.
+    Fractions are over all loss tokens (``mask``), so they add up to the total clip fraction.
+    """
+    advantages = _as_2d(advantages)
+    m = mask.to(ratio.dtype)
+    n = m.sum().clamp(min=1.0)
+    high = ((ratio > clip_high) & (advantages > 0)).to(m.dtype)
+    low = ((ratio < clip_low) & (advantages < 0)).to(m.dtype)
+    out = {"high": (high * m).sum() / n, "low": (low * m).sum() / n}
+    if dual_clip is not None:
+        dual = ((ratio > dual_clip) & (advantages < 0)).to(m.dtype)
+        out["dual"] = (dual * m).sum() / n
+    return out
+
+
+def aggregate_loss(
+    per_token_loss: Tensor,
+    mask: Tensor,
+    mode: AggregationMode,
+    *,
+    max_completion_length: int | None = None,
+    num_tokens: Tensor | float | None = None,
+) -> Tensor:
+    """Reduce a ``(B, T)`` per-token loss to a scalar exactly as TRL's ``loss_type`` does.
+
+    * ``grpo``: mean over sequences of the per-sequence masked token mean (Shao et al. 2024, Eq. 21).
+    * ``bnpo``: masked token mean over the (local) batch.
+    * ``dr_grpo``: masked sum / (B * max_completion_length) (Liu et al. 2025, Dr. GRPO Eq. 3).
+    * ``dapo``: masked sum / ``num_tokens`` (a global token count, DAPO Eq. 8); defaults to the
+      local masked token count, in which case it equals ``bnpo``.
+    * ``luspo``: mean over sequences of the masked per-sequence sum.
+
+    Gradient-accumulation scaling is the caller's job (TRL divides grpo/bnpo/dr_grpo by the
+    accumulation steps and folds it into the dapo normaliser).
+    """
+    m = mask.to(per_token_loss.dtype)
+    masked = per_token_loss * m
+    if mode == "grpo":
+        return (masked.sum(-1) / m.sum(-1).clamp(min=1.0)).mean()
+    if mode == "bnpo":
+        return masked.sum() / m.sum().clamp(min=1.0)
+    if mode == "dr_grpo":
+        if max_completion_length is None or max_completion_length <= 0:
+            raise ValueError(f"max_completion_length must be > 0 for dr_grpo; got {max_completion_length!r}")
+        return masked.sum() / (per_token_loss.size(0) * max_completion_length)
+    if mode == "dapo":
+        denom = m.sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=m.dtype, device=m.device)
+        return masked.sum() / denom.clamp(min=1.0)
+    if mode == "luspo":
+        return masked.sum(-1).mean()
+    raise ValueError(f"mode must be one of {AGGREGATION_MODES}; got {mode!r}")
