@@ -7,25 +7,25 @@ import math
 NONFINITE_ACTIONS = ("skip", "zero", "none")
 
 
-def _is_number(value: object) -> bool:
+def is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def check_open_unit(owner: str, name: str, value: float) -> None:
     """``value`` must lie in the open interval (0, 1)."""
-    if not (_is_number(value) and 0.0 < value < 1.0):
+    if not (is_number(value) and 0.0 < value < 1.0):
         raise ValueError(f"{owner}: {name} must be in (0, 1); got {value!r}")
 
 
 def check_positive(owner: str, name: str, value: float) -> None:
     """``value`` must be a finite number > 0."""
-    if not (_is_number(value) and math.isfinite(value) and value > 0):
+    if not (is_number(value) and math.isfinite(value) and value > 0):
         raise ValueError(f"{owner}: {name} must be a finite number > 0; got {value!r}")
 
 
 def check_non_negative(owner: str, name: str, value: float) -> None:
     """``value`` must be a finite number >= 0."""
-    if not (_is_number(value) and math.isfinite(value) and value >= 0):
+    if not (is_number(value) and math.isfinite(value) and value >= 0):
         raise ValueError(f"{owner}: {name} must be a finite number >= 0; got {value!r}")
 
 
