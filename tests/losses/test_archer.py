@@ -1,0 +1,119 @@
+"""Archer: per-response entropy classes, per-class clip widths and KL, padding excluded."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from adaclip_rl.losses import ArcherConfig, archer_loss, archer_token_classes, entropy_thresholds, kl_estimate
+
+
+def _random_batch(seed: int, b: int = 16, t: int = 40):
+    gen = torch.Generator().manual_seed(seed)
+    entropy = torch.rand(b, t, generator=gen, dtype=torch.float64) * 3
+    lengths = torch.randint(1, t + 1, (b,), generator=gen)
+    mask = torch.arange(t).unsqueeze(0) < lengths.unsqueeze(1)
+    entropy = torch.where(mask, entropy, torch.full_like(entropy, 100.0))  # padding: huge entropy
+    return entropy, mask, lengths
+
+
+@pytest.mark.parametrize("quantile", [0.5, 0.8, 0.9, 0.95])
+@pytest.mark.parametrize("seed", range(5))
+def test_high_class_is_top_share_of_each_response(seed, quantile):
+    entropy, mask, lengths = _random_batch(seed)
+    high, low, tau = archer_token_classes(entropy, mask, quantile)
+    assert not (high & low).any()
+    assert torch.equal(high | low, mask)  # padding never belongs to a class
+    for i, n in enumerate(lengths.tolist()):
+        valid = entropy[i, :n]
+        k = int(high[i].sum())
+        assert abs(k - (1 - quantile) * n) <= 1.0, (i, n, k)
+        if 0 < k < n:  # the high class is exactly the top-k entropies of the row
+            assert valid[high[i, :n]].min() > valid[low[i, :n]].max()
+        # the threshold is the row's own quantile, not the batch's
+        assert tau[i].item() == pytest.approx(torch.quantile(valid, quantile).item())
+
+
+def test_single_token_and_empty_rows():
+    entropy = torch.tensor([[2.0, 9.0, 9.0], [1.0, 1.0, 1.0]])
+    mask = torch.tensor([[1, 0, 0], [0, 0, 0]], dtype=torch.bool)
+    high, low, tau = archer_token_classes(entropy, mask)
+    assert low.tolist() == [[True, False, False], [False, False, False]]
+    assert not high.any()
+    assert tau[0].item() == 2.0 and math.isnan(tau[1].item())
+    ratio = torch.ones(2, 3, requires_grad=True)
+    loss, res = archer_loss(ratio, torch.tensor([1.0, -1.0]), mask, entropy,
+                            logp=torch.zeros(2, 3), ref_logp=torch.zeros(2, 3))
+    assert torch.isfinite(loss).all() and torch.isfinite(res.kl_term)
+
+
+def test_clip_widths_by_class():
+    # row: entropies 0..9, quantile 0.8 -> tokens 8, 9 are high (bounds 0.5/1.5), the rest low (0.8/1.2)
+    entropy = torch.arange(10.0).unsqueeze(0)
+    mask = torch.ones(1, 10, dtype=torch.bool)
+    ratio = torch.full((1, 10), 1.4, requires_grad=True)
+    loss, res = archer_loss(ratio, torch.tensor([1.0]), mask, entropy, ArcherConfig(low_kl=0.0))
+    assert res.high.tolist() == [[False] * 8 + [True] * 2]
+    expected = torch.tensor([[-1.2] * 8 + [-1.4] * 2])
+    assert torch.allclose(loss, expected)
+    loss.sum().backward()
+    assert ratio.grad.tolist() == [[0.0] * 8 + [-1.0] * 2]  # low tokens clipped at 1.2, high not
+    assert res.clipfrac_low.item() == 1.0 and res.clipfrac_high.item() == 0.0
+    assert res.high_frac.item() == pytest.approx(0.2)
+
+
+def test_kl_acts_on_low_class_only_and_is_averaged_per_class():
+    entropy, mask, _ = _random_batch(7, b=6, t=20)
+    gen = torch.Generator().manual_seed(3)
+    logp = (-torch.rand(6, 20, generator=gen, dtype=torch.float64)).requires_grad_()
+    ref_logp = -torch.rand(6, 20, generator=gen, dtype=torch.float64)
+    cfg = ArcherConfig()
+    ratio = torch.exp(logp - logp.detach())
+    _, res = archer_loss(ratio, torch.zeros(6), mask, entropy, cfg, logp=logp, ref_logp=ref_logp)
+    kl = kl_estimate(logp.detach(), ref_logp, "k3")
+    low = res.low
+    brute = sum(kl[i, j].item() for i in range(6) for j in range(20) if low[i, j]) / int(low.sum())
+    assert res.kl_low.item() == pytest.approx(brute)
+    assert res.kl_term.item() == pytest.approx(cfg.low_kl * brute)
+    res.kl_term.backward()
+    grad = logp.grad
+    assert (grad[res.high] == 0).all()  # beta_r = 0: no KL on high-entropy tokens
+    assert (grad[~mask] == 0).all()  # padding
+    assert (grad[low] != 0).all()
+
+
+def test_kl_needs_reference_logps():
+    with pytest.raises(ValueError, match="ref_logp"):
+        archer_loss(torch.ones(1, 2), torch.ones(1), torch.ones(1, 2), torch.rand(1, 2))
+
+
+def test_kl_estimators_hand_computed():
+    logp = torch.tensor([0.0, -1.0])
+    ref = torch.tensor([-1.0, 0.0])
+    d = ref - logp  # [-1, 1]
+    assert torch.allclose(kl_estimate(logp, ref, "k1"), -d)
+    assert torch.allclose(kl_estimate(logp, ref, "k2"), 0.5 * d**2)
+    assert torch.allclose(kl_estimate(logp, ref, "k3"), torch.exp(d) - d - 1)
+    assert kl_estimate(torch.tensor([0.0]), torch.tensor([-50.0]), "k3", log_ratio_clamp=20, value_clamp=10).item() == 10
+    with pytest.raises(ValueError, match="estimator"):
+        kl_estimate(logp, ref, "k4")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"quantile": 0.0}, "quantile"),
+        ({"quantile": 1.0}, "quantile"),
+        ({"high_clip": 1.5}, "high_clip"),
+        ({"low_clip": -0.1}, "low_clip"),
+        ({"low_kl": -0.001}, "low_kl"),
+        ({"kl_estimator": "k9"}, "kl_estimator"),
+    ],
+)
+def test_bad_config_raises_naming_the_argument(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        ArcherConfig(**kwargs)
+    with pytest.raises(ValueError, match="quantile"):
+        entropy_thresholds(torch.rand(1, 3), torch.ones(1, 3), quantile=1.2)

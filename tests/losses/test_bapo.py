@@ -1,0 +1,236 @@
+"""BAPO: the vectorised search equals a straightforward loop on hundreds of random cases.
+
+The reference below is the paper's Algorithm 1 (and, in ``value`` mode, the official verl
+recipe's loop) written the obvious way: walk the bounds one step at a time, recompute the
+positive contribution from scratch with Python floats, stop when the target is met.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from adaclip_rl.losses import BAPOConfig, bapo_loss, bapo_search, bapo_select, bapo_statistics
+
+
+def _n_steps(start: float, end: float, step: float) -> int:
+    return 0 if step == 0 or end == start else math.floor((end - start) / step + 1e-9)
+
+
+def reference_search(ratio, adv, mask, cfg: BAPOConfig):
+    """Loop implementation. Returns (c_low, c_high, index, reached, share_before, share_after)."""
+    tokens = [
+        (float(r), float(a))
+        for r, a, m in zip(ratio.flatten().tolist(), adv.expand_as(ratio).flatten().tolist(),
+                           mask.flatten().tolist(), strict=True)
+        if m
+    ]
+
+    def contributions(c_low, c_high):
+        p = n = 0.0
+        for r, a in tokens:
+            if cfg.contribution == "grad":
+                if a > 0 and r < c_high:
+                    p += a * r
+                if a < 0 and r > c_low and (cfg.dual_clip is None or r < cfg.dual_clip):
+                    n += -a * r
+            else:
+                if a > 0:
+                    p += a * min(r, c_high)
+                if a < 0:
+                    n += -a * max(r, c_low)
+        return p, n
+
+    def share(p, n):
+        return p / (p + n) if p + n > 0 else 1.0
+
+    def met(p, n):
+        if cfg.contribution == "grad":
+            return share(p, n) >= cfg.target
+        return (p / (n + 1e-8) if n > 0 else math.inf) >= cfg.target
+
+    n_low = _n_steps(cfg.low_start, cfg.low_max, cfg.low_step)
+    n_high = _n_steps(cfg.high_start, cfg.high_max, cfg.high_step)
+    i = j = iterations = 0
+    while True:
+        c_low, c_high = cfg.low_start + i * cfg.low_step, cfg.high_start + j * cfg.high_step
+        p, n = contributions(c_low, c_high)
+        if iterations == 0:
+            before = share(p, n)
+        if met(p, n):
+            return c_low, c_high, iterations, True, before, share(p, n)
+        first_high = cfg.contribution == "grad"
+        if first_high and j < n_high:
+            j += 1
+        elif i < n_low:
+            i += 1
+        elif not first_high and j < n_high:
+            j += 1
+        else:
+            return c_low, c_high, iterations, False, before, share(p, n)
+        iterations += 1
+
+
+def _random_case(rng: random.Random, gen: torch.Generator, contribution: str):
+    b, t = rng.randint(1, 6), rng.randint(1, 12)
+    sigma = rng.choice([0.02, 0.2, 0.5, 1.2])
+    ratio = torch.exp(torch.randn(b, t, generator=gen, dtype=torch.float64) * sigma)
+    kind = rng.random()
+    if kind < 0.1:
+        adv = torch.rand(b, 1, generator=gen, dtype=torch.float64) + 0.1  # all positive
+    elif kind < 0.2:
+        adv = -(torch.rand(b, 1, generator=gen, dtype=torch.float64) + 0.1)  # all negative
+    else:
+        adv = torch.randn(b, 1, generator=gen, dtype=torch.float64)
+        adv[torch.rand(b, 1, generator=gen) < 0.15] = 0.0
+    if rng.random() < 0.3:
+        adv = adv.expand(b, t) * (1 + 0.1 * torch.randn(b, t, generator=gen, dtype=torch.float64))
+    mask = (torch.rand(b, t, generator=gen) < rng.choice([0.0, 0.5, 0.9, 1.0])).long() if rng.random() < 0.9 \
+        else torch.zeros(b, t, dtype=torch.long)
+    low_start = rng.choice([0.5, 0.6, 0.7, 0.8])
+    high_start = rng.choice([1.1, 1.2, 1.28])
+    cfg = BAPOConfig(
+        target=rng.uniform(0.05, 0.95) if contribution == "grad" else rng.uniform(0.1, 3.0),
+        low_start=low_start,
+        low_max=min(1.0, low_start + rng.choice([0.0, 0.1, 0.3, 0.35])),
+        low_step=rng.choice([0.0, 0.02, 0.05, 0.07]),
+        high_start=high_start,
+        high_max=high_start + rng.choice([0.0, 0.5, 1.8]),
+        high_step=rng.choice([0.0, 0.05, 0.1, 0.13]),
+        contribution=contribution,
+        dual_clip=rng.choice([None, 3.0, 1.5]),
+    )
+    return ratio, adv, mask, cfg
+
+
+@pytest.mark.parametrize("contribution", ["grad", "value"])
+def test_vectorised_search_equals_loop_reference(contribution):
+    rng = random.Random(1234 if contribution == "grad" else 5678)
+    gen = torch.Generator().manual_seed(rng.randint(0, 2**31))
+    n_cases, reached, unreached = 250, 0, 0
+    for case in range(n_cases):
+        ratio, adv, mask, cfg = _random_case(rng, gen, contribution)
+        res = bapo_search(ratio, adv, mask, cfg)
+        c_low, c_high, index, ok, before, after = reference_search(ratio, adv, mask, cfg)
+        msg = f"case {case}: {cfg}"
+        assert res.clip_low.item() == c_low, msg
+        assert res.clip_high.item() == c_high, msg
+        assert res.index.item() == index, msg
+        assert bool(res.reached) == ok, msg
+        assert res.share_before.item() == pytest.approx(before, rel=1e-9, abs=1e-12), msg
+        assert res.share_after.item() == pytest.approx(after, rel=1e-9, abs=1e-12), msg
+        reached += ok
+        unreached += not ok
+    # the sweep must exercise both outcomes, and many mid-path stops
+    assert reached > 30 and unreached > 30
+
+
+def test_paper_defaults_and_grid():
+    cfg = BAPOConfig()
+    assert (cfg.target, cfg.contribution, cfg.order) == (0.4, "grad", "high_first")
+    assert len(cfg.high_grid) == 37 and cfg.high_grid[-1] == pytest.approx(3.0)
+    assert len(cfg.low_grid) == 16 and cfg.low_grid[-1] == pytest.approx(0.9)
+    path = cfg.path()
+    assert path[0] == (0, 0) and path[36] == (0, 36) and path[37] == (1, 36) and path[-1] == (15, 36)
+    off = BAPOConfig.official()
+    assert off.order == "low_first" and off.path()[1] == (1, 0)
+
+
+def test_target_already_met_keeps_start_bounds():
+    ratio = torch.tensor([[1.0, 1.1, 0.9]])
+    adv = torch.tensor([1.0])  # all positive: share 1
+    for cfg in (BAPOConfig(), BAPOConfig.official()):
+        res = bapo_search(ratio, adv, torch.ones(1, 3), cfg)
+        assert (res.clip_low.item(), res.clip_high.item()) == (cfg.low_start, cfg.high_start)
+        assert bool(res.reached) and res.index.item() == 0
+
+
+def test_unreachable_target_gives_maximum_bounds_flagged():
+    ratio = torch.tensor([[1.0, 1.1, 1.05, 1.2]])
+    adv = torch.tensor([-1.0])  # all negative, ratios above every c_low: share stays 0
+    for cfg in (BAPOConfig(), BAPOConfig.official()):
+        res = bapo_search(ratio, adv, torch.ones(1, 4), cfg)
+        assert res.clip_low.item() == pytest.approx(cfg.low_max)
+        assert res.clip_high.item() == pytest.approx(cfg.high_max)
+        assert not bool(res.reached)
+        assert res.index.item() == len(cfg.path()) - 1
+
+
+def test_empty_batch_is_vacuously_balanced():
+    res = bapo_search(torch.full((2, 3), float("nan")), torch.zeros(2), torch.zeros(2, 3))
+    assert bool(res.reached) and res.index.item() == 0 and res.share_before.item() == 1.0
+    res = bapo_search(torch.ones(0, 5), torch.ones(0), torch.ones(0, 5))
+    assert bool(res.reached) and res.clip_low.item() == 0.6
+
+
+def test_raising_c_low_raises_grad_share_hand_computed():
+    # one positive token (A=1, r=1.0) and negatives at r=0.71 and r=1.0 (A=-1):
+    # start [0.6, 1.2]: P=1.0, N=0.71+1.0 -> share 1/2.71 = 0.369 < 0.4; raising c_high changes nothing
+    # (r=1 < 1.2 already); c_low past 0.71 drops that negative: share 1/2 = 0.5 >= 0.4.
+    ratio = torch.tensor([[1.0, 0.71, 1.0]], dtype=torch.float64)
+    adv = torch.tensor([[1.0, -1.0, -1.0]])
+    res = bapo_search(ratio, adv, torch.ones(1, 3), BAPOConfig())
+    assert res.clip_high.item() == pytest.approx(3.0)
+    assert res.clip_low.item() == pytest.approx(0.6 + 6 * 0.02)  # first grid point > 0.71 is 0.72
+    assert res.share_before.item() == pytest.approx(1 / 2.71)
+    assert res.share_after.item() == pytest.approx(0.5)
+
+
+def test_statistics_are_additive_so_one_reduction_suffices():
+    gen = torch.Generator().manual_seed(0)
+    ratio = torch.exp(0.4 * torch.randn(8, 32, generator=gen))
+    adv = torch.randn(8, 1, generator=gen)
+    mask = torch.ones(8, 32)
+    for cfg in (BAPOConfig(), BAPOConfig.official()):
+        whole = bapo_statistics(ratio, adv, mask, cfg)
+        halves = bapo_statistics(ratio[:3], adv[:3], mask[:3], cfg) + bapo_statistics(ratio[3:], adv[3:], mask[3:], cfg)
+        assert torch.allclose(whole, halves)
+        # reduce_fn is applied exactly once, to the whole vector
+        calls = []
+        rest = bapo_statistics(ratio[3:], adv[3:], mask[3:], cfg)
+
+        def reduce_fn(v, calls=calls, rest=rest):
+            calls.append(tuple(v.shape))
+            return v + rest
+
+        res = bapo_search(ratio[:3], adv[:3], mask[:3], cfg, reduce_fn=reduce_fn)
+        assert calls == [(cfg.stats_size,)]
+        ref = bapo_select(whole, cfg)
+        assert res.clip_low == ref.clip_low and res.clip_high == ref.clip_high
+
+
+def test_bapo_loss_uses_searched_bounds_and_dual_clip():
+    ratio = torch.tensor([[1.0, 0.71, 1.0, 5.0]], dtype=torch.float64, requires_grad=True)
+    adv = torch.tensor([[1.0, -1.0, -1.0, -1.0]])
+    loss, res = bapo_loss(ratio, adv, torch.ones(1, 4), BAPOConfig())
+    # r=5 negative token: dual clip 3 caps the loss at 3 and removes its gradient
+    assert loss[0, 3].item() == pytest.approx(3.0)
+    loss.sum().backward()
+    assert ratio.grad[0, 3].item() == 0.0
+    assert res.clip_low.item() == pytest.approx(0.72)
+    assert ratio.grad[0, 1].item() == 0.0  # r=0.71 < chosen c_low=0.72: clipped
+    assert ratio.grad[0, 0].item() == -1.0 and ratio.grad[0, 2].item() == 1.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"target": 0.0}, "target"),
+        ({"target": 1.0}, "target"),
+        ({"target": -1.0, "contribution": "value"}, "target"),
+        ({"low_start": 0.9, "low_max": 0.6}, "low_max"),
+        ({"high_start": 2.0, "high_max": 1.5}, "high_max"),
+        ({"low_start": 1.1}, "low_start"),
+        ({"high_start": 0.9}, "high_start"),
+        ({"low_step": -0.02}, "low_step"),
+        ({"high_step": -0.05}, "high_step"),
+        ({"contribution": "share"}, "contribution"),
+        ({"dual_clip": 1.0}, "dual_clip"),
+    ],
+)
+def test_bad_config_raises_naming_the_argument(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        BAPOConfig(**kwargs)
