@@ -32,7 +32,7 @@ from .base import (
     grad_sq_norms,
     normalize_param_name,
 )
-from .distributed import all_reduce_sum, dtensor_norm_reduce_fn
+from .distributed import all_reduce_sum, dtensor_norm_reduce_fn, norm_reduce_fn_for
 from .fixed import FixedClip
 from .quantile import QuantileClip
 from .registry import GRAD_CLIPPERS, build_grad_clipper, register_grad_clipper
@@ -53,6 +53,7 @@ __all__ = [
     "build_grad_clipper",
     "dtensor_norm_reduce_fn",
     "grad_sq_norms",
+    "norm_reduce_fn_for",
     "normalize_param_name",
     "register_grad_clipper",
 ]

@@ -102,6 +102,30 @@ def dtensor_norm_reduce_fn(parameters: ParamsLike | Iterable[Tensor]) -> NormRed
     return _make_reduce(groups, divisors if need_div else None)
 
 
+def norm_reduce_fn_for(model: object | None, parameters: ParamsLike) -> NormReduceFn | None:
+    """Pick the reduction for ``model`` (the wrapped training model) and the ``parameters`` to clip.
+
+    - any DTensor parameter/gradient (FSDP2, TP, HSDP meshes): :func:`dtensor_norm_reduce_fn`;
+    - ``model`` is an FSDP1 ``FullyShardedDataParallel`` root: :func:`all_reduce_sum` over
+      ``model.process_group`` (the shard group; under ``HYBRID_SHARD`` the intra-node group, so
+      replicas are not summed). Per-tensor clippers need ``use_orig_params=True``.
+    - otherwise (single process, DDP, DeepSpeed ZeRO-0): ``None``.
+
+    ``parameters`` must be materialised (a list) when it is also passed to ``clip_``.
+    """
+    fn = dtensor_norm_reduce_fn(parameters)
+    if fn is not None:
+        return fn
+    if model is not None and dist.is_available():
+        try:
+            from torch.distributed.fsdp import FullyShardedDataParallel
+        except ImportError:  # pragma: no cover
+            return None
+        if isinstance(model, FullyShardedDataParallel):
+            return all_reduce_sum(model.process_group)
+    return None
+
+
 def _make_reduce(groups: list, divisors: list[float] | None) -> Callable[[Tensor], Tensor]:
     cache: dict[torch.device, Tensor] = {}
 
@@ -120,4 +144,4 @@ def _make_reduce(groups: list, divisors: list[float] | None) -> Callable[[Tensor
     return reduce
 
 
-__all__ = ["all_reduce_sum", "dtensor_norm_reduce_fn"]
+__all__ = ["all_reduce_sum", "dtensor_norm_reduce_fn", "norm_reduce_fn_for"]

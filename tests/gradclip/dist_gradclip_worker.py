@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from adaclip_rl.gradclip import all_reduce_sum, build_grad_clipper, dtensor_norm_reduce_fn
+from adaclip_rl.gradclip import all_reduce_sum, build_grad_clipper, dtensor_norm_reduce_fn, norm_reduce_fn_for
 
 SHAPES = [(7, 3), (4,), (1, 5), (3, 2, 2), (2,)]
 NAMES = ["blocks.0.w", "blocks.0.b", "head.w", "conv.k", "scale"]
@@ -136,8 +136,16 @@ def main(out_dir: str) -> None:
     def full_tensor_grads(named):
         return [None if p.grad is None else p.grad.full_tensor().flatten().tolist() for _, p in named]
 
+    def dtensor_reduce(named):  # both entry points: the explicit one and the dispatcher
+        fn = norm_reduce_fn_for(None, named) if len(results["dtensor"]) % 2 else dtensor_norm_reduce_fn(named)
+        assert fn is not None
+        return fn
+
     for name in CONFIGS:
-        results["dtensor"][name] = run_clipper(name, set_dtensor, dtensor_norm_reduce_fn, full_tensor_grads)
+        results["dtensor"][name] = run_clipper(name, set_dtensor, dtensor_reduce, full_tensor_grads)
+
+    # plain (non-DTensor, non-FSDP) parameters need no reduction
+    assert norm_reduce_fn_for(nn.Linear(2, 2), list(nn.Linear(2, 2).named_parameters())) is None
 
     # ---- data parallel: different local grads, averaged like DDP, no norm reduction
     dp_params = [nn.Parameter(torch.zeros(s)) for s in SHAPES]
