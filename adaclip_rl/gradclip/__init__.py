@@ -10,16 +10,31 @@ Clippers (one interface, :class:`GradClipper`):
 
 Typical use, once per optimizer step after backward (and after AMP unscaling)::
 
-    clipper = build_grad_clipper("zclip")
-    pre_clip_norm = clipper.clip_(model.named_parameters(), norm_reduce_fn=None)  # DDP / 1 process
+    clipper = build_grad_clipper("zclip")                  # "none" -> None
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    pre_clip_norm = clipper.clip_(params, norm_reduce_fn=norm_reduce_fn_for(model, params))
     optimizer.step()
     logs.update({f"gradclip/{k}": v for k, v in clipper.metrics().items()})
-    ckpt["gradclip"] = clipper.state_dict()
+    ckpt["gradclip"] = clipper.state_dict()                # plain JSON-serialisable values
 
-Sharded parameters (FSDP): pass ``norm_reduce_fn=all_reduce_sum(shard_group)`` or
-``dtensor_norm_reduce_fn(params)`` (FSDP2). DeepSpeed ZeRO clips inside ``engine.step()``: set
-``engine.optimizer.clip_grad = clipper.lagged_threshold()`` before the step and call
-``clipper.step(engine.get_global_grad_norm())`` after it (global clippers only).
+HF Trainer (transformers 5.x calls ``self._clip_grad_norm(model)`` at every sync step, only if
+``args.max_grad_norm > 0``, and logs its return value as ``grad_norm``)::
+
+    def _clip_grad_norm(self, model):
+        if self.clipper is None:
+            return super()._clip_grad_norm(model)
+        self.accelerator.unscale_gradients()               # fp16 AMP only; exactly once
+        params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        norm = self.clipper.clip_(params, norm_reduce_fn=norm_reduce_fn_for(model, params))
+        for k, v in self.clipper.metrics().items():
+            self._metrics["train"][f"gradclip/{k}"].append(v)
+        return norm                                        # pre-clip norm, identical on all ranks
+
+Sharded parameters: :func:`norm_reduce_fn_for` picks the reduction (DTensor/FSDP2 placements,
+FSDP1 shard group, or none for DDP). DeepSpeed ZeRO clips inside ``engine.step()`` (run by
+``accelerator.backward``) and ``p.grad`` is empty: set ``engine.optimizer.clip_grad =
+clipper.lagged_threshold()`` for the next step and call ``clipper.step(engine.get_global_grad_norm())``
+after each step (global clippers only; AdaGC is not supported under ZeRO).
 """
 
 from .adagc import AdaGC

@@ -233,7 +233,7 @@ class GradClipper(ABC):
         """Advance the statistics with this step's (finite) reduced norms. Call once per step."""
 
     def threshold(self, total_norm: Tensor | float | None = None) -> float:
-        """The global threshold that applies to a norm ``total_norm`` this step (inf = no clip).
+        """The global threshold that applies to a norm ``total_norm`` this step (>= the norm: no clip).
 
         Global clippers only; ZClip's threshold depends on the current norm.
         """
