@@ -1,0 +1,91 @@
+"""Math-Verify worker process (``python -m adaclip_rl.rewards._math_worker``).
+
+Protocol: JSON lines. The worker first writes ``{"ready": true}``; then for each request
+``{"i": id, "p": prediction, "g": gold, "t": timeout_seconds}`` it writes
+``{"i": id, "s": score | null, "e": status}`` with status one of ``ok`` (score 0 or 1),
+``no_answer`` (nothing parsable in the prediction, score 0), ``gold_unparsable`` (score null)
+or ``error`` (an exception inside Math-Verify, score 0). Math-Verify's ``signal.alarm``
+timeouts work here because everything runs in this process's main thread; the parent adds a
+hard deadline on top and kills the process if that is exceeded.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import sys
+from typing import Any
+
+_GOLD_CACHE_SIZE = 4096
+
+
+def _setup() -> tuple[Any, Any, Any, Any]:
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+    gold_cfg = [LatexExtractionConfig(), ExprExtractionConfig()]
+    pred_cfg = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
+    return parse, verify, gold_cfg, pred_cfg
+
+
+def main() -> None:
+    """Serve verification requests from stdin until EOF."""
+    # Keep the protocol stream clean: anything printed by libraries goes to stderr.
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    from adaclip_rl.rewards.math import extract_boxed_answer
+
+    parse, verify, gold_cfg, pred_cfg = _setup()
+    gold_cache: collections.OrderedDict[str, Any] = collections.OrderedDict()
+
+    def parse_gold(gold: str, t: int) -> Any:
+        if gold in gold_cache:
+            gold_cache.move_to_end(gold)
+            return gold_cache[gold]
+        parsed: Any = []
+        for wrapped in (f"${gold}$", f"\\boxed{{{gold}}}", gold):
+            try:
+                parsed = parse(wrapped, extraction_config=gold_cfg, parsing_timeout=t)
+            except Exception:  # noqa: BLE001 - any parser failure means "try the next form"
+                parsed = []
+            if parsed:
+                break
+        gold_cache[gold] = parsed
+        if len(gold_cache) > _GOLD_CACHE_SIZE:
+            gold_cache.popitem(last=False)
+        return parsed
+
+    def parse_pred(pred: str, t: int) -> Any:
+        boxed = extract_boxed_answer(pred)
+        if boxed:
+            parsed = parse(f"\\boxed{{{boxed}}}", extraction_config=pred_cfg, parsing_timeout=t)
+            if parsed:
+                return parsed
+        return parse(pred, extraction_config=pred_cfg, parsing_timeout=t)
+
+    out.write(json.dumps({"ready": True}) + "\n")
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        req = json.loads(line)
+        i, pred, gold, t = req["i"], req["p"], req["g"], int(req.get("t", 5))
+        try:
+            g = parse_gold(gold, t)
+            if not g:
+                res = {"i": i, "s": None, "e": "gold_unparsable"}
+            else:
+                p = parse_pred(pred, t)
+                if not p:
+                    res = {"i": i, "s": 0.0, "e": "no_answer"}
+                else:
+                    ok = verify(g, p, timeout_seconds=t)
+                    res = {"i": i, "s": 1.0 if ok else 0.0, "e": "ok"}
+        except Exception as exc:  # noqa: BLE001 - a bad item must not kill the worker
+            res = {"i": i, "s": 0.0, "e": "error", "msg": f"{type(exc).__name__}: {exc}"[:300]}
+        out.write(json.dumps(res) + "\n")
+
+
+if __name__ == "__main__":
+    main()

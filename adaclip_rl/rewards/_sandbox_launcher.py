@@ -1,0 +1,662 @@
+"""Sandbox launcher: the trusted process that runs *inside* the sandbox boundary.
+
+Started by :mod:`adaclip_rl.rewards.sandbox` as ``python -I -S _sandbox_launcher.py SPEC_FD
+RESULT_FD [JUDGE_FD]``, normally as PID 1 of fresh PID, network, mount, IPC and UTS namespaces
+(``unshare --fork --pid --kill-child --mount-proc --net --ipc --uts``), still root. It
+
+1. reads the run specification (JSON) from ``SPEC_FD``;
+2. in namespace mode, mounts private size-limited tmpfs over every world-writable directory
+   (``/tmp``, ``/var/tmp``, ``/run/lock``, ``/dev/shm``), creates the working directory
+   ``/tmp/work`` owned by the sandbox uid, and bind-mounts the interpreter's prefix read-only at
+   ``/tmp/.python`` when the sandbox uid cannot reach it (e.g. a Python under ``/root``);
+3. forks the **candidate** process, which sets resource limits, drops to the unprivileged
+   per-slot uid/gid (no supplementary groups, ``no_new_privs``), optionally installs a seccomp
+   filter that refuses non-``AF_UNIX`` sockets (fallback mode), and executes the untrusted source
+   in a fresh ``__main__`` namespace;
+4. in judge mode, reads the *tests* only after the candidate has been forked (so the candidate
+   never has them in memory), and forks the **judge** process under a second unprivileged uid.
+   The judge runs the trusted prompt and test code; its ``candidate`` is a stub that calls the
+   candidate's function over a pipe with plain-data (tagged JSON) arguments and results. The
+   candidate cannot reach the judge's verdict channel, its memory or its uid;
+5. waits (enforcing the wall-clock limit itself), writes one JSON result to ``RESULT_FD`` and
+   exits. As PID 1 its exit makes the kernel kill every process left in the namespace; in
+   fallback mode (no namespaces) it is a child subreaper and kills every process of the sandbox
+   uids (``kill(-1, SIGKILL)`` from a helper running as that uid).
+
+Only the standard library is used; nothing here may import third-party code.
+"""
+
+from __future__ import annotations
+
+import builtins
+import ctypes
+import errno
+import json
+import os
+import resource
+import signal
+import struct
+import sys
+import time
+import traceback
+import types
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_RDONLY = 1
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+
+PR_SET_PDEATHSIG = 1
+PR_SET_SECCOMP = 22
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+SECCOMP_MODE_FILTER = 2
+
+WORLD_WRITABLE = ("/tmp", "/var/tmp", "/run/lock", "/dev/shm")
+MAX_FRAME = 64 << 20
+
+
+class _WallTimeout(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------------------------
+# small OS helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _mount(src: str | None, target: str, fstype: str | None, flags: int, data: str | None) -> None:
+    rc = _LIBC.mount(
+        src.encode() if src else None,
+        target.encode(),
+        fstype.encode() if fstype else None,
+        ctypes.c_ulong(flags),
+        data.encode() if data else None,
+    )
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {target}: {os.strerror(err)}")
+
+
+def _prctl(option: int, arg2: int = 0) -> int:
+    return _LIBC.prctl(option, ctypes.c_ulong(arg2), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while True:
+        b = os.read(fd, 1 << 20)
+        if not b:
+            break
+        chunks.append(b)
+    os.close(fd)
+    return b"".join(chunks)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+# --------------------------------------------------------------------------------------------
+# seccomp: refuse socket(2) for every family but AF_UNIX, io_uring, and foreign-ABI syscalls
+# --------------------------------------------------------------------------------------------
+
+_SECCOMP_ARCH = {
+    # machine: (AUDIT_ARCH_*, __NR_socket, __NR_io_uring_setup)
+    "x86_64": (0xC000003E, 41, 425),
+    "aarch64": (0xC00000B7, 198, 425),
+}
+
+
+def _install_seccomp_net_filter() -> bool:
+    """Install a seccomp-BPF filter blocking network sockets. Returns False if unsupported."""
+    arch = _SECCOMP_ARCH.get(os.uname().machine)
+    if arch is None:
+        return False
+    audit_arch, nr_socket, nr_io_uring = arch
+    ld_w_abs, jeq_k, ret_k = 0x20, 0x15, 0x06
+    ret_allow, ret_errno = 0x7FFF0000, 0x00050000 | errno.EACCES
+    x32_bit = 0x40000000
+    prog = [
+        (ld_w_abs, 0, 0, 4),  # A = arch
+        (jeq_k, 1, 0, audit_arch),  # native ABI? skip the deny
+        (ret_k, 0, 0, ret_errno),  # foreign ABI (i386 int 0x80): refuse everything
+        (ld_w_abs, 0, 0, 0),  # A = syscall nr
+        (0x45, 0, 1, x32_bit),  # jset x32 bit -> deny (next), else skip
+        (ret_k, 0, 0, ret_errno),
+        (jeq_k, 0, 1, nr_io_uring),
+        (ret_k, 0, 0, ret_errno),
+        (jeq_k, 0, 3, nr_socket),  # not socket -> allow
+        (ld_w_abs, 0, 0, 16),  # A = args[0] (domain, low word)
+        (jeq_k, 1, 0, 1),  # AF_UNIX -> allow
+        (ret_k, 0, 0, ret_errno),
+        (ret_k, 0, 0, ret_allow),
+    ]
+    raw = b"".join(struct.pack("HBBI", code, jt, jf, k) for code, jt, jf, k in prog)
+    buf = ctypes.create_string_buffer(raw)
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    fprog = SockFprog(len(prog), ctypes.addressof(buf))
+    if _prctl(PR_SET_NO_NEW_PRIVS, 1) != 0:
+        return False
+    rc = _LIBC.prctl(PR_SET_SECCOMP, ctypes.c_ulong(SECCOMP_MODE_FILTER), ctypes.byref(fprog), 0, 0)
+    return rc == 0
+
+
+# --------------------------------------------------------------------------------------------
+# plain-data codec for the candidate <-> judge calls (decoder builds only exact builtin types)
+# --------------------------------------------------------------------------------------------
+
+
+def _enc(x: object, depth: int = 0) -> object:
+    if depth > 200:
+        raise ValueError("value nested too deeply")
+    if x is None:
+        return ["n"]
+    if isinstance(x, bool):
+        return ["b", bool(x)]
+    if isinstance(x, int):
+        return ["i", hex(int(x))]
+    if isinstance(x, float):
+        return ["f", float.hex(float(x))]
+    if isinstance(x, complex):
+        c = complex(x)
+        return ["c", float.hex(c.real), float.hex(c.imag)]
+    if isinstance(x, str):
+        return ["s", str.__str__(x)]
+    if isinstance(x, (bytes, bytearray)):
+        return ["y", bytes(x).hex()]
+    if isinstance(x, list):
+        return ["l", [_enc(v, depth + 1) for v in list.__iter__(x)]]
+    if isinstance(x, tuple):
+        return ["t", [_enc(v, depth + 1) for v in tuple.__iter__(x)]]
+    if isinstance(x, dict):
+        return ["d", [[_enc(k, depth + 1), _enc(v, depth + 1)] for k, v in dict.items(x)]]
+    if isinstance(x, frozenset):
+        return ["F", [_enc(v, depth + 1) for v in frozenset.__iter__(x)]]
+    if isinstance(x, set):
+        return ["S", [_enc(v, depth + 1) for v in set.__iter__(x)]]
+    raise TypeError(f"unsupported value of type {type(x).__name__!r} (only plain data crosses the sandbox)")
+
+
+def _dec(x: object, depth: int = 0) -> object:
+    if depth > 200 or type(x) is not list or not x or type(x[0]) is not str:
+        raise ValueError("malformed value")
+    tag = x[0]
+    if tag == "n":
+        return None
+    if tag == "b" and type(x[1]) is bool:
+        return x[1]
+    if tag == "i" and type(x[1]) is str:
+        return int(x[1], 16)
+    if tag == "f" and type(x[1]) is str:
+        return float.fromhex(x[1])
+    if tag == "c" and type(x[1]) is str and type(x[2]) is str:
+        return complex(float.fromhex(x[1]), float.fromhex(x[2]))
+    if tag == "s" and type(x[1]) is str:
+        return x[1]
+    if tag == "y" and type(x[1]) is str:
+        return bytes.fromhex(x[1])
+    if tag in ("l", "t", "F", "S") and type(x[1]) is list:
+        items = [_dec(v, depth + 1) for v in x[1]]
+        return {"l": list, "t": tuple, "F": frozenset, "S": set}[tag](items)
+    if tag == "d" and type(x[1]) is list:
+        out = {}
+        for kv in x[1]:
+            if type(kv) is not list or len(kv) != 2:
+                raise ValueError("malformed dict item")
+            out[_dec(kv[0], depth + 1)] = _dec(kv[1], depth + 1)
+        return out
+    raise ValueError(f"malformed value tag {tag!r}")
+
+
+def _send_frame(fd: int, obj: object) -> None:
+    data = json.dumps(obj).encode()
+    _write_all(fd, struct.pack("<I", len(data)) + data)
+
+
+def _recv_exact(fd: int, n: int) -> bytes | None:
+    buf = bytearray()
+    while len(buf) < n:
+        b = os.read(fd, n - len(buf))
+        if not b:
+            return None
+        buf += b
+    return bytes(buf)
+
+
+def _recv_frame(fd: int) -> object | None:
+    head = _recv_exact(fd, 4)
+    if head is None:
+        return None
+    (n,) = struct.unpack("<I", head)
+    if n > MAX_FRAME:
+        raise ValueError("frame too large")
+    body = _recv_exact(fd, n)
+    if body is None:
+        return None
+    return json.loads(body)
+
+
+# --------------------------------------------------------------------------------------------
+# the sandboxed processes
+# --------------------------------------------------------------------------------------------
+
+
+def _confine(spec: dict, uid: int | None, gid: int | None, keep_fds: tuple[int, ...], workdir: str) -> None:
+    """Limits, credentials, fds, environment: everything before untrusted/judge code runs."""
+    os.setpgid(0, 0)
+    lim = spec["limits"]
+    mb = 1 << 20
+    cpu = int(lim["cpu_time_s"])
+    pairs = [
+        (resource.RLIMIT_CPU, (cpu, cpu + 1)),
+        (resource.RLIMIT_AS, (lim["memory_mb"] * mb, lim["memory_mb"] * mb)),
+        (resource.RLIMIT_FSIZE, (lim["file_size_mb"] * mb, lim["file_size_mb"] * mb)),
+        (resource.RLIMIT_NOFILE, (lim["max_open_files"], lim["max_open_files"])),
+        (resource.RLIMIT_CORE, (0, 0)),
+    ]
+    if uid is not None:  # NPROC counts per real uid: meaningful only for a dedicated uid
+        pairs.append((resource.RLIMIT_NPROC, (lim["max_processes"], lim["max_processes"])))
+    for which, val in pairs:
+        resource.setrlimit(which, val)
+    # file descriptors: 0/1/2 plus the pipes this role needs
+    keep = {0, 1, 2, *keep_fds}
+    for fd in _open_fds():
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    if uid is not None and gid is not None:
+        os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+        if os.getuid() != uid or os.geteuid() != uid:
+            raise RuntimeError("failed to drop privileges")
+    _prctl(PR_SET_NO_NEW_PRIVS, 1)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if spec.get("seccomp_net"):
+        if not _install_seccomp_net_filter():
+            raise RuntimeError("seccomp network filter requested but could not be installed")
+    os.umask(0o077)
+    os.chdir(workdir)
+    env = dict(spec["env"])
+    env["HOME"] = env["TMPDIR"] = workdir
+    os.environ.clear()
+    os.environ.update(env)
+    remap = spec.get("python_remap")
+    if remap:
+        old, new = remap
+        sys.path[:] = [new + p[len(old) :] if p.startswith(old) else p for p in sys.path]
+        sys.path_importer_cache.clear()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM, signal.SIGPIPE, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def _open_fds() -> list[int]:
+    try:
+        return [int(x) for x in os.listdir("/proc/self/fd")]
+    except OSError:
+        return list(range(3, 1024))
+
+
+def _fresh_main(filename: str) -> dict:
+    mod = types.ModuleType("__main__")
+    mod.__file__ = filename
+    mod.__builtins__ = builtins  # type: ignore[attr-defined]
+    sys.modules["__main__"] = mod
+    sys.argv = [filename]
+    return mod.__dict__
+
+
+def _finish(code: int) -> None:
+    """Normal interpreter shutdown for the child: threads, atexit, flush, then _exit."""
+    try:
+        if "threading" in sys.modules:
+            sys.modules["threading"]._shutdown()  # type: ignore[attr-defined]
+    except BaseException:  # noqa: BLE001
+        pass
+    try:
+        import atexit
+
+        atexit._run_exitfuncs()
+    except BaseException:  # noqa: BLE001
+        pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:  # noqa: BLE001
+            pass
+    os._exit(code)
+
+
+def _exit_code(exc: SystemExit) -> int:
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    try:
+        print(code, file=sys.stderr)
+    except BaseException:  # noqa: BLE001
+        pass
+    return 1
+
+
+def _run_source(source: str, filename: str) -> int:
+    ns = _fresh_main(filename)
+    try:
+        path = os.path.join(os.getcwd(), filename)
+        with open(path, "w") as f:
+            f.write(source)
+    except OSError:
+        path = filename
+    try:
+        code = compile(source, path, "exec")
+        exec(code, ns)
+    except SystemExit as exc:
+        return _exit_code(exc)
+    except BaseException:  # noqa: BLE001 - report like the interpreter does
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+def _candidate_main(spec: dict, uid: int | None, gid: int | None, rpc: tuple[int, int] | None) -> None:
+    """Child: confine, run the untrusted program; in judge mode then serve calls."""
+    code = 1
+    try:
+        _confine(spec, uid, gid, rpc or (), spec["workdir"])
+    except BaseException:  # noqa: BLE001
+        traceback.print_exc()
+        os._exit(121)
+    try:
+        code = _run_source(spec["source"], "solution.py")
+        if rpc is not None:
+            if code != 0:
+                _finish(code)
+            _serve(sys.modules["__main__"].__dict__, spec["entry_point"], rpc)
+            code = 0
+    except SystemExit as exc:
+        code = _exit_code(exc)
+    except BaseException:  # noqa: BLE001
+        traceback.print_exc()
+        code = 1
+    _finish(code)
+
+
+def _serve(ns: dict, entry_point: str, rpc: tuple[int, int]) -> None:
+    req_r, resp_w = rpc
+    while True:
+        msg = _recv_frame(req_r)
+        if msg is None:
+            return
+        try:
+            fn = ns.get(entry_point)
+            if fn is None or not callable(fn):
+                raise NameError(f"name {entry_point!r} is not defined")
+            args = _dec(msg["a"])
+            kwargs = _dec(msg["k"])
+            value = fn(*args, **kwargs)  # type: ignore[misc]
+            reply: object = {"ok": _enc(value)}
+        except SystemExit as exc:
+            reply = {"err": ["SystemExit", str(exc.code)]}
+        except BaseException as exc:  # noqa: BLE001 - forwarded to the judge
+            try:
+                reply = {"err": [type(exc).__name__, str(exc)[:2000]]}
+            except BaseException:  # noqa: BLE001
+                reply = {"err": ["Exception", "unprintable exception"]}
+        _send_frame(resp_w, reply)
+
+
+class CandidateError(Exception):
+    """Raised in the judge when the candidate failed, died or returned non-plain data."""
+
+
+def _judge_main(spec: dict, judge: dict, uid: int | None, gid: int | None, rpc: tuple[int, int], verdict_w: int) -> None:
+    """Child: confine, run the trusted prompt + tests against the stub candidate."""
+    try:
+        _confine(spec, uid, gid, (*rpc, verdict_w), spec["judge_workdir"])
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        req_w, resp_r = rpc
+        builtin_excs = {
+            k: v for k, v in vars(builtins).items() if isinstance(v, type) and issubclass(v, Exception)
+        }
+
+        def candidate(*args: object, **kwargs: object) -> object:
+            _send_frame(req_w, {"a": _enc(list(args)), "k": _enc(dict(kwargs))})
+            reply = _recv_frame(resp_r)
+            if not isinstance(reply, dict):
+                raise CandidateError("candidate process exited or sent garbage")
+            if "ok" in reply:
+                return _dec(reply["ok"])
+            err = reply.get("err")
+            name, text = (err[0], err[1]) if isinstance(err, list) and len(err) == 2 else ("Exception", "?")
+            exc_type = builtin_excs.get(str(name), CandidateError)
+            raise exc_type(str(text))
+
+        ns: dict = {"__name__": "__judge__", "__builtins__": builtins}
+        exec(compile(judge.get("prompt") or "", "prompt.py", "exec"), ns)
+        # tests may call the function under test by name (HumanEval/33 does): bind it to the stub
+        ns[judge["entry_point"]] = candidate
+        exec(compile(judge["test"], "test.py", "exec"), ns)
+        check = ns.get(judge.get("check_name") or "check")
+        if not callable(check):
+            raise CandidateError("test code defines no check function")
+        check(candidate)
+        verdict = {"passed": True}
+    except BaseException as exc:  # noqa: BLE001 - any failure is a fail verdict
+        verdict = {"passed": False, "error": f"{type(exc).__name__}: {str(exc)[:500]}"}
+    try:
+        _write_all(verdict_w, json.dumps(verdict).encode())
+    finally:
+        os._exit(0)
+
+
+# --------------------------------------------------------------------------------------------
+# launcher main
+# --------------------------------------------------------------------------------------------
+
+
+def _setup_mounts(spec: dict) -> None:
+    _mount(None, "/", None, MS_REC | MS_PRIVATE, None)
+    uid, gid = spec["uid"], spec["gid"]
+    disk = int(spec["limits"]["disk_mb"])
+    for d in WORLD_WRITABLE:
+        if os.path.isdir(d) and not os.path.islink(d):
+            size = disk if d == "/tmp" else 8
+            mode = "0755" if d == "/tmp" else "1777"
+            _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size}m,mode={mode}")
+    for wd, owner in ((spec["workdir"], uid), (spec["judge_workdir"], spec["judge_uid"])):
+        os.mkdir(wd, 0o700)
+        if owner is not None:
+            os.chown(wd, owner, owner)
+    remap = spec.get("python_remap")
+    if remap:
+        old, new = remap
+        os.mkdir(new, 0o755)
+        _mount(old, new, None, MS_BIND | MS_REC, None)
+        _mount(None, new, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
+
+
+def _stdlib_hidden() -> bool:
+    """True if an unprivileged uid cannot traverse to this interpreter's prefix."""
+    path = os.path.realpath(sys.base_prefix)
+    while True:
+        try:
+            if not os.stat(path).st_mode & 0o001:
+                return True
+        except OSError:
+            return True
+        parent = os.path.dirname(path)
+        if parent == path:
+            return False
+        path = parent
+
+
+def _kill_uid(uid: int) -> None:
+    """SIGKILL every process of ``uid`` (one kill(-1) from a helper running as that uid)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(uid, uid, uid)
+            os.kill(-1, signal.SIGKILL)
+        except BaseException:  # noqa: BLE001
+            pass
+        os._exit(0)
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def _reap_all_children() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            # live children remain (fallback without uid): kill what we can see
+            for child in _children_of(os.getpid()):
+                try:
+                    os.kill(child, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(0.005)
+
+
+def _children_of(ppid: int) -> list[int]:
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+            fields = stat[stat.rindex(b")") + 2 :].split()
+            if int(fields[1]) == ppid:
+                out.append(int(name))
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def main(argv: list[str]) -> int:
+    """Launcher entry point (see the module docstring)."""
+    spec_fd, result_fd = int(argv[1]), int(argv[2])
+    judge_fd = int(argv[3]) if len(argv) > 3 else None
+    result: dict = {"returncode": None, "signal": None, "timed_out": False, "passed": None}
+    t0 = time.monotonic()
+    cand_pid = judge_pid = None
+    spec: dict = {}
+    try:
+        spec = json.loads(_read_all(spec_fd))
+        namespaces = spec["namespaces"]
+        hidden = spec["uid"] is not None and _stdlib_hidden()
+        spec["python_remap"] = [sys.base_prefix, "/tmp/.python"] if (namespaces and hidden) else None
+        if namespaces:
+            _setup_mounts(spec)
+        else:
+            _prctl(PR_SET_CHILD_SUBREAPER, 1)
+            if hidden:  # the sandbox uid cannot read the stdlib: import common modules now
+                for name in spec.get("preimport", []):
+                    try:
+                        __import__(name)
+                    except ImportError:
+                        pass
+        judge_mode = judge_fd is not None
+        rpc_cand = rpc_judge = None
+        if judge_mode:
+            req_r, req_w = os.pipe()
+            resp_r, resp_w = os.pipe()
+            rpc_cand, rpc_judge = (req_r, resp_w), (req_w, resp_r)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        cand_pid = os.fork()
+        if cand_pid == 0:
+            _candidate_main(spec, spec["uid"], spec["gid"], rpc_cand)
+        verdict_r = None
+        if judge_mode:
+            assert judge_fd is not None and rpc_judge is not None and rpc_cand is not None
+            judge = json.loads(_read_all(judge_fd))  # read only after the candidate is forked
+            verdict_r, verdict_w = os.pipe()
+            judge_pid = os.fork()
+            if judge_pid == 0:
+                os.close(verdict_r)
+                _judge_main(spec, judge, spec["judge_uid"], spec["judge_gid"], rpc_judge, verdict_w)
+            os.close(verdict_w)
+            for fd in (*rpc_cand, *rpc_judge):
+                os.close(fd)
+
+        def on_alarm(signum: int, frame: object) -> None:
+            raise _WallTimeout
+
+        signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, max(0.01, float(spec["limits"]["wall_time_s"]) - (time.monotonic() - t0)))
+        waiting_for = judge_pid if judge_mode else cand_pid
+        try:
+            while True:
+                pid, status = os.waitpid(-1, 0)
+                if pid == cand_pid:
+                    if os.WIFSIGNALED(status):
+                        result["signal"] = os.WTERMSIG(status)
+                        result["returncode"] = -os.WTERMSIG(status)
+                    else:
+                        result["returncode"] = os.WEXITSTATUS(status)
+                if pid == waiting_for:
+                    break
+        except _WallTimeout:
+            result["timed_out"] = True
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        if verdict_r is not None and not result["timed_out"]:
+            try:
+                verdict = json.loads(_read_all(verdict_r) or b"{}")
+            except ValueError:
+                verdict = {}
+            result["passed"] = bool(verdict.get("passed", False))
+            if verdict.get("error"):
+                result["judge_error"] = verdict["error"]
+        elif judge_mode:
+            result["passed"] = False
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        result["setup_error"] = f"{type(exc).__name__}: {exc}"
+        result["traceback"] = traceback.format_exc()[-4000:]
+    result["wall_s"] = time.monotonic() - t0
+    if not spec.get("namespaces", True):
+        for uid in (spec.get("uid"), spec.get("judge_uid")):
+            if uid is not None:
+                _kill_uid(uid)
+        for pid in (cand_pid, judge_pid):
+            if pid:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        _reap_all_children()
+    try:
+        _write_all(result_fd, json.dumps(result).encode())
+    except OSError:
+        pass
+    # As PID 1 of the namespace, our exit kills everything left in it.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

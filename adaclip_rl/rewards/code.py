@@ -1,0 +1,219 @@
+"""Code-execution rewards: HumanEval-style function tests and stdin/stdout cases, sandboxed.
+
+Every program runs in :mod:`adaclip_rl.rewards.sandbox`. Nothing the program prints or returns
+as an exit status is trusted as a verdict:
+
+* function tests (:func:`check_humaneval`) are judged in a separate process that holds the tests
+  and calls the candidate over a plain-data pipe (see
+  :func:`~adaclip_rl.rewards.sandbox.run_python_function_tests`);
+* stdin/stdout cases (:func:`check_stdio`) are judged here, in the parent, by comparing the
+  captured output with the expected output.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from adaclip_rl.rewards._text import completion_text
+from adaclip_rl.rewards.sandbox import (
+    SandboxLimits,
+    _max_parallel,
+    run_python,
+    run_python_function_tests,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "extract_code",
+    "build_humaneval_program",
+    "check_humaneval",
+    "check_stdio",
+    "code_accuracy",
+    "outputs_match",
+]
+
+_FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+
+
+def extract_code(text: str, entry_point: str | None = None) -> str:
+    """Pull the program out of a completion.
+
+    With Markdown fences, the fenced blocks tagged ``python``/``py`` (or untagged) are
+    considered; the last one defining ``entry_point`` wins, else the last block. Without fences
+    the text is returned unchanged (a bare program, or a function body continuing a prompt).
+    An unterminated final fence (a truncated completion) is taken up to the end of the text.
+    """
+    blocks = [(lang.lower(), body) for lang, body in _FENCE_RE.findall(text)]
+    if not blocks:
+        return text
+    py = [b for lang, b in blocks if lang in ("python", "py", "python3", "")] or [b for _, b in blocks]
+    if entry_point:
+        defining = [b for b in py if _defines(b, entry_point)]
+        if defining:
+            return defining[-1]
+    return py[-1]
+
+
+def _defines(code: str, name: str) -> bool:
+    return re.search(rf"^(?:async\s+)?def\s+{re.escape(name)}\s*\(", code, re.MULTILINE) is not None
+
+
+def build_humaneval_program(completion: str, prompt: str, entry_point: str) -> str:
+    """The program to run for a HumanEval-style completion.
+
+    * a completion that defines ``entry_point`` at top level (a full program, possibly inside a
+      Markdown fence) runs after the prompt, so the prompt's imports and helper functions stay
+      available and the completion's definition replaces the prompt's stub;
+    * otherwise the completion is a function body continuing the prompt: ``prompt + completion``.
+    """
+    code = extract_code(completion, entry_point)
+    if _defines(code, entry_point):
+        if not prompt:
+            return f"{code}\n"
+        try:
+            compile(prompt, "prompt", "exec")
+            head = prompt.rstrip("\n") + "\n"
+        except SyntaxError:  # a prompt ending in a bare ``def ...:`` needs a body
+            head = prompt.rstrip("\n") + "\n    pass\n"
+        return f"{head}\n\n{code}\n"
+    return prompt + code + "\n"
+
+
+def check_humaneval(
+    completion: str,
+    prompt: str,
+    test: str,
+    entry_point: str,
+    *,
+    limits: SandboxLimits | None = None,
+) -> float:
+    """1.0 if the completion passes the HumanEval ``test`` (``check(candidate)``), else 0.0.
+
+    Args:
+        completion: model output: a function body continuing ``prompt``, or a full program
+            (optionally in a ```` ```python ```` block) defining ``entry_point``.
+        prompt: the problem's code prompt (signature, docstring and helpers). It is trusted: the
+            judge also executes it, so tests that call prompt helpers (e.g. ``poly``) work.
+        test: test code defining ``check(candidate)``.
+        entry_point: name of the function under test.
+        limits: sandbox limits (default :class:`SandboxLimits`).
+    """
+    program = build_humaneval_program(completion, prompt, entry_point)
+    res = run_python_function_tests(program, entry_point=entry_point, test=test, prompt=prompt, limits=limits)
+    if res.error:
+        logger.warning("sandbox error while judging %s: %s", entry_point, res.error)
+    return 1.0 if res.passed else 0.0
+
+
+def outputs_match(actual: str, expected: str) -> bool:
+    """Compare program output with the expected output, token-insensitive to trailing space.
+
+    Lines are compared after stripping trailing whitespace; trailing empty lines are ignored.
+    """
+
+    def norm(s: str) -> list[str]:
+        lines = [ln.rstrip() for ln in s.replace("\r\n", "\n").split("\n")]
+        while lines and not lines[-1]:
+            lines.pop()
+        return lines
+
+    return norm(actual) == norm(expected)
+
+
+def check_stdio(
+    program: str,
+    cases: Sequence[tuple[str, str]],
+    *,
+    score: Literal["binary", "fraction"] = "binary",
+    limits: SandboxLimits | None = None,
+) -> float:
+    """Run ``program`` once per ``(stdin, expected_stdout)`` case; the parent compares outputs.
+
+    Args:
+        program: Python source (a Markdown ```` ```python ```` block is extracted).
+        cases: input/expected-output pairs (also accepts ``{"input": ..., "output": ...}``).
+        score: ``"binary"`` (1.0 iff every case passes; stops at the first failure) or
+            ``"fraction"`` (share of passing cases).
+        limits: sandbox limits per case.
+
+    Returns:
+        The score in [0, 1]. A case passes only if the program exits with status 0 within its
+        limits and its stdout matches (:func:`outputs_match`).
+    """
+    if score not in ("binary", "fraction"):
+        raise ValueError(f"score must be 'binary' or 'fraction', got {score!r}")
+    if not cases:
+        raise ValueError("check_stdio needs at least one test case")
+    code = extract_code(program)
+    passed = 0
+    for case in cases:
+        stdin, expected = _case(case)
+        res = run_python(code, stdin=stdin, limits=limits)
+        ok = res.ok and outputs_match(res.stdout, expected)
+        passed += ok
+        if not ok and score == "binary":
+            return 0.0
+    return passed / len(cases) if score == "fraction" else 1.0
+
+
+def _case(case: Any) -> tuple[str, str]:
+    if isinstance(case, dict):
+        return str(case.get("input", "")), str(case.get("output", case.get("expected_output", "")))
+    stdin, expected = case
+    return str(stdin), str(expected)
+
+
+def code_accuracy(
+    completions: list[Any],
+    test: list[str] | None = None,
+    entry_point: list[str] | None = None,
+    prompt: list[Any] | None = None,
+    **kwargs: Any,
+) -> list[float]:
+    """TRL reward function for code: sandboxed tests, scored 1.0 / 0.0 (or a fraction).
+
+    Dataset columns:
+        * HumanEval style: ``test`` and ``entry_point``; the code prefix comes from
+          ``code_prompt`` if present, else from ``prompt`` when it is a string (a conversational
+          prompt cannot be a code prefix, so the completion must then be a full program).
+        * stdin/stdout style: ``test_cases``, a list of ``(input, output)`` pairs or
+          ``{"input", "output"}`` dicts, per row; ``code_score`` (``"binary"``/``"fraction"``,
+          default binary) per row or as a keyword.
+
+    Runs the rows in parallel on a thread pool of the sandbox's ``max_parallel`` size; each row
+    scores 0.0 on any failure (a sandbox error is logged, never raised).
+    """
+    n = len(completions)
+    test_cases = kwargs.get("test_cases")
+    code_prompt = kwargs.get("code_prompt")
+    limits = kwargs.get("sandbox_limits")
+    score_mode = kwargs.get("code_score", "binary")
+
+    def one(i: int) -> float:
+        text = completion_text(completions[i])
+        try:
+            if test is not None and test[i] and entry_point is not None:
+                prefix = ""
+                if code_prompt is not None:
+                    prefix = code_prompt[i] or ""
+                elif prompt is not None and isinstance(prompt[i], str):
+                    prefix = prompt[i]
+                return check_humaneval(text, prefix, test[i], entry_point[i], limits=limits)
+            if test_cases is not None and test_cases[i]:
+                mode = score_mode[i] if isinstance(score_mode, (list, tuple)) else score_mode
+                return check_stdio(text, test_cases[i], score=mode, limits=limits)
+        except Exception:  # noqa: BLE001 - a broken row costs that sample only
+            logger.exception("code_accuracy: row %d could not be judged; scored 0", i)
+            return 0.0
+        raise ValueError("code_accuracy needs 'test' + 'entry_point' or 'test_cases' columns")
+
+    if n == 0:
+        return []
+    workers = max(1, min(n, _max_parallel()))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="code-reward") as pool:
+        return list(pool.map(one, range(n)))
