@@ -1,0 +1,102 @@
+"""Benchmark registry, local loading, field mapping and prompt rendering on the real files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from adaclip_rl.eval.benchmarks import (
+    BENCHMARKS,
+    MATH_TEMPLATE,
+    format_number_answer,
+    get_benchmark,
+    parse_benchmark_specs,
+    sha256_file,
+)
+from adaclip_rl.tasks.tiny_model import build_tokenizer
+
+EXPECTED_ROWS = {"aime24": 30, "amc23": 40, "math500": 500, "gsm8k": 1319, "humaneval": 164}
+
+
+def test_registry_has_the_six_benchmarks() -> None:
+    assert set(BENCHMARKS) == {"aime24", "aime25", "amc23", "math500", "gsm8k", "humaneval"}
+    assert get_benchmark("MATH500").name == "math500"
+    hub = {b.name: (b.hub_id, b.hub_config, b.split) for b in BENCHMARKS.values()}
+    assert hub["gsm8k"] == ("openai/gsm8k", "main", "test")
+    assert hub["math500"] == ("HuggingFaceH4/MATH-500", None, "test")
+    assert hub["humaneval"][0] == "openai/openai_humaneval"
+
+
+def test_unknown_benchmark_lists_known_names() -> None:
+    with pytest.raises(ValueError, match=r"unknown benchmark 'aime23'.*aime24, aime25, amc23, gsm8k, humaneval, math500"):
+        get_benchmark("aime23")
+    with pytest.raises(ValueError, match="unknown benchmark"):
+        parse_benchmark_specs("math500,nope")
+    with pytest.raises(ValueError, match="given twice"):
+        parse_benchmark_specs("math500,math500")
+    with pytest.raises(ValueError, match="no benchmark"):
+        parse_benchmark_specs(" , ")
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_ROWS))
+def test_load_local_files(name: str, data_dir: Path) -> None:
+    bench = get_benchmark(name)
+    problems, source = bench.load(data_dir=data_dir)
+    assert len(problems) == EXPECTED_ROWS[name] == source["rows"]
+    assert source["type"] == "local" and source["sha256"] == sha256_file(data_dir / bench.local_file)
+    assert len(source["sha256"]) == 64
+    assert all(p.problem.strip() and p.gold.strip() for p in problems)
+    assert len({p.id for p in problems}) == len(problems)
+    limited, _ = bench.load(data_dir=data_dir, limit=3)
+    assert [p.id for p in limited] == [p.id for p in problems[:3]]
+
+
+def test_field_mapping_details(data_dir: Path) -> None:
+    amc, _ = get_benchmark("amc23").load(data_dir=data_dir, limit=1)
+    assert amc[0].gold == "27"  # stored as 27.0
+    gsm, _ = get_benchmark("gsm8k").load(data_dir=data_dir, limit=1)
+    assert gsm[0].gold == "18" and gsm[0].problem.startswith("Janet")
+    he, _ = get_benchmark("humaneval").load(data_dir=data_dir, limit=1)
+    assert he[0].id == "HumanEval/0" and he[0].extra["entry_point"] == "has_close_elements"
+    assert he[0].gold.startswith("    for idx")  # indentation of the canonical body kept
+    aime, _ = get_benchmark("aime24").load(data_dir=data_dir, limit=8)
+    assert aime[7].gold == "025"
+    assert format_number_answer(3.5) == "3.5" and format_number_answer(" 7 ") == "7"
+
+
+def test_explicit_file_and_missing_files(tmp_path: Path, data_dir: Path) -> None:
+    f = tmp_path / "mine.jsonl"
+    f.write_text(json.dumps({"problem": "1+1?", "answer": "2"}) + "\n\n")
+    (bench, path), = parse_benchmark_specs(f"math500={f}")
+    problems, source = bench.load(path=path)
+    assert problems[0].gold == "2" and problems[0].id == "math500/0" and source["path"] == str(f.resolve())
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        parse_benchmark_specs(f"math500={tmp_path / 'nope.jsonl'}")
+    with pytest.raises(FileNotFoundError, match="aime25"):
+        get_benchmark("aime25").load(data_dir=data_dir)  # not shipped in ../shared/data
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "x"}) + "\n")
+    with pytest.raises(KeyError, match="problem columns"):
+        get_benchmark("math500").load(path=bad)
+
+
+def test_prompt_rendering(data_dir: Path) -> None:
+    math = get_benchmark("math500")
+    (p,), _ = math.load(data_dir=data_dir, limit=1)
+    plain = math.render_prompt(p)
+    assert plain.text == MATH_TEMPLATE.format(problem=p.problem) and not plain.chat
+    assert plain.text.endswith("put your final answer within \\boxed{}.")
+    tok = build_tokenizer(["hello world 123"])
+    chat = math.render_prompt(p, tok)
+    assert chat.chat and chat.text == f"user: {plain.text}\nassistant: "
+    assert math.render_prompt(p, tok, chat=False).text == plain.text
+    he = get_benchmark("humaneval")
+    (h,), _ = he.load(data_dir=data_dir, limit=1)
+    assert he.render_prompt(h).text == h.problem  # completion style without a chat template
+    chat_code = he.render_prompt(h, tok).text
+    assert "```python" in chat_code and h.problem in chat_code
+    tok.chat_template = None
+    with pytest.raises(ValueError, match="chat template requested"):
+        math.render_prompt(p, tok, chat=True)
