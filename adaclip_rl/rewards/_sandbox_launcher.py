@@ -425,7 +425,9 @@ class CandidateError(Exception):
     """Raised in the judge when the candidate failed, died or returned non-plain data."""
 
 
-def _judge_main(spec: dict, judge: dict, uid: int | None, gid: int | None, rpc: tuple[int, int], verdict_w: int) -> None:
+def _judge_main(
+    spec: dict, judge: dict, uid: int | None, gid: int | None, rpc: tuple[int, int], verdict_w: int
+) -> None:
     """Child: confine, run the trusted prompt + tests against the stub candidate."""
     try:
         _confine(spec, uid, gid, (*rpc, verdict_w), spec["judge_workdir"])
@@ -474,7 +476,7 @@ def _judge_main(spec: dict, judge: dict, uid: int | None, gid: int | None, rpc: 
 
 def _setup_mounts(spec: dict) -> None:
     _mount(None, "/", None, MS_REC | MS_PRIVATE, None)
-    uid, gid = spec["uid"], spec["gid"]
+    uid = spec["uid"]
     disk = int(spec["limits"]["disk_mb"])
     for d in WORLD_WRITABLE:
         if os.path.isdir(d) and not os.path.islink(d):
@@ -609,7 +611,9 @@ def main(argv: list[str]) -> int:
             raise _WallTimeout
 
         signal.signal(signal.SIGALRM, on_alarm)
-        signal.setitimer(signal.ITIMER_REAL, max(0.01, float(spec["limits"]["wall_time_s"]) - (time.monotonic() - t0)))
+        signal.setitimer(
+            signal.ITIMER_REAL, max(0.01, float(spec["limits"]["wall_time_s"]) - (time.monotonic() - t0))
+        )
         waiting_for = judge_pid if judge_mode else cand_pid
         try:
             while True:

@@ -287,7 +287,9 @@ class _MathPool:
             w.kill()
         self.workers = []
 
-    def run(self, preds: Sequence[str], golds: Sequence[str], timeout_s: float) -> list[tuple[float | None, str]]:
+    def run(
+        self, preds: Sequence[str], golds: Sequence[str], timeout_s: float
+    ) -> list[tuple[float | None, str]]:
         t_int = max(1, int(_pymath.ceil(timeout_s)))
         # parse(gold) + parse(pred, up to 2 tries) + verify, each bounded by t_int inside the worker
         hard = 4.0 * t_int + 2.0
@@ -334,7 +336,10 @@ class _MathPool:
                                 w.ready = True
                             elif w.job is not None and msg.get("i") == w.job:
                                 score = msg.get("s")
-                                results[w.job] = (None if score is None else float(score), str(msg.get("e", "ok")))
+                                results[w.job] = (
+                                    None if score is None else float(score),
+                                    str(msg.get("e", "ok")),
+                                )
                                 w.job = None
                     now = time.monotonic()
                     for w in list(self.workers):
@@ -343,7 +348,9 @@ class _MathPool:
                             w.job = None
                             self._replace(sel, w)
                         elif not w.ready and now > w.started + _STARTUP_TIMEOUT_S:
-                            raise RuntimeError("math-verify worker did not start within %.0f s" % _STARTUP_TIMEOUT_S)
+                            raise RuntimeError(
+                                f"math-verify worker did not start within {_STARTUP_TIMEOUT_S:.0f} s"
+                            )
             except BaseException:
                 self.close()
                 raise

@@ -98,14 +98,26 @@ _RANGES: dict[str, tuple[float, float]] = {
 class SandboxLimits:
     """Per-run resource limits (validated; ``ValueError`` names the field and the range)."""
 
-    cpu_time_s: float = field(default=10.0, metadata={"help": "RLIMIT_CPU per process (rounded up to whole seconds)."})
-    wall_time_s: float = field(default=20.0, metadata={"help": "Wall-clock limit for the whole run; kills every process."})
+    cpu_time_s: float = field(
+        default=10.0, metadata={"help": "RLIMIT_CPU per process (rounded up to whole seconds)."}
+    )
+    wall_time_s: float = field(
+        default=20.0, metadata={"help": "Wall-clock limit for the whole run; kills every process."}
+    )
     memory_mb: int = field(default=1024, metadata={"help": "RLIMIT_AS (address space) per process, MiB."})
-    file_size_mb: int = field(default=16, metadata={"help": "RLIMIT_FSIZE: largest file a process may write, MiB."})
-    max_processes: int = field(default=16, metadata={"help": "RLIMIT_NPROC for the run's uid (processes + threads)."})
+    file_size_mb: int = field(
+        default=16, metadata={"help": "RLIMIT_FSIZE: largest file a process may write, MiB."}
+    )
+    max_processes: int = field(
+        default=16, metadata={"help": "RLIMIT_NPROC for the run's uid (processes + threads)."}
+    )
     max_open_files: int = field(default=64, metadata={"help": "RLIMIT_NOFILE per process."})
-    max_output_bytes: int = field(default=1 << 20, metadata={"help": "stdout+stderr cap; the run is killed past it."})
-    disk_mb: int = field(default=64, metadata={"help": "Size of the private tmpfs holding the working dir (namespace mode)."})
+    max_output_bytes: int = field(
+        default=1 << 20, metadata={"help": "stdout+stderr cap; the run is killed past it."}
+    )
+    disk_mb: int = field(
+        default=64, metadata={"help": "Size of the private tmpfs holding the working dir (namespace mode)."}
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -144,7 +156,9 @@ class SandboxResult:
     @property
     def ok(self) -> bool:
         """True when the program exited with status 0 within its limits."""
-        return self.returncode == 0 and not self.timed_out and not self.output_truncated and self.error is None
+        return (
+            self.returncode == 0 and not self.timed_out and not self.output_truncated and self.error is None
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -408,7 +422,12 @@ def _run(
             "max_open_files": int(limits.max_open_files),
             "disk_mb": int(limits.disk_mb),
         },
-        "env": {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PYTHONHASHSEED": "0"},
+        "env": {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8",
+            "PYTHONHASHSEED": "0",
+        },
     }
     isolation = _isolation_mode(mode)
     files = [_tempfile_with(json.dumps(spec).encode())]
