@@ -67,11 +67,26 @@ class ArcherConfig:
 def entropy_thresholds(entropy: Tensor, mask: Tensor, quantile: float = 0.8) -> Tensor:
     """Per-response entropy quantile ``tau_i`` over valid tokens, ``(B,)``; NaN for empty rows.
 
-    Linear interpolation between order statistics (``torch.quantile``'s default).
+    Equals ``torch.nanquantile`` with padding set to NaN (linear interpolation between order
+    statistics at rank ``q (n_i - 1)``), but uses one ``topk`` of width about ``(1 - q) T``
+    instead of a full sort per row: several times faster, and no host sync.
     """
     check_open_unit("quantile", quantile)
-    h = entropy.detach().float().masked_fill(~mask.bool(), float("nan"))
-    return torch.nanquantile(h, quantile, dim=-1)
+    h = entropy.detach().float()
+    valid = mask.bool()
+    t = h.size(-1)
+    if t == 0:
+        return h.new_full(h.shape[:-1], float("nan"))
+    n = valid.sum(-1)
+    rank = quantile * (n - 1).to(h.dtype)  # ascending rank of tau among the n valid values
+    lo, hi = rank.floor(), rank.ceil()
+    k = min(t, math.ceil((1.0 - quantile) * (t - 1)) + 2)  # enough descending order statistics
+    top = torch.topk(h.masked_fill(~valid, -math.inf), k, dim=-1).values  # descending
+    d_lo = (n - 1 - lo.long()).clamp(0, k - 1).unsqueeze(-1)
+    d_hi = (n - 1 - hi.long()).clamp(0, k - 1).unsqueeze(-1)
+    v_lo, v_hi = top.gather(-1, d_lo).squeeze(-1), top.gather(-1, d_hi).squeeze(-1)
+    tau = torch.lerp(v_lo, v_hi, rank - lo)
+    return torch.where(n > 0, tau, torch.full_like(tau, float("nan")))
 
 
 def archer_token_classes(
@@ -144,7 +159,7 @@ def archer_loss(
     """
     config = config or ArcherConfig()
     high, low, tau = archer_token_classes(entropy, mask, config.quantile)
-    eps = torch.where(high, config.high_clip, config.low_clip).to(ratio.dtype)
+    eps = high.to(ratio.dtype) * (config.high_clip - config.low_clip) + config.low_clip
     loss = clipped_surrogate(ratio, advantages, 1.0 - eps, 1.0 + eps, dual_clip=config.dual_clip)
 
     zero = ratio.new_zeros(())

@@ -25,8 +25,8 @@ then every step of the second with the first at its maximum. The chosen pair is 
 path that meets the target; if none does, the last pair (both maxima) with ``reached = False``.
 A vacuous batch (``P + N == 0``, e.g. empty) counts as balanced (share 1): start bounds.
 
-Vectorised: P depends on ``c_high`` only and N on ``c_low`` only, so one bucketize of the
-ratios against each candidate grid plus cumulative sums gives P and N for every candidate in one
+Vectorised: P depends on ``c_high`` only and N on ``c_low`` only, so one binning of the
+ratios on the candidate grids plus cumulative sums gives P and N for every candidate in one
 pass. The statistics vector ``[P(h_0..h_K), N(l_0..l_L)]`` is sums over tokens, so a trainer
 all-reduces it (SUM) once and every rank picks the same bounds. No host sync, no Python loop
 over candidates.
@@ -47,6 +47,7 @@ from .surrogate import _as_2d, clipped_surrogate
 
 ReduceFn = Callable[[Tensor], Tensor]
 _STEP_EPS = 1e-9
+_MAX_GRID = 10_000  # keeps the float32 bin guess of bapo_statistics exact (see _BIAS)
 
 
 def _grid(start: float, end: float, step: float) -> list[float]:
@@ -93,6 +94,10 @@ class BAPOConfig:
         check_range("high_start", self.high_start, "high_max", self.high_max)
         check_non_negative("low_step", self.low_step)
         check_non_negative("high_step", self.high_step)
+        for name, step, end in (("low_step", self.low_step, self.low_max), ("high_step", self.high_step, self.high_max)):
+            if step and end / step > _MAX_GRID:
+                raise ValueError(f"{name} must be 0 or >= {end / _MAX_GRID:.2g} (at most {_MAX_GRID} steps up to "
+                                 f"the bound's maximum); got {step!r}")
         if self.dual_clip is not None and not (math.isfinite(self.dual_clip) and self.dual_clip > 1.0):
             raise ValueError(f"dual_clip must be > 1 or None; got {self.dual_clip!r}")
 
@@ -155,6 +160,7 @@ _cache: dict[tuple, tuple[Tensor, ...]] = {}
 
 
 def _tables(config: BAPOConfig, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(low grid, high grid, path low indices, path high indices), cached per config and device."""
     key = (config, str(device))
     if key not in _cache:
         path = config.path()
@@ -167,6 +173,16 @@ def _tables(config: BAPOConfig, device: torch.device) -> tuple[Tensor, Tensor, T
     return _cache[key]
 
 
+def _round_to(grid: Tensor, dtype: torch.dtype, up: bool) -> Tensor:
+    """``grid`` (float64) rounded to ``dtype`` towards +inf (``up``) or -inf."""
+    g = grid.to(dtype)
+    if dtype == torch.float64:
+        return g
+    direction = torch.full_like(g, math.inf if up else -math.inf)
+    off = g.double() < grid if up else g.double() > grid
+    return torch.where(off, torch.nextafter(g, direction), g)
+
+
 def _binned(values: Tensor, index: Tensor, n_bins: int) -> Tensor:
     return torch.zeros(n_bins, dtype=values.dtype, device=values.device).scatter_add_(0, index, values)
 
@@ -175,42 +191,82 @@ def _suffix_sum(x: Tensor) -> Tensor:
     return x.flip(0).cumsum(0).flip(0)
 
 
+_BIAS = 0.01  # the affine bin guess errs by far less than this (validated grid size <= 10^4)
+
+
+def _bin_table(config: BAPOConfig, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Lower edges of the merged bins (see :func:`bapo_statistics`), rounded up to ``dtype``."""
+    key = (config, str(device), dtype, "edges")
+    if key not in _cache:
+        low_grid, high_grid, _, _ = _tables(config, device)
+        inf = low_grid.new_tensor([math.inf])
+        edges = torch.cat([-inf, -low_grid.flip(0), -inf, high_grid])
+        _cache[key] = (_round_to(edges, dtype, up=True),)
+    return _cache[key][0]
+
+
 def bapo_statistics(ratio: Tensor, advantages: Tensor, mask: Tensor, config: BAPOConfig) -> Tensor:
-    """Local statistics vector ``[P(h_0), ..., P(h_K), N(l_0), ..., N(l_L)]`` (float64).
+    """Local statistics vector ``[P(h_0), ..., P(h_K), N(l_0), ..., N(l_L)]``.
 
     Args:
         ratio: importance ratio r, ``(B, T)`` (detached inside).
         advantages: ``(B,)``, ``(B, 1)`` or ``(B, T)``.
-        mask: ``(B, T)`` loss mask; masked tokens never count (even if their ratio is NaN).
+        mask: ``(B, T)`` loss mask; masked tokens never count.
 
-    Every entry is a sum over tokens, so sums over ranks or micro-batches combine exactly.
+    Returns:
+        float32 vector (float64 for float64 ratios). Every entry is a sum over tokens, so sums
+        over ranks or micro-batches combine exactly.
+
+    How: every token gets one bin on a merged table. A negative-advantage token goes to bin
+    ``#{m : l'_m <= -r}`` on the reversed, negated low grid ``l'_m = -l_{L-1-m}`` (so its bin
+    is ``L - #{j : l_j < r}``); any other token to bin ``L + 1 + #{j : h_j <= r}``. Both grids
+    are arithmetic, so the bin is an affine guess (biased up by a hair) corrected by one
+    comparison with the bin's lower edge: exact even for ratios sitting on a grid value (r = 1.0
+    on-policy), with a handful of float ops per token instead of a binary search (``bucketize``)
+    and without ``where``/boolean ops, which are slow on CPU. Comparisons with the float64 grid
+    stay exact in float32: for a float32 ``x``, ``x < g`` iff ``x < (g rounded up to float32)``.
     """
     low_grid, high_grid, _, _ = _tables(config, ratio.device)
-    r = ratio.detach().to(torch.float64)
-    adv = _as_2d(advantages).detach().to(torch.float64).expand_as(r)
-    valid = mask.bool() & torch.isfinite(r)
-    r = torch.where(valid, r, torch.ones_like(r)).reshape(-1)
-    adv = torch.where(valid, adv, torch.zeros_like(adv)).reshape(-1)
-    pos_a = adv.clamp(min=0.0)  # A for A>0, else 0
-    neg_a = (-adv).clamp(min=0.0)  # |A| for A<0, else 0
-    n_high, n_low = high_grid.numel(), low_grid.numel()
-    # bucket i: high[i-1] <= r < high[i]  ->  r < high[j]  iff  i <= j
-    hi_idx = torch.bucketize(r, high_grid, right=True)
-    # bucket i: low[i-1] < r <= low[i]   ->  r > low[j]   iff  i > j
-    lo_idx = torch.bucketize(r, low_grid, right=False)
+    dtype = torch.float64 if ratio.dtype == torch.float64 else torch.float32  # exact for bf16/fp16
+    n_low, n_high = low_grid.numel(), high_grid.numel()
+    n_bins = n_low + n_high + 2
+    edges = _bin_table(config, dtype, ratio.device)
+
+    a = _as_2d(advantages).detach().to(dtype)
+    is_pos = (a > 0).to(dtype)  # per row for (B,) advantages: tiny
+    sign = 2.0 * is_pos - 1.0
+    inv_l = 1.0 / config.low_step if n_low > 1 else 1.0
+    inv_h = 1.0 / config.high_step if n_high > 1 else 1.0
+    # affine guess per sign: neg: (x - l'_0)/step_l + 1 ; pos: L + 1 + (x - h_0)/step_h + 1
+    l0, h0 = float(edges[1]), float(edges[n_low + 2])
+    off_neg, off_pos = 1.0 - l0 * inv_l + _BIAS, n_low + 2.0 - h0 * inv_h + _BIAS
+    scale = is_pos * (inv_h - inv_l) + inv_l
+    offset = is_pos * (off_pos - off_neg) + off_neg
+    lo = is_pos * (n_low + 1.0)
+    hi = is_pos * (n_high + 1.0) + n_low
+
+    r = torch.nan_to_num(ratio.detach().to(dtype), nan=1.0, posinf=1e30, neginf=0.0)
+    x = r * sign  # -r for negative advantages
+    guess = (x * scale + offset).clamp_(min=lo, max=hi).floor_()
+    below = (edges.index_select(0, guess.reshape(-1).long()).view_as(x) - x).sign_().clamp_(min=0.0)
+    bins = (guess - below).reshape(-1).long()
+
+    weight = (a * r) * mask.to(dtype)  # A r on loss tokens
     if config.contribution == "grad":
-        pos_w = pos_a * r
-        neg_w = neg_a * r
-        if config.dual_clip is not None:
-            neg_w = torch.where(r < config.dual_clip, neg_w, torch.zeros_like(neg_w))
-        p = _binned(pos_w, hi_idx, n_high + 1).cumsum(0)[:n_high]
-        n = _suffix_sum(_binned(neg_w, lo_idx, n_low + 1))[1:]
+        weight = weight.abs()
+        if config.dual_clip is not None:  # negative tokens with r >= dual_clip carry no gradient
+            weight = weight * (x + config.dual_clip).sign_().clamp_(min=0.0)
+        hist = _binned(weight.reshape(-1), bins, n_bins)
+        # P_j = sum_{A>0, r < h_j} |A| r ;  N_j = sum_{A<0, r > l_j} |A| r
+        p = hist[n_low + 1 :].cumsum(0)[:n_high]
+        n = hist[:n_low].cumsum(0).flip(0)
     else:
-        # P_j = sum_{r<h_j} A r + h_j * sum_{r>=h_j} A ;  N_l = sum_{r>l} |A| r + l * sum_{r<=l} |A|
-        p = _binned(pos_a * r, hi_idx, n_high + 1).cumsum(0)[:n_high]
-        p = p + high_grid * _suffix_sum(_binned(pos_a, hi_idx, n_high + 1))[1:]
-        n = _suffix_sum(_binned(neg_a * r, lo_idx, n_low + 1))[1:]
-        n = n + low_grid * _binned(neg_a, lo_idx, n_low + 1).cumsum(0)[:n_low]
+        hist = _binned(weight.reshape(-1), bins, n_bins)
+        a_hist = _binned((a * mask.to(dtype)).reshape(-1), bins, n_bins)
+        high_v, low_v = high_grid.to(dtype), low_grid.to(dtype)
+        # P_j = sum_{r<h_j} A r + h_j sum_{r>=h_j} A ;  N_l = sum_{r>l} |A| r + l sum_{r<=l} |A|
+        p = hist[n_low + 1 :].cumsum(0)[:n_high] + high_v * _suffix_sum(a_hist[n_low + 1 :])[1:]
+        n = -(hist[:n_low].cumsum(0).flip(0) + low_v * _suffix_sum(a_hist[: n_low + 1])[1:].flip(0))
     return torch.cat([p, n])
 
 
@@ -226,6 +282,7 @@ def _pos_neg(p: Tensor, n: Tensor) -> Tensor:
 def bapo_select(stats: Tensor, config: BAPOConfig) -> BAPOResult:
     """Pick the bounds from a (reduced) statistics vector; see the module docstring for semantics."""
     low_grid, high_grid, path_low, path_high = _tables(config, stats.device)
+    stats = stats.to(torch.float64)
     if stats.numel() != config.stats_size:
         raise ValueError(f"stats must have {config.stats_size} entries for this config; got {stats.numel()}")
     p_all, n_all = stats[: high_grid.numel()], stats[high_grid.numel() :]

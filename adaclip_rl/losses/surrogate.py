@@ -72,8 +72,10 @@ def clipped_surrogate(
         check_positive("dual_clip", dual_clip)
         if dual_clip <= 1.0:
             raise ValueError(f"dual_clip must be > 1; got {dual_clip!r}")
-        capped = torch.min(loss, -dual_clip * advantages)
-        loss = torch.where(advantages < 0, capped, loss)
+        # cap = -c A for A < 0, +inf otherwise; built at the advantages' shape ((B, 1) for
+        # per-sequence advantages, so no full-size select)
+        cap = torch.where(advantages < 0, -dual_clip * advantages, torch.full_like(advantages, torch.inf))
+        loss = torch.minimum(loss, cap)
     return loss
 
 

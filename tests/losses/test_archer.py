@@ -36,6 +36,17 @@ def test_high_class_is_top_share_of_each_response(seed, quantile):
         assert tau[i].item() == pytest.approx(torch.quantile(valid, quantile).item())
 
 
+@pytest.mark.parametrize("quantile", [0.1, 0.5, 0.8, 0.99])
+def test_thresholds_equal_nanquantile(quantile):
+    gen = torch.Generator().manual_seed(11)
+    entropy = torch.rand(32, 57, generator=gen)
+    entropy[3] = 1.0  # ties
+    mask = torch.arange(57).unsqueeze(0) < torch.randint(0, 58, (32, 1), generator=gen)
+    ref = torch.nanquantile(entropy.masked_fill(~mask, float("nan")), quantile, dim=-1)
+    got = entropy_thresholds(entropy, mask, quantile)
+    assert torch.allclose(got, ref, equal_nan=True, atol=1e-6)
+
+
 def test_single_token_and_empty_rows():
     entropy = torch.tensor([[2.0, 9.0, 9.0], [1.0, 1.0, 1.0]])
     mask = torch.tensor([[1, 0, 0], [0, 0, 0]], dtype=torch.bool)

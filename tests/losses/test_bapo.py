@@ -128,6 +128,27 @@ def test_vectorised_search_equals_loop_reference(contribution):
     assert reached > 30 and unreached > 30
 
 
+@pytest.mark.parametrize("contribution", ["grad", "value"])
+def test_float32_ratios_on_grid_values_match_the_loop(contribution):
+    # float32 ratios equal to (or one ulp around) the float32 roundings of every grid value:
+    # the float32 fast path must compare them with the exact float64 bounds.
+    cfg = BAPOConfig() if contribution == "grad" else BAPOConfig.official()
+    grid = torch.tensor(cfg.low_grid + cfg.high_grid + [1.0], dtype=torch.float32)
+    vals = torch.cat([grid, torch.nextafter(grid, grid + 1), torch.nextafter(grid, grid - 1)])
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        ratio = vals[torch.randperm(vals.numel(), generator=gen)].reshape(1, -1)
+        adv = torch.randn(1, vals.numel(), generator=gen)
+        res = bapo_search(ratio, adv, torch.ones_like(ratio), cfg)
+        c_low, c_high, index, ok, before, after = reference_search(ratio, adv, torch.ones_like(ratio), cfg)
+        assert (res.clip_low.item(), res.clip_high.item(), res.index.item(), bool(res.reached)) == (
+            c_low, c_high, index, ok)
+        assert res.share_before.item() == pytest.approx(before, rel=1e-5)
+        stats = bapo_statistics(ratio, adv, torch.ones_like(ratio), cfg)
+        stats64 = bapo_statistics(ratio.double(), adv.double(), torch.ones_like(ratio), cfg)
+        assert torch.allclose(stats.double(), stats64, rtol=1e-5, atol=1e-6)
+
+
 def test_paper_defaults_and_grid():
     cfg = BAPOConfig()
     assert (cfg.target, cfg.contribution, cfg.order) == (0.4, "grad", "high_first")
