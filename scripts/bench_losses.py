@@ -60,7 +60,10 @@ def step_plain(x):
     return loss
 
 
-def step_bapo(x, cfg=BAPOConfig()):
+BAPO_CFG, ARCHER_CFG = BAPOConfig(), ArcherConfig()
+
+
+def step_bapo(x, cfg=BAPO_CFG):
     logp = x["logp"].clone().requires_grad_()
     ratio = torch.exp(logp - x["old"])
     per_token, _ = bapo_loss(ratio, x["adv"], x["mask"], cfg, reduce_fn=_all_reduce)
@@ -69,7 +72,7 @@ def step_bapo(x, cfg=BAPOConfig()):
     return loss
 
 
-def step_archer(x, cfg=ArcherConfig()):
+def step_archer(x, cfg=ARCHER_CFG):
     logp = x["logp"].clone().requires_grad_()
     ratio = torch.exp(logp - x["old"])
     per_token, res = archer_loss(ratio, x["adv"], x["mask"], x["entropy"], cfg, logp=logp, ref_logp=x["ref"])
@@ -78,12 +81,12 @@ def step_archer(x, cfg=ArcherConfig()):
     return loss
 
 
-def search_vectorised(x, cfg=BAPOConfig()):
+def search_vectorised(x, cfg=BAPO_CFG):
     ratio = torch.exp(x["logp"] - x["old"])
     return bapo_search(ratio, x["adv"], x["mask"], cfg, reduce_fn=_all_reduce).clip_high
 
 
-def search_loop(x, cfg=BAPOConfig()):
+def search_loop(x, cfg=BAPO_CFG):
     """The official recipe's shape: per candidate, recompute P and N, all-reduce, .item()."""
     ratio = torch.exp(x["logp"] - x["old"])
     adv = x["adv"].unsqueeze(1).expand_as(ratio)
