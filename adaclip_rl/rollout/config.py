@@ -1,0 +1,189 @@
+"""Configuration of the off-policy rollout machinery (partial rollouts, replay, staleness, IS).
+
+One dataclass, validated at construction: a misconfiguration fails when the config is built, not
+steps into a run. :class:`adaclip_rl.trainers.offpolicy.OffPolicyGRPOConfig` exposes the same
+fields (validated by building a :class:`RolloutConfig` in its ``__post_init__``), so Python, YAML
+and the trainer share one set of checks and messages.
+
+Design references (see ``shared/reference/peer_frameworks_and_evaluation.md``):
+
+* partial rollouts with a per-round token budget, continued before new prompts are admitted:
+  slime ``--partial-rollout`` (``RolloutDataSourceWithBuffer`` serves unfinished groups first),
+  AReaL ``RemoteInfEngine.agenerate`` (per-token ``output_versions``), APRIL;
+* staleness bounded in policy versions: AReaL ``max_head_offpolicyness``, TRL AsyncGRPO
+  ``max_staleness`` (drop at consumption);
+* truncated / masked importance weights against the behaviour policy: TIS (slime ``--use-tis``,
+  verl ``rollout_is_threshold``), ICEPOP/masking (OpenRLHF, AReaL ``rejection_sampling``);
+* decoupled PPO (AReaL, arXiv 2505.24298): clip against a proximal policy recomputed by the
+  trainer, multiply by the behaviour weight pi_prox / pi_behaviour.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+IS_LEVELS = ("token", "sequence")
+IS_MODES = ("truncate", "mask")
+STALENESS_POLICIES = ("drop", "downweight")
+STALENESS_LEVELS = ("token", "sequence")
+REPLAY_SELECTIONS = ("uniform", "variance")
+RATIO_ANCHORS = ("proximal", "behaviour")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}; got {value!r}")
+
+
+def _check_int(name: str, value: Any, low: int, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}{' or None' if allow_none else ''}; got {value!r}")
+
+
+def _check_float(name: str, value: Any, low: float, high: float, *, low_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        bracket = "(" if low_open else "["
+        close = ")" if math.isinf(high) else "]"
+        raise ValueError(f"{name} must be in {bracket}{low}, {high}{close}; got {value!r}")
+
+
+@dataclass
+class RolloutConfig:
+    """Off-policy rollout settings.
+
+    Partial rollouts (``partial_rollouts=True``): generation proceeds in rounds of at most
+    ``partial_round_budget`` new tokens per sequence. Unfinished sequences keep their tokens,
+    behaviour log-probs and per-token policy versions and are continued in the next round, by the
+    then-current policy, *before* new prompts are admitted. After ``partial_max_segments`` segments
+    an unfinished sequence is finished as truncated. ``partial_prefill_groups`` extra prompt groups
+    are kept in flight so that long generations overlap with training (the source of the speed-up).
+
+    Importance correction: per token ``w = exp(logp_old - logp_behaviour)``, truncated at
+    ``is_cap`` (``is_mode="truncate"``, TIS) or zeroed beyond it (``"mask"``, ICEPOP-style), at
+    token or sequence level. ``logp_old`` is the proximal policy recomputed by the trainer
+    (``ratio_anchor="proximal"``, AReaL's decoupled objective); with ``ratio_anchor="behaviour"``
+    the PPO/BAPO ratio is taken directly against the behaviour log-probs and ``w = 1`` (verl
+    "bypass" mode, slime ``--use-rollout-logprobs``).
+
+    Staleness of a token = current policy version - version that generated it (versions count
+    optimizer steps at weight sync). Beyond ``max_staleness`` samples are dropped (weight 0) or
+    down-weighted by ``staleness_decay ** (staleness - max_staleness)``.
+
+    Replay: scored groups (non-constant rewards) are stored with ``replay_capacity`` (oldest
+    evicted) and ``replay_max_age``; each training batch takes ``round(replay_ratio * groups)``
+    groups from the buffer, selected ``uniform`` or by reward ``variance``.
+    """
+
+    # --- generation lengths
+    max_completion_length: int = 512
+
+    # --- behaviour data
+    use_behaviour_logprobs: bool = True
+
+    # --- partial rollouts
+    partial_rollouts: bool = False
+    partial_round_budget: int | None = None
+    partial_max_segments: int = 4
+    partial_prefill_groups: int | None = None
+
+    # --- importance correction
+    ratio_anchor: str = "proximal"
+    is_level: str = "token"
+    is_mode: str = "truncate"
+    is_cap: float = 2.0
+
+    # --- staleness
+    max_staleness: int | None = None
+    staleness_policy: str = "drop"
+    staleness_decay: float = 0.5
+    staleness_level: str = "sequence"
+
+    # --- replay buffer
+    replay_ratio: float = 0.0
+    replay_capacity: int = 64
+    replay_max_age: int | None = 4
+    replay_selection: str = "uniform"
+    replay_filter_equal_rewards: bool = True
+    replay_max_reuse: int | None = None
+
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the field, its value and the allowed range."""
+        _check_int("max_completion_length", self.max_completion_length, 1)
+        if self.partial_rollouts:
+            if not self.use_behaviour_logprobs:
+                raise ValueError(
+                    "partial_rollouts=True requires use_behaviour_logprobs=True: a continued sequence "
+                    "mixes tokens from several policy versions and its importance ratios need the "
+                    "per-token behaviour log-probs recorded at generation time"
+                )
+            if self.partial_round_budget is None:
+                raise ValueError(
+                    "partial_round_budget must be set (an integer in [1, max_completion_length="
+                    f"{self.max_completion_length}]) when partial_rollouts=True"
+                )
+        if self.partial_round_budget is not None:
+            _check_int("partial_round_budget", self.partial_round_budget, 1)
+            if self.partial_round_budget > self.max_completion_length:
+                raise ValueError(
+                    f"partial_round_budget ({self.partial_round_budget}) must be in [1, "
+                    f"max_completion_length={self.max_completion_length}]: a round budget larger than the "
+                    "maximum completion length never cuts a generation"
+                )
+        _check_int("partial_max_segments", self.partial_max_segments, 1)
+        _check_int("partial_prefill_groups", self.partial_prefill_groups, 0, allow_none=True)
+        _check_choice("ratio_anchor", self.ratio_anchor, RATIO_ANCHORS)
+        if self.ratio_anchor == "behaviour" and not self.use_behaviour_logprobs:
+            raise ValueError("ratio_anchor='behaviour' requires use_behaviour_logprobs=True")
+        _check_choice("is_level", self.is_level, IS_LEVELS)
+        _check_choice("is_mode", self.is_mode, IS_MODES)
+        _check_float("is_cap", self.is_cap, 1.0, math.inf)
+        _check_int("max_staleness", self.max_staleness, 0, allow_none=True)
+        _check_choice("staleness_policy", self.staleness_policy, STALENESS_POLICIES)
+        _check_float("staleness_decay", self.staleness_decay, 0.0, 1.0)
+        _check_choice("staleness_level", self.staleness_level, STALENESS_LEVELS)
+        _check_float("replay_ratio", self.replay_ratio, 0.0, 1.0)
+        if self.replay_ratio > 0 and not self.use_behaviour_logprobs:
+            raise ValueError(
+                "replay_ratio > 0 requires use_behaviour_logprobs=True: replayed samples are stale and "
+                "need their behaviour log-probs for the importance correction"
+            )
+        _check_int("replay_capacity", self.replay_capacity, 1)
+        _check_int("replay_max_age", self.replay_max_age, 0, allow_none=True)
+        _check_choice("replay_selection", self.replay_selection, REPLAY_SELECTIONS)
+        _check_int("replay_max_reuse", self.replay_max_reuse, 1, allow_none=True)
+        _check_int("seed", self.seed, 0)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def round_budget(self) -> int:
+        """Tokens per sequence per round (the full completion length without partial rollouts)."""
+        if self.partial_rollouts and self.partial_round_budget is not None:
+            return self.partial_round_budget
+        return self.max_completion_length
+
+    @property
+    def max_segments(self) -> int:
+        """Segments allowed per sequence (1 without partial rollouts)."""
+        return self.partial_max_segments if self.partial_rollouts else 1
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_object(cls, obj: Any, **overrides: Any) -> RolloutConfig:
+        """Build from any object carrying attributes of the same names (e.g. a trainer config)."""
+        kwargs = {name: getattr(obj, name) for name in cls.field_names() if hasattr(obj, name)}
+        kwargs.update(overrides)
+        return cls(**kwargs)
