@@ -151,9 +151,7 @@ def collate_behaviour(
     return out
 
 
-def pad_versions(
-    versions: Sequence[Sequence[int]], width: int | None = None, fill: int = -1
-) -> torch.Tensor:
+def pad_versions(versions: Sequence[Sequence[int]], width: int | None = None, fill: int = -1) -> torch.Tensor:
     """Right-pad per-token versions into a ``(B, T)`` long tensor (``fill`` on padding)."""
     t = width if width is not None else max((len(v) for v in versions), default=0)
     out = torch.full((len(versions), t), fill, dtype=torch.long)

@@ -41,7 +41,9 @@ def _check_int(name: str, value: Any, low: int, allow_none: bool = False) -> Non
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}{' or None' if allow_none else ''}; got {value!r}")
+        raise ValueError(
+            f"{name} must be an integer >= {low}{' or None' if allow_none else ''}; got {value!r}"
+        )
 
 
 def _check_float(name: str, value: Any, low: float, high: float, *, low_open: bool = False) -> None:

@@ -174,7 +174,9 @@ class PartialRolloutManager:
             samples = []
             for i in range(n):
                 cap = min(int(caps[i]), self.max_completion_length) if caps is not None else None
-                samples.append(BehaviourSample(prompt_ids=list(prompt), max_new_tokens=cap, uid=self._next_uid))
+                samples.append(
+                    BehaviourSample(prompt_ids=list(prompt), max_new_tokens=cap, uid=self._next_uid)
+                )
                 self._next_uid += 1
             group = RolloutGroup(gid=self._next_gid, samples=samples, meta=dict(metas[j]) if metas else {})
             self._next_gid += 1
@@ -204,7 +206,9 @@ class PartialRolloutManager:
         Returns the number of groups that became ready this round.
         """
         # admit new groups only after every continued group has its slot
-        while self._waiting and (self.max_active_groups is None or len(self._active) < self.max_active_groups):
+        while self._waiting and (
+            self.max_active_groups is None or len(self._active) < self.max_active_groups
+        ):
             group = self._waiting.popleft()
             group.submitted_version = self.engine.version
             self._active.append(group)
@@ -221,7 +225,9 @@ class PartialRolloutManager:
                 todo.append(s)
                 requests.append(
                     GenerationRequest(
-                        prompt_token_ids=s.prompt_ids + s.completion_ids, max_tokens=budget, seed=self._seed(s)
+                        prompt_token_ids=s.prompt_ids + s.completion_ids,
+                        max_tokens=budget,
+                        seed=self._seed(s),
                     )
                 )
         generated = 0

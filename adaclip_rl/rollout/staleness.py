@@ -49,7 +49,9 @@ def token_staleness(token_versions: Tensor, current_version: int | Tensor, mask:
         mask: ``(B, T)`` 0/1 or bool validity mask.
     """
     m = mask.bool()
-    stal = (torch.as_tensor(current_version, device=token_versions.device) - token_versions.long()).clamp_min(0)
+    stal = (torch.as_tensor(current_version, device=token_versions.device) - token_versions.long()).clamp_min(
+        0
+    )
     return torch.where(m, stal, torch.zeros_like(stal))
 
 

@@ -237,7 +237,8 @@ class VLLMColocateEngine:
         sampling = SamplingSettings(temperature=temperature, top_p=top_p, top_k=top_k, ignore_eos=ignore_eos)
         prompts = [{"prompt_token_ids": list(p)} for p in prompt_token_ids]
         params = [
-            self._sampling_params(sampling, b, None if seed is None else seed + i, n=n) for i, b in enumerate(budgets)
+            self._sampling_params(sampling, b, None if seed is None else seed + i, n=n)
+            for i, b in enumerate(budgets)
         ]
         outs = self.llm.generate(prompts, sampling_params=params, use_tqdm=False)
         return [[self._to_output(c, self.version) for c in o.outputs] for o in outs]

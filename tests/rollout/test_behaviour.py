@@ -21,8 +21,12 @@ def test_length_mismatch_rejected():
 
 
 def test_collate_pads_left_prompts_right_completions():
-    a = BehaviourSample(prompt_ids=[1, 2, 3], completion_ids=[9], logprobs=[-1.0], versions=[2], finished=True)
-    b = BehaviourSample(prompt_ids=[4], completion_ids=[8, 7, 6], logprobs=[-0.5, -0.6, -0.7], versions=[0, 1, 1])
+    a = BehaviourSample(
+        prompt_ids=[1, 2, 3], completion_ids=[9], logprobs=[-1.0], versions=[2], finished=True
+    )
+    b = BehaviourSample(
+        prompt_ids=[4], completion_ids=[8, 7, 6], logprobs=[-0.5, -0.6, -0.7], versions=[0, 1, 1]
+    )
     out = collate_behaviour([a, b], pad_token_id=0)
     assert out["prompt_ids"].tolist() == [[1, 2, 3], [0, 0, 4]]
     assert out["prompt_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]

@@ -9,17 +9,25 @@ def test_defaults_valid():
 
 
 def test_partial_budget_and_segments():
-    cfg = RolloutConfig(max_completion_length=64, partial_rollouts=True, partial_round_budget=16, partial_max_segments=3)
+    cfg = RolloutConfig(
+        max_completion_length=64, partial_rollouts=True, partial_round_budget=16, partial_max_segments=3
+    )
     assert cfg.round_budget == 16 and cfg.max_segments == 3
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"max_completion_length": 32, "partial_rollouts": True, "partial_round_budget": 64}, r"partial_round_budget \(64\).*\[1, max_completion_length=32\]"),
+        (
+            {"max_completion_length": 32, "partial_rollouts": True, "partial_round_budget": 64},
+            r"partial_round_budget \(64\).*\[1, max_completion_length=32\]",
+        ),
         ({"max_completion_length": 32, "partial_round_budget": 33}, r"partial_round_budget"),
         ({"partial_rollouts": True}, r"partial_round_budget must be set"),
-        ({"partial_rollouts": True, "partial_round_budget": 8, "use_behaviour_logprobs": False}, r"partial_rollouts=True requires use_behaviour_logprobs"),
+        (
+            {"partial_rollouts": True, "partial_round_budget": 8, "use_behaviour_logprobs": False},
+            r"partial_rollouts=True requires use_behaviour_logprobs",
+        ),
         ({"replay_ratio": 1.5}, r"replay_ratio must be in \[0.0, 1.0\]; got 1.5"),
         ({"replay_ratio": -0.1}, r"replay_ratio must be in \[0.0, 1.0\]"),
         ({"replay_ratio": 0.5, "use_behaviour_logprobs": False}, r"replay_ratio > 0 requires"),

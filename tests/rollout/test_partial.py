@@ -6,7 +6,9 @@ from .fakes import FakeEngine
 
 
 def manager(engine, budget=4, max_len=12, segments=10, **kw):
-    return PartialRolloutManager(engine, max_completion_length=max_len, round_budget=budget, max_segments=segments, **kw)
+    return PartialRolloutManager(
+        engine, max_completion_length=max_len, round_budget=budget, max_segments=segments, **kw
+    )
 
 
 def test_continued_sequence_concatenates_segments_with_versions():

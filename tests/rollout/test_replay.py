@@ -6,10 +6,14 @@ from adaclip_rl.rollout import BehaviourSample, ReplayBuffer, ReplayGroup
 
 def make_group(rewards, version=0, prompt=1, tag=None):
     samples = [
-        BehaviourSample(prompt_ids=[prompt], completion_ids=[5, 6], logprobs=[-0.1, -0.2], versions=[version, version + 1])
+        BehaviourSample(
+            prompt_ids=[prompt], completion_ids=[5, 6], logprobs=[-0.1, -0.2], versions=[version, version + 1]
+        )
         for _ in rewards
     ]
-    return ReplayGroup(samples=samples, rewards=list(rewards), advantages=[0.0] * len(rewards), meta={"tag": tag})
+    return ReplayGroup(
+        samples=samples, rewards=list(rewards), advantages=[0.0] * len(rewards), meta={"tag": tag}
+    )
 
 
 def test_capacity_evicts_oldest_and_filters_equal_rewards():

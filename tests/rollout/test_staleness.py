@@ -52,7 +52,13 @@ def test_staleness_drop_and_downweight():
 
 
 def test_behaviour_correction_combines_and_logs():
-    cfg = RolloutConfig(max_staleness=1, staleness_policy="downweight", staleness_decay=0.5, staleness_level="token", is_cap=2.0)
+    cfg = RolloutConfig(
+        max_staleness=1,
+        staleness_policy="downweight",
+        staleness_decay=0.5,
+        staleness_level="token",
+        is_cap=2.0,
+    )
     old = torch.tensor([[0.0, 0.0, 0.0]])
     beh = torch.tensor([[0.0, -1.0, 0.0]])
     versions = torch.tensor([[1, 2, 3]])
@@ -61,7 +67,9 @@ def test_behaviour_correction_combines_and_logs():
     m = out.metrics
     assert m["rollout/staleness_mean"] == pytest.approx(1.0) and m["rollout/staleness_max"] == 2
     assert m["rollout/stale_frac"] == pytest.approx(1 / 3)
-    assert m["rollout/is_weight_max"] == pytest.approx(2.0) and m["rollout/is_capped_frac"] == pytest.approx(1 / 3)
+    assert m["rollout/is_weight_max"] == pytest.approx(2.0) and m["rollout/is_capped_frac"] == pytest.approx(
+        1 / 3
+    )
     # bypass: the ratio is taken against the behaviour policy, IS weight is 1
     cfg_b = RolloutConfig(ratio_anchor="behaviour")
     out = behaviour_correction(old, beh, versions, 3, torch.ones(1, 3), cfg_b)
