@@ -216,18 +216,19 @@ class TransformersBackend(GenerationBackend):
         order = sorted(range(len(prompts)), key=lambda i: -len(ids[i]))
         n_gen = 1 if params.greedy else params.n  # greedy samples are identical; generate once
         per_batch = max(1, self.batch_size // n_gen)
+        # Explicit neutral values: a None would be filled from the model's generation_config.
+        sampling: dict[str, Any] = (
+            {"do_sample": False}
+            if params.greedy
+            else {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": 0,
+                  "min_p": 0.0, "typical_p": 1.0}
+        )
         gen_cfg = GenerationConfig(
             max_new_tokens=params.max_new_tokens,
             min_new_tokens=params.max_new_tokens if params.ignore_eos else None,
-            do_sample=not params.greedy,
-            # Explicit neutral values: None would be filled from the model's generation_config.
-            temperature=params.temperature if not params.greedy else 1.0,
-            top_p=params.top_p if not params.greedy else 1.0,
-            top_k=0,
-            min_p=0.0,
-            typical_p=1.0,
             repetition_penalty=1.0,
             no_repeat_ngram_size=0,
+            **sampling,
             num_return_sequences=n_gen,
             pad_token_id=pad_id,
             eos_token_id=sorted(eos) or None,
@@ -305,7 +306,7 @@ class VLLMBackend(GenerationBackend):
         dtype: vLLM ``dtype``.
         enforce_eager: default True on CPU, False on GPU.
         gpu_memory_utilization: fraction of GPU memory for vLLM (GPU only).
-        kv_cache_gb: CPU KV-cache size in GiB (sets ``VLLM_CPU_KVCACHE_SPACE`` if unset).
+        kv_cache_gb: CPU KV-cache size in whole GiB (sets ``VLLM_CPU_KVCACHE_SPACE`` if unset).
         progress: vLLM's tqdm bar.
         llm_kwargs: passed on to ``vllm.LLM``.
     """
@@ -321,7 +322,7 @@ class VLLMBackend(GenerationBackend):
         dtype: str = "auto",
         enforce_eager: bool | None = None,
         gpu_memory_utilization: float = 0.9,
-        kv_cache_gb: float = 1.0,
+        kv_cache_gb: int = 1,
         progress: bool = True,
         **llm_kwargs: Any,
     ) -> None:
@@ -347,7 +348,7 @@ class VLLMBackend(GenerationBackend):
     def _engine(self, seed: int) -> Any:
         if self._llm is None:
             if not self.on_gpu:
-                os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gb))
+                os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(self.kv_cache_gb)))
             from vllm import LLM
 
             kwargs: dict[str, Any] = {
@@ -399,9 +400,10 @@ class VLLMBackend(GenerationBackend):
                 f"{len(too_long)} prompt(s) (first: #{too_long[0]}, {len(ids[too_long[0]])} tokens) do not fit "
                 f"the engine's max_model_len={self.max_model_len}; raise max_model_len or shorten the prompts"
             )
+        n_gen = 1 if params.greedy else params.n  # vLLM refuses n > 1 with greedy sampling
         sps = [
             SamplingParams(
-                n=params.n,
+                n=n_gen,
                 temperature=params.temperature,
                 top_p=params.top_p if not params.greedy else 1.0,
                 top_k=0,
@@ -415,9 +417,8 @@ class VLLMBackend(GenerationBackend):
         outs = llm.generate([{"prompt_token_ids": x} for x in ids], sps, use_tqdm=self.progress)
         results: list[list[Completion]] = []
         for out in outs:
-            results.append(
-                [Completion(text=o.text, num_tokens=len(o.token_ids), finish_reason=o.finish_reason) for o in out.outputs]
-            )
+            row = [Completion(text=o.text, num_tokens=len(o.token_ids), finish_reason=o.finish_reason) for o in out.outputs]
+            results.append(row * (params.n // n_gen))
         return results
 
     def close(self) -> None:

@@ -1,0 +1,100 @@
+"""Transformers backend on the tiny model: shapes, token counts, seeding, side effects, and the
+whole ``adaclip-rl eval --backend transformers`` run producing records and summary files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from adaclip_rl.eval.backends import SamplingConfig, TransformersBackend, make_backend
+from adaclip_rl.eval.benchmarks import sha256_file
+from adaclip_rl.eval.cli import main
+
+PROMPTS = ["What is 12+34?", "def add(a, b):\n", "Janet has 3 ducks."]
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model_dir: Path) -> TransformersBackend:
+    return TransformersBackend(str(tiny_model_dir), batch_size=4, progress=False)
+
+
+def test_shapes_token_counts_and_seeding(backend: TransformersBackend) -> None:
+    params = SamplingConfig(n=3, temperature=1.0, top_p=0.9, max_new_tokens=12, seed=7)
+    out = backend.generate(PROMPTS, params)
+    assert [len(r) for r in out] == [3, 3, 3]
+    for row in out:
+        for c in row:
+            assert 1 <= c.num_tokens <= 12 and c.finish_reason in ("stop", "length")
+            assert (c.finish_reason == "length") == (c.num_tokens == 12 and c.finish_reason != "stop")
+    again = backend.generate(PROMPTS, params)
+    assert [[c.text for c in r] for r in out] == [[c.text for c in r] for r in again]
+    other = backend.generate(PROMPTS, SamplingConfig(n=3, temperature=1.0, top_p=0.9, max_new_tokens=12, seed=8))
+    assert [[c.text for c in r] for r in out] != [[c.text for c in r] for r in other]
+    # samples of one prompt differ (sampling, not copies)
+    assert len({c.text for c in out[0]}) > 1
+
+
+def test_greedy_and_ignore_eos(backend: TransformersBackend) -> None:
+    greedy = backend.generate(PROMPTS, SamplingConfig(n=2, temperature=0.0, max_new_tokens=6))
+    assert all(r[0] == r[1] for r in greedy)
+    # batch composition does not change greedy outputs (left padding is handled)
+    single = [backend.generate([p], SamplingConfig(n=1, temperature=0.0, max_new_tokens=6))[0][0] for p in PROMPTS]
+    assert [r[0].text for r in greedy] == [c.text for c in single]
+    full = backend.generate(PROMPTS, SamplingConfig(n=2, temperature=1.0, max_new_tokens=9, ignore_eos=True))
+    assert all(c.num_tokens == 9 and c.finish_reason == "length" for r in full for c in r)
+
+
+def test_in_memory_model_state_is_restored(tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model.train()
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    b = make_backend("transformers", model, tok, progress=False)
+    out = b.generate(PROMPTS[:1], SamplingConfig(n=2, temperature=1.0, max_new_tokens=4))
+    assert len(out[0]) == 2
+    assert model.training, "train mode restored"
+    assert torch.equal(torch.rand(1), expected_next), "global RNG untouched"
+    with pytest.raises(ValueError, match="needs its tokenizer"):
+        TransformersBackend(model)
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_transformers(tiny_model_dir: Path, data_dir: Path, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "eval"
+    rc = main([
+        "--model", str(tiny_model_dir), "--benchmarks", "math500,gsm8k,humaneval", "--backend", "transformers",
+        "--n", "2", "--temperature", "0.7", "--top-p", "0.9", "--max-new-tokens", "16", "--limit", "3",
+        "--data-dir", str(data_dir), "--out", str(out), "--seed", "3", "--log-level", "WARNING",
+    ])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "math500" in printed and "pass@2" in printed and "backend=transformers" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert (out / "summary.txt").read_text().strip() == summary["table"].strip()
+    assert summary["model"] == str(tiny_model_dir)
+    assert summary["backend"]["name"] == "transformers"
+    proto = summary["protocol"]
+    assert (proto["n"], proto["temperature"], proto["top_p"], proto["max_new_tokens"], proto["seed"]) == (2, 0.7, 0.9, 16, 3)
+    for name, file in (("math500", "math500.jsonl"), ("gsm8k", "gsm8k_test.jsonl"), ("humaneval", "humaneval.jsonl")):
+        entry = summary["benchmarks"][name]
+        assert entry["num_problems"] == 3
+        assert entry["source"]["sha256"] == sha256_file(data_dir / file)
+        assert entry["chat_template"] is True and entry["chat_template_sha256"]
+        assert "{problem}" in entry["prompt_template"]
+        gen = entry["generation"]
+        assert 0 < gen["generated_tokens"] <= 3 * 2 * 16 and gen["tokens_per_s"] > 0
+        assert set(entry["metrics"]) >= {"avg@2", "pass@1", "pass@2"}
+        records = [json.loads(x) for x in (out / f"{name}.records.jsonl").read_text().splitlines()]
+        assert len(records) == 3
+        for r in records:
+            assert r["prompt"].startswith("user: ") and r["prompt"].endswith("assistant: ")
+            assert len(r["samples"]) == len(r["scores"]) == len(r["extracted"]) == len(r["num_tokens"]) == 2
+            assert all(s in (0.0, 1.0) for s in r["scores"])
