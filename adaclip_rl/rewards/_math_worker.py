@@ -14,7 +14,9 @@ from __future__ import annotations
 import collections
 import json
 import os
+import signal
 import sys
+import time
 from typing import Any
 
 _GOLD_CACHE_SIZE = 4096
@@ -28,6 +30,16 @@ def _setup() -> tuple[Any, Any, Any, Any]:
     return parse, verify, gold_cfg, pred_cfg
 
 
+def _inject_fault(pred: str) -> None:
+    """Test hook (only with ``ADACLIP_MATH_WORKER_FAULTS=1``): simulate a hang that
+    ``signal.alarm`` cannot interrupt, or a crash, to exercise the parent's recovery."""
+    if pred == "<<adaclip-fault:hang>>":
+        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM])
+        time.sleep(3600)
+    elif pred == "<<adaclip-fault:crash>>":
+        os._exit(3)
+
+
 def main() -> None:
     """Serve verification requests from stdin until EOF."""
     # Keep the protocol stream clean: anything printed by libraries goes to stderr.
@@ -35,7 +47,7 @@ def main() -> None:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
 
-    from adaclip_rl.rewards.math import extract_boxed_answer
+    from adaclip_rl.rewards.math import clean_boxed, extract_boxed_answer
 
     parse, verify, gold_cfg, pred_cfg = _setup()
     gold_cache: collections.OrderedDict[str, Any] = collections.OrderedDict()
@@ -47,7 +59,10 @@ def main() -> None:
         parsed: Any = []
         for wrapped in (f"${gold}$", f"\\boxed{{{gold}}}", gold):
             try:
-                parsed = parse(wrapped, extraction_config=gold_cfg, parsing_timeout=t)
+                # no string fallback: a gold that yields no expression is reported, not compared as text
+                parsed = parse(
+                    wrapped, extraction_config=gold_cfg, fallback_mode="no_fallback", parsing_timeout=t
+                )
             except Exception:  # noqa: BLE001 - any parser failure means "try the next form"
                 parsed = []
             if parsed:
@@ -59,18 +74,23 @@ def main() -> None:
 
     def parse_pred(pred: str, t: int) -> Any:
         boxed = extract_boxed_answer(pred)
+        if boxed is not None:
+            boxed = clean_boxed(boxed)
         if boxed:
             parsed = parse(f"\\boxed{{{boxed}}}", extraction_config=pred_cfg, parsing_timeout=t)
             if parsed:
                 return parsed
         return parse(pred, extraction_config=pred_cfg, parsing_timeout=t)
 
+    faults = os.environ.get("ADACLIP_MATH_WORKER_FAULTS") == "1"
     out.write(json.dumps({"ready": True}) + "\n")
     for line in sys.stdin:
         if not line.strip():
             continue
         req = json.loads(line)
         i, pred, gold, t = req["i"], req["p"], req["g"], int(req.get("t", 5))
+        if faults:
+            _inject_fault(pred)
         try:
             g = parse_gold(gold, t)
             if not g:

@@ -48,6 +48,7 @@ __all__ = [
     "extract_boxed_answer",
     "gsm8k_gold",
     "normalize_gold",
+    "clean_boxed",
     "verify_math_answers",
     "math_accuracy",
     "math_verify_stats",
@@ -121,6 +122,23 @@ def _matching_brace(text: str, open_idx: int) -> int | None:
     return None
 
 
+_BOLD_RE = re.compile(r"\A\\(?:textbf|mathbf|bf|mathrm|textrm)\s*\{(.*)\}\Z", re.DOTALL)
+
+
+def clean_boxed(content: str) -> str:
+    """Tidy a box's content before parsing: drop sentence punctuation at the end
+    (``\boxed{104.}``) and a whole-content bold/roman wrapper (``\textbf{(073)}``)."""
+    content = content.strip()
+    for _ in range(3):
+        m = _BOLD_RE.match(content)
+        if m is None or _matching_brace(content, content.index("{")) != len(content) - 1:
+            break
+        content = m.group(1).strip()
+    while content.endswith((".", ",", ";")) and not content.endswith("\\."):
+        content = content[:-1].rstrip()
+    return content
+
+
 def gsm8k_gold(answer_field: str) -> str:
     """Gold answer of a GSM8K row: ``"... #### 1,234"`` -> ``"1234"``.
 
@@ -156,7 +174,7 @@ def normalize_gold(gold: Any) -> str | None:
         return gsm8k_gold(gold) or None
     boxed = extract_boxed_answer(gold)
     if boxed is not None:
-        return boxed or None
+        return clean_boxed(boxed) or None
     gold = gold.strip()
     return gold or None
 
@@ -268,6 +286,13 @@ class _Worker:
                 pass
 
 
+def _hard_deadline(t_int: int) -> float:
+    """Parent-side bound for one item: gold (up to 3 wrappings) + prediction (up to 2 parses) +
+    verify, each bounded by ``t_int`` inside the worker, plus slack. Only an item stuck where
+    ``signal.alarm`` cannot interrupt it (C code) ever reaches it."""
+    return 6.0 * t_int + 2.0
+
+
 class _MathPool:
     """A fixed number of verification workers; one batch at a time (a lock serialises callers)."""
 
@@ -291,8 +316,7 @@ class _MathPool:
         self, preds: Sequence[str], golds: Sequence[str], timeout_s: float
     ) -> list[tuple[float | None, str]]:
         t_int = max(1, int(_pymath.ceil(timeout_s)))
-        # parse(gold) + parse(pred, up to 2 tries) + verify, each bounded by t_int inside the worker
-        hard = 4.0 * t_int + 2.0
+        hard = _hard_deadline(t_int)
         n = len(preds)
         results: list[tuple[float | None, str] | None] = [None] * n
         pending = collections.deque(range(n))
@@ -422,7 +446,7 @@ def verify_math_answers(
             ``#### N`` fields or numbers; see :func:`normalize_gold`).
         timeout_s: Math-Verify's own parse/verify timeout inside the worker (rounded up to whole
             seconds, as ``signal.alarm`` needs); the parent kills a worker stuck for longer than
-            ``4 * timeout_s + 2`` s on one item and scores the item 0.
+            ``6 * timeout_s + 2`` s on one item and scores the item 0.
         max_workers: worker processes (default ``min(4, cpu_count)`` or ``$ADACLIP_MATH_WORKERS``).
             Workers persist between calls; concurrent callers are serialised per pool.
 
