@@ -1,0 +1,180 @@
+"""``AdaClipGRPOConfig``: TRL's ``GRPOConfig`` plus the adaptive-clipping fields.
+
+Every TRL field keeps its meaning; ``policy_loss`` picks the per-token policy term:
+
+* ``grpo``   - PPO/GRPO clip with TRL's ``epsilon``/``epsilon_high``/``delta`` (+ optional dual-clip)
+* ``bapo``   - BAPO adaptive asymmetric bounds (Xi et al., arXiv 2510.18927)
+* ``archer`` - Archer entropy-classed clip widths and KL weights (Wang et al., arXiv 2507.15778)
+
+Invalid values are refused in ``__post_init__`` with the field name, the value and the allowed range.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+from ..gradclip import GRAD_CLIPPERS
+from ..losses import POLICY_LOSSES, ArcherConfig, BAPOConfig, GRPOClipConfig
+
+CLIP_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
+
+
+def _prefixed(error: ValueError, prefix: str, names: list[str]) -> ValueError:
+    """Rewrite a loss-config error so that it names the trainer config's field (``bapo_target``)."""
+    msg = str(error)
+    for name in sorted(names, key=len, reverse=True):
+        msg = re.sub(rf"(?<![\w.]){re.escape(name)}\b", prefix + name, msg)
+    return ValueError(msg)
+
+
+@dataclass
+class AdaClipGRPOConfig(GRPOConfig):
+    r"""GRPO configuration with adaptive clipping. See :class:`trl.GRPOConfig` for the base fields.
+
+    Parameters specific to adaclip-rl are grouped by prefix: ``bapo_*`` (BAPO bound search),
+    ``archer_*`` (Archer token classes), ``grad_clip*`` (adaptive gradient clipping).
+    """
+
+    policy_loss: str = field(
+        default="grpo",
+        metadata={"help": "Per-token policy term: 'grpo' (PPO clip with epsilon/epsilon_high), 'bapo' "
+                  "(BAPO, arXiv 2510.18927) or 'archer' (Archer, arXiv 2507.15778)."},
+    )
+    dual_clip: float | None = field(
+        default=None,
+        metadata={"help": "Dual-clip constant c > 1 for negative advantages with policy_loss='grpo' (Ye et al. "
+                  "2020). None disables it. BAPO and Archer have their own (bapo_dual_clip, archer_dual_clip)."},
+    )
+    # --- BAPO (arXiv 2510.18927, Algorithm 1 and Sec. 5.1) ---
+    bapo_target: float = field(
+        default=0.4,
+        metadata={"help": "BAPO target rho0: share of positive-advantage contribution in (0, 1) (paper: 0.4). "
+                  "With bapo_contribution='value' it is the official code's pos/neg ratio target (> 0)."},
+    )
+    bapo_low_start: float = field(default=0.6, metadata={"help": "BAPO lower bound start a- (paper 0.6)."})
+    bapo_low_max: float = field(default=0.9, metadata={"help": "BAPO lower bound maximum b- (paper 0.9)."})
+    bapo_low_step: float = field(default=0.02, metadata={"help": "BAPO lower bound step delta2 (paper 0.02)."})
+    bapo_high_start: float = field(default=1.2, metadata={"help": "BAPO upper bound start a+ (paper 1.2)."})
+    bapo_high_max: float = field(default=3.0, metadata={"help": "BAPO upper bound maximum b+ (paper 3.0)."})
+    bapo_high_step: float = field(default=0.05, metadata={"help": "BAPO upper bound step delta1 (paper 0.05)."})
+    bapo_contribution: str = field(
+        default="grad",
+        metadata={"help": "'grad': the paper (gradient-carrying contribution share, upper bound first); 'value': "
+                  "the official verl recipe (effective-advantage pos/neg ratio, lower bound first)."},
+    )
+    bapo_dual_clip: float | None = field(
+        default=3.0, metadata={"help": "Dual-clip constant for A<0 under BAPO (verl default 3.0); None disables."}
+    )
+    # --- Archer (arXiv 2507.15778, Eq. 5 and Sec. 5.1) ---
+    archer_quantile: float = field(
+        default=0.8, metadata={"help": "Archer per-response entropy quantile rho in (0, 1) (paper 0.8)."}
+    )
+    archer_high_clip: float = field(
+        default=0.5, metadata={"help": "Archer clip width eps_r of high-entropy tokens, in (0, 1) (paper 0.5)."}
+    )
+    archer_low_clip: float = field(
+        default=0.2, metadata={"help": "Archer clip width eps_k of low-entropy tokens, in (0, 1) (paper 0.2)."}
+    )
+    archer_high_kl: float = field(
+        default=0.0, metadata={"help": "Archer KL weight beta_r of high-entropy tokens, >= 0 (paper 0.0)."}
+    )
+    archer_low_kl: float = field(
+        default=0.001, metadata={"help": "Archer KL weight beta_k of low-entropy tokens, >= 0 (paper 0.001)."}
+    )
+    archer_kl_estimator: str = field(
+        default="k3", metadata={"help": "Archer KL estimator: 'k1', 'k2' or 'k3' (official code: k3)."}
+    )
+    archer_dual_clip: float | None = field(
+        default=10.0, metadata={"help": "Dual-clip constant for A<0 under Archer (official script 10.0)."}
+    )
+    archer_entropy_source: str = field(
+        default="current",
+        metadata={"help": "Entropies that classify tokens: 'current' (policy being updated, official code) or "
+                  "'old' (policy at generation time, paper Algorithm 1; costs one extra forward per batch)."},
+    )
+    # --- adaptive gradient clipping (see adaclip_rl.gradclip) ---
+    grad_clip: str = field(
+        default="fixed",
+        metadata={"help": "Gradient clipping: 'none', 'fixed' (TRL/transformers max_grad_norm), 'zclip', 'adagc', "
+                  "'autoclip' or 'quantile'. Adaptive modes keep max_grad_norm > 0 only as the switch."},
+    )
+    zclip_alpha: float = field(default=0.97, metadata={"help": "ZClip EMA factor alpha in (0, 1)."})
+    zclip_z_thresh: float = field(default=2.5, metadata={"help": "ZClip z-score threshold (> 0)."})
+    zclip_warmup_steps: int = field(default=25, metadata={"help": "ZClip warm-up steps (>= 1)."})
+    adagc_lambda_rel: float = field(default=1.04, metadata={"help": "AdaGC relative threshold lambda_rel (> 0)."})
+    adagc_beta: float = field(default=0.99, metadata={"help": "AdaGC EMA factor beta in (0, 1)."})
+    adagc_warmup_steps: int = field(default=100, metadata={"help": "AdaGC warm-up steps of global clipping."})
+    autoclip_percentile: float = field(default=10.0, metadata={"help": "AutoClip percentile in (0, 100]."})
+    autoclip_window: int = field(default=1000, metadata={"help": "AutoClip window of past norms (>= 1)."})
+    quantile_target: float = field(default=0.5, metadata={"help": "Quantile-tracking target quantile in (0, 1)."})
+    quantile_lr: float = field(default=0.05, metadata={"help": "Quantile-tracking geometric learning rate (> 0)."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.policy_loss not in POLICY_LOSSES:
+            raise ValueError(f"policy_loss must be one of {sorted(POLICY_LOSSES)}; got {self.policy_loss!r}")
+        if self.policy_loss != "grpo" and self.loss_type not in CLIP_LOSS_TYPES:
+            raise ValueError(
+                f"loss_type must be one of {CLIP_LOSS_TYPES} with policy_loss={self.policy_loss!r}; got {self.loss_type!r}"
+            )
+        if self.archer_entropy_source not in ("current", "old"):
+            raise ValueError(f"archer_entropy_source must be 'current' or 'old'; got {self.archer_entropy_source!r}")
+        if self.grad_clip not in ("fixed", *GRAD_CLIPPERS):
+            raise ValueError(f"grad_clip must be one of {sorted({'fixed', *GRAD_CLIPPERS})}; got {self.grad_clip!r}")
+        if self.grad_clip not in ("none", "fixed") and not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be > 0 when grad_clip={self.grad_clip!r} (it switches clipping on); "
+                             f"got {self.max_grad_norm!r}")
+        self.policy_loss_config()  # validates the policy-loss fields
+        self.grad_clipper_kwargs()
+
+    def policy_loss_config(self) -> GRPOClipConfig | BAPOConfig | ArcherConfig:
+        """The :mod:`adaclip_rl.losses` config for ``policy_loss`` (raises ValueError naming our fields)."""
+        if self.policy_loss == "bapo":
+            names = ["target", "low_start", "low_max", "low_step", "high_start", "high_max", "high_step",
+                     "contribution", "dual_clip"]
+            try:
+                return BAPOConfig(**{n: getattr(self, f"bapo_{n}") for n in names})
+            except ValueError as e:
+                raise _prefixed(e, "bapo_", names) from None
+        if self.policy_loss == "archer":
+            names = ["quantile", "high_clip", "low_clip", "high_kl", "low_kl", "kl_estimator", "dual_clip"]
+            try:
+                return ArcherConfig(**{n: getattr(self, f"archer_{n}") for n in names})
+            except ValueError as e:
+                raise _prefixed(e, "archer_", names) from None
+        eps_high = self.epsilon_high if self.epsilon_high is not None else self.epsilon
+        try:
+            return GRPOClipConfig(epsilon_low=self.epsilon, epsilon_high=eps_high, dual_clip=self.dual_clip,
+                                  delta=self.delta)
+        except ValueError as e:
+            raise _prefixed(e, "", []) from None
+
+    def grad_clipper_kwargs(self) -> dict:
+        """Keyword arguments for :func:`adaclip_rl.gradclip.build_grad_clipper` (validated there)."""
+        from ..gradclip import build_grad_clipper
+
+        kwargs = {
+            "none": {},
+            "fixed": {"max_norm": self.max_grad_norm},
+            "zclip": {"alpha": self.zclip_alpha, "z_thresh": self.zclip_z_thresh,
+                      "warmup_steps": self.zclip_warmup_steps},
+            "adagc": {"lambda_rel": self.adagc_lambda_rel, "beta": self.adagc_beta,
+                      "warmup_steps": self.adagc_warmup_steps, "warmup_max_norm": self.max_grad_norm},
+            "autoclip": {"percentile": self.autoclip_percentile, "window": self.autoclip_window},
+            "quantile": {"target_quantile": self.quantile_target, "learning_rate": self.quantile_lr},
+        }[self.grad_clip]
+        if self.grad_clip not in ("none", "fixed"):
+            prefix = {"zclip": "zclip_", "adagc": "adagc_", "autoclip": "autoclip_", "quantile": "quantile_"}[
+                self.grad_clip]
+            ours = {"target_quantile": "quantile_target", "learning_rate": "quantile_lr"}
+            try:
+                build_grad_clipper(self.grad_clip, **kwargs)
+            except ValueError as e:
+                msg = str(e)
+                for k in sorted(kwargs, key=len, reverse=True):
+                    msg = re.sub(rf"(?<![\w.]){re.escape(k)}\b", ours.get(k, prefix + k), msg)
+                raise ValueError(msg) from None
+        return kwargs

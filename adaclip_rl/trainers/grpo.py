@@ -1,0 +1,292 @@
+"""``AdaClipGRPOTrainer``: TRL's ``GRPOTrainer`` with the policy term from :mod:`adaclip_rl.losses`.
+
+Only three things are overridden:
+
+* ``_compute_loss`` - the same steps in the same order as TRL 1.16 (log-probs and entropies from
+  TRL's helper, entropy mask, off-policy sequence mask, token/sequence importance weights,
+  ``beta`` KL with bias correction, vLLM importance-sampling ratio, every clip ``loss_type``'s
+  aggregation and gradient-accumulation scaling, entropy bonus with TRL's adaptive controller,
+  MoE aux loss, TRL's metrics), with the per-token policy term taken from the registry
+  (``grpo`` / ``bapo`` / ``archer``) and our metrics added. A parity test keeps
+  ``policy_loss="grpo"`` equal to the stock trainer. Loss types outside the clip family
+  (``cispo``, ``sapo``, ``vespo``) go to TRL unchanged.
+* ``_clip_grad_norm`` - adaptive gradient clipping (:mod:`adaclip_rl.gradclip`) when configured.
+* checkpoint save/load - adds ``adaclip_state.json`` (gradient-clipper state) next to TRL's files.
+
+BAPO's statistics vector is all-reduced (SUM) once per loss call, so every rank picks the same
+bounds; the search runs per micro-batch, like the official verl recipe.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import torch
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from trl import GRPOTrainer
+
+from ..gradclip import build_grad_clipper, norm_reduce_fn_for
+from ..losses import aggregate_loss, get_policy_loss, kl_estimate
+from .config import CLIP_LOSS_TYPES, AdaClipGRPOConfig
+
+logger = logging.getLogger(__name__)
+
+ADACLIP_STATE_FILE = "adaclip_state.json"
+_MM_KEYS = (
+    "pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes", "num_tiles",
+    "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids",
+)
+
+
+class AdaClipGRPOTrainer(GRPOTrainer):
+    """GRPO with adaptive clipping. Same constructor as :class:`trl.GRPOTrainer`; ``args`` must be an
+    :class:`AdaClipGRPOConfig` (a plain ``GRPOConfig`` is upgraded with ``policy_loss="grpo"``)."""
+
+    def __init__(self, model, reward_funcs=None, args: AdaClipGRPOConfig | None = None, *a: Any, **kw: Any):
+        if args is None:
+            args = AdaClipGRPOConfig(output_dir="adaclip-grpo")
+        elif not isinstance(args, AdaClipGRPOConfig):
+            raise TypeError(f"args must be an AdaClipGRPOConfig; got {type(args).__name__}")
+        self.loss_config = args.policy_loss_config()
+        self.policy_loss_fn = get_policy_loss(args.policy_loss)
+        # Archer's KL needs reference log-probs; TRL loads the reference model and computes them only
+        # when beta != 0. Switch that on without adding TRL's own KL term (kept in self.kl_beta).
+        self.kl_beta = args.beta
+        needs_ref = args.policy_loss == "archer" and self.loss_config.uses_kl and args.beta == 0.0
+        if needs_ref:
+            args.beta = 1.0
+        try:
+            super().__init__(model, reward_funcs, args, *a, **kw)
+        finally:
+            args.beta = self.kl_beta
+        self.grad_clipper = build_grad_clipper(args.grad_clip, **args.grad_clipper_kwargs()) \
+            if args.grad_clip not in ("none", "fixed") else None
+
+    # ------------------------------------------------------------------ loss
+    def _reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.reduce(t, reduction="sum") if self.accelerator.num_processes > 1 else t
+
+    def _generate_and_score_completions(self, inputs):
+        out = super()._generate_and_score_completions(inputs)
+        if self.args.policy_loss == "archer" and self.args.archer_entropy_source == "old":
+            # paper Algorithm 1: classify tokens by the entropies of the policy that generated them
+            input_ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
+            attention_mask = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
+            with torch.no_grad():
+                _, entropies, _ = self._get_per_token_logps_and_entropies(
+                    self.model, input_ids, attention_mask, out["completion_ids"].size(1),
+                    batch_size=self.args.per_device_train_batch_size, compute_entropy=True,
+                    **{k: out.get(k) for k in _MM_KEYS if k in out},
+                )
+            out["old_per_token_entropies"] = entropies
+        return out
+
+    def _compute_loss(self, model, inputs):
+        if self.loss_type not in CLIP_LOSS_TYPES:
+            return super()._compute_loss(model, inputs)
+        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
+        per_token_logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=True,
+            compute_aux_loss=self.aux_loss_enabled, **{k: inputs.get(k) for k in _MM_KEYS},
+        )
+        entropy_mask = (
+            self.get_high_entropy_mask(entropies, mask, 1 - self.top_entropy_quantile)
+            if self.top_entropy_quantile < 1.0 else None
+        )
+        advantages = inputs["advantages"]
+        if advantages.dim() == 1:
+            advantages = advantages.unsqueeze(1)
+        old_per_token_logps = inputs.get("old_per_token_logps")
+        if old_per_token_logps is None:
+            old_per_token_logps = per_token_logps.detach()
+        off_policy_mask = None
+        if self.off_policy_mask_threshold is not None:
+            off_policy_mask = self.get_off_policy_mask(
+                advantages=advantages, per_token_logps=per_token_logps,
+                sampling_per_token_logps=inputs.get("sampling_per_token_logps", old_per_token_logps),
+                mask=mask, off_policy_threshold=self.off_policy_mask_threshold,
+            )
+        log_ratio = per_token_logps - old_per_token_logps
+        if self.importance_sampling_level == "token":
+            log_weights = log_ratio
+        elif self.importance_sampling_level == "sequence":
+            log_weights = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)
+        else:
+            raise ValueError(f"importance_sampling_level must be 'token' or 'sequence'; got "
+                             f"{self.importance_sampling_level!r}")
+        ratio = torch.exp(log_weights)
+        ref_logps = inputs.get("ref_per_token_logps")
+        per_token_kl = None
+        if self.kl_beta != 0.0:
+            per_token_kl = kl_estimate(per_token_logps, ref_logps, "k3")
+            if self.args.use_bias_correction_kl:
+                per_token_kl = per_token_kl * ratio
+
+        # ---- the policy term: adaclip_rl.losses ----
+        class_entropy = inputs.get("old_per_token_entropies", entropies)
+        out = self.policy_loss_fn(
+            ratio, advantages, mask, config=self.loss_config, logp=per_token_logps, ref_logp=ref_logps,
+            entropy=class_entropy.detach(), reduce_fn=self._reduce_sum,
+        )
+        per_token_loss = out.per_token_loss
+        if off_policy_mask is not None:
+            per_token_loss = per_token_loss * off_policy_mask
+        if entropy_mask is not None:
+            per_token_loss = per_token_loss * entropy_mask
+        if self.use_vllm and self.vllm_importance_sampling_correction:
+            per_token_loss = per_token_loss * inputs["importance_sampling_ratio"]
+        if per_token_kl is not None:
+            per_token_loss = per_token_loss + self.kl_beta * per_token_kl
+
+        mode = "train" if self.model.training else "eval"
+        ga = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        if self.loss_type == "dapo":
+            num_tokens = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+            if mode == "train":
+                num_tokens = num_tokens * self.current_gradient_accumulation_steps / self.args.steps_per_generation
+            loss = aggregate_loss(per_token_loss, mask, "dapo", num_tokens=num_tokens)
+            policy_loss = loss.detach()
+        else:
+            loss = aggregate_loss(per_token_loss, mask, self.loss_type,
+                                  max_completion_length=self.max_completion_length)
+            policy_loss = loss.detach()
+            loss = loss / ga
+        if out.extra_loss is not None:  # Archer's per-class KL: a mean per micro-batch
+            loss = loss + out.extra_loss / ga
+        loss = self._add_entropy_bonus(loss, entropies, mask, entropy_mask, policy_loss, mode)
+        if self.aux_loss_enabled:
+            loss = loss + self.router_aux_loss_coef * aux_loss / ga
+            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
+        self._log_loss_metrics(mode, mask, advantages, ratio, entropies, per_token_kl, out.metrics)
+        return loss
+
+    def _add_entropy_bonus(self, loss, entropies, mask, entropy_mask, policy_loss, mode):
+        """TRL 1.16's entropy bonus and Skywork-OR1 adaptive controller, unchanged in behaviour."""
+        if not self._entropy_bonus_enabled:
+            return loss
+        effective_mask = mask if entropy_mask is None else mask * entropy_mask
+        ga = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        entropy_loss = (entropies * effective_mask).sum() / effective_mask.sum().clamp(min=1.0) / ga
+        if self.use_adaptive_entropy:
+            coef = self.entropy_coef if self._last_world_entropy <= self.args.entropy_target else 0.0
+        else:
+            coef = self.entropy_coef
+        loss = loss - coef * entropy_loss
+        self._metrics[mode]["policy_loss"].append(self.accelerator.gather(policy_loss).nanmean().item())
+        if self.use_adaptive_entropy and mode == "train":
+            stats = torch.stack([(entropies * effective_mask).sum(), effective_mask.sum()]).detach()
+            self._entropy_window_stats = stats if self._entropy_window_stats is None \
+                else self._entropy_window_stats + stats
+            if self.accelerator.sync_gradients:
+                window = self.accelerator.reduce(self._entropy_window_stats, reduction="sum")
+                world_entropy = (window[0] / window[1].clamp(min=1.0)).item()
+                delta = self.args.entropy_coef_delta
+                if world_entropy <= self.args.entropy_target:
+                    self.entropy_coef = min(self.entropy_coef + delta, self.args.entropy_coef_max)
+                else:
+                    self.entropy_coef = max(self.entropy_coef - delta, self.args.entropy_coef_min)
+                self._last_world_entropy = world_entropy
+                self._entropy_window_stats = None
+        if mode == "train" and self.accelerator.sync_gradients:
+            self._metrics[mode]["entropy_coef"].append(self.entropy_coef)
+        return loss
+
+    @torch.no_grad()
+    def _log_loss_metrics(self, mode, mask, advantages, ratio, entropies, per_token_kl, loss_metrics):
+        """TRL's loss metrics plus the policy loss's own, reduced across ranks in one collective."""
+        m = mask.float()
+        seq = ratio.shape[1] == 1
+
+        def sums(x):  # (sum, count) over loss tokens, or over sequences for sequence-level ratios
+            if x.shape[1] == 1 and seq:
+                return x.sum(), torch.tensor(float(x.shape[0]), device=x.device)
+            return (x * m).sum(), m.sum()
+
+        names, values = [], []
+
+        def add(name, x):
+            s, c = sums(x)
+            names.append(name)
+            values.extend([s, c])
+
+        if per_token_kl is not None:
+            add("kl", per_token_kl)
+        add("entropy", entropies)
+        low_eps, high_eps = self.epsilon_low, self.epsilon_high
+        if self.args.policy_loss == "grpo":
+            is_low = ((ratio < 1 - low_eps) & (advantages < 0)).float()
+            is_high = ((ratio > 1 + high_eps) & (advantages > 0)).float()
+            add("clip_ratio/low_mean", is_low)
+            add("clip_ratio/high_mean", is_high)
+            add("clip_ratio/region_mean", ((is_low + is_high) > 0).float())
+        # our metrics are already global (BAPO bounds) or local means; average local means over ranks
+        local = [v.detach().float().reshape(()) for v in loss_metrics.values()]
+        vec = torch.stack([*values, *local]) if values or local else None
+        n = self.accelerator.num_processes
+        if vec is not None and n > 1:
+            vec = self.accelerator.reduce(vec, reduction="sum")
+        vals = vec.tolist() if vec is not None else []
+        for i, name in enumerate(names):
+            s, c = vals[2 * i], vals[2 * i + 1]
+            self._metrics[mode][name].append(s / max(c, 1.0))
+        base = 2 * len(names)
+        for j, key in enumerate(loss_metrics):
+            value = vals[base + j] / n
+            self._metrics[mode][key].append(value)
+
+    # ------------------------------------------------------- gradient clipping
+    def _clip_grad_norm(self, model):
+        """Adaptive clipping (``grad_clip``); returns the pre-clip global norm, like transformers."""
+        if self.args.grad_clip == "fixed":
+            return super()._clip_grad_norm(model)
+        if self.is_deepspeed_enabled:
+            raise NotImplementedError(
+                "grad_clip other than 'fixed' is not supported under DeepSpeed (the engine clips inside its step); "
+                "see docs/gradient_clipping.md for the lagged-threshold path")
+        self.accelerator.unscale_gradients()
+        params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        reduce_fn = norm_reduce_fn_for(model, params)
+        if self.grad_clipper is None:  # "none": measure, do not clip
+            from ..gradclip import grad_sq_norms
+
+            sq = grad_sq_norms([p for _, p in params])
+            if reduce_fn is not None:
+                sq = reduce_fn(sq)
+            return sq.sum().sqrt()
+        norm = self.grad_clipper.clip_(params, norm_reduce_fn=reduce_fn)
+        for key, value in self.grad_clipper.metrics().items():
+            self._metrics["train"][f"gradclip/{key}"].append(float(value))
+        return norm
+
+    # ----------------------------------------------------------- checkpoints
+    def adaclip_state_dict(self) -> dict[str, Any]:
+        """Adaptive state that must survive a resume (TRL saves its entropy controller itself)."""
+        return {"grad_clipper": self.grad_clipper.state_dict() if self.grad_clipper is not None else None}
+
+    def load_adaclip_state_dict(self, state: dict[str, Any]) -> None:
+        if self.grad_clipper is not None and state.get("grad_clipper") is not None:
+            self.grad_clipper.load_state_dict(state["grad_clipper"])
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            with open(os.path.join(folder, ADACLIP_STATE_FILE), "w") as f:
+                json.dump(self.adaclip_state_dict(), f)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None:
+            path = os.path.join(checkpoint, ADACLIP_STATE_FILE)
+            if os.path.exists(path):
+                with open(path) as f:
+                    self.load_adaclip_state_dict(json.load(f))
+            else:
+                logger.warning("checkpoint %s has no %s: adaptive state starts fresh", checkpoint, ADACLIP_STATE_FILE)
