@@ -18,8 +18,9 @@ attribute 'weight_loader'``). Whether the oneDNN path is taken depends on import
 (``vllm._custom_ops._supports_onednn``). We therefore sync through the model runner's
 ``reload_weights(weights_iterator=..., is_checkpoint_format=True)`` - vLLM's layerwise in-place
 reload, which restores the checkpoint-format parameters, loads, and re-runs the kernel processing -
-and fall back to ``load_weights`` only if the runner lacks it. Measured here: log-probs after a
-sync match a transformers forward of the same weights to ~2e-6 (fp32).
+and fall back to ``load_weights`` only if the runner lacks it. A tied LM head must be sent
+explicitly (:func:`with_tied_lm_head`). Measured here: log-probs after a sync match a transformers
+forward of the same weights to ~2e-6 (fp32).
 
 Behaviour log-probs: ``logprobs_mode="processed_logprobs"`` returns the log-prob of the sampled
 token after temperature and top-p/top-k, i.e. under the distribution it was drawn from (vLLM's
@@ -83,12 +84,41 @@ def prepare_colocate_env(kv_cache_gib: int | None = 1) -> None:
                 os.environ["MASTER_PORT"] = str(s.getsockname()[1])
 
 
+def _ties_word_embeddings(model: torch.nn.Module) -> bool:
+    config = getattr(model, "config", None)
+    get_text_config = getattr(config, "get_text_config", None)
+    text_config = get_text_config() if callable(get_text_config) else config
+    return bool(getattr(text_config, "tie_word_embeddings", False))
+
+
+def with_tied_lm_head(
+    weights: NamedTensors, tied: bool, embed_suffix: str = "embed_tokens.weight"
+) -> NamedTensors:
+    """Yield ``weights`` and, for tied embeddings, an explicit ``lm_head.weight`` copy at the end.
+
+    ``named_parameters()`` lists a tied output embedding once (as the input embedding). vLLM's CPU
+    build packs the LM head into its own GEMM handle, so a layerwise reload that does not receive
+    ``lm_head.weight`` keeps the *old* head: log-probs then drift by O(1) after the first sync
+    (measured here). TRL 1.16's colocate sync streams ``named_parameters()`` and has the same gap.
+    """
+    embed: torch.Tensor | None = None
+    seen_head = False
+    for name, tensor in weights:
+        if tied and name.endswith(embed_suffix):
+            embed = tensor.detach().clone()  # ZeRO-3 gathers are released after each yield
+        seen_head = seen_head or name.endswith("lm_head.weight")
+        yield name, tensor
+    if tied and embed is not None and not seen_head:
+        yield "lm_head.weight", embed
+
+
 def named_parameters_for_vllm(model: torch.nn.Module) -> NamedTensors:
     """``(name, tensor)`` pairs of a plain (non-sharded, non-PEFT) transformers model, named as vLLM
-    expects (TRL's ``_fix_param_name_to_vllm``: gradient-checkpointing wrapper prefixes removed).
-    For FSDP / DeepSpeed / PEFT models use TRL's ``VLLMGeneration._iter_named_params()``."""
-    for name, param in model.named_parameters():
-        yield name.replace("_checkpoint_wrapped_module.", ""), param.data
+    expects (TRL's ``_fix_param_name_to_vllm``: gradient-checkpointing wrapper prefixes removed),
+    with the tied LM head made explicit (:func:`with_tied_lm_head`).
+    For FSDP / DeepSpeed / PEFT models wrap TRL's ``VLLMGeneration._iter_named_params()`` instead."""
+    params = ((n.replace("_checkpoint_wrapped_module.", ""), p.data) for n, p in model.named_parameters())
+    yield from with_tied_lm_head(params, _ties_word_embeddings(model))
 
 
 class VLLMColocateEngine:
@@ -242,6 +272,19 @@ class VLLMColocateEngine:
         ]
         outs = self.llm.generate(prompts, sampling_params=params, use_tqdm=False)
         return [[self._to_output(c, self.version) for c in o.outputs] for o in outs]
+
+    def close(self) -> None:
+        """Release the engine and tear down the single-process group vLLM initialised (tests)."""
+        llm = getattr(self, "llm", None)
+        self.llm = None
+        if llm is not None:
+            del llm
+            try:
+                from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+                cleanup_dist_env_and_memory()
+            except Exception as err:  # pragma: no cover - best effort
+                logger.warning("vLLM cleanup failed: %s", err)
 
     # ------------------------------------------------------------------ weights
     @property
