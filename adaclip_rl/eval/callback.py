@@ -122,7 +122,7 @@ class PeriodicEvalCallback(TrainerCallback):
             metrics[f"eval/{name}/tokens_per_s"] = entry["generation"]["tokens_per_s"] or 0.0
         return metrics
 
-    def _maybe_eval(self, state: TrainerState, model: Any) -> None:
+    def _maybe_eval(self, state: TrainerState, control: TrainerControl, model: Any) -> None:
         if not state.is_world_process_zero or model is None or state.global_step == self._last_step:
             return
         self._last_step = state.global_step
@@ -131,12 +131,15 @@ class PeriodicEvalCallback(TrainerCallback):
         if self.trainer is not None:
             # GRPOTrainer.log picks its metric buffer by model.training: log in eval mode so the
             # training buffer (averaged over logging_steps) is not flushed early.
-            was_training = model.training
+            # trainer.log -> on_log clears control.should_log, which would drop the trainer's own
+            # loss log due at this step: keep the flag as it was.
+            was_training, should_log = model.training, control.should_log
             model.eval()
             try:
                 self.trainer.log(dict(metrics))
             finally:
                 model.train(was_training)
+                control.should_log = should_log
         else:
             state.log_history.append({**metrics, "step": state.global_step})
         logger.info("step %d: %s", state.global_step, metrics)
@@ -148,7 +151,7 @@ class PeriodicEvalCallback(TrainerCallback):
         if self.tokenizer is None:
             self.tokenizer = kwargs.get("processing_class")
         if state.global_step > 0 and state.global_step % self.eval_every == 0:
-            self._maybe_eval(state, kwargs.get("model"))
+            self._maybe_eval(state, control, kwargs.get("model"))
         return control
 
     def on_train_end(
@@ -156,5 +159,5 @@ class PeriodicEvalCallback(TrainerCallback):
     ) -> TrainerControl:
         """Final evaluation when the last step was not an evaluation step."""
         if self.eval_on_train_end and state.global_step > 0:
-            self._maybe_eval(state, kwargs.get("model"))
+            self._maybe_eval(state, control, kwargs.get("model"))
         return control
