@@ -523,6 +523,7 @@ def _run(
         if host_workdir:
             if uid is not None:
                 _kill_uid(uid, judge_uid)
+                _remove_files_of({uid, judge_uid})  # type: ignore[arg-type]
             shutil.rmtree(host_workdir, ignore_errors=True)
     wall = time.monotonic() - t0
 
@@ -554,6 +555,35 @@ def _run(
         error=error,
         judge_error=info.get("judge_error"),
     )
+
+
+_WORLD_WRITABLE = ("/tmp", "/var/tmp", "/run/lock", "/dev/shm")
+
+
+def _remove_files_of(uids: set[int], dirs: tuple[str, ...] = _WORLD_WRITABLE, depth: int = 2) -> None:
+    """Fallback mode: delete what the sandbox uids created in world-writable directories.
+
+    The uids are dedicated to the sandbox, so every entry they own was made by a sandboxed
+    program; such entries can only sit in directories writable by everyone (or in their own).
+    """
+    for d in dirs:
+        try:
+            entries = list(os.scandir(d))
+        except OSError:
+            continue
+        for entry in entries[:100_000]:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if st.st_uid in uids:
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+            elif depth > 1 and entry.is_dir(follow_symlinks=False) and st.st_mode & 0o002:
+                _remove_files_of(uids, (entry.path,), depth - 1)
 
 
 def _kill_session(proc: subprocess.Popen, uid: int | None, judge_uid: int | None, namespaces: bool) -> None:
