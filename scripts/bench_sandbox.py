@@ -1,0 +1,128 @@
+"""Throughput of the reward verifiers: the code sandbox and the Math-Verify worker pool.
+
+Measures, on this machine:
+
+* ``sandbox_trivial``: ``run_python("pass")`` runs per second (launch + namespaces + teardown);
+* ``humaneval_canonical``: HumanEval canonical solutions judged per second (two sandboxed
+  processes each: candidate and judge), all expected to pass;
+* ``humaneval_empty``: the same problems with ``pass`` bodies (all expected to fail);
+* ``math_verify``: MATH-500 answers verified per second (boxed gold vs itself and a perturbed
+  answer), after the worker pool has started.
+
+Prints a table and writes JSON (``--out``, default ``results/bench_sandbox.json``)::
+
+    python scripts/bench_sandbox.py --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from adaclip_rl.rewards.code import check_humaneval  # noqa: E402
+from adaclip_rl.rewards.math import verify_math_answers  # noqa: E402
+from adaclip_rl.rewards.sandbox import configure_sandbox, run_python, sandbox_info  # noqa: E402
+
+
+def _load(path: Path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _parallel(fn, items: list, workers: int) -> tuple[list, float]:  # type: ignore[no-untyped-def]
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        out = list(pool.map(fn, items))
+    return out, time.perf_counter() - t0
+
+
+def bench_sandbox(rows: list[dict], workers: int, repeats: int) -> dict[str, dict]:
+    """Sandbox throughput rows of the result table."""
+    res: dict[str, dict] = {}
+    trivial, dt = _parallel(lambda _: run_python("pass").ok, list(range(50 * repeats)), workers)
+    res["sandbox_trivial"] = {
+        "n": len(trivial),
+        "ok": sum(trivial),
+        "seconds": dt,
+        "per_s": len(trivial) / dt,
+    }
+    for name, body in (("humaneval_canonical", None), ("humaneval_empty", "    pass\n")):
+        items = rows * repeats
+        scores, dt = _parallel(
+            lambda r, b=body: check_humaneval(
+                b if b is not None else r["canonical_solution"], r["prompt"], r["test"], r["entry_point"]
+            ),
+            items,
+            workers,
+        )
+        res[name] = {"n": len(items), "passed": int(sum(scores)), "seconds": dt, "per_s": len(items) / dt}
+    return res
+
+
+def bench_math(rows: list[dict], workers: int) -> dict:
+    """Math-Verify throughput (items/s) with a warm pool."""
+    golds = [r["answer"] for r in rows]
+    verify_math_answers([r"\boxed{1}"], ["1"], max_workers=workers)  # start the pool
+    preds = [f"so the answer is $\\boxed{{{g}}}$" for g in golds] + [r"$\boxed{-12345}$"] * len(golds)
+    t0 = time.perf_counter()
+    scores = verify_math_answers(preds, golds + golds, max_workers=workers)
+    dt = time.perf_counter() - t0
+    n = len(golds)
+    return {
+        "n": 2 * n,
+        "correct_self": int(sum(s or 0 for s in scores[:n])),
+        "accepted_wrong": int(sum(s or 0 for s in scores[n:])),
+        "seconds": dt,
+        "per_s": 2 * n / dt,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and write the JSON report."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="parallel sandboxes / math workers"
+    )
+    ap.add_argument("--repeats", type=int, default=1, help="passes over HumanEval")
+    ap.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--out", type=Path, default=REPO / "results" / "bench_sandbox.json")
+    ap.add_argument("--skip-math", action="store_true")
+    args = ap.parse_args(argv)
+
+    configure_sandbox(max_parallel=args.workers)
+    info = sandbox_info()
+    results = bench_sandbox(_load(args.data_dir / "humaneval.jsonl"), args.workers, args.repeats)
+    if not args.skip_math:
+        results["math_verify"] = bench_math(_load(args.data_dir / "math500.jsonl"), args.workers)
+
+    print(f"isolation: {info['isolation_mode']}  workers: {args.workers}  cpus: {os.cpu_count()}")
+    print(f"{'benchmark':<22}{'n':>6}{'ok/passed':>11}{'seconds':>10}{'per second':>12}")
+    for name, r in results.items():
+        ok = r.get("ok", r.get("passed", r.get("correct_self")))
+        print(f"{name:<22}{r['n']:>6}{ok:>11}{r['seconds']:>10.2f}{r['per_s']:>12.1f}")
+    report = {
+        "isolation_mode": info["isolation_mode"],
+        "workers": args.workers,
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "load_avg_1m": os.getloadavg()[0],
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
