@@ -67,7 +67,7 @@ class RolloutConfig:
     are kept in flight so that long generations overlap with training (the source of the speed-up).
 
     Importance correction: per token ``w = exp(logp_old - logp_behaviour)``, truncated at
-    ``is_cap`` (``is_mode="truncate"``, TIS) or zeroed beyond it (``"mask"``, ICEPOP-style), at
+    ``behaviour_is_cap`` (``behaviour_is_mode="truncate"``, TIS) or zeroed beyond it (``"mask"``, ICEPOP-style), at
     token or sequence level. ``logp_old`` is the proximal policy recomputed by the trainer
     (``ratio_anchor="proximal"``, AReaL's decoupled objective); with ``ratio_anchor="behaviour"``
     the PPO/BAPO ratio is taken directly against the behaviour log-probs and ``w = 1`` (verl
@@ -96,9 +96,9 @@ class RolloutConfig:
 
     # --- importance correction
     ratio_anchor: str = "proximal"
-    is_level: str = "token"
-    is_mode: str = "truncate"
-    is_cap: float = 2.0
+    behaviour_is_level: str = "token"
+    behaviour_is_mode: str = "truncate"
+    behaviour_is_cap: float = 2.0
 
     # --- staleness
     max_staleness: int | None = None
@@ -147,9 +147,9 @@ class RolloutConfig:
         _check_choice("ratio_anchor", self.ratio_anchor, RATIO_ANCHORS)
         if self.ratio_anchor == "behaviour" and not self.use_behaviour_logprobs:
             raise ValueError("ratio_anchor='behaviour' requires use_behaviour_logprobs=True")
-        _check_choice("is_level", self.is_level, IS_LEVELS)
-        _check_choice("is_mode", self.is_mode, IS_MODES)
-        _check_float("is_cap", self.is_cap, 1.0, math.inf)
+        _check_choice("behaviour_is_level", self.behaviour_is_level, IS_LEVELS)
+        _check_choice("behaviour_is_mode", self.behaviour_is_mode, IS_MODES)
+        _check_float("behaviour_is_cap", self.behaviour_is_cap, 1.0, math.inf)
         _check_int("max_staleness", self.max_staleness, 0, allow_none=True)
         _check_choice("staleness_policy", self.staleness_policy, STALENESS_POLICIES)
         _check_float("staleness_decay", self.staleness_decay, 0.0, 1.0)

@@ -195,7 +195,12 @@ def behaviour_correction(
         capped = torch.zeros_like(m)
     else:
         isw, _, capped = importance_weights(
-            logp_old, logp_behaviour, m, cap=config.is_cap, level=config.is_level, mode=config.is_mode
+            logp_old,
+            logp_behaviour,
+            m,
+            cap=config.behaviour_is_cap,
+            level=config.behaviour_is_level,
+            mode=config.behaviour_is_mode,
         )
     weights = isw * sw
     n = m.sum().clamp_min(1)

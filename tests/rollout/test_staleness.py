@@ -57,7 +57,7 @@ def test_behaviour_correction_combines_and_logs():
         staleness_policy="downweight",
         staleness_decay=0.5,
         staleness_level="token",
-        is_cap=2.0,
+        behaviour_is_cap=2.0,
     )
     old = torch.tensor([[0.0, 0.0, 0.0]])
     beh = torch.tensor([[0.0, -1.0, 0.0]])

@@ -1,0 +1,423 @@
+"""Off-policy GRPO: partial rollouts, replay and bounded staleness on top of ``AdaClipGRPOTrainer``.
+
+The trainer stays thin and reuses :mod:`adaclip_rl.rollout`:
+
+* **Generation** goes through TRL's ``rollout_func`` hook (TRL 1.16 ``GRPOTrainer._generate``):
+  ``_generate_and_score_completions`` first assembles the batch of *groups* - finished groups
+  from the :class:`~adaclip_rl.rollout.PartialRolloutManager` (driving TRL's own colocated
+  ``vllm.LLM`` through :class:`~adaclip_rl.rollout.vllm_engine.VLLMColocateEngine`) plus groups
+  drawn from the :class:`~adaclip_rl.rollout.ReplayBuffer` - then calls TRL with those groups'
+  dataset rows; ``rollout_func`` hands TRL the pre-generated completions and their per-token
+  behaviour log-probs. Everything after generation (rewards, group advantages, the proximal
+  ``old_per_token_logps`` recompute, metrics) is TRL's unchanged code.
+* **Into the loss**: the behaviour correction of :func:`adaclip_rl.rollout.behaviour_correction`
+  (truncated/masked IS weight ``exp(old - behaviour)`` x staleness weight) replaces TRL's
+  ``importance_sampling_ratio``, which ``AdaClipGRPOTrainer._compute_loss`` multiplies into the
+  per-token loss of every policy loss (``grpo``, ``bapo``, ``archer``). Per-token versions travel
+  as ``behaviour_versions``. With ``ratio_anchor="behaviour"`` the PPO/BAPO ratio is taken against
+  the behaviour log-probs instead (``old_per_token_logps`` := behaviour), see BAPO pitfall 9 in
+  ``shared/reference/bapo_archer.md``.
+* **Weights** are pushed into vLLM at most once per optimizer step, with version = global step,
+  through vLLM's layerwise reload (TRL's ``load_weights`` path breaks on vLLM-CPU's packed GEMMs;
+  see :mod:`adaclip_rl.rollout.vllm_engine`).
+* **Checkpoints** get ``rollout_state_<rank>.pt`` (replay buffer incl. RNG state, in-flight partial
+  rollouts, prefill RNG); it is restored on resume.
+
+Over-provisioning: partial rollouts only pay off if more groups are in flight than a step
+consumes. At the first step ``partial_prefill_groups`` extra prompt rows are drawn from
+``train_dataset`` (seeded); afterwards each step tops the pool up from its own batch and skips the
+surplus rows of the batch (``partial/prompts_skipped``), so the dataset is consumed slightly out of
+order. Colocate mode on one process per rank only (TP 1, no sleep mode, no tools/environments).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from ..rollout import (
+    BehaviourSample,
+    PartialRolloutManager,
+    ReplayBuffer,
+    ReplayGroup,
+    RolloutConfig,
+    SamplingSettings,
+    behaviour_correction,
+    pad_versions,
+)
+from ..rollout.config import IS_LEVELS, IS_MODES, RATIO_ANCHORS, REPLAY_SELECTIONS, STALENESS_POLICIES
+from .config import AdaClipGRPOConfig
+from .grpo import AdaClipGRPOTrainer
+
+logger = logging.getLogger(__name__)
+
+ROLLOUT_STATE_FILE = "rollout_state_{rank}.pt"
+
+
+@dataclass
+class OffPolicyGRPOConfig(AdaClipGRPOConfig):
+    r"""``AdaClipGRPOConfig`` plus off-policy rollouts (fields of :class:`adaclip_rl.rollout.RolloutConfig`).
+
+    Partial rollouts and replay need ``use_vllm=True`` with ``vllm_mode="colocate"`` (behaviour
+    log-probs come from vLLM with ``logprobs_mode="processed_logprobs"``) and
+    ``vllm_importance_sampling_correction=True`` (TRL then recomputes the proximal log-probs and
+    the loss multiplies the behaviour weight in).
+    """
+
+    partial_rollouts: bool = field(
+        default=False,
+        metadata={
+            "help": "Generate in rounds of partial_round_budget tokens; unfinished sequences carry their "
+            "tokens, behaviour log-probs and versions over to the next step (APRIL / slime / AReaL)."
+        },
+    )
+    partial_round_budget: int | None = field(
+        default=None,
+        metadata={"help": "Max new tokens per sequence per round, in [1, max_completion_length]."},
+    )
+    partial_max_segments: int = field(
+        default=4, metadata={"help": "Segments per sequence before it is finished as truncated (>= 1)."}
+    )
+    partial_prefill_groups: int | None = field(
+        default=None,
+        metadata={
+            "help": "Extra prompt groups kept in flight (>= 0); default: the groups of one generation batch."
+        },
+    )
+    use_behaviour_logprobs: bool = field(
+        default=True,
+        metadata={"help": "Record per-token behaviour log-probs (required by partial rollouts/replay)."},
+    )
+    ratio_anchor: str = field(
+        default="proximal",
+        metadata={
+            "help": f"{list(RATIO_ANCHORS)}: 'proximal' = clip pi_theta/pi_old (recomputed) and weight by "
+            "pi_old/pi_behaviour (AReaL decoupled PPO); 'behaviour' = ratio against the behaviour log-probs "
+            "(verl bypass mode), behaviour weight 1."
+        },
+    )
+    behaviour_is_level: str = field(
+        default="token", metadata={"help": f"Behaviour IS weight level {list(IS_LEVELS)}."}
+    )
+    behaviour_is_mode: str = field(
+        default="truncate",
+        metadata={"help": f"{list(IS_MODES)}: truncate at the cap (TIS) or zero beyond it."},
+    )
+    behaviour_is_cap: float = field(default=2.0, metadata={"help": "Behaviour IS weight cap (>= 1)."})
+    max_staleness: int | None = field(
+        default=None,
+        metadata={"help": "Max staleness in policy versions (optimizer steps); None: unbounded."},
+    )
+    staleness_policy: str = field(
+        default="drop",
+        metadata={
+            "help": f"{list(STALENESS_POLICIES)} samples beyond max_staleness (downweight: decay**excess)."
+        },
+    )
+    staleness_decay: float = field(default=0.5, metadata={"help": "Down-weighting factor gamma in [0, 1]."})
+    staleness_level: str = field(
+        default="sequence", metadata={"help": "'sequence' (oldest token of a sample) or 'token' staleness."}
+    )
+    replay_ratio: float = field(
+        default=0.0,
+        metadata={"help": "Share of each batch's groups taken from the replay buffer, in [0, 1]."},
+    )
+    replay_capacity: int = field(default=64, metadata={"help": "Replay buffer capacity in groups (>= 1)."})
+    replay_max_age: int | None = field(
+        default=4, metadata={"help": "Max age of a replayed group in policy versions; None: unbounded."}
+    )
+    replay_selection: str = field(
+        default="uniform",
+        metadata={"help": f"Replay selection {list(REPLAY_SELECTIONS)} (variance: by reward std)."},
+    )
+    replay_filter_equal_rewards: bool = field(
+        default=True, metadata={"help": "Do not store groups whose rewards are all equal (zero advantage)."}
+    )
+    replay_max_reuse: int | None = field(
+        default=None, metadata={"help": "Remove a group after this many replays (>= 1); None: unlimited."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        cfg = self.rollout_config()
+        if cfg.partial_rollouts or cfg.replay_ratio > 0:
+            what = "partial_rollouts=True" if cfg.partial_rollouts else f"replay_ratio={cfg.replay_ratio}"
+            if not self.use_vllm:
+                raise ValueError(f"{what} requires use_vllm=True: behaviour log-probs come from vLLM")
+            if self.vllm_mode != "colocate":
+                raise ValueError(
+                    f"{what} requires vllm_mode='colocate'; got {self.vllm_mode!r} (server-mode weight push is "
+                    "GPU/NCCL-only and not wired to the partial-rollout manager)"
+                )
+            if not self.vllm_importance_sampling_correction:
+                raise ValueError(
+                    f"{what} requires vllm_importance_sampling_correction=True (TRL then recomputes the proximal "
+                    "log-probs and the loss applies the behaviour weight)"
+                )
+            if self.vllm_tensor_parallel_size != 1:
+                raise ValueError(
+                    f"vllm_tensor_parallel_size must be 1 with {what}; got {self.vllm_tensor_parallel_size}"
+                )
+            if self.vllm_enable_sleep_mode:
+                raise ValueError(f"vllm_enable_sleep_mode must be False with {what}")
+
+    def rollout_config(self) -> RolloutConfig:
+        """The validated :class:`RolloutConfig` (shares field names with this config)."""
+        return RolloutConfig.from_object(self)
+
+
+class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
+    """``AdaClipGRPOTrainer`` with partial rollouts, replay and behaviour/staleness correction.
+
+    Same constructor as :class:`trl.GRPOTrainer` (``rollout_func`` is taken by this class).
+    """
+
+    def __init__(self, model, reward_funcs=None, args: OffPolicyGRPOConfig | None = None, *a: Any, **kw: Any):
+        if args is None:
+            args = OffPolicyGRPOConfig(output_dir="offpolicy-grpo")
+        elif not isinstance(args, OffPolicyGRPOConfig):
+            raise TypeError(f"args must be an OffPolicyGRPOConfig; got {type(args).__name__}")
+        if kw.get("rollout_func") is not None:
+            raise ValueError("OffPolicyGRPOTrainer provides its own rollout_func")
+        super().__init__(model, reward_funcs, args, *a, **kw)
+        self.rollout_cfg = args.rollout_config()
+        self.offpolicy_enabled = self.use_vllm and (
+            self.rollout_cfg.partial_rollouts or self.rollout_cfg.replay_ratio > 0
+        )
+        self.rollout_engine = None
+        self.rollout_manager: PartialRolloutManager | None = None
+        self.replay_buffer: ReplayBuffer | None = None
+        self._stash: list[BehaviourSample] | None = None
+        self._last_rewards: torch.Tensor | None = None
+        self._prefill_rng = random.Random(args.seed)
+        self._prefilled = False
+        if not self.offpolicy_enabled:
+            return
+        if self.tools or self.environment_factories is not None:
+            raise ValueError("partial rollouts / replay do not support tools or environment_factory")
+        from ..rollout.vllm_engine import VLLMColocateEngine
+
+        self.rollout_engine = VLLMColocateEngine.from_llm(self.vllm_generation.llm, version=-1)
+        sampling = SamplingSettings(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k or 0,
+            min_p=self.min_p or 0.0,
+            repetition_penalty=self.repetition_penalty,
+            stop_token_ids=tuple(self.eos_token_ids),
+        )
+        self.rollout_manager = PartialRolloutManager.from_config(
+            self.rollout_engine, self.rollout_cfg, sampling
+        )
+        if self.rollout_cfg.replay_ratio > 0:
+            c = self.rollout_cfg
+            self.replay_buffer = ReplayBuffer(
+                c.replay_capacity,
+                c.replay_max_age,
+                c.replay_selection,
+                c.replay_filter_equal_rewards,
+                c.replay_max_reuse,
+                seed=c.seed,
+            )
+        self.rollout_func = self._rollout_func
+
+    # ------------------------------------------------------------------ weights
+    def _sync_rollout_engine(self) -> None:
+        """Push weights to vLLM once per optimizer step (version = global step)."""
+        step = self.state.global_step
+        if self.rollout_engine.version != step:
+            from ..rollout.vllm_engine import _ties_word_embeddings, with_tied_lm_head
+
+            tied = _ties_word_embeddings(self.accelerator.unwrap_model(self.model))
+            weights = with_tied_lm_head(self.vllm_generation._iter_named_params(), tied)
+            self.rollout_engine.sync_weights(weights, version=step)
+        self._last_loaded_step = step  # TRL's own colocate sync is bypassed
+
+    # ------------------------------------------------------------------ generation
+    def _rollout_func(self, prompts: list, trainer: Any) -> dict[str, list]:
+        """TRL ``rollout_func``: hand over the stashed completions (train) or generate (eval)."""
+        if self._stash is not None:
+            samples, self._stash = self._stash, None
+            if len(samples) != len(prompts):
+                raise RuntimeError(f"{len(samples)} stashed completions for {len(prompts)} prompts")
+        else:  # evaluation: one synchronous round, full length
+            prompt_ids, _, _ = self._tokenize_prompts(prompts)
+            mgr = PartialRolloutManager(
+                self.rollout_engine,
+                max_completion_length=self.max_completion_length,
+                round_budget=self.max_completion_length,
+                sampling=self.rollout_manager.sampling,
+                seed=self.args.seed,
+            )
+            mgr.submit(prompt_ids, n=1)
+            samples = [g.samples[0] for g in mgr.collect(len(prompt_ids))]
+        return {
+            "prompt_ids": [s.prompt_ids for s in samples],
+            "completion_ids": [s.completion_ids for s in samples],
+            "logprobs": [s.logprobs for s in samples],
+        }
+
+    def _prefill_rows(self, k: int, fallback: list[dict]) -> list[dict]:
+        ds = self.train_dataset
+        if k <= 0:
+            return []
+        if ds is None or not hasattr(ds, "__len__"):
+            return [fallback[i % len(fallback)] for i in range(k)]
+        return [dict(ds[self._prefill_rng.randrange(len(ds))]) for _ in range(k)]
+
+    def _submit_rows(self, rows: list[dict]) -> None:
+        if not rows:
+            return
+        prompt_ids, _, _ = self._tokenize_prompts([r["prompt"] for r in rows])
+        self.rollout_manager.submit(prompt_ids, n=self.num_generations, metas=[{"row": r} for r in rows])
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._last_rewards = rewards_per_func
+        return rewards_per_func
+
+    def _generate_and_score_completions(self, inputs):
+        if not self.offpolicy_enabled:
+            return super()._generate_and_score_completions(inputs)
+        self._sync_rollout_engine()
+        if not self.model.training:
+            self._stash = None
+            return super()._generate_and_score_completions(inputs)
+
+        cfg, g = self.rollout_cfg, self.num_generations
+        version = self.state.global_step
+        batch_rows = [inputs[i] for i in range(0, len(inputs), g)]  # RepeatSampler: G consecutive copies
+        n_groups = len(batch_rows)
+        replayed: list[ReplayGroup] = []
+        if self.replay_buffer is not None:
+            replayed = self.replay_buffer.sample(round(cfg.replay_ratio * n_groups), version)
+        n_fresh = n_groups - len(replayed)
+
+        # keep n_groups + prefill groups in flight; prefill once from the dataset, then top up from the batch
+        mgr = self.rollout_manager
+        prefill = cfg.partial_prefill_groups if cfg.partial_prefill_groups is not None else n_groups
+        if not cfg.partial_rollouts:
+            prefill = 0
+        if not self._prefilled:
+            self._submit_rows(self._prefill_rows(prefill, batch_rows))
+            self._prefilled = True
+        need = max(0, n_fresh + prefill - mgr.num_in_flight)
+        take = batch_rows[:need]
+        self._submit_rows(take)
+        fresh = mgr.collect(n_fresh)
+        if len(fresh) < n_fresh:  # cannot happen with the accounting above; fail loudly rather than mis-shape
+            raise RuntimeError(f"partial rollouts returned {len(fresh)} groups, {n_fresh} needed")
+
+        groups = [(grp.samples, grp.meta["row"]) for grp in fresh] + [
+            (rg.samples, rg.meta["row"]) for rg in replayed
+        ]
+        rows = [dict(row) for _, row in groups for _ in range(g)]
+        self._stash = [s for samples, _ in groups for s in samples]
+        out = super()._generate_and_score_completions(rows)
+
+        # ---- behaviour correction into the loss
+        mask = out["completion_mask"] if "tool_mask" not in out else out["completion_mask"] * out["tool_mask"]
+        samples = [s for samples, _ in groups for s in samples]
+        versions = pad_versions([s.versions for s in samples], width=out["completion_ids"].size(1)).to(
+            mask.device
+        )
+        behaviour = out["sampling_per_token_logps"]
+        old = out.get("old_per_token_logps")
+        corr = behaviour_correction(old, behaviour, versions, version, mask, cfg)
+        if cfg.ratio_anchor == "behaviour":
+            out["old_per_token_logps"] = (
+                torch.where(torch.isnan(behaviour), old, behaviour)
+                if old is not None
+                else behaviour.nan_to_num(0.0)
+            )
+        out["importance_sampling_ratio"] = corr.weights
+        out["behaviour_versions"] = versions
+
+        # ---- store fresh groups in the replay buffer with their rewards and advantages
+        if self.replay_buffer is not None and self._last_rewards is not None:
+            rewards = (
+                self._last_rewards * self.reward_weights.to(self._last_rewards.device).unsqueeze(0)
+            ).nansum(1)
+            start = self.accelerator.process_index * len(rows)
+            rewards = rewards[start : start + len(rows)].tolist()
+            adv = out["advantages"].reshape(len(rows), -1)[:, 0].tolist()
+            for j, grp in enumerate(fresh):
+                sl = slice(j * g, (j + 1) * g)
+                self.replay_buffer.add(ReplayGroup(grp.samples, rewards[sl], adv[sl], meta=grp.meta))
+
+        metrics = dict(corr.metrics)
+        metrics.update(mgr.metrics())
+        metrics["partial/prompts_skipped"] = float(n_groups - len(take))
+        if self.replay_buffer is not None:
+            metrics.update(self.replay_buffer.metrics(version))
+            metrics["replay/sampled"] = float(len(replayed))
+        self._log_rollout_metrics(metrics)
+        return out
+
+    def _log_rollout_metrics(self, metrics: dict[str, float]) -> None:
+        keys = sorted(metrics)
+        vec = torch.tensor([metrics[k] for k in keys], dtype=torch.float32, device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            allv = self.accelerator.gather(vec.unsqueeze(0))  # (world, K), same key order on every rank
+            vec = torch.stack(
+                [
+                    allv[:, i].max()
+                    if k.endswith("_max")
+                    else allv[:, i].min()
+                    if k.endswith("_min")
+                    else allv[:, i].mean()
+                    for i, k in enumerate(keys)
+                ]
+            )
+        for k, v in zip(keys, vec.tolist(), strict=True):
+            self._metrics["train"][k].append(v)
+
+    # ------------------------------------------------------------------ checkpoints
+    def rollout_state_dict(self) -> dict[str, Any]:
+        """Replay buffer (with RNG), in-flight partial rollouts, prefill RNG: python builtins only."""
+        return {
+            "replay": self.replay_buffer.state_dict() if self.replay_buffer is not None else None,
+            "partial": self.rollout_manager.state_dict() if self.rollout_manager is not None else None,
+            "prefill_rng": self._prefill_rng.getstate(),
+            "prefilled": self._prefilled,
+        }
+
+    def load_rollout_state_dict(self, state: dict[str, Any]) -> None:
+        if self.replay_buffer is not None and state.get("replay") is not None:
+            self.replay_buffer.load_state_dict(state["replay"])
+        if self.rollout_manager is not None and state.get("partial") is not None:
+            self.rollout_manager.load_state_dict(state["partial"])
+        rng = state["prefill_rng"]
+        self._prefill_rng.setstate((rng[0], tuple(rng[1]), rng[2]))
+        self._prefilled = bool(state["prefilled"])
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if not self.offpolicy_enabled:
+            return
+        folder = os.path.join(
+            self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        )
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, ROLLOUT_STATE_FILE.format(rank=self.accelerator.process_index))
+        torch.save(self.rollout_state_dict(), path)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None or not self.offpolicy_enabled:
+            return
+        path = os.path.join(checkpoint, ROLLOUT_STATE_FILE.format(rank=self.accelerator.process_index))
+        if os.path.exists(path):
+            self.load_rollout_state_dict(torch.load(path, weights_only=True))
+        else:
+            logger.warning(
+                "checkpoint %s has no %s: replay buffer and partial rollouts start empty",
+                checkpoint,
+                os.path.basename(path),
+            )

@@ -1,0 +1,155 @@
+"""OffPolicyGRPOTrainer: config validation (fast) and a short BAPO run with vLLM colocate on CPU,
+partial rollouts and replay enabled, including a checkpoint save / resume of the rollout state."""
+
+from __future__ import annotations
+
+import gc
+import math
+
+import pytest
+import torch
+
+from adaclip_rl.trainers.offpolicy import OffPolicyGRPOConfig
+
+
+def _cfg(tmp_path, **kw):
+    base = dict(
+        output_dir=str(tmp_path / "out"),
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        max_completion_length=16,
+        per_device_train_batch_size=8,
+        num_generations=4,
+        use_vllm=True,
+        vllm_mode="colocate",
+    )
+    base.update(kw)
+    return OffPolicyGRPOConfig(**base)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (
+            {"partial_rollouts": True, "partial_round_budget": 32},
+            r"partial_round_budget \(32\) must be in \[1, max_completion_length=16\]",
+        ),
+        ({"partial_rollouts": True}, r"partial_round_budget must be set"),
+        ({"replay_ratio": 1.5}, r"replay_ratio must be in \[0.0, 1.0\]; got 1.5"),
+        (
+            {"partial_rollouts": True, "partial_round_budget": 4, "use_behaviour_logprobs": False},
+            r"requires use_behaviour_logprobs",
+        ),
+        ({"partial_rollouts": True, "partial_round_budget": 4, "use_vllm": False}, r"requires use_vllm=True"),
+        ({"replay_ratio": 0.5, "vllm_mode": "server"}, r"requires vllm_mode='colocate'"),
+        (
+            {"replay_ratio": 0.5, "vllm_importance_sampling_correction": False},
+            r"vllm_importance_sampling_correction=True",
+        ),
+        ({"staleness_policy": "keep"}, r"staleness_policy must be one of"),
+    ],
+)
+def test_misconfiguration_fails_at_construction(tmp_path, kw, match):
+    with pytest.raises(ValueError, match=match):
+        _cfg(tmp_path, **kw)
+
+
+def test_rollout_config_mirrors_fields(tmp_path):
+    cfg = _cfg(
+        tmp_path, partial_rollouts=True, partial_round_budget=4, replay_ratio=0.5, max_staleness=2, seed=7
+    )
+    rc = cfg.rollout_config()
+    assert (rc.round_budget, rc.max_segments, rc.replay_ratio, rc.max_staleness, rc.seed) == (4, 4, 0.5, 2, 7)
+    assert rc.max_completion_length == 16
+
+
+def parity_reward(completions, completion_ids, **kwargs):
+    """Varies across completions of a random model, so groups have non-zero reward variance."""
+    return [float(sum(ids) % 3) for ids in completion_ids]
+
+
+def _release(trainer) -> None:
+    """Free the trainer's in-process vLLM engine so that the next one can start (one engine at a time)."""
+    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+    trainer.rollout_engine.llm = None
+    trainer.vllm_generation.llm = None
+    del trainer
+    gc.collect()
+    cleanup_dist_env_and_memory()
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_bapo_partial_rollouts_and_replay_train_and_resume(tmp_path, tiny_model_dir):
+    pytest.importorskip("vllm")
+    from datasets import Dataset
+
+    from adaclip_rl.tasks.arithmetic import ArithmeticTask
+    from adaclip_rl.trainers.offpolicy import OffPolicyGRPOTrainer
+
+    ds = Dataset.from_list(ArithmeticTask().sample(64, seed=1))
+    kw = dict(
+        policy_loss="bapo",
+        learning_rate=1e-2,
+        max_steps=4,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=2,
+        gradient_checkpointing=False,
+        partial_rollouts=True,
+        partial_round_budget=6,
+        partial_max_segments=3,
+        replay_ratio=0.5,
+        replay_max_age=3,
+        max_staleness=2,
+        staleness_policy="downweight",
+        seed=0,
+    )
+    trainer = OffPolicyGRPOTrainer(
+        str(tiny_model_dir), [parity_reward], args=_cfg(tmp_path, **kw), train_dataset=ds
+    )
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 4 and all(math.isfinite(h["loss"]) for h in logs)
+    keys = set().union(*logs)
+    for key in (
+        "rollout/staleness_mean",
+        "rollout/staleness_max",
+        "rollout/is_weight_mean",
+        "replay/size",
+        "replay/sampled",
+        "replay/age_mean",
+        "partial/rounds",
+        "partial/segments_mean",
+        "partial/continued_frac",
+        "bapo/clip_high",
+    ):
+        assert key in keys, key
+    # partial rollouts carried sequences across weight updates, and replay fed later batches
+    assert max(h["partial/version_span_max"] for h in logs) >= 1
+    assert max(h["rollout/staleness_max"] for h in logs) >= 1
+    assert sum(h["replay/sampled"] for h in logs) >= 1
+    ckpt = tmp_path / "out" / "checkpoint-2"
+    saved = torch.load(ckpt / "rollout_state_0.pt", weights_only=True)
+    assert saved["replay"]["groups"] and saved["partial"] is not None
+    _release(trainer)
+
+    # resume from checkpoint-2: the rollout state is restored exactly before training continues
+    trainer = OffPolicyGRPOTrainer(
+        str(tiny_model_dir), [parity_reward], args=_cfg(tmp_path, **kw), train_dataset=ds
+    )
+    restored = {}
+    load = trainer.load_rollout_state_dict
+
+    def spy(state):
+        load(state)
+        restored["replay"] = trainer.replay_buffer.state_dict()
+        restored["partial"] = trainer.rollout_manager.state_dict()
+
+    trainer.load_rollout_state_dict = spy
+    trainer.train(resume_from_checkpoint=str(ckpt))
+    assert restored["replay"] == saved["replay"] and restored["partial"] == saved["partial"]
+    assert trainer.state.global_step == 4
+    _release(trainer)
