@@ -100,3 +100,22 @@ def test_prompt_rendering(data_dir: Path) -> None:
     tok.chat_template = None
     with pytest.raises(ValueError, match="chat template requested"):
         math.render_prompt(p, tok, chat=True)
+
+
+def test_hub_source_arguments_and_protocol(monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> None:
+    """Without a local file the rows come from ``datasets.load_dataset`` with the registry's arguments."""
+    import datasets
+
+    calls = []
+    rows = [json.loads(x) for x in (data_dir / "gsm8k_test.jsonl").read_text().splitlines()[:5]]
+
+    def fake_load_dataset(path: str, name: str | None = None, *, split: str, revision: str | None = None):  # type: ignore[no-untyped-def]
+        calls.append((path, name, split, revision))
+        return datasets.Dataset.from_list(rows)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    problems, source = get_benchmark("gsm8k").load(limit=2)
+    assert calls == [("openai/gsm8k", "main", "test", None)]
+    assert [p.gold for p in problems] == ["18", "3"]
+    assert source["type"] == "hub" and source["id"] == "openai/gsm8k" and source["config"] == "main"
+    assert source["rows"] == 5 and source["resolved_revision"] is None  # offline: not resolvable

@@ -98,3 +98,19 @@ def test_cli_end_to_end_transformers(tiny_model_dir: Path, data_dir: Path, tmp_p
             assert r["prompt"].startswith("user: ") and r["prompt"].endswith("assistant: ")
             assert len(r["samples"]) == len(r["scores"]) == len(r["extracted"]) == len(r["num_tokens"]) == 2
             assert all(s in (0.0, 1.0) for s in r["scores"])
+
+
+def test_evaluate_in_memory_model(tiny_model_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from adaclip_rl.eval.runner import evaluate
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    summary = evaluate(model, ["amc23"], backend="transformers", tokenizer=tok, n=2, max_new_tokens=6, limit=2,
+                       data_dir=data_dir, out_dir=tmp_path, backend_kwargs={"progress": False})
+    assert summary["benchmarks"]["amc23"]["num_problems"] == 2
+    assert summary["model"] == str(tiny_model_dir)  # name_or_path of the in-memory model
+    assert (tmp_path / "amc23.records.jsonl").is_file()
+    with pytest.raises(ValueError, match="vllm backend needs a model path"):
+        evaluate(model, ["amc23"], backend="vllm", data_dir=data_dir)

