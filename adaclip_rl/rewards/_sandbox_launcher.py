@@ -270,6 +270,8 @@ def _confine(spec: dict, uid: int | None, gid: int | None, keep_fds: tuple[int, 
         pairs.append((resource.RLIMIT_NPROC, (lim["max_processes"], lim["max_processes"])))
     for which, val in pairs:
         resource.setrlimit(which, val)
+    if lim.get("nice"):
+        os.nice(int(lim["nice"]))  # yield the CPU to the launcher, the parent and the trainer
     # file descriptors: 0/1/2 plus the pipes this role needs
     keep = {0, 1, 2, *keep_fds}
     for fd in _open_fds():
@@ -567,6 +569,7 @@ def main(argv: list[str]) -> int:
     result: dict = {"returncode": None, "signal": None, "timed_out": False, "passed": None}
     t0 = time.monotonic()
     cand_pid = judge_pid = None
+    t_run: float | None = None
     spec: dict = {}
     try:
         spec = json.loads(_read_all(spec_fd))
@@ -591,6 +594,7 @@ def main(argv: list[str]) -> int:
             rpc_cand, rpc_judge = (req_r, resp_w), (req_w, resp_r)
         sys.stdout.flush()
         sys.stderr.flush()
+        t_run = time.monotonic()
         cand_pid = os.fork()
         if cand_pid == 0:
             _candidate_main(spec, spec["uid"], spec["gid"], rpc_cand)
@@ -643,6 +647,8 @@ def main(argv: list[str]) -> int:
         result["setup_error"] = f"{type(exc).__name__}: {exc}"
         result["traceback"] = traceback.format_exc()[-4000:]
     result["wall_s"] = time.monotonic() - t0
+    if t_run is not None:
+        result["run_s"] = time.monotonic() - t_run
     if not spec.get("namespaces", True):
         for uid in (spec.get("uid"), spec.get("judge_uid")):
             if uid is not None:

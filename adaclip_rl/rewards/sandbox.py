@@ -65,7 +65,7 @@ __all__ = [
 
 _LAUNCHER = str(Path(__file__).resolve().with_name("_sandbox_launcher.py"))
 _NS_FLAGS = ["--fork", "--pid", "--kill-child", "--mount-proc", "--net", "--ipc", "--uts"]
-_BACKSTOP_GRACE_S = 3.0
+_BACKSTOP_GRACE_S = 5.0
 _PREIMPORT = (
     "types", "math", "cmath", "re", "string", "itertools", "collections", "functools", "heapq",
     "bisect", "typing", "operator", "copy", "random", "hashlib", "fractions", "decimal",
@@ -91,6 +91,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "max_open_files": (16, 1 << 16),
     "max_output_bytes": (0, 1 << 30),
     "disk_mb": (1, 1 << 16),
+    "nice": (0, 19),
 }
 
 
@@ -118,6 +119,9 @@ class SandboxLimits:
     disk_mb: int = field(
         default=64, metadata={"help": "Size of the private tmpfs holding the working dir (namespace mode)."}
     )
+    nice: int = field(
+        default=5, metadata={"help": "Niceness added to sandboxed processes (lower CPU priority)."}
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -139,6 +143,10 @@ class SandboxResult:
     ``None`` if it never finished); ``killed_signal`` the signal that ended it, if any;
     ``timed_out`` whether the wall-clock limit fired; ``passed`` is the judge's verdict for
     function tests (``None`` for plain runs); ``isolation_mode`` names the mechanisms in force.
+    ``wall_s`` is the whole call as seen by the caller (process start and teardown included);
+    ``run_s`` the time the program itself ran, as measured inside the sandbox (the quantity the
+    wall-clock limit bounds; the caller's ``wall_s`` when the parent had to kill the run for its
+    output or as a backstop).
     """
 
     returncode: int | None
@@ -152,6 +160,7 @@ class SandboxResult:
     output_truncated: bool = False
     error: str | None = None
     judge_error: str | None = None
+    run_s: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -421,6 +430,7 @@ def _run(
             "max_processes": int(limits.max_processes),
             "max_open_files": int(limits.max_open_files),
             "disk_mb": int(limits.disk_mb),
+            "nice": int(limits.nice),
         },
         "env": {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -554,6 +564,7 @@ def _run(
         output_truncated=truncated,
         error=error,
         judge_error=info.get("judge_error"),
+        run_s=info.get("run_s", wall if (truncated or backstop) else None),
     )
 
 
