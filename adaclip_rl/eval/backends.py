@@ -199,6 +199,7 @@ class TransformersBackend(GenerationBackend):
             "name": self.name,
             "batch_size": self.batch_size,
             "device": str(getattr(m, "device", self._device)) if m is not None else self._device,
+            "dtype": str(getattr(m, "dtype", self._dtype)).replace("torch.", ""),
         }
 
     def generate(self, prompts: Sequence[str], params: SamplingConfig) -> list[list[Completion]]:
@@ -353,6 +354,7 @@ class VLLMBackend(GenerationBackend):
         self.llm_kwargs = llm_kwargs
         self._llm: Any = None
         self.startup_s: float | None = None
+        self.resolved_dtype: str | None = None
 
     def _engine(self, seed: int) -> Any:
         if self._llm is None:
@@ -383,7 +385,9 @@ class VLLMBackend(GenerationBackend):
             t0 = time.perf_counter()
             self._llm = LLM(**kwargs)
             self.startup_s = time.perf_counter() - t0
-            self.max_model_len = int(self._llm.llm_engine.model_config.max_model_len)
+            model_config = self._llm.llm_engine.model_config
+            self.max_model_len = int(model_config.max_model_len)
+            self.resolved_dtype = str(model_config.dtype).replace("torch.", "")
             logger.info("vLLM engine ready in %.1f s (max_model_len=%d)", self.startup_s, self.max_model_len)
         return self._llm
 
@@ -397,6 +401,7 @@ class VLLMBackend(GenerationBackend):
             "name": self.name,
             "max_model_len": self.max_model_len,
             "dtype": self.dtype,
+            "resolved_dtype": self.resolved_dtype,
             "enforce_eager": self.enforce_eager,
             "device": "cuda" if self.on_gpu else "cpu",
             "startup_s": self.startup_s,

@@ -68,7 +68,7 @@ class RenderedPrompt:
     """A prompt ready for generation plus a description of how it was built."""
 
     text: str
-    template: str
+    template: str  # the user message with a literal ``{problem}`` slot
     chat: bool
 
 
@@ -228,9 +228,11 @@ class Benchmark:
             text = tokenizer.apply_chat_template(
                 [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
             )
-            return RenderedPrompt(text=text, template=self.template, chat=True)
+            return RenderedPrompt(text=text, template=self.template.format(problem="{problem}"), chat=True)
         tmpl = self.completion_template or self.template
-        return RenderedPrompt(text=tmpl.format(problem=problem.problem), template=tmpl, chat=False)
+        return RenderedPrompt(
+            text=tmpl.format(problem=problem.problem), template=tmpl.format(problem="{problem}"), chat=False
+        )
 
     # ------------------------------------------------------------------ scoring
     def score(

@@ -87,6 +87,7 @@ def test_prompt_rendering(data_dir: Path) -> None:
     (p,), _ = math.load(data_dir=data_dir, limit=1)
     plain = math.render_prompt(p)
     assert plain.text == MATH_TEMPLATE.format(problem=p.problem) and not plain.chat
+    assert plain.template == "{problem}\nPlease reason step by step, and put your final answer within \\boxed{}."
     assert plain.text.endswith("put your final answer within \\boxed{}.")
     tok = build_tokenizer(["hello world 123"])
     chat = math.render_prompt(p, tok)

@@ -88,7 +88,7 @@ def test_cli_end_to_end_transformers(tiny_model_dir: Path, data_dir: Path, tmp_p
         assert entry["num_problems"] == 3
         assert entry["source"]["sha256"] == sha256_file(data_dir / file)
         assert entry["chat_template"] is True and entry["chat_template_sha256"]
-        assert "{problem}" in entry["prompt_template"]
+        assert "{problem}" in entry["prompt_template"] and "{{}}" not in entry["prompt_template"]
         gen = entry["generation"]
         assert 0 < gen["generated_tokens"] <= 3 * 2 * 16 and gen["tokens_per_s"] > 0
         assert set(entry["metrics"]) >= {"avg@2", "pass@1", "pass@2"}
