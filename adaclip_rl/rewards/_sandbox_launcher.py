@@ -5,10 +5,11 @@ RESULT_FD [JUDGE_FD]``, normally as PID 1 of fresh PID, network, mount, IPC and 
 (``unshare --fork --pid --kill-child --mount-proc --net --ipc --uts``), still root. It
 
 1. reads the run specification (JSON) from ``SPEC_FD``;
-2. in namespace mode, mounts private size-limited tmpfs over every world-writable directory
-   (``/tmp``, ``/var/tmp``, ``/run/lock``, ``/dev/shm``), creates the working directory
-   ``/tmp/work`` owned by the sandbox uid, and bind-mounts the interpreter's prefix read-only at
-   ``/tmp/.python`` when the sandbox uid cannot reach it (e.g. a Python under ``/root``);
+2. in namespace mode, builds a minimal root on a private size-limited tmpfs (read-only binds of
+   the system directories and of the interpreter's prefix, device nodes, a fresh ``/proc``,
+   ``/tmp/work`` owned by the sandbox uid) and ``chroot``s into it, so the host's files outside
+   the system directories (home directories, the repository, datasets, the host ``/tmp``) do
+   not exist for the program;
 3. forks the **candidate** process, which sets resource limits, drops to the unprivileged
    per-slot uid/gid (no supplementary groups, ``no_new_privs``), optionally installs a seccomp
    filter that refuses non-``AF_UNIX`` sockets (fallback mode), and executes the untrusted source
@@ -45,6 +46,7 @@ _LIBC = ctypes.CDLL(None, use_errno=True)
 
 MS_NOSUID = 2
 MS_NODEV = 4
+MS_NOEXEC = 8
 MS_RDONLY = 1
 MS_REMOUNT = 32
 MS_BIND = 4096
@@ -57,7 +59,6 @@ PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
 SECCOMP_MODE_FILTER = 2
 
-WORLD_WRITABLE = ("/tmp", "/var/tmp", "/run/lock", "/dev/shm")
 MAX_FRAME = 64 << 20
 
 
@@ -297,11 +298,6 @@ def _confine(spec: dict, uid: int | None, gid: int | None, keep_fds: tuple[int, 
     env["HOME"] = env["TMPDIR"] = workdir
     os.environ.clear()
     os.environ.update(env)
-    remap = spec.get("python_remap")
-    if remap:
-        old, new = remap
-        sys.path[:] = [new + p[len(old) :] if p.startswith(old) else p for p in sys.path]
-        sys.path_importer_cache.clear()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM, signal.SIGPIPE, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     signal.setitimer(signal.ITIMER_REAL, 0)
@@ -476,25 +472,70 @@ def _judge_main(
 # --------------------------------------------------------------------------------------------
 
 
-def _setup_mounts(spec: dict) -> None:
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+DEVICES = ("null", "zero", "full", "random", "urandom")
+
+
+def _bind_ro(src: str, dst: str, *, devices: bool = False) -> None:
+    """Bind ``src`` at ``dst`` read-only and nosuid (nodev unless ``devices``); dst is created."""
+    if os.path.isdir(src):
+        os.makedirs(dst, 0o755, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(dst), 0o755, exist_ok=True)
+        with open(dst, "a"):
+            pass
+    _mount(src, dst, None, MS_BIND | MS_REC, None)
+    flags = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | (0 if devices else MS_NODEV)
+    _mount(None, dst, None, flags, None)
+
+
+def _build_root(spec: dict) -> None:
+    """Namespace mode: build a minimal root on a private tmpfs and ``chroot`` into it.
+
+    The new root holds read-only binds of the system directories (``/usr``, ``/lib*``, ``/bin``,
+    ``/etc``...) and of the interpreter's prefix (at its own path, e.g. under ``/root``, whose
+    other contents stay invisible), a few device nodes, a fresh ``/proc`` of the new PID
+    namespace, a small ``/dev/shm``, and ``/tmp/work`` / ``/tmp/judge`` owned by the sandbox uids.
+    Nothing else of the host (home directories, ``/work``, datasets, ``/sys``, the host's
+    ``/tmp``) exists inside; the whole writable space is the tmpfs, capped at ``disk_mb``.
+    """
     _mount(None, "/", None, MS_REC | MS_PRIVATE, None)
-    uid = spec["uid"]
+    root = "/tmp"  # private in this mount namespace: the host's /tmp is untouched
     disk = int(spec["limits"]["disk_mb"])
-    for d in WORLD_WRITABLE:
-        if os.path.isdir(d) and not os.path.islink(d):
-            size = disk if d == "/tmp" else 8
-            mode = "0755" if d == "/tmp" else "1777"
-            _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size}m,mode={mode}")
-    for wd, owner in ((spec["workdir"], uid), (spec["judge_workdir"], spec["judge_uid"])):
-        os.mkdir(wd, 0o700)
+    _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, f"size={disk}m,mode=0755")
+    bound: list[str] = []
+    for d in SYSTEM_DIRS:
+        if os.path.islink(d):
+            os.symlink(os.readlink(d), root + d)
+        elif os.path.isdir(d):
+            _bind_ro(d, root + d)
+            bound.append(d)
+    for prefix in {os.path.realpath(sys.base_prefix), os.path.realpath(sys.base_exec_prefix)}:
+        if not any(prefix == b or prefix.startswith(b + "/") for b in bound):
+            _bind_ro(prefix, root + prefix)
+            bound.append(prefix)
+    os.makedirs(root + "/dev", 0o755)
+    for dev in DEVICES:
+        if os.path.exists("/dev/" + dev):
+            _bind_ro("/dev/" + dev, f"{root}/dev/{dev}", devices=True)
+    for name, target in (
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ):
+        os.symlink(target, f"{root}/dev/{name}")
+    os.makedirs(root + "/dev/shm")
+    _mount("tmpfs", root + "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "size=8m,mode=1777")
+    os.makedirs(root + "/proc")
+    _mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+    os.makedirs(root + "/tmp", 0o755)
+    for wd, owner in ((spec["workdir"], spec["uid"]), (spec["judge_workdir"], spec["judge_uid"])):
+        os.mkdir(root + wd, 0o700)
         if owner is not None:
-            os.chown(wd, owner, owner)
-    remap = spec.get("python_remap")
-    if remap:
-        old, new = remap
-        os.mkdir(new, 0o755)
-        _mount(old, new, None, MS_BIND | MS_REC, None)
-        _mount(None, new, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
+            os.chown(root + wd, owner, owner)
+    os.chroot(root)
+    os.chdir("/")
 
 
 def _stdlib_hidden() -> bool:
@@ -574,13 +615,12 @@ def main(argv: list[str]) -> int:
     try:
         spec = json.loads(_read_all(spec_fd))
         namespaces = spec["namespaces"]
-        hidden = spec["uid"] is not None and _stdlib_hidden()
-        spec["python_remap"] = [sys.base_prefix, "/tmp/.python"] if (namespaces and hidden) else None
         if namespaces:
-            _setup_mounts(spec)
+            _build_root(spec)
         else:
             _prctl(PR_SET_CHILD_SUBREAPER, 1)
-            if hidden:  # the sandbox uid cannot read the stdlib: import common modules now
+            if spec["uid"] is not None and _stdlib_hidden():
+                # the sandbox uid cannot read the stdlib (e.g. under /root): import common modules now
                 for name in spec.get("preimport", []):
                     try:
                         __import__(name)

@@ -4,12 +4,15 @@ Each run gets, from the outside in:
 
 * **Namespaces** (when running as root and ``unshare`` works; ``isolation_mode`` starts with
   ``namespaces``): ``unshare --fork --pid --kill-child --mount-proc --net --ipc --uts`` starts the
-  trusted launcher (:mod:`adaclip_rl.rewards._sandbox_launcher`) as PID 1 of a new PID namespace
-  with its own ``/proc``, an empty network namespace (no interface is up: nothing, not even the
-  host's ``127.0.0.1``, is reachable), and a private mount namespace in which every
-  world-writable directory (``/tmp``, ``/var/tmp``, ``/run/lock``, ``/dev/shm``) is a fresh
-  size-limited tmpfs. When PID 1 exits, or ``unshare`` is killed (``--kill-child``), the kernel
-  kills every process in the namespace, including double-forked daemons.
+  trusted launcher (:mod:`adaclip_rl.rewards._sandbox_launcher`) as PID 1 of a new PID namespace,
+  with an empty network namespace (no interface is up: nothing, not even the host's
+  ``127.0.0.1``, is reachable) and a private mount namespace. There the launcher builds a
+  minimal root on a size-limited tmpfs (read-only binds of ``/usr``, ``/lib*``, ``/bin``,
+  ``/etc`` and the interpreter's prefix; ``/dev/null`` & co; a fresh ``/proc``; a small
+  ``/dev/shm``; ``/tmp/work``) and ``chroot``s into it: the repository, datasets, home
+  directories and the host's ``/tmp`` do not exist for the program. When PID 1 exits, or
+  ``unshare`` is killed (``--kill-child``), the kernel kills every process in the namespace,
+  including double-forked daemons.
 * **An unprivileged per-slot uid/gid** (``setresuid``/``setresgid``, no supplementary groups,
   ``no_new_privs``), set *after* the resource limits, so the program cannot raise its limits,
   signal other processes or read root-only files. ``RLIMIT_NPROC`` counts per uid; with a uid per
@@ -19,7 +22,8 @@ Each run gets, from the outside in:
   (which kills the whole session); stdout+stderr capped at ``max_output_bytes`` (the run is
   killed when it exceeds the cap).
 * **A fresh working directory** (``/tmp/work`` inside the private tmpfs, or a ``mkdtemp`` dir
-  removed afterwards in fallback mode) and a **scrubbed environment** (``PATH``, ``HOME``,
+  removed afterwards in fallback mode, where files the sandbox uids left in world-writable
+  directories are deleted too) and a **scrubbed environment** (``PATH``, ``HOME``,
   ``LANG``, ``TMPDIR`` only: nothing from the parent's environment leaks).
 
 Fallback (no ``unshare``/namespaces, e.g. an unprivileged container): the launcher runs in its
@@ -27,7 +31,12 @@ own session as a child subreaper; network access is refused by a seccomp-BPF fil
 for any family but ``AF_UNIX``, io_uring and foreign-ABI syscalls get ``EACCES``); the
 per-slot uid is still used when running as root and every process of that uid is killed at the
 end. Without root there is no uid drop (``isolation_mode`` says so) and ``RLIMIT_NPROC`` is not
-applied, because it would count the user's other processes.
+applied, because it would count the user's other processes. Fallback mode does not hide the
+host's world-readable files (there is no private root), so prefer the namespace mode for
+training on data whose tests sit on the same machine.
+
+Sandboxed processes run with ``nice`` +5 by default so that a CPU-bound program cannot starve
+the launcher, the trainer or the timers that stop it.
 
 Bounded parallelism: at most ``max_parallel`` runs at a time (a slot pool; each slot owns its uids).
 """
@@ -227,7 +236,8 @@ def configure_sandbox(
         uid_base: first sandbox uid; slot ``s`` uses ``uid_base + 2s`` (program) and
             ``uid_base + 2s + 1`` (judge). Default ``60000 + 64 * (pid % 80)``, so concurrent
             trainer processes on one machine use distinct uids. Also ``$ADACLIP_SANDBOX_UID_BASE``.
-        python: interpreter for the sandbox (default ``sys.executable``).
+        python: interpreter for the sandbox (default: the real path of ``sys.executable``; the
+            sandbox runs it with ``-I -S``, so programs get the standard library only).
     """
     global _MODE, _SLOTS
     with _CFG_LOCK:
@@ -268,7 +278,8 @@ def _uid_base() -> int:
 
 
 def _python() -> str:
-    return _CFG.python or sys.executable
+    # the real interpreter, not a venv symlink: its prefix is what the sandbox root exposes
+    return _CFG.python or os.path.realpath(sys.executable)
 
 
 def _slots() -> _SlotPool:
@@ -316,9 +327,16 @@ def _resolve_mode() -> str:
             )
             if probe.stdout.strip() == "ok" and probe.returncode == 0:
                 _MODE = mode
-                logger.info("sandbox isolation mode: %s", _isolation_mode(mode))
+                log = logger.warning if errors else logger.info
+                log(
+                    "sandbox isolation mode: %s%s",
+                    _isolation_mode(mode),
+                    f" ({'; '.join(errors)})" if errors else "",
+                )
                 return mode
-            errors.append(f"{mode}: rc={probe.returncode} error={probe.error} stderr={probe.stderr[-500:]!r}")
+            errors.append(
+                f"{mode} failed: rc={probe.returncode} error={probe.error} stderr={probe.stderr[-500:]!r}"
+            )
         raise SandboxUnavailable("no sandbox mode works here: " + "; ".join(errors))
 
 
@@ -419,7 +437,6 @@ def _run(
         "judge_gid": judge_uid,
         "workdir": workdir,
         "judge_workdir": "/tmp/judge" if namespaces else "/",
-        "python_remap": namespaces,  # the launcher decides whether the stdlib needs re-exposing
         "preimport": list(_PREIMPORT),
         "seccomp_net": not namespaces,
         "limits": {

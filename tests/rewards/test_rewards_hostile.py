@@ -8,10 +8,12 @@ Function-test cases (``judge``) hack the HumanEval harness and must score 0.
 
 from __future__ import annotations
 
+import ast
 import os
 import secrets
 import shutil
 import socket
+import sys
 import textwrap
 import threading
 import time
@@ -289,6 +291,42 @@ def test_read_parent_environment_secret(mode: str, monkeypatch: pytest.MonkeyPat
     assert res.stdout.startswith("clean"), res.stdout[:200]
 
 
+def test_read_host_files_outside_the_system_dirs() -> None:
+    """The program cannot reach the repository, the benchmark data (with the tests) or homes."""
+    if sandbox_info()["mode"] != "namespaces":
+        pytest.skip("only the namespace mode has a private root (fallback documents this)")
+    tag = secrets.token_hex(8)
+    secret_file = REPO / f".adaclip_secret_{tag}"
+    content = "secret-content-" + secrets.token_hex(8)
+    secret_file.write_text(content)
+    os.chmod(secret_file, 0o644)  # world-readable on the host
+    data = REPO.parent / "shared" / "data" / "humaneval.jsonl"
+    try:
+        res = contained_run(
+            f"""
+            import os
+            for path in ({str(secret_file)!r}, {str(data)!r}, "/work", "/home", "/mnt", "/sys/kernel", "/var/log"):
+                try:
+                    if os.path.isdir(path):
+                        print("listed", path, os.listdir(path)[:3])
+                    else:
+                        print("read", path, open(path).read(40))
+                except OSError as e:
+                    print("denied", path, e.errno)
+            hits = []
+            for dirpath, dirs, files in os.walk("/"):
+                dirs[:] = [d for d in dirs if dirpath + d not in ("/proc", "/usr", "/sys")]
+                hits += [os.path.join(dirpath, f) for f in files if "adaclip_secret" in f or f == "humaneval.jsonl"]
+            print("walk hits", hits)
+            """
+        )
+    finally:
+        secret_file.unlink()
+    assert content not in res.stdout, res.stdout
+    assert "read " not in res.stdout and "listed" not in res.stdout, res.stdout
+    assert "walk hits []" in res.stdout, res.stdout
+
+
 def test_read_root_only_files() -> None:
     res = contained_run(
         """
@@ -307,7 +345,15 @@ def test_read_root_only_files() -> None:
     )
     if not ROOT:
         pytest.skip("the sandbox keeps the caller's uid when not started as root")
-    assert "read " not in res.stdout and "listed" not in res.stdout, res.stdout
+    assert "read " not in res.stdout, res.stdout
+    # in the private root, /root holds at most the directory leading to the interpreter
+    host_root = set(os.listdir("/root"))
+    prefix = Path(os.path.realpath(sys.base_prefix))
+    allowed = {prefix.relative_to("/root").parts[0]} if prefix.is_relative_to("/root") else set()
+    for line in res.stdout.splitlines():
+        if line.startswith("listed /root"):
+            seen = set(ast.literal_eval(line[len("listed /root ") :]))
+            assert not (seen & host_root) - allowed, seen
 
 
 def test_network_connection_to_host_listener(mode: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 import threading
 import time
 
@@ -28,6 +29,7 @@ def test_limits_validation_names_field_and_range() -> None:
         "max_open_files": 3,
         "max_output_bytes": -5,
         "disk_mb": 0,
+        "nice": 20,
     }
     for name, bad in cases.items():
         with pytest.raises(ValueError, match=rf"SandboxLimits\.{name} must be in \["):
@@ -134,3 +136,85 @@ def test_bounded_parallelism() -> None:
         live += d
         peak = max(peak, live)
     assert peak <= n
+
+
+UNPRIV_UID = 59998  # an otherwise unused uid for the unprivileged-caller test
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start a process as another user")
+def test_unprivileged_caller_uses_the_fallback() -> None:
+    """Without root: no namespaces, no uid drop; seccomp still blocks the network, limits and
+    the subreaper still end every process."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    candidates = [os.path.realpath(sys.executable), "/usr/bin/python3"]
+    python = next((p for p in candidates if p and _world_executable(p)), None)
+    if python is None or shutil.which("unshare") is None:
+        pytest.skip("no interpreter reachable by an unprivileged user")
+    script = textwrap.dedent(
+        """
+        import json, time
+        from adaclip_rl.rewards.sandbox import run_python, sandbox_info, SandboxLimits
+        lim = SandboxLimits(cpu_time_s=1, wall_time_s=2)
+        out = {"info": sandbox_info()}
+        r = run_python("import socket\\ntry:\\n    socket.create_connection(('127.0.0.1', 9), timeout=1)\\n    print('connected')\\nexcept OSError as e:\\n    print('blocked', e.errno)", limits=lim)
+        out["net"] = r.stdout
+        t = time.monotonic(); r = run_python("while True: pass", limits=lim)
+        out["loop"] = [r.returncode, time.monotonic() - t]
+        r = run_python("import os, time\\nif os.fork() == 0:\\n    os.setsid()\\n    if os.fork() == 0:\\n        time.sleep(60)\\n    os._exit(0)\\nprint('done')", limits=lim)
+        out["daemon"] = r.stdout
+        print(json.dumps(out))
+        """
+    )
+    proc = subprocess.run(
+        [python, "-c", script],
+        user=UNPRIV_UID,
+        group=UNPRIV_UID,
+        extra_groups=[],
+        env={
+            "PYTHONPATH": str(repo),
+            "HOME": "/tmp",
+            "PATH": "/usr/bin:/bin",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        },
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import json
+
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["info"]["mode"] == "fallback"
+    assert out["info"]["isolation_mode"] == "subreaper+seccomp-net+rlimits(no-nproc)"
+    assert out["net"].startswith("blocked")
+    assert out["loop"][0] != 0 and out["loop"][1] < 2 + 5
+    assert out["daemon"] == "done\n"
+    left = [pid for pid in os.listdir("/proc") if pid.isdigit() and _uid_of(pid) == UNPRIV_UID]
+    assert not left, left
+
+
+def _world_executable(path: str) -> bool:
+    import stat
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.exists() or not os.stat(p).st_mode & stat.S_IXOTH:
+        return False
+    return all(os.stat(d).st_mode & stat.S_IXOTH for d in p.parents)
+
+
+def _uid_of(pid: str) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
