@@ -161,6 +161,19 @@ def check_stdio(
     return passed / len(cases) if score == "fraction" else 1.0
 
 
+def _code_prefix(prompt: Any) -> str:
+    """The prompt as a code prefix, or "" when it is not Python (a chat prompt, prose)."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        return ""
+    for candidate in (prompt, prompt.rstrip("\n") + "\n    pass\n"):
+        try:
+            compile(candidate, "prompt", "exec")
+            return prompt
+        except (SyntaxError, ValueError):
+            continue
+    return ""
+
+
 def _case(case: Any) -> tuple[str, str]:
     if isinstance(case, dict):
         return str(case.get("input", "")), str(case.get("output", case.get("expected_output", "")))
@@ -179,8 +192,9 @@ def code_accuracy(
 
     Dataset columns:
         * HumanEval style: ``test`` and ``entry_point``; the code prefix comes from
-          ``code_prompt`` if present, else from ``prompt`` when it is a string (a conversational
-          prompt cannot be a code prefix, so the completion must then be a full program).
+          ``code_prompt`` if present, else from the prompt (``prompt``, or TRL's ``prompts``)
+          when it is a string that parses as Python (a conversational or prose prompt cannot be
+          a code prefix, so the completion must then be a full program).
         * stdin/stdout style: ``test_cases``, a list of ``(input, output)`` pairs or
           ``{"input", "output"}`` dicts, per row; ``code_score`` (``"binary"``/``"fraction"``,
           default binary) per row or as a keyword.
@@ -189,6 +203,8 @@ def code_accuracy(
     scores 0.0 on any failure (a sandbox error is logged, never raised).
     """
     n = len(completions)
+    if prompt is None:  # TRL passes the prompts as ``prompts`` (the dataset's ``prompt`` column is withheld)
+        prompt = kwargs.get("prompts")
     test_cases = kwargs.get("test_cases")
     code_prompt = kwargs.get("code_prompt")
     limits = kwargs.get("sandbox_limits")
@@ -201,8 +217,8 @@ def code_accuracy(
                 prefix = ""
                 if code_prompt is not None:
                     prefix = code_prompt[i] or ""
-                elif prompt is not None and isinstance(prompt[i], str):
-                    prefix = prompt[i]
+                elif prompt is not None:
+                    prefix = _code_prefix(prompt[i])
                 return check_humaneval(text, prefix, test[i], entry_point[i], limits=limits)
             if test_cases is not None and test_cases[i]:
                 mode = score_mode[i] if isinstance(score_mode, (list, tuple)) else score_mode

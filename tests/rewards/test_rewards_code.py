@@ -184,6 +184,15 @@ def test_code_accuracy_trl_signature() -> None:
         trainer_state=None,
     )
     assert scores == [1.0, 0.0]
+    # TRL passes the prompts as ``prompts``; a code prompt is the prefix of a body completion,
+    # a prose prompt is ignored (a full-program completion still passes)
+    scores = code_accuracy(
+        [row["canonical_solution"], f"```python\n{row['prompt']}{row['canonical_solution']}```"],
+        prompts=[row["prompt"], "Write truncate_number. Return the decimal part."],
+        test=[row["test"]] * 2,
+        entry_point=[row["entry_point"]] * 2,
+    )
+    assert scores == [1.0, 1.0]
     # code prefix from a dedicated column
     scores = code_accuracy(
         [row["canonical_solution"]],
