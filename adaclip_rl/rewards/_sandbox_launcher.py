@@ -54,6 +54,7 @@ MS_REC = 16384
 MS_PRIVATE = 1 << 18
 
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_SET_SECCOMP = 22
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
@@ -429,6 +430,7 @@ def _judge_main(
     """Child: confine, run the trusted prompt + tests against the stub candidate."""
     try:
         _confine(spec, uid, gid, (*rpc, verdict_w), spec["judge_workdir"])
+        _prctl(PR_SET_DUMPABLE, 0)  # the candidate must not ptrace or read the judge
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
@@ -612,6 +614,9 @@ def main(argv: list[str]) -> int:
     cand_pid = judge_pid = None
     t_run: float | None = None
     spec: dict = {}
+    # not dumpable: a sandboxed process of the same uid (non-root fallback) can neither ptrace
+    # the launcher nor open its /proc/<pid>/fd and memory (where the judge spec passes)
+    _prctl(PR_SET_DUMPABLE, 0)
     try:
         spec = json.loads(_read_all(spec_fd))
         namespaces = spec["namespaces"]

@@ -701,6 +701,46 @@ def test_kill_the_judge() -> None:
     assert contained_judge(hack) == 0.0
 
 
+def test_ptrace_or_read_the_judge(mode: str) -> None:
+    """The candidate cannot attach to, or read the memory and fds of, the judge or the launcher."""
+    spy = textwrap.dedent(
+        """
+        import ctypes, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        for pid in [int(p) for p in os.listdir("/proc") if p.isdigit()]:
+            if pid == os.getpid():
+                continue
+            if libc.ptrace(16, pid, 0, 0) == 0:  # PTRACE_ATTACH
+                print("ATTACHED", pid)
+            for what in ("mem", "environ", "fd"):
+                try:
+                    if what == "fd":
+                        print("OPENED", pid, what, os.listdir(f"/proc/{pid}/fd"))
+                    else:
+                        open(f"/proc/{pid}/{what}", "rb").read(1)
+                        print("OPENED", pid, what)
+                except OSError:
+                    pass
+        print("spy done", flush=True)
+        def has_close_elements(numbers, threshold):
+            return False
+        """
+    )
+    row = humaneval()[HE0]
+    from adaclip_rl.rewards.code import build_humaneval_program
+    from adaclip_rl.rewards.sandbox import run_python_function_tests
+
+    program = build_humaneval_program(spy, row["prompt"], row["entry_point"])
+    res = run_python_function_tests(
+        program, entry_point=row["entry_point"], test=row["test"], prompt=row["prompt"], limits=LIM
+    )
+    assert_no_leftovers()
+    assert "spy done" in res.stdout, res.stderr
+    if ROOT:  # without root the launcher and judge share the caller's uid (only non-dumpable)
+        assert "ATTACHED" not in res.stdout and "OPENED" not in res.stdout, res.stdout
+    assert res.passed is False
+
+
 def test_hang_inside_the_function_under_test() -> None:
     hang = "def has_close_elements(numbers, threshold):\n    while True:\n        pass\n"
     assert contained_judge(hang, limits=SHORT) == 0.0
