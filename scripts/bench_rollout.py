@@ -195,12 +195,10 @@ def main() -> None:
     # Steps of the two modes are interleaved (sync, partial, sync, ...) on the same engine so that
     # load from other processes on a shared machine hits both alike.
     runners = {mode: ModeRunner(mode, engine, tokenizer, args) for mode in ("sync", "partial")}
-    version = 0
     load_before = os.getloadavg()
     for step in range(args.warmup + args.steps):
-        for runner in runners.values():
-            version += 1
-            runner.step(engine, model, version, timed=step >= args.warmup)
+        for runner in runners.values():  # each mode counts its own policy versions (one per step)
+            runner.step(engine, model, version=step + 1, timed=step >= args.warmup)
     results = {mode: r.summary() for mode, r in runners.items()}
     lengths = Stream(tokenizer, args)
     lengths.take((args.warmup + args.steps) * args.groups)

@@ -69,6 +69,25 @@ def parity_reward(completions, completion_ids, **kwargs):
     return [float(sum(ids) % 3) for ids in completion_ids]
 
 
+@pytest.fixture(scope="module")
+def eos_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny random model with a large random EOS embedding row: EOS then has a sizeable,
+    position-dependent probability, so completion lengths vary and partial rollouts carry some
+    sequences across optimizer steps (a random model otherwise almost never stops)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("eos_model")
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        emb[tok.eos_token_id] = 0.4 * torch.randn(emb.shape[1], generator=g)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
 def _release(trainer) -> None:
     """Free the trainer's in-process vLLM engine so that the next one can start (one engine at a time)."""
     from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
@@ -82,7 +101,7 @@ def _release(trainer) -> None:
 
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_bapo_partial_rollouts_and_replay_train_and_resume(tmp_path, tiny_model_dir):
+def test_bapo_partial_rollouts_and_replay_train_and_resume(tmp_path, eos_model_dir):
     pytest.importorskip("vllm")
     from datasets import Dataset
 
@@ -106,12 +125,21 @@ def test_bapo_partial_rollouts_and_replay_train_and_resume(tmp_path, tiny_model_
         max_staleness=2,
         staleness_policy="downweight",
         seed=0,
+        ratio_anchor="behaviour",  # BAPO's ratio against the behaviour policy, so its bounds matter
     )
     trainer = OffPolicyGRPOTrainer(
-        str(tiny_model_dir), [parity_reward], args=_cfg(tmp_path, **kw), train_dataset=ds
+        eos_model_dir, [parity_reward], args=_cfg(tmp_path, **kw), train_dataset=ds
     )
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
+    for h in logs:
+        print(
+            {
+                k: round(v, 3)
+                for k, v in h.items()
+                if k.split("/")[0] in ("rollout", "replay", "partial", "bapo")
+            }
+        )
     assert len(logs) == 4 and all(math.isfinite(h["loss"]) for h in logs)
     keys = set().union(*logs)
     for key in (
@@ -136,9 +164,12 @@ def test_bapo_partial_rollouts_and_replay_train_and_resume(tmp_path, tiny_model_
     assert saved["replay"]["groups"] and saved["partial"] is not None
     _release(trainer)
 
-    # resume from checkpoint-2: the rollout state is restored exactly before training continues
+    # resume from checkpoint-2: the rollout state is restored exactly before training continues.
+    # (The resumed run anchors the ratio on the proximal policy, the first run on the behaviour
+    # policy, so both loss paths run once without a third engine start.)
+    kw["ratio_anchor"] = "proximal"
     trainer = OffPolicyGRPOTrainer(
-        str(tiny_model_dir), [parity_reward], args=_cfg(tmp_path, **kw), train_dataset=ds
+        eos_model_dir, [parity_reward], args=_cfg(tmp_path, **kw), train_dataset=ds
     )
     restored = {}
     load = trainer.load_rollout_state_dict
