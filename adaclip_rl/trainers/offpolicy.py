@@ -292,6 +292,11 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
 
         cfg, g = self.rollout_cfg, self.num_generations
         version = self.state.global_step
+        if len(inputs) % g:
+            raise ValueError(
+                f"the local generation batch ({len(inputs)} rows) must hold whole groups of num_generations={g}: "
+                "make per_device_train_batch_size * steps_per_generation a multiple of num_generations"
+            )
         batch_rows = [inputs[i] for i in range(0, len(inputs), g)]  # RepeatSampler: G consecutive copies
         n_groups = len(batch_rows)
         replayed: list[ReplayGroup] = []
