@@ -12,6 +12,8 @@ TRL calls every reward function on the whole batch inside the training step; one
   each bounded by ``timeout_s``, within an overall retry budget; samples that fail again or do
   not fit in the budget get ``failure_value``;
 * a result of the wrong length or with non-numeric entries counts as a failure;
+* an ``async`` reward function is run to completion on a worker thread's own event loop, so
+  the wrapper is a plain synchronous reward for TRL;
 * every failure is logged and counted: :attr:`SafeReward.failures` (failed samples) and
   :meth:`SafeReward.stats`.
 
@@ -21,7 +23,9 @@ rather than scored 0). The default 0.0 follows the acceptance rule "costs that s
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import inspect
 import logging
 import math
 import threading
@@ -73,6 +77,7 @@ class SafeReward:
             retry_budget_s if retry_budget_s is not None else (2 * timeout_s if timeout_s else None)
         )
         self.__name__ = name or getattr(fn, "__name__", type(fn).__name__)
+        self._is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
         self._lock = threading.Lock()
         self._stats = {
             "calls": 0,
@@ -110,19 +115,22 @@ class SafeReward:
             self._stats[key] += n
 
     def _call(self, kwargs: dict[str, Any], timeout: float | None) -> list[Any]:
-        if timeout is None:
+        if timeout is None and not self._is_async:
             return self.fn(**kwargs)
         box: dict[str, Any] = {}
 
         def target() -> None:
             try:
-                box["value"] = self.fn(**kwargs)
+                value = self.fn(**kwargs)
+                if inspect.isawaitable(value):  # async reward: run it on this thread's own loop
+                    value = asyncio.run(_await(value))
+                box["value"] = value
             except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
                 box["error"] = exc
 
         t = threading.Thread(target=target, name=f"reward-{self.__name__}", daemon=True)
         t.start()
-        t.join(timeout)
+        t.join(timeout)  # timeout None (an async reward without a bound): wait for it
         if t.is_alive():
             self._bump("abandoned_threads")
             raise _Timeout(f"reward {self.__name__} exceeded {timeout:.3g} s")
@@ -194,6 +202,10 @@ class SafeReward:
 
     def __repr__(self) -> str:
         return f"SafeReward({self.__name__}, timeout_s={self.timeout_s}, failure_value={self.failure_value})"
+
+
+async def _await(aw: Any) -> Any:
+    return await aw
 
 
 def _batch_len(kwargs: dict[str, Any]) -> int:

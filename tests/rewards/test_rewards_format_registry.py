@@ -140,6 +140,20 @@ def test_safe_reward_inside_a_trl_style_step() -> None:
     assert math.isnan(totals[1])  # unparsable gold -> None -> NaN, as TRL does
 
 
+def test_safe_reward_runs_async_rewards() -> None:
+    import asyncio
+
+    async def async_reward(completions: list, **kwargs: object) -> list[float]:
+        await asyncio.sleep(0.01)
+        if "boom" in completions:
+            raise ValueError("async failure")
+        return [2.0] * len(completions)
+
+    fn = safe_reward(async_reward)
+    assert fn(completions=["a", "b"]) == [2.0, 2.0]
+    assert fn(completions=["a", "boom"]) == [2.0, 0.0] and fn.failures == 1
+
+
 def test_safe_reward_is_picklable_and_idempotent() -> None:
     fn = safe_reward(think_format_reward, timeout_s=5)
     assert safe_reward(fn) is fn
