@@ -11,3 +11,12 @@ __all__ = [
     "build_tokenizer",
     "parse_answer",
 ]
+
+
+def _register_rewards() -> None:
+    from ..rewards.registry import register_reward
+
+    register_reward("arithmetic_exact")(arithmetic_reward)
+
+
+_register_rewards()
