@@ -212,10 +212,11 @@ def test_fill_the_disk() -> None:
                             f.write(block); written += len(block)
                 except OSError:
                     pass
-        print("written_mib", written // 2**20)
+                print("written_mib", written // 2**20, flush=True)
         """
     )
-    mib = int(res.stdout.split()[1])
+    lines = res.stdout.split()
+    mib = int(lines[-1]) if lines else 0
     if sandbox_info()["mode"] == "namespaces":
         # private tmpfs: the work dir is capped at disk_mb, /dev/shm at 8 MiB, /tmp itself is read-only
         assert mib <= LIM.disk_mb + 8 + 2 * LIM.file_size_mb
@@ -252,7 +253,7 @@ def test_write_outside_workdir(mode: str) -> None:
         """
     )
     assert res.returncode == 0, res.stderr
-    if mode == "default" and ROOT:
+    if sandbox_info()["mode"] == "namespaces" and ROOT:
         # in the namespaces nothing outside the private tmpfs is writable at all
         assert "wrote" not in res.stdout.replace("wrote /dev/shm", "").replace("wrote /run/lock", "").replace(
             "wrote /var/tmp", ""
@@ -650,7 +651,9 @@ def test_cannot_read_the_tests() -> None:
                 if any(isinstance(v, str) and v is not needle and needle in v for v in f.f_locals.values()):
                     return "frame"
                 f = f.f_back
-            for root in ("/tmp", ".", "/proc"):
+            # the private root holds only system dirs besides these; the fallback has no private
+            # root (host files stay readable, as documented), so only its own dirs are searched
+            for root in (("/tmp", "/root", "/dev/shm", "/proc") if PRIVATE_ROOT else (".", "/proc")):
                 for dirpath, dirs, files in os.walk(root):
                     if dirpath.count("/") > 3:
                         dirs[:] = []
@@ -662,6 +665,7 @@ def test_cannot_read_the_tests() -> None:
                         except Exception:
                             pass
             return None
+        PRIVATE_ROOT = not os.path.exists("/work") and not os.path.exists("/sys/kernel")
         FOUND = _search()
         print("FOUND" if FOUND else "not found", FOUND, flush=True)
         def has_close_elements(numbers, threshold):
