@@ -23,7 +23,9 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -38,7 +40,7 @@ def _load(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _parallel(fn, items: list, workers: int) -> tuple[list, float]:  # type: ignore[no-untyped-def]
+def _parallel(fn: Callable[[Any], Any], items: list, workers: int) -> tuple[list, float]:
     t0 = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         out = list(pool.map(fn, items))

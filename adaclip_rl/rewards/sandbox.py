@@ -57,8 +57,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +209,8 @@ class _SlotPool:
         self._cond = threading.Condition()
 
     @contextlib.contextmanager
-    def slot(self):  # type: ignore[no-untyped-def]
+    def slot(self) -> Iterator[int]:
+        """Hold one slot index for the duration of the ``with`` block."""
         with self._cond:
             while not self._free:
                 self._cond.wait()
@@ -399,7 +402,7 @@ def run_python_function_tests(
         return _run(program, stdin=b"", limits=limits, judge=judge, mode=mode, slot=slot)
 
 
-def _tempfile_with(data: bytes):  # type: ignore[no-untyped-def]
+def _tempfile_with(data: bytes) -> IO[bytes]:
     f = tempfile.TemporaryFile()
     f.write(data)
     f.flush()
@@ -550,7 +553,7 @@ def _run(
         if host_workdir:
             if uid is not None:
                 _kill_uid(uid, judge_uid)
-                _remove_files_of({uid, judge_uid})  # type: ignore[arg-type]
+                _remove_files_of({u for u in (uid, judge_uid) if u is not None})
             shutil.rmtree(host_workdir, ignore_errors=True)
     wall = time.monotonic() - t0
 
