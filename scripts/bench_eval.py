@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--dtype", default="float32", help="same dtype for both backends (vLLM on CPU would pick bf16)")
-    p.add_argument("--hf-batch-size", type=int, default=0, help="sequences per generate call (0 = all at once)")
+    p.add_argument("--hf-batch-size", type=int, default=32, help="sequences per generate call (0 = all at once)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-ignore-eos", action="store_true", help="let samples stop at EOS")
     p.add_argument("--seed", type=int, default=0)
@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     params = SamplingConfig(n=args.n, temperature=args.temperature, top_p=args.top_p,
                             max_new_tokens=args.max_new_tokens, seed=args.seed, ignore_eos=not args.no_ignore_eos)
     results = []
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_model(Path(tmp) / "tiny", data_dir)
         tok = AutoTokenizer.from_pretrained(model_dir)
@@ -120,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "what": "eval generation throughput, tiny Qwen2 (head_dim 64), same prompts/params for every backend",
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "gpu": torch.cuda.is_available()},
+                    "torch_threads": torch.get_num_threads(), "gpu": torch.cuda.is_available(),
+                    "loadavg_1m_before_after": [load_before[0], os.getloadavg()[0]]},
         "protocol": {**params.__dict__, "num_prompts": len(prompts), "benchmark": args.benchmark,
                      "dataset_sha256": source.get("sha256"), "dtype": args.dtype, "repeats": args.repeats,
                      "prompt_tokens_mean": sum(prompt_tokens) / len(prompt_tokens)},
@@ -134,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\n{len(prompts)} prompts x n={params.n} x {params.max_new_tokens} new tokens "
           f"(mean prompt {report['protocol']['prompt_tokens_mean']:.0f} tokens), dtype {args.dtype}, "
-          f"{os.cpu_count()} CPU cores")
+          f"{os.cpu_count()} CPU cores, load average {load_before[0]:.1f} -> {os.getloadavg()[0]:.1f}")
     print(f"{'backend':<14}{'startup s':>10}{'gen s (median)':>16}{'tokens':>9}{'tokens/s':>10}")
     for r in results:
         secs = statistics.median(x["seconds"] for x in r["runs"])
