@@ -5,8 +5,11 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rewards_helpers import assert_no_leftovers, humaneval
 
+from adaclip_rl.rewards import _sandbox_launcher as launcher
 from adaclip_rl.rewards.code import (
     build_humaneval_program,
     check_humaneval,
@@ -211,3 +214,66 @@ def test_code_accuracy_trl_signature() -> None:
     assert stdio == [1.0, 0.5]
     with pytest.raises(ValueError, match="test_cases"):
         code_accuracy(["x"])
+
+
+# ------------------------------------------------------------------ codec property test
+
+
+_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**300), max_value=2**300),
+    st.floats(allow_nan=False),
+    st.complex_numbers(allow_nan=False),
+    st.text(max_size=20),
+    st.binary(max_size=20),
+)
+_hashable = st.recursive(
+    _leaf, lambda inner: st.tuples(inner, inner) | st.frozensets(inner, max_size=3), max_leaves=6
+)
+_values = st.recursive(
+    _leaf,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(_hashable, inner, max_size=3)
+        | st.sets(_hashable, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+def _same(a: object, b: object) -> bool:
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))  # type: ignore[arg-type]
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)  # type: ignore[union-attr,index]
+    if isinstance(a, float):
+        return a == b and str(a) == str(b)  # keeps -0.0 apart from 0.0
+    return a == b
+
+
+@settings(max_examples=200, deadline=None)
+@given(_values)
+def test_judge_codec_round_trips_exact_types(value: object) -> None:
+    import json
+
+    wire = json.loads(json.dumps(launcher._enc(value)))
+    assert _same(launcher._dec(wire), value)
+
+
+def test_judge_codec_rejects_objects_and_malformed_data() -> None:
+    class Sneaky(int):
+        def __eq__(self, other: object) -> bool:
+            return True
+
+        __hash__ = int.__hash__
+
+    assert type(launcher._dec(launcher._enc(Sneaky(3)))) is int  # subclasses are flattened to the base type
+    with pytest.raises(TypeError, match="unsupported value"):
+        launcher._enc(object())
+    for bad in ([], ["zz", 1], ["i", 5], ["l", "notalist"], {"ok": 1}, ["d", [[["s", "k"]]]]):
+        with pytest.raises(ValueError):
+            launcher._dec(bad)
