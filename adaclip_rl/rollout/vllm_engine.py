@@ -131,12 +131,18 @@ def _is_cpu_platform() -> bool:
 
 
 def _request_seeds_safe(llm: Any) -> bool:
-    """Per-request seeds are safe unless vLLM runs on CPU with chunked prefill (see ``__init__``)."""
+    """Per-request seeds are safe unless vLLM runs on CPU with chunked prefill *and* a prompt can
+    actually be chunked, i.e. ``max_num_seqs * max_model_len > max_num_batched_tokens`` (see ``__init__``)."""
+    if not _is_cpu_platform():
+        return True
     try:
-        chunked = bool(llm.llm_engine.vllm_config.scheduler_config.enable_chunked_prefill)
+        sched = llm.llm_engine.vllm_config.scheduler_config
+        if not sched.enable_chunked_prefill:
+            return True
+        max_len = llm.llm_engine.model_config.max_model_len
+        return sched.max_num_seqs * max_len <= sched.max_num_batched_tokens
     except AttributeError:  # pragma: no cover
-        chunked = True
-    return not (chunked and _is_cpu_platform())
+        return False
 
 
 class VLLMColocateEngine:
