@@ -12,6 +12,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "AdaClipGRPOConfig": "adaclip_rl.trainers.config",
     "AdaClipGRPOTrainer": "adaclip_rl.trainers.grpo",
+    "OffPolicyGRPOConfig": "adaclip_rl.trainers.offpolicy",
+    "OffPolicyGRPOTrainer": "adaclip_rl.trainers.offpolicy",
 }
 
 

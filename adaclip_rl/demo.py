@@ -34,6 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--rl-steps", type=int, default=None, help="RL optimizer steps (default: the recipe's)")
     ap.add_argument("--n-test", type=int, default=200, help="held-out problems")
     ap.add_argument("--k", type=int, default=4, help="samples per problem for avg@k / pass@k")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: one per CPU core)")
     ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     from .tasks.warmstart import WarmStartConfig, warm_start
 
     hf_logging.set_verbosity_error()
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(args.threads or max(1, os.cpu_count() or 1))
     t_start = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -2,5 +2,6 @@
 
 from .config import AdaClipGRPOConfig
 from .grpo import AdaClipGRPOTrainer
+from .offpolicy import OffPolicyGRPOConfig, OffPolicyGRPOTrainer
 
-__all__ = ["AdaClipGRPOConfig", "AdaClipGRPOTrainer"]
+__all__ = ["AdaClipGRPOConfig", "AdaClipGRPOTrainer", "OffPolicyGRPOConfig", "OffPolicyGRPOTrainer"]

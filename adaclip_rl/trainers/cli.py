@@ -1,8 +1,10 @@
 """``adaclip-rl train --config recipe.yaml``: train with a YAML recipe in TRL's style.
 
 The YAML is one flat mapping, read by ``trl.TrlParser`` into three dataclasses:
-:class:`TrainScriptArguments` (data and rewards), :class:`AdaClipGRPOConfig` (every TRL GRPO field
-plus ours) and ``trl.ModelConfig`` (model path, dtype, LoRA). Command-line flags override the
+:class:`TrainScriptArguments` (data and rewards), :class:`~adaclip_rl.trainers.offpolicy.OffPolicyGRPOConfig`
+(every TRL GRPO field, ours, and the off-policy rollout fields) and ``trl.ModelConfig`` (model
+path, dtype, LoRA). Partial rollouts or replay select ``OffPolicyGRPOTrainer``; otherwise
+``AdaClipGRPOTrainer``. Command-line flags override the
 YAML. Unknown keys and out-of-range values fail while parsing, before any model is loaded.
 
 Under several processes::
@@ -72,9 +74,10 @@ class TrainScriptArguments:
 def make_parser():
     from trl import ModelConfig, TrlParser
 
-    from .config import AdaClipGRPOConfig
+    from .offpolicy import OffPolicyGRPOConfig
 
-    return TrlParser((TrainScriptArguments, AdaClipGRPOConfig, ModelConfig))
+    # OffPolicyGRPOConfig = AdaClipGRPOConfig + the off-policy rollout fields (all default off)
+    return TrlParser((TrainScriptArguments, OffPolicyGRPOConfig, ModelConfig))
 
 
 def load_train_dataset(args: TrainScriptArguments):
@@ -119,7 +122,10 @@ def build_trainer(script_args: TrainScriptArguments, grpo_args, model_args, trai
     from .. import tasks  # noqa: F401  (registers the synthetic tasks' rewards)
     from ..rewards import build_reward_funcs
     from .grpo import AdaClipGRPOTrainer
+    from .offpolicy import OffPolicyGRPOTrainer
 
+    offpolicy = getattr(grpo_args, "partial_rollouts", False) or getattr(grpo_args, "replay_ratio", 0.0) > 0
+    trainer_cls = OffPolicyGRPOTrainer if offpolicy else AdaClipGRPOTrainer
     reward_funcs, weights = build_reward_funcs(script_args.rewards)
     if grpo_args.reward_weights is None and any(w != 1.0 for w in weights):
         grpo_args.reward_weights = weights
@@ -131,7 +137,7 @@ def build_trainer(script_args: TrainScriptArguments, grpo_args, model_args, trai
     if model_args.attn_implementation is not None:
         init_kwargs.setdefault("attn_implementation", model_args.attn_implementation)
     grpo_args.model_init_kwargs = init_kwargs or None
-    return AdaClipGRPOTrainer(
+    return trainer_cls(
         model=model_args.model_name_or_path,
         reward_funcs=reward_funcs,
         args=grpo_args,
