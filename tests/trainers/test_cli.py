@@ -49,11 +49,11 @@ def test_out_of_range_value_fails_naming_the_field(tmp_path, cfg, field):
         make_parser().parse_args_and_config(["--config", _write(tmp_path, **cfg)])
 
 
-def test_cli_process_fails_before_loading_the_model(tmp_path):
+def test_cli_process_fails_before_loading_the_model(tmp_path, child_env):
     out = subprocess.run(
         [sys.executable, "-m", "adaclip_rl.cli", "train", "--config",
          _write(tmp_path, policy_loss="bapo", bapo_target=2.0)],
-        capture_output=True, text=True, cwd=REPO, timeout=300,
+        capture_output=True, text=True, cwd=REPO, timeout=300, env=child_env,
     )
     assert out.returncode != 0
     assert "bapo_target must be in (0, 1); got 2.0" in out.stderr
@@ -68,12 +68,12 @@ def test_shipped_recipes_parse(recipe):
     assert grpo.steps_per_generation >= grpo.gradient_accumulation_steps
 
 
-def test_cli_trains_from_yaml(tiny_model_dir, tmp_path):
+def test_cli_trains_from_yaml(tiny_model_dir, tmp_path, child_env):
     recipe = _write(tmp_path, model_name_or_path=tiny_model_dir, policy_loss="archer", max_steps=2,
                     per_device_train_batch_size=8, num_generations=4, max_completion_length=4,
                     logging_steps=1, report_to="none", save_strategy="no", gradient_checkpointing=False)
     out = subprocess.run([sys.executable, "-m", "adaclip_rl.cli", "train", "--config", recipe],
-                         capture_output=True, text=True, cwd=REPO, timeout=600)
+                         capture_output=True, text=True, cwd=REPO, timeout=600, env=child_env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "archer/high_frac" in out.stdout
     assert (tmp_path / "out" / "model.safetensors").exists()

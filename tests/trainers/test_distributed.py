@@ -22,10 +22,10 @@ def _free_port() -> int:
 
 
 @pytest.mark.distributed
-def test_bapo_bounds_identical_across_ranks_and_equal_to_single_process(tiny_model_dir, tmp_path):
+def test_bapo_bounds_identical_across_ranks_and_equal_to_single_process(tiny_model_dir, tmp_path, child_env):
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
     out = tmp_path / "result.json"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    env = dict(child_env, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     proc = subprocess.run(
         [torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
          str(WORKER), tiny_model_dir, str(out)],
