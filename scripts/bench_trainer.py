@@ -1,0 +1,128 @@
+"""Step time of AdaClipGRPOTrainer (grpo, bapo, archer) against stock TRL GRPOTrainer, side by side.
+
+Two measurements on the tiny offline model, all trainers built from the same weights:
+
+* **loss step**: ``_compute_loss`` + backward on identical pre-built batches (the part our
+  subclass changes), interleaved round-robin over the trainers so machine-load drift hits all alike;
+* **train step**: TRL's median ``step_time`` from a short ``trainer.train()`` (generation included),
+  trainers run one after the other.
+
+    python scripts/bench_trainer.py [--rounds 30 --batch 64 --completion 64 --out results/bench_trainer.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from trl import GRPOConfig, GRPOTrainer
+
+from adaclip_rl import AdaClipGRPOConfig, AdaClipGRPOTrainer
+from adaclip_rl.tasks import ArithmeticTask, arithmetic_reward, build_tiny_model
+
+
+def _batch(model, b: int, c: int, seed: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    p = 6
+    prompt_ids = torch.randint(3, 250, (b, p), generator=gen)
+    completion_ids = torch.randint(3, 250, (b, c), generator=gen)
+    lengths = torch.randint(c // 4, c + 1, (b,), generator=gen)
+    completion_mask = (torch.arange(c).unsqueeze(0) < lengths.unsqueeze(1)).long()
+    with torch.no_grad():
+        logits = model(input_ids=torch.cat([prompt_ids, completion_ids], 1)).logits[:, p - 1 : -1]
+        logps = torch.log_softmax(logits.float(), -1).gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
+    return {
+        "prompt_ids": prompt_ids, "prompt_mask": torch.ones(b, p, dtype=torch.long), "completion_ids": completion_ids,
+        "completion_mask": completion_mask, "advantages": torch.randn(b, generator=gen),
+        "old_per_token_logps": logps + 0.3 * torch.randn(b, c, generator=gen),
+        "num_items_in_batch": completion_mask.sum().float(),
+    }
+
+
+def _common(args, out: str) -> dict:
+    return dict(output_dir=out, use_cpu=True, bf16=False, per_device_train_batch_size=args.batch // 4,
+                num_generations=8, max_completion_length=args.completion, report_to="none", save_strategy="no",
+                gradient_checkpointing=False, logging_steps=1, steps_per_generation=4, learning_rate=1e-4,
+                max_steps=args.train_steps, disable_tqdm=True, seed=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--completion", type=int, default=64)
+    ap.add_argument("--train-steps", type=int, default=12)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--out", default="results/bench_trainer.json")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tmp = tempfile.mkdtemp()
+    task = ArithmeticTask()
+    model_dir = str(build_tiny_model(Path(tmp) / "tiny", task.corpus()))
+    ds = Dataset.from_list(task.sample(512, "train"))
+    trainers = {
+        "TRL GRPOTrainer": GRPOTrainer(model=model_dir, reward_funcs=[arithmetic_reward], train_dataset=ds,
+                                       args=GRPOConfig(**_common(args, f"{tmp}/stock"))),
+    }
+    for loss in ("grpo", "bapo", "archer"):
+        trainers[f"AdaClip {loss}"] = AdaClipGRPOTrainer(
+            model=model_dir, reward_funcs=[arithmetic_reward], train_dataset=ds,
+            args=AdaClipGRPOConfig(policy_loss=loss, **_common(args, f"{tmp}/{loss}")))
+    batches = [_batch(trainers["TRL GRPOTrainer"].model, args.batch, args.completion, s) for s in range(4)]
+    for t in trainers.values():
+        t.model.train()
+        t.current_gradient_accumulation_steps = 1
+
+    times: dict[str, list[float]] = {k: [] for k in trainers}
+    for r in range(args.rounds + 2):
+        for name, t in trainers.items():
+            inputs = batches[r % len(batches)]
+            t.model.zero_grad(set_to_none=True)
+            t0 = time.perf_counter()
+            t._compute_loss(t.model, inputs).backward()
+            dt = time.perf_counter() - t0
+            if r >= 2:  # warm-up rounds
+                times[name].append(dt)
+            t._metrics["train"].clear()
+    loss_ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+    train_step = {}
+    for name, t in trainers.items():
+        t.train()
+        st = [h["step_time"] for h in t.state.log_history if "step_time" in h][2:]
+        train_step[name] = statistics.median(st) * 1e3 if st else float("nan")
+
+    base, grpo = loss_ms["TRL GRPOTrainer"], loss_ms["AdaClip grpo"]
+    tbase, tgrpo = train_step["TRL GRPOTrainer"], train_step["AdaClip grpo"]
+    print(f"\nTrainer step time, tiny Qwen2 (0.33 M), batch {args.batch} x {args.completion} completion tokens, "
+          f"threads={torch.get_num_threads()}, {platform.machine()}, {os.cpu_count()} cores")
+    print(f"{'trainer':<18}{'loss+bwd ms':>12}{'vs TRL':>8}{'vs grpo':>9}{'train step ms':>15}{'vs TRL':>8}{'vs grpo':>9}")
+    rows = []
+    for name in trainers:
+        row = {"trainer": name, "loss_backward_ms": loss_ms[name], "loss_vs_trl": loss_ms[name] / base,
+               "loss_vs_grpo": loss_ms[name] / grpo, "train_step_ms": train_step[name],
+               "train_vs_trl": train_step[name] / tbase, "train_vs_grpo": train_step[name] / tgrpo}
+        rows.append(row)
+        print(f"{name:<18}{row['loss_backward_ms']:>12.2f}{row['loss_vs_trl']:>7.3f}x{row['loss_vs_grpo']:>8.3f}x"
+              f"{row['train_step_ms']:>15.1f}{row['train_vs_trl']:>7.3f}x{row['train_vs_grpo']:>8.3f}x")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({
+        "batch": args.batch, "completion_tokens": args.completion, "rounds": args.rounds,
+        "threads": torch.get_num_threads(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
+        "load_average": os.getloadavg(), "torch": torch.__version__, "rows": rows}, indent=2))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
