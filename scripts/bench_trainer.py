@@ -43,6 +43,8 @@ def _batch(model, b: int, c: int, seed: int) -> dict[str, torch.Tensor]:
         "prompt_ids": prompt_ids, "prompt_mask": torch.ones(b, p, dtype=torch.long), "completion_ids": completion_ids,
         "completion_mask": completion_mask, "advantages": torch.randn(b, generator=gen),
         "old_per_token_logps": logps + 0.3 * torch.randn(b, c, generator=gen),
+        # Archer's KL term reads the reference log-probs (stock GRPO with beta=0 ignores them)
+        "ref_per_token_logps": logps + 0.1 * torch.randn(b, c, generator=gen),
         "num_items_in_batch": completion_mask.sum().float(),
     }
 
