@@ -4,8 +4,9 @@ Two measurements on the tiny offline model, all trainers built from the same wei
 
 * **loss step**: ``_compute_loss`` + backward on identical pre-built batches (the part our
   subclass changes), interleaved round-robin over the trainers so machine-load drift hits all alike;
-* **train step**: TRL's median ``step_time`` from a short ``trainer.train()`` (generation included),
-  trainers run one after the other.
+* **train step**: full optimizer steps through TRL's ``training_step`` (generation every
+  ``steps_per_generation`` steps included), gradient clipping and the optimizer step, also
+  interleaved round-robin; reported per step, averaged over each generation cycle (median over cycles).
 
     python scripts/bench_trainer.py [--rounds 30 --batch 64 --completion 64 --out results/bench_trainer.json]
 """
@@ -56,12 +57,43 @@ def _common(args, out: str) -> dict:
                 max_steps=args.train_steps, disable_tqdm=True, seed=0)
 
 
+def _interleaved_train_steps(trainers: dict, steps: int) -> dict[str, float]:
+    """Full optimizer steps (TRL's ``training_step`` incl. generation every ``steps_per_generation``
+    steps, ``_clip_grad_norm``, optimizer step), round-robin over the trainers.
+
+    Returns the median over generation cycles of the cycle's time divided by its steps (ms), so
+    each figure is a per-step mean that includes one generation per cycle.
+    """
+    spg = next(iter(trainers.values())).args.steps_per_generation
+    state = {}
+    for name, t in trainers.items():
+        t.create_optimizer()
+        state[name] = iter(t.get_train_dataloader())
+    step_times: dict[str, list[float]] = {k: [] for k in trainers}
+    for _ in range(spg + steps):  # the first cycle is warm-up
+        for name, t in trainers.items():
+            batch = next(state[name])
+            t0 = time.perf_counter()
+            t.training_step(t.model, batch, None)
+            t._clip_grad_norm(t.model)
+            t.optimizer.step()
+            t.optimizer.zero_grad(set_to_none=True)
+            step_times[name].append(time.perf_counter() - t0)
+            t._metrics["train"].clear()
+    out = {}
+    for name, ts in step_times.items():
+        ts = ts[spg:]
+        cycles = [sum(ts[i : i + spg]) / spg for i in range(0, len(ts) - spg + 1, spg)]
+        out[name] = statistics.median(cycles) * 1e3
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--completion", type=int, default=64)
-    ap.add_argument("--train-steps", type=int, default=12)
+    ap.add_argument("--train-steps", type=int, default=24, help="measured steps per trainer (multiple of 4)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default="results/bench_trainer.json")
     args = ap.parse_args(argv)
@@ -98,12 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             t._metrics["train"].clear()
     loss_ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
-    train_step = {}
-    for name, t in trainers.items():
-        t.train()
-        st = [h["step_time"] for h in t.state.log_history if "step_time" in h][2:]
-        train_step[name] = statistics.median(st) * 1e3 if st else float("nan")
-
+    train_step = _interleaved_train_steps(trainers, args.train_steps)
     base, grpo = loss_ms["TRL GRPOTrainer"], loss_ms["AdaClip grpo"]
     tbase, tgrpo = train_step["TRL GRPOTrainer"], train_step["AdaClip grpo"]
     print(f"\nTrainer step time, tiny Qwen2 (0.33 M), batch {args.batch} x {args.completion} completion tokens, "

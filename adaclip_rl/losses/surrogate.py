@@ -59,24 +59,72 @@ def clipped_surrogate(
         Unmasked; aggregate with :func:`aggregate_loss`.
     """
     advantages = _as_2d(advantages)
+    if dual_clip is not None:
+        check_positive("dual_clip", dual_clip)
+        if dual_clip <= 1.0:
+            raise ValueError(f"dual_clip must be > 1; got {dual_clip!r}")
     if isinstance(clip_low, int | float) and isinstance(clip_high, int | float):
         check_bounds("clip_low", clip_low, "clip_high", clip_high)
         clipped = torch.clamp(ratio, clip_low, clip_high)
     else:
         low = torch.as_tensor(clip_low, dtype=ratio.dtype, device=ratio.device)
         high = torch.as_tensor(clip_high, dtype=ratio.dtype, device=ratio.device)
+        if ratio_cap is None and not advantages.requires_grad:
+            if torch.is_grad_enabled() and ratio.requires_grad:
+                return _GatedSurrogate.apply(ratio, advantages, low, high, dual_clip)
+            return _GatedSurrogate.value_and_coef(ratio, advantages, low, high, dual_clip)[0]
         clipped = torch.minimum(torch.maximum(ratio, low), high)
     unclipped = ratio if ratio_cap is None else torch.clamp(ratio, max=ratio_cap)
     loss = -torch.min(unclipped * advantages, clipped * advantages)
     if dual_clip is not None:
-        check_positive("dual_clip", dual_clip)
-        if dual_clip <= 1.0:
-            raise ValueError(f"dual_clip must be > 1; got {dual_clip!r}")
-        # cap = -c A for A < 0, +inf otherwise; built at the advantages' shape ((B, 1) for
-        # per-sequence advantages, so no full-size select)
-        cap = torch.where(advantages < 0, -dual_clip * advantages, torch.full_like(advantages, torch.inf))
-        loss = torch.minimum(loss, cap)
+        loss = torch.minimum(loss, _dual_cap(advantages, dual_clip))
     return loss
+
+
+def _dual_cap(advantages: Tensor, dual_clip: float) -> Tensor:
+    """``-c A`` for ``A < 0``, ``+inf`` otherwise, at the advantages' shape (``(B, 1)`` for
+    per-sequence advantages, so no full-size select)."""
+    return torch.where(advantages < 0, -dual_clip * advantages, torch.full_like(advantages, torch.inf))
+
+
+class _GatedSurrogate(torch.autograd.Function):
+    """The clipped surrogate with per-token bounds, its gradient taken as a gate.
+
+    ``d l_t / d r_t = -A_t`` where the unclipped branch is active and ``0`` where the clip (or
+    the dual-clip cap) is: ``A > 0, r > c_high``; ``A < 0, r < c_low``; ``A < 0, l_t > -c A``.
+    This is the derivative autograd finds through ``min``/``max`` (bounds inclusive, as
+    ``clamp``), except at exact ties with the dual-clip cap (measure zero; autograd would halve
+    the gradient there). Computing the value without autograd and saving one ``(B, T)``
+    coefficient replaces the backward of three ``minimum``/``maximum`` nodes (a select and a
+    masked fill each) by one multiply: the BAPO/Archer path, whose bounds are tensors.
+    """
+
+    @staticmethod
+    def value_and_coef(r: Tensor, a: Tensor, low: Tensor, high: Tensor, dual_clip: float | None
+                       ) -> tuple[Tensor, Tensor]:
+        value = -torch.minimum(r * a, torch.clamp(r, low, high) * a)
+        blocked = ((r > high) & (a > 0)) | ((r < low) & (a < 0))
+        if dual_clip is not None:
+            cap = _dual_cap(a, dual_clip)
+            blocked |= value > cap
+            value = torch.minimum(value, cap)
+        return value, torch.where(blocked, 0.0, -a)
+
+    @staticmethod
+    def forward(ctx, ratio: Tensor, advantages: Tensor, low: Tensor, high: Tensor,
+                dual_clip: float | None) -> Tensor:
+        value, coef = _GatedSurrogate.value_and_coef(ratio, advantages, low, high, dual_clip)
+        ctx.save_for_backward(coef)
+        ctx.ratio_shape = ratio.shape
+        return value
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        (coef,) = ctx.saved_tensors
+        grad_ratio = grad * coef
+        if grad_ratio.shape != ctx.ratio_shape:  # ratio broadcast against per-token bounds
+            grad_ratio = grad_ratio.sum_to_size(ctx.ratio_shape)
+        return grad_ratio, None, None, None, None
 
 
 def clip_fractions(
