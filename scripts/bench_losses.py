@@ -28,6 +28,7 @@ from adaclip_rl.losses import (
     BAPOConfig,
     aggregate_loss,
     archer_loss,
+    archer_token_classes,
     bapo_loss,
     bapo_search,
     clipped_surrogate,
@@ -81,6 +82,19 @@ def step_archer(x, cfg=ARCHER_CFG):
     return loss
 
 
+ARCHER_NO_KL = ArcherConfig(low_kl=0.0)
+
+
+def step_archer_no_kl(x):
+    """Archer without its KL term: the clip-width part alone (breakdown row)."""
+    return step_archer(x, ARCHER_NO_KL)
+
+
+def archer_classes_only(x):
+    """Per-response entropy quantile and token classes alone (forward, no gradient)."""
+    return archer_token_classes(x["entropy"], x["mask"], ARCHER_CFG.quantile)
+
+
 def search_vectorised(x, cfg=BAPO_CFG):
     ratio = torch.exp(x["logp"] - x["old"])
     return bapo_search(ratio, x["adv"], x["mask"], cfg, reduce_fn=_all_reduce).clip_high
@@ -124,8 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--out", default="results/bench_losses.json")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29513")
@@ -139,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         "plain clip": step_plain,
         "BAPO": step_bapo,
         "Archer": step_archer,
+        "  Archer without KL": step_archer_no_kl,
+        "  Archer token classes only": archer_classes_only,
     }
     # interleave the three so drift in machine load hits all of them alike
     samples: dict[str, list[float]] = {k: [] for k in cases}
@@ -166,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "batch": args.batch, "tokens": args.tokens, "repeats": args.repeats, "device": args.device,
         "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
-        "cpu_count": os.cpu_count(), "bapo_path_index": int(res.index), "rows": rows,
+        "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "bapo_path_index": int(res.index), "rows": rows,
         "targets": {"BAPO": 1.3, "Archer": 1.5},
         "met": {"BAPO": med["BAPO"] / base <= 1.3, "Archer": med["Archer"] / base <= 1.5},
     }
