@@ -8,6 +8,11 @@ and excluded from tokens/s; each backend is warmed up once, then the backends ar
 ``--repeats`` times (interleaved, so both see the same background load on a shared machine); the
 median and the best run are reported.
 
+Both backends get the same number of CPU threads (``--threads``, default ``$OMP_NUM_THREADS`` or
+1): torch's intra-op threads for transformers, and ``VLLM_CPU_OMP_THREADS_BIND`` (cores
+``0..threads-1``) for the vLLM CPU worker, whose automatic binding would otherwise pick its own
+count (on a 2-core machine: one core, the other reserved).
+
     python scripts/bench_eval.py                      # writes results/bench_eval.json
     python scripts/bench_eval.py --num-prompts 64 --n 8 --max-new-tokens 128 --out /tmp/b.json
 """
@@ -49,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-ignore-eos", action="store_true", help="let samples stop at EOS")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads per backend (default: $OMP_NUM_THREADS, else 1)")
     return p.parse_args(argv)
 
 
@@ -111,15 +118,23 @@ def run_interleaved(kinds: list[str], model_dir: Path, prompts: list[str], param
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, print a table and write the JSON report."""
     args = parse_args(argv)
+    threads = args.threads if args.threads is not None else int(os.environ.get("OMP_NUM_THREADS") or 1)
+    if threads < 1:
+        raise SystemExit(f"--threads must be >= 1; got {threads}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # vLLM's CPU worker (a spawned process) reads this when its engine starts.
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{threads - 1}" if threads > 1 else "0")
     import torch
     from transformers import AutoTokenizer
+
+    torch.set_num_threads(threads)
 
     data_dir = Path(args.data_dir)
     params = SamplingConfig(n=args.n, temperature=args.temperature, top_p=args.top_p,
                             max_new_tokens=args.max_new_tokens, seed=args.seed, ignore_eos=not args.no_ignore_eos)
     load_before = os.getloadavg()
+    t_start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_model(Path(tmp) / "tiny", data_dir)
         tok = AutoTokenizer.from_pretrained(model_dir)
@@ -134,9 +149,13 @@ def main(argv: list[str] | None = None) -> int:
         "what": "eval generation throughput, tiny Qwen2 (head_dim 64), same prompts/params for every backend",
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(), "gpu": torch.cuda.is_available(),
-                    "loadavg_1m_before_after": [load_before[0], os.getloadavg()[0]]},
+                    "vllm_cpu_omp_threads_bind": os.environ.get("VLLM_CPU_OMP_THREADS_BIND"),
+                    "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
+                    "loadavg_1m_before_after": [load_before[0], os.getloadavg()[0]],
+                    "loadavg_1_5_15m_after": list(os.getloadavg()),
+                    "wall_s": time.perf_counter() - t_start},
         "protocol": {**params.__dict__, "num_prompts": len(prompts), "benchmark": args.benchmark,
-                     "dataset_sha256": source.get("sha256"), "dtype": args.dtype, "repeats": args.repeats,
+                     "dataset_sha256": source.get("sha256"), "dtype": args.dtype, "repeats": args.repeats, "threads_per_backend": threads,
                      "prompt_tokens_mean": sum(prompt_tokens) / len(prompt_tokens)},
         "results": results,
     }
@@ -149,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\n{len(prompts)} prompts x n={params.n} x {params.max_new_tokens} new tokens "
           f"(mean prompt {report['protocol']['prompt_tokens_mean']:.0f} tokens), dtype {args.dtype}, "
-          f"{os.cpu_count()} CPU cores, load average {load_before[0]:.1f} -> {os.getloadavg()[0]:.1f}")
+          f"{threads} thread(s) per backend on {os.cpu_count()} CPU cores, "
+          f"load average {load_before[0]:.1f} -> {os.getloadavg()[0]:.1f}")
     print(f"{'backend':<14}{'startup s':>10}{'gen s (median)':>16}{'tokens':>9}{'tok/s median':>14}"
           f"{'tok/s best':>12}  all runs")
     for r in results:

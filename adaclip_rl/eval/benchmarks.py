@@ -246,8 +246,9 @@ class Benchmark:
 
         Returns:
             ``(scores, answers)`` of shape (P, n). Math: score 1.0/0.0 from Math-Verify, ``None``
-            when the gold answer cannot be parsed; answer = last ``\\boxed{}`` content. Code: score
-            from the unit tests; answer = None (no majority vote for code).
+            when the gold answer cannot be parsed; answer = the majority-vote key of
+            :func:`vote_answer` (last ``\\boxed{}`` content, tidied). Code: score from the unit
+            tests; answer = None (no majority vote for code).
         """
         if len(problems) != len(samples):
             raise ValueError(f"{len(problems)} problems but {len(samples)} sample lists")
@@ -255,10 +256,10 @@ class Benchmark:
         flat = [t for s in samples for t in s]
         owner = [p for p, s in zip(problems, samples, strict=True) for _ in s]
         if self.kind == "math":
-            from adaclip_rl.rewards.math import extract_boxed_answer, verify_math_answers
+            from adaclip_rl.rewards.math import verify_math_answers
 
             flat_scores = verify_math_answers(flat, [p.gold for p in owner])
-            flat_answers: list[str | None] = [extract_boxed_answer(t) for t in flat]
+            flat_answers: list[str | None] = [vote_answer(t) for t in flat]
         else:
             from adaclip_rl.rewards.code import code_accuracy
 
@@ -278,6 +279,54 @@ class Benchmark:
         if self.kind == "math":
             return f"The final answer is \\boxed{{{problem.gold}}}."
         return problem.gold
+
+
+_GSM8K_MARK = re.compile(r"####\s*([^\n]+)")
+_ANSWER_IS = re.compile(r"answer\s*(?:is|:)\s*:?\s*([^\n]+)", re.IGNORECASE)
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?(?![\w])")
+_VOTE_DROP = re.compile(r"\s+|\\left|\\right|\\!|\\,|\\;|\\ ")
+
+
+def _tidy_vote_key(answer: str) -> str:
+    from adaclip_rl.rewards.math import clean_boxed
+
+    key = answer.strip()
+    for _ in range(2):  # "$\\frac{1}{2}$." -> "\\frac{1}{2}"
+        key = clean_boxed(key).strip("$").strip()
+    key = _VOTE_DROP.sub("", key).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", key):
+        key = key.replace(",", "")
+    return key
+
+
+def vote_answer(text: str) -> str | None:
+    """The final answer of a math completion as a majority-vote key (not a verdict).
+
+    The last ``\\boxed{}`` content when there is one (what the prompt asks for and what the
+    verifier reads first). Without a box the verifier still scores the sample from free text, so
+    that such a sample also votes a heuristic key is used: the text after the last ``####``, else
+    after the last "answer is" / "answer:", else the last number. Keys are tidied so that
+    spellings of one answer meet: whitespace, ``\\left``/``\\right`` and thin spaces dropped,
+    ``\\dfrac``/``\\tfrac`` -> ``\\frac``, surrounding ``$`` and a final period removed,
+    thousands separators removed from plain numbers.
+
+    Returns:
+        The key, or ``None`` when the text holds no recognisable answer (the sample then does not
+        vote).
+    """
+    from adaclip_rl.rewards.math import extract_boxed_answer
+
+    boxed = extract_boxed_answer(text)
+    if boxed is not None:
+        return _tidy_vote_key(boxed) or None
+    for pattern in (_GSM8K_MARK, _ANSWER_IS):
+        found = pattern.findall(text)
+        if found:
+            key = _tidy_vote_key(re.split(r"\.\s", found[-1], maxsplit=1)[0])
+            if key:
+                return key
+    numbers = _NUMBER.findall(text)
+    return _tidy_vote_key(numbers[-1]) if numbers else None
 
 
 def _unflatten(flat: Sequence[Any], shape: Sequence[int]) -> list[list[Any]]:

@@ -13,7 +13,8 @@ Conventions (all functions are pure Python, no torch):
   ``1 - prod_{i = n-c+1}^{n} (1 - k / i)`` (the form used by the Codex paper's code, lighteval,
   slime and AReaL). ``pass@1 == avg@n`` for 0/1 scores.
 * **maj@k** (majority voting, "self-consistency") here is the **first-k** variant: the vote is
-  taken over the first ``k`` samples (in generation order) among those with an extracted answer;
+  taken over the first ``k`` samples (in generation order) among those with an extracted answer
+  (for math: :func:`adaclip_rl.eval.benchmarks.vote_answer`, the last ``\\boxed{}`` tidied);
   the problem counts as solved when the winning answer's sample is correct. Ties are broken by
   the earliest sample. This is deterministic and reproducible; it is *not* the bootstrap or
   unbiased-subset variant (verl reports a bootstrap maj@N), so compare it only with first-k

@@ -189,7 +189,9 @@ def evaluate(
     summary: dict[str, Any] = {
         "model": _model_name(model),
         "backend": None,
-        "protocol": {**sampling_dict(params), "chat_template": chat_template, "ks": ks or default_ks(n)},
+        "protocol": {
+            **sampling_dict(params), "chat_template": chat_template, "ks": ks or default_ks(n), "limit": limit
+        },
         "benchmarks": {},
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "versions": _versions(),
@@ -303,7 +305,9 @@ def _run_one(
 
 
 def format_table(summary: dict[str, Any]) -> str:
-    """Plain-text table of a summary: one row per benchmark, avg@n, pass@k, maj@k (in %), tok/s."""
+    """Plain-text table of a summary: one row per benchmark, avg@n, pass@k, maj@k (in %), tok/s,
+    then the protocol: model, backend, sampling (n, T, top_p, max_new_tokens, seed, limit) and, per
+    benchmark, the dataset source (file sha256 or Hub revision) and the prompt template."""
     proto = summary["protocol"]
     n = proto["n"]
     ks = list(proto.get("ks") or default_ks(n))
@@ -322,8 +326,30 @@ def format_table(summary: dict[str, Any]) -> str:
              for r in rows]
     lines.insert(1, "-" * len(lines[0]))
     backend = summary.get("backend") or {}
+    limit = proto.get("limit")
     lines.append(
         f"model={summary['model']}  backend={backend.get('name')}  n={n}  T={proto['temperature']}  "
         f"top_p={proto['top_p']}  max_new_tokens={proto['max_new_tokens']}  seed={proto['seed']}"
+        + (f"  limit={limit}" if limit is not None else "")
     )
+    for name, entry in summary["benchmarks"].items():
+        lines.append(f"{name}: {describe_source(entry['source'])}; {describe_prompt(entry)}")
     return "\n".join(lines)
+
+
+def describe_source(source: dict[str, Any]) -> str:
+    """One-line dataset provenance: local file + sha256 prefix, or Hub id/config/split@revision."""
+    if source.get("type") == "local":
+        return f"file {source['path']} sha256={str(source['sha256'])[:12]} ({source['rows']} rows)"
+    rev = source.get("resolved_revision") or source.get("revision") or "unresolved"
+    cfg = f"/{source['config']}" if source.get("config") else ""
+    extra = f" fingerprint={source['fingerprint']}" if rev == "unresolved" and source.get("fingerprint") else ""
+    return f"hub {source.get('id')}{cfg}:{source.get('split')}@{rev}{extra} ({source.get('rows')} rows)"
+
+
+def describe_prompt(entry: dict[str, Any]) -> str:
+    """One-line prompt protocol: chat template (with its hash) or plain text, and the user template."""
+    how = f"chat template {entry['chat_template_sha256']}" if entry.get("chat_template") else "plain text"
+    tmpl = entry.get("prompt_template") or ""
+    short = tmpl if len(tmpl) <= 96 else tmpl[:93] + "..."
+    return f"prompt: {how}, template {short!r}"

@@ -14,6 +14,7 @@ from adaclip_rl.eval.benchmarks import (
     get_benchmark,
     parse_benchmark_specs,
     sha256_file,
+    vote_answer,
 )
 from adaclip_rl.tasks.tiny_model import build_tokenizer
 
@@ -120,3 +121,46 @@ def test_hub_source_arguments_and_protocol(monkeypatch: pytest.MonkeyPatch, data
     assert [p.gold for p in problems] == ["18", "3"]
     assert source["type"] == "hub" and source["id"] == "openai/gsm8k" and source["config"] == "main"
     assert source["rows"] == 5 and source["resolved_revision"] is None  # offline: not resolvable
+
+    # The whole evaluation records the Hub source in the summary and in the printed table.
+    from eval_fakes import ScriptedBackend
+
+    from adaclip_rl.eval.runner import evaluate
+
+    summary = evaluate("oracle", "gsm8k", backend=ScriptedBackend(lambda prompt, j: "\\boxed{18}"), limit=2)
+    entry = summary["benchmarks"]["gsm8k"]
+    assert entry["source"]["type"] == "hub" and entry["metrics"]["avg@1"] == 0.5
+    assert "gsm8k: hub openai/gsm8k/main:test@unresolved fingerprint=" in summary["table"]
+    assert "prompt: plain text, template '{problem}\\nPlease reason step by step" in summary["table"]
+    assert summary["protocol"]["limit"] == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("so the result is \\boxed{104.}", "104"),  # last box, final period dropped
+        ("first \\boxed{3} then \\boxed{\\dfrac{1}{2}}", "\\frac{1}{2}"),
+        ("\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}", "(3,\\frac{\\pi}{2})"),
+        ("\\boxed{1,234}", "1234"),
+        ("The answer is $\\frac{1}{2}$.", "\\frac{1}{2}"),  # no box: "answer is" ...
+        ("Answer: 17. Because 17 is prime.", "17"),
+        ("3 eggs...\n#### 1,000", "1000"),  # ... GSM8K marker ...
+        ("$180 + 24 = 204$. -sepehr2010", "204"),  # ... last number (not inside a word)
+        ("no answer here", None),
+        ("\\boxed{}", None),
+    ],
+)
+def test_vote_answer(text: str, key: str | None) -> None:
+    assert vote_answer(text) == key
+
+
+def test_unboxed_correct_samples_vote(data_dir: Path) -> None:
+    """A sample the verifier accepts without a box still votes, so maj@k cannot fall below a
+    problem where every sample is right (the AIME reference solution of row 0 has no box)."""
+    bench = get_benchmark("aime24")
+    problems, _ = bench.load(data_dir=data_dir, limit=1)
+    gold = problems[0].gold
+    samples = [[f"So the walk takes {gold} minutes.", f"Total: $180 + 24 = {gold}$.", "\\boxed{7}"]]
+    scores, answers = bench.score(problems, samples)
+    assert scores == [[1.0, 1.0, 0.0]]
+    assert answers == [[gold, gold, "7"]]

@@ -76,28 +76,42 @@ def test_callback_validates_at_construction(data_dir: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("trainer_kind", ["trl", "adaclip-bapo"])
 def test_periodic_eval_with_grpo_trainer_keeps_train_metrics(tiny_model_dir: Path, data_dir: Path,
-                                                             tmp_path: Path) -> None:
-    """GRPOTrainer.log flushes its metric buffer by model mode: eval logging must not eat train metrics."""
+                                                             tmp_path: Path, trainer_kind: str) -> None:
+    """GRPOTrainer.log flushes its metric buffer by model mode: eval logging must not eat train metrics.
+
+    Run with TRL's own GRPOTrainer and with this project's AdaClipGRPOTrainer (BAPO loss).
+    """
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
+
+    from adaclip_rl.trainers.config import AdaClipGRPOConfig
+    from adaclip_rl.trainers.grpo import AdaClipGRPOTrainer
 
     def length_reward(completions: list[str], **_: object) -> list[float]:
         return [float(len(c)) for c in completions]
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    args = GRPOConfig(
+    common = dict(
         output_dir=str(tmp_path / "grpo"), max_steps=2, per_device_train_batch_size=2, num_generations=2,
         max_completion_length=4, logging_steps=1, report_to=[], save_strategy="no", use_cpu=True,
         disable_tqdm=True, learning_rate=1e-4, seed=0,
     )
     ds = Dataset.from_dict({"prompt": [f"{i}+{i}=" for i in range(8)]})
-    trainer = GRPOTrainer(model=str(tiny_model_dir), reward_funcs=[length_reward], args=args, train_dataset=ds,
-                          processing_class=tok)
+    if trainer_kind == "trl":
+        trainer = GRPOTrainer(model=str(tiny_model_dir), reward_funcs=[length_reward], args=GRPOConfig(**common),
+                              train_dataset=ds, processing_class=tok)
+    else:
+        trainer = AdaClipGRPOTrainer(model=str(tiny_model_dir), reward_funcs=[length_reward],
+                                     args=AdaClipGRPOConfig(policy_loss="bapo", **common), train_dataset=ds,
+                                     processing_class=tok)
     PeriodicEvalCallback("amc23", eval_every=1, limit=2, n=1, max_new_tokens=4, data_dir=data_dir).attach(trainer)
     trainer.train()
     hist = trainer.state.log_history
     train_logs = [h for h in hist if "loss" in h]
     assert [h["step"] for h in train_logs] == [1, 2]
     assert all("reward" in h for h in train_logs), train_logs  # GRPO's own metrics still logged per step
+    if trainer_kind == "adaclip-bapo":
+        assert all(any(k.startswith("bapo/") for k in h) for h in train_logs), train_logs
     assert [h["step"] for h in hist if "eval/amc23/avg@1" in h] == [1, 2]

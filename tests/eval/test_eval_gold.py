@@ -1,8 +1,9 @@
 """End-to-end extraction + verification on the real benchmark files with scripted backends.
 
 A backend answering with the gold solution must score 100% on every row of math500, aime24,
-amc23, gsm8k (``\\boxed{gold}``) and humaneval (the canonical solution); a backend answering
-wrong must score 0%. All rows are used.
+amc23, gsm8k (``\\boxed{gold}``) and humaneval (the canonical solution); the datasets' own worked
+solutions score 100% on math500 and aime24; a backend answering wrong must score 0%. All rows are
+used.
 """
 
 from __future__ import annotations
@@ -56,6 +57,25 @@ def test_gold_answers_score_100_and_wrong_answers_0_on_math(tmp_path: Path, data
     for name in MATH:
         m = summary["benchmarks"][name]["metrics"]
         assert m["avg@1"] == 0.0 and m["pass@1"] == 0.0 and m["maj@1"] == 0.0, (name, m)
+
+
+@pytest.mark.slow
+def test_reference_solutions_score_100(data_dir: Path) -> None:
+    """Whole worked solutions (the datasets' ``solution`` text, answer boxed at the end) as samples."""
+    from adaclip_rl.eval.benchmarks import read_jsonl
+
+    names = ["math500", "aime24"]
+    table: dict[str, str] = {}
+    for name in names:
+        bench = get_benchmark(name)
+        rows = read_jsonl(data_dir / bench.local_file)
+        table.update(prompt_table(bench, lambda p, rows=rows: rows[p.index]["solution"]))
+    summary = evaluate("solution-oracle", names, backend=ScriptedBackend(lambda prompt, j: table[prompt]),
+                       data_dir=data_dir, n=2)
+    for name in names:
+        entry = summary["benchmarks"][name]
+        assert entry["num_problems"] == {"math500": 500, "aime24": 30}[name]
+        assert entry["metrics"]["avg@2"] == 1.0 and entry["metrics"]["maj@2"] == 1.0, (name, entry["metrics"])
 
 
 @pytest.mark.slow

@@ -77,12 +77,18 @@ def test_cli_end_to_end_transformers(tiny_model_dir: Path, data_dir: Path, tmp_p
     assert rc == 0
     printed = capsys.readouterr().out
     assert "math500" in printed and "pass@2" in printed and "backend=transformers" in printed
+    # the terminal table records the protocol: sampling, dataset file hash and prompt template
+    assert "n=2  T=0.7  top_p=0.9  max_new_tokens=16  seed=3  limit=3" in printed
+    sha = sha256_file(data_dir / "gsm8k_test.jsonl")[:12]
+    assert f"gsm8k: file {data_dir / 'gsm8k_test.jsonl'} sha256={sha} (1319 rows); prompt: chat template" in printed
+    assert "Please reason step by step" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert (out / "summary.txt").read_text().strip() == summary["table"].strip()
     assert summary["model"] == str(tiny_model_dir)
     assert summary["backend"]["name"] == "transformers"
     proto = summary["protocol"]
     assert (proto["n"], proto["temperature"], proto["top_p"], proto["max_new_tokens"], proto["seed"]) == (2, 0.7, 0.9, 16, 3)
+    assert proto["limit"] == 3
     for name, file in (("math500", "math500.jsonl"), ("gsm8k", "gsm8k_test.jsonl"), ("humaneval", "humaneval.jsonl")):
         entry = summary["benchmarks"][name]
         assert entry["num_problems"] == 3

@@ -1,6 +1,7 @@
 """vLLM backend on CPU with the tiny model: one engine shared by the module (start ~30 s).
 
-Covers the end-to-end evaluation (records + summary), seeded sampling, greedy parity with the
+Covers the end-to-end evaluation (records + summary, through ``evaluate`` and through
+``adaclip-rl eval`` with its default backend), seeded sampling, greedy parity with the
 transformers backend (same token ids in, same text out), ``ignore_eos`` and prompt-length errors.
 """
 
@@ -12,8 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from adaclip_rl.eval.backends import SamplingConfig, TransformersBackend, VLLMBackend, make_backend
+from adaclip_rl.eval import runner
+from adaclip_rl.eval.backends import (
+    Completion,
+    GenerationBackend,
+    SamplingConfig,
+    TransformersBackend,
+    VLLMBackend,
+    make_backend,
+)
 from adaclip_rl.eval.benchmarks import get_benchmark
+from adaclip_rl.eval.cli import main
 from adaclip_rl.eval.runner import evaluate
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -93,3 +103,64 @@ def test_many_seeded_prompts_beyond_one_prefill_budget(vllm_backend: VLLMBackend
     assert sum(len(vllm_backend.tokenizer(p)["input_ids"]) for p in prompts) > 4096
     out = vllm_backend.generate(prompts, SamplingConfig(n=2, temperature=1.0, max_new_tokens=4, seed=3))
     assert len(out) == 24 and all(len(r) == 2 for r in out)
+
+
+class _KeepOpen(GenerationBackend):
+    """Delegates to the module's engine; ``close`` is a no-op so later tests keep using it."""
+
+    name = "vllm"
+
+    def __init__(self, inner: VLLMBackend) -> None:
+        self.inner = inner
+        self.tokenizer = inner.tokenizer
+
+    def start(self, params: SamplingConfig) -> None:
+        self.inner.start(params)
+
+    def generate(self, prompts: list[str], params: SamplingConfig) -> list[list[Completion]]:  # type: ignore[override]
+        return self.inner.generate(prompts, params)
+
+    def describe(self) -> dict[str, object]:
+        return self.inner.describe()
+
+
+def test_cli_default_backend_is_vllm(vllm_backend: VLLMBackend, tiny_model_dir: Path, data_dir: Path,
+                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """``adaclip-rl eval --model DIR --benchmarks aime24,math500 --n 4``: vLLM unless told otherwise.
+
+    The backend the CLI asks for is really built (lazily, no second engine) and checked, then the
+    module's running engine answers in its place.
+    """
+    built: list[tuple[str, str, dict[str, object]]] = []
+
+    def make_and_substitute(kind: str, model: str, tokenizer: object = None, **kwargs: object) -> GenerationBackend:
+        real = make_backend(kind, model, tokenizer, **kwargs)
+        assert isinstance(real, VLLMBackend) and real._llm is None
+        assert (real.model_path, real.max_model_len, real.dtype) == (str(tiny_model_dir), 1024, "float32")
+        real.close()
+        built.append((kind, model, kwargs))
+        return _KeepOpen(vllm_backend)
+
+    monkeypatch.setattr(runner, "make_backend", make_and_substitute)
+    out = tmp_path / "cli"
+    rc = main([
+        "--model", str(tiny_model_dir), "--benchmarks", "aime24,math500", "--n", "4", "--temperature", "0.6",
+        "--max-new-tokens", "8", "--limit", "2", "--data-dir", str(data_dir), "--out", str(out),
+        "--max-model-len", "1024", "--dtype", "float32", "--log-level", "WARNING",
+    ])
+    assert rc == 0
+    assert built == [("vllm", str(tiny_model_dir),
+                      {"dtype": "float32", "max_model_len": 1024, "gpu_memory_utilization": 0.9})]
+    printed = capsys.readouterr().out
+    assert "backend=vllm" in printed and "pass@4" in printed and "maj@4" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["backend"]["name"] == "vllm" and summary["protocol"]["n"] == 4
+    assert (out / "summary.txt").read_text().strip() == summary["table"].strip()
+    for name in ("aime24", "math500"):
+        entry = summary["benchmarks"][name]
+        assert entry["num_problems"] == 2 and entry["chat_template"] is True
+        assert set(entry["metrics"]) == {"avg@4", "pass@1", "pass@2", "pass@3", "pass@4", "maj@1", "maj@2", "maj@4"}
+        records = [json.loads(x) for x in (out / f"{name}.records.jsonl").read_text().splitlines()]
+        assert len(records) == 2
+        assert all(len(r["samples"]) == len(r["extracted"]) == len(r["scores"]) == 4 for r in records)
