@@ -26,8 +26,11 @@ run: ZClip 25 steps (its default), AdaGC 25 (default 100) with warm-up max norm 
 (``max_grad_norm``). Spikes at 30/50/70 % of the steps, corrupted labels at 60 %.
 
 Reported per method: held-out cross-entropy and greedy exact-match accuracy at the end (mean ± std
-over seeds), steps clipped, the clip coefficient on the spike steps, and the median time of the
-whole step and of the clip call (ratio to ``none``).
+over seeds), steps clipped (any coefficient < 1), the effective coefficient on the spike and
+corrupted steps (post-clip / pre-clip *global* norm, so AdaGC's per-tensor clipping is comparable
+with the global clippers; the smallest per-tensor coefficient is kept in the JSON), AdaGC's mean
+fraction of tensors clipped, and the median time of the whole step and of the clip call (ratio to
+``none``). A no-spike control: ``--spike-scale 1 --corrupt-steps ""``.
 
     python scripts/bench_gradclip.py [--steps 200 --seeds 3 --out results/bench_gradclip.json]
 """
@@ -140,7 +143,9 @@ class _Run:
         self.clip_s: list[float] = []
         self.loss: list[float] = []
         self.pre_norm: list[float] = []
-        self.coef: list[float] = []
+        self.coef: list[float] = []  # smallest coefficient (per tensor for AdaGC), as ``gradclip/coef``
+        self.eff_coef: list[float] = []  # post-clip / pre-clip global norm: comparable across methods
+        self.frac_tensors: list[float] = []  # AdaGC: fraction of tensors clipped (``frac_tensors_clipped``)
         self.heldout: dict[int, float] = {}
         self.diverged = False
 
@@ -172,13 +177,18 @@ class _Run:
         if norm is None:  # measured outside the timed region, for the log only
             grads = list(self.model.parameters())
             norm = float(grad_sq_norms(grads).sum().sqrt()) if all(p.grad is not None for p in grads) else math.nan
-            coef = 1.0
+            coef = eff = 1.0
         elif self.method == "fixed_torch":
-            coef = min(1.0, self.max_norm / (norm + 1e-6)) if math.isfinite(norm) else 0.0
+            coef = eff = min(1.0, self.max_norm / (norm + 1e-6)) if math.isfinite(norm) else 0.0
         else:
             coef = float(self.last_metrics["coef"])
+            post = float(self.last_metrics["post_clip_norm"])
+            eff = post / norm if math.isfinite(norm) and norm > 0 and math.isfinite(post) else coef
+            if "frac_tensors_clipped" in self.last_metrics:
+                self.frac_tensors.append(float(self.last_metrics["frac_tensors_clipped"]))
         self.pre_norm.append(norm)
         self.coef.append(coef)
+        self.eff_coef.append(eff)
         if not all(torch.isfinite(p).all() for p in self.model.parameters()):
             self.diverged = True
 
@@ -254,10 +264,13 @@ def _run(cfg: BenchConfig, model_dir: str | Path | None, progress: bool) -> dict
                 "diverged": r.diverged,
                 "heldout_curve": r.heldout,
                 "clipped_steps": sum(c < 1.0 for c in r.coef),
-                "spike_coef": [r.coef[s - 1] for s in cfg.spike_steps if s <= len(r.coef)],
-                "corrupt_coef": [r.coef[s - 1] for s in cfg.corrupt_steps if s <= len(r.coef)],
+                "spike_coef": [r.eff_coef[s - 1] for s in cfg.spike_steps if s <= len(r.eff_coef)],
+                "corrupt_coef": [r.eff_coef[s - 1] for s in cfg.corrupt_steps if s <= len(r.eff_coef)],
+                "spike_min_coef": [r.coef[s - 1] for s in cfg.spike_steps if s <= len(r.coef)],
+                "mean_frac_tensors_clipped": statistics.fmean(r.frac_tensors) if r.frac_tensors else None,
                 "pre_norm": r.pre_norm,
                 "coef": r.coef,
+                "eff_coef": r.eff_coef,
                 "train_loss": r.loss,
                 "step_s": r.step_s,
                 "clip_s": r.clip_s,
@@ -275,6 +288,11 @@ def _run(cfg: BenchConfig, model_dir: str | Path | None, progress: bool) -> dict
             "clipped_steps": _summ([s[m]["clipped_steps"] for s in per_seed]),
             "spike_coef_median": _median([c for s in per_seed for c in s[m]["spike_coef"]]),
             "corrupt_coef_median": _median([c for s in per_seed for c in s[m]["corrupt_coef"]]),
+            "spike_min_coef_median": _median([c for s in per_seed for c in s[m]["spike_min_coef"]]),
+            "mean_frac_tensors_clipped": (
+                statistics.fmean(s[m]["mean_frac_tensors_clipped"] for s in per_seed)
+                if all(s[m]["mean_frac_tensors_clipped"] is not None for s in per_seed) else None
+            ),
             "diverged_seeds": sum(s[m]["diverged"] for s in per_seed),
             "step_ms_median": 1e3 * statistics.median(step_all) if step_all else math.nan,
             "clip_ms_median": 1e3 * statistics.median(clip_all) if clip_all else math.nan,
@@ -284,8 +302,12 @@ def _run(cfg: BenchConfig, model_dir: str | Path | None, progress: bool) -> dict
         s = summary[m]
         s["step_ratio_vs_none"] = s["step_ms_median"] / ref if ref else math.nan
         s["clip_pct_of_none_step"] = 100.0 * s["clip_ms_median"] / ref if ref else math.nan
+    # clean gradient norms: the first method's (``none`` by default) steps before the first injected event
+    # (after it, the unclipped model is damaged and its norms are no longer typical)
+    injected = cfg.corrupt_steps + cfg.nonfinite_steps + (cfg.spike_steps if cfg.spike_scale != 1.0 else ())
+    first = min(injected, default=cfg.steps + 1)
     typical = [n for s in per_seed for i, n in enumerate(s[cfg.methods[0]]["pre_norm"])
-               if i + 1 not in cfg.spike_steps + cfg.corrupt_steps + cfg.nonfinite_steps and math.isfinite(n)]
+               if i + 1 < first and math.isfinite(n)]
     return {
         "benchmark": "bench_gradclip",
         "config": {**asdict(cfg), "clipper_args": {m: cfg.clipper_args(m) for m in cfg.methods}},
@@ -304,12 +326,14 @@ def _run(cfg: BenchConfig, model_dir: str | Path | None, progress: bool) -> dict
 
 def format_table(result: dict) -> str:
     cfg = result["config"]
+    rev = " (answers reversed)" if result["task"].get("reverse_answer") else ""
     lines = [
-        f"tiny Qwen2, {cfg['digits']}-digit addition ({result['task']}), AdamW lr {cfg['lr']}, batch {cfg['batch_size']}, "
+        f"tiny Qwen2, {cfg['digits']}-digit addition{rev}, AdamW lr {cfg['lr']}, batch {cfg['batch_size']}, "
         f"{cfg['steps']} steps x {cfg['seeds']} seeds; loss x{cfg['spike_scale']:g} at steps {list(cfg['spike_steps'])}, "
         f"corrupted labels at {list(cfg['corrupt_steps'])}"
         + (f", inf grad at {list(cfg['nonfinite_steps'])}" if cfg["nonfinite_steps"] else "")
-        + f"; median natural pre-clip norm {result['typical_norm_median']:.3g}",
+        + f"; median clean grad norm ({cfg['methods'][0]}, before the first injection) "
+        f"{result['typical_norm_median']:.3g}",
         f"{'method':<12} {'held-out CE':>15} {'greedy acc':>15} {'clipped':>8} {'spike coef':>10} {'corrupt':>8} "
         f"{'step ms':>8} {'clip ms':>8} {'step/none':>9}",
     ]
@@ -322,8 +346,14 @@ def format_table(result: dict) -> str:
             f"{s['step_ms_median']:>8.2f} "
             f"{s['clip_ms_median']:>8.3f} {s['step_ratio_vs_none']:>9.3f}{div}"
         )
+    notes = [f"{m} clips {100 * s['mean_frac_tensors_clipped']:.0f}% of tensors per step on average"
+             for m, s in result["summary"].items() if s.get("mean_frac_tensors_clipped") is not None]
+    lines.append("clipped = steps with any coefficient < 1; spike coef / corrupt = post/pre-clip global norm"
+                 " on those steps (median)" + (f"; {'; '.join(notes)}" if notes else ""))
+    la = result["machine"]["loadavg"]
+    la = "n/a" if la is None else " ".join(f"{x:.2f}" for x in la)
     lines.append(f"machine: {result['machine']['cpu_count']} CPUs, torch threads {result['machine']['torch_threads']}, "
-                 f"load avg {result['machine']['loadavg']}; wall {result['wall_s']:.0f}s")
+                 f"load avg {la}; wall {result['wall_s']:.0f}s")
     return "\n".join(lines)
 
 

@@ -39,6 +39,11 @@ def test_bench_gradclip_core_runs_and_reports(tmp_path):
     assert seed0["none"]["spike_coef"] == [1.0]
     for m in ("fixed_torch", "fixed", "zclip", "adagc", "autoclip", "quantile"):
         assert seed0[m]["spike_coef"][0] < 0.1, (m, seed0[m]["spike_coef"])
+    # the spike coefficient is the global norm ratio; AdaGC's smallest per-tensor coefficient is below it
+    assert seed0["fixed"]["spike_coef"] == pytest.approx(seed0["fixed"]["spike_min_coef"])
+    assert seed0["adagc"]["spike_min_coef"][0] <= seed0["adagc"]["spike_coef"][0] + 1e-12
+    assert 0.0 <= summary["adagc"]["mean_frac_tensors_clipped"] <= 1.0
+    assert summary["zclip"]["mean_frac_tensors_clipped"] is None
     # fixed 1.0 through our API and through torch make the same decisions
     assert seed0["fixed"]["coef"][:5] == pytest.approx(seed0["fixed_torch"]["coef"][:5], rel=1e-5)
     # an inf gradient at step 6: unguarded paths end with NaN weights, ours skip the step
