@@ -98,6 +98,14 @@ def _table(before: dict[str, float], runs: list[dict[str, Any]], k: int) -> str:
     return "\n".join(lines)
 
 
+def _smoothed(history: list[dict[str, Any]], key: str, window: int) -> tuple[list[int], list[float]]:
+    """Steps and trailing moving average of the steps where ``key`` was logged."""
+    pts = [(x["step"], x[key]) for x in history if x.get(key) is not None]
+    steps, vals = [p[0] for p in pts], [p[1] for p in pts]
+    avg = [statistics.fmean(vals[max(0, i - window + 1) : i + 1]) for i in range(len(vals))]
+    return steps, avg
+
+
 def _plot(runs: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -108,15 +116,14 @@ def _plot(runs: list[dict[str, Any]], path: Path) -> None:
     colors = {"grpo": "tab:blue", "bapo": "tab:red", "archer": "tab:green"}
     for r in runs:
         h = r["history"]
-        steps = [x["step"] for x in h]
         c = colors[r["method"]]
         lab = f"{r['method']} (seed {r['seed']})"
-        axes[0].plot(steps, [x.get("reward", float("nan")) for x in h], color=c, alpha=0.8, label=lab)
-        axes[1].plot(steps, [x.get("entropy", float("nan")) for x in h], color=c, alpha=0.8, label=lab)
+        axes[0].plot(*_smoothed(h, "reward", 5), color=c, alpha=0.7, label=lab)  # logged once per generation
+        axes[1].plot(*_smoothed(h, "entropy", 10), color=c, alpha=0.7, label=lab)
         if r["method"] == "bapo":
-            axes[2].plot(steps, [x.get("bapo/clip_high", float("nan")) for x in h], color=c, alpha=0.8,
+            axes[2].plot(*_smoothed(h, "bapo/clip_high", 10), color=c, alpha=0.7,
                          label=f"BAPO c_high (seed {r['seed']})")
-            axes[2].plot(steps, [x.get("bapo/clip_low", float("nan")) for x in h], color=c, alpha=0.8, ls="--",
+            axes[2].plot(*_smoothed(h, "bapo/clip_low", 10), color=c, alpha=0.7, ls="--",
                          label=f"BAPO c_low (seed {r['seed']})")
     methods = {r["method"] for r in runs}
     if "grpo" in methods:
@@ -126,7 +133,9 @@ def _plot(runs: list[dict[str, Any]], path: Path) -> None:
         for y, lab in ((0.5, "Archer high-entropy bounds"), (1.5, None), (0.8, "Archer low-entropy bounds"),
                        (1.2, None)):
             axes[2].axhline(y, color=colors["archer"], ls="-." if y in (0.5, 1.5) else ":", alpha=0.6, label=lab)
-    for ax, title in zip(axes, ("reward (train batch mean)", "entropy (nats/token)", "ratio clip bounds"),
+    titles = ("train reward (mean of 5 generation batches)", "entropy, nats/token (10-step mean)",
+              "ratio clip bounds (BAPO: 10-step mean)")
+    for ax, title in zip(axes, titles,
                          strict=True):
         ax.set_title(title)
         ax.set_xlabel("optimizer step")
