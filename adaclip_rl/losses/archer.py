@@ -22,8 +22,8 @@ import torch
 from torch import Tensor
 
 from ._validate import check_non_negative, check_open_unit
-from .kl import KL_ESTIMATORS, KLEstimator, kl_estimate
-from .surrogate import _as_2d, clipped_surrogate
+from .kl import KL_ESTIMATORS, KLEstimator
+from .surrogate import gated_surrogate
 
 
 @dataclass(frozen=True)
@@ -67,9 +67,15 @@ class ArcherConfig:
 def entropy_thresholds(entropy: Tensor, mask: Tensor, quantile: float = 0.8) -> Tensor:
     """Per-response entropy quantile ``tau_i`` over valid tokens, ``(B,)``; NaN for empty rows.
 
-    Equals ``torch.nanquantile`` with padding set to NaN (linear interpolation between order
-    statistics at rank ``q (n_i - 1)``), but uses one ``topk`` of width about ``(1 - q) T``
-    instead of a full sort per row: several times faster, and no host sync.
+    Equals ``torch.nanquantile`` with padding set to NaN (linear interpolation between the order
+    statistics at rank ``q (n_i - 1)`` and the next), without sorting rows and without host sync:
+
+    1. one unsorted ``topk`` of width ``k ~ (1 - q) T`` keeps every order statistic needed;
+    2. the wanted one sits at a different rank in each row; appending ``c_i`` values ``-inf``
+       (and ``k - c_i`` values ``+inf``) to row ``i`` moves it to the same rank ``k - 1`` in
+       every row, so one ``kthvalue`` finds all of them;
+    3. the next order statistic is that value again if it is tied, else the smallest kept value
+       above it.
     """
     check_open_unit("quantile", quantile)
     h = entropy.detach().float()
@@ -79,13 +85,20 @@ def entropy_thresholds(entropy: Tensor, mask: Tensor, quantile: float = 0.8) -> 
         return h.new_full(h.shape[:-1], float("nan"))
     n = valid.sum(-1)
     rank = quantile * (n - 1).to(h.dtype)  # ascending rank of tau among the n valid values
-    lo, hi = rank.floor(), rank.ceil()
-    k = min(t, math.ceil((1.0 - quantile) * (t - 1)) + 2)  # enough descending order statistics
-    top = torch.topk(h.masked_fill(~valid, -math.inf), k, dim=-1).values  # descending
-    d_lo = (n - 1 - lo.long()).clamp(0, k - 1).unsqueeze(-1)
-    d_hi = (n - 1 - hi.long()).clamp(0, k - 1).unsqueeze(-1)
-    v_lo, v_hi = top.gather(-1, d_lo).squeeze(-1), top.gather(-1, d_hi).squeeze(-1)
-    tau = torch.lerp(v_lo, v_hi, rank - lo)
+    lo = rank.floor()
+    frac = rank - lo
+    k = min(t, math.ceil((1.0 - quantile) * (t - 1)) + 2)  # enough of the largest values
+    top = torch.topk(h.masked_fill(~valid, -math.inf), k, dim=-1, sorted=False).values
+    # ascending rank of the lo-th valid value among `top` (padding there is -inf): k - n + lo
+    d_lo = (n - 1 - lo.long()).clamp(0, k - 1)  # its descending rank = how many -inf to add
+    shift = torch.arange(k, device=h.device) < d_lo.unsqueeze(-1)
+    filler = torch.full_like(top, math.inf).masked_fill_(shift, -math.inf)
+    v_lo = torch.kthvalue(torch.cat([top, filler], -1), k, dim=-1).values
+    at_or_below = top <= v_lo.unsqueeze(-1)
+    tied = at_or_below.sum(-1) > (k - d_lo)  # the next order statistic equals v_lo
+    above = top.masked_fill(at_or_below, math.inf).amin(-1)
+    v_hi = torch.where(tied | (frac == 0), v_lo, above)
+    tau = torch.lerp(v_lo, v_hi, frac)
     return torch.where(n > 0, tau, torch.full_like(tau, float("nan")))
 
 
@@ -127,9 +140,34 @@ class ArcherResult:
     tau_mean: Tensor
 
 
-def _class_mean(x: Tensor, cls: Tensor) -> Tensor:
-    m = cls.to(x.dtype)
-    return (x * m).sum() / m.sum().clamp(min=1.0)
+class _ScalarWithGrad(torch.autograd.Function):
+    """A scalar whose value and gradient w.r.t. ``x`` were computed without autograd."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, value: Tensor, grad_x: Tensor) -> Tensor:
+        ctx.save_for_backward(grad_x)
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        (grad_x,) = ctx.saved_tensors
+        return grad * grad_x, None, None
+
+
+def _dot(x: Tensor, y: Tensor) -> Tensor:
+    """``(x * y).sum()`` without the full-size product."""
+    return torch.dot(x.reshape(-1), y.reshape(-1).to(x.dtype))
+
+
+def _kl_and_grad(logp: Tensor, ref_logp: Tensor, estimator: KLEstimator) -> tuple[Tensor, Tensor]:
+    """Per-token KL estimate (:func:`~adaclip_rl.losses.kl.kl_estimate`) and its derivative in logp."""
+    d = ref_logp - logp
+    if estimator == "k1":
+        return -d, torch.ones_like(d)
+    if estimator == "k2":
+        return 0.5 * d.square(), -d
+    e = torch.exp(d)
+    return (e - d).sub_(1), e.neg_().add_(1)  # k3 (in place: fewer full-size allocations)
 
 
 def archer_loss(
@@ -159,33 +197,44 @@ def archer_loss(
     """
     config = config or ArcherConfig()
     high, low, tau = archer_token_classes(entropy, mask, config.quantile)
-    eps = high.to(ratio.dtype) * (config.high_clip - config.low_clip) + config.low_clip
-    loss = clipped_surrogate(ratio, advantages, 1.0 - eps, 1.0 + eps, dual_clip=config.dual_clip)
-
-    zero = ratio.new_zeros(())
-    if config.uses_kl:
-        if logp is None or ref_logp is None:
-            raise ValueError("logp and ref_logp are required when low_kl or high_kl > 0")
-        kl = kl_estimate(logp, ref_logp, config.kl_estimator)
-        kl_low, kl_high = _class_mean(kl, low), _class_mean(kl, high)
-        kl_term = config.low_kl * kl_low + config.high_kl * kl_high
-    else:
-        kl_low = kl_high = kl_term = zero
-
+    one = ratio.new_ones(())
+    eps = torch.where(high, config.high_clip, config.low_clip).to(ratio.dtype)
+    loss, clipped = gated_surrogate(ratio, advantages.detach(), one - eps, one + eps, config.dual_clip)
     with torch.no_grad():
-        adv = _as_2d(advantages).expand_as(ratio)
-        r = ratio.detach()
-        clipped = ((r > 1.0 + eps) & (adv > 0)) | ((r < 1.0 - eps) & (adv < 0))
-        n_valid = mask.sum().clamp(min=1).to(r.dtype)
+        dtype = ratio.dtype
+        high_f, low_f = high.to(dtype), low.to(dtype)
+        n_high, n_low = high_f.sum(), low_f.sum()
+        inv_high, inv_low = 1.0 / n_high.clamp(min=1.0), 1.0 / n_low.clamp(min=1.0)
+        zero = ratio.new_zeros(())
+        if config.uses_kl:
+            if logp is None or ref_logp is None:
+                raise ValueError("logp and ref_logp are required when low_kl or high_kl > 0")
+            # beta_k * mean_low(KL) + beta_r * mean_high(KL): value and gradient computed together
+            kl, dkl = _kl_and_grad(logp.detach(), ref_logp.detach(), config.kl_estimator)
+            kl_low, kl_high = _dot(kl, low_f) * inv_low, _dot(kl, high_f) * inv_high
+            kl_value = config.low_kl * kl_low + config.high_kl * kl_high
+            # d kl_value / d logp = dkl * (beta_k 1[low] / n_low + beta_r 1[high] / n_high), in place
+            if config.high_kl:
+                dkl.mul_(low_f * (config.low_kl * inv_low) + high_f * (config.high_kl * inv_high))
+            else:
+                dkl.mul_(low_f).mul_(config.low_kl * inv_low)
+        else:
+            kl_low = kl_high = zero
+        clipped_f = clipped.to(dtype)
         result = ArcherResult(
-            kl_term=kl_term,
-            kl_low=kl_low.detach(),
-            kl_high=kl_high.detach(),
+            kl_term=zero,
+            kl_low=kl_low,
+            kl_high=kl_high,
             high=high,
             low=low,
-            high_frac=high.sum().to(r.dtype) / n_valid,
-            clipfrac_high=_class_mean(clipped.to(r.dtype), high),
-            clipfrac_low=_class_mean(clipped.to(r.dtype), low),
+            high_frac=n_high / mask.sum().clamp(min=1).to(dtype),
+            clipfrac_high=_dot(clipped_f, high_f) * inv_high,
+            clipfrac_low=_dot(clipped_f, low_f) * inv_low,
             tau_mean=torch.nanmean(tau) if tau.numel() else zero,
         )
+    if config.uses_kl:
+        if torch.is_grad_enabled() and logp.requires_grad:
+            result.kl_term = _ScalarWithGrad.apply(logp, kl_value, dkl)
+        else:
+            result.kl_term = kl_value
     return loss, result
