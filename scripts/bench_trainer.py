@@ -108,10 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         "TRL GRPOTrainer": GRPOTrainer(model=model_dir, reward_funcs=[arithmetic_reward], train_dataset=ds,
                                        args=GRPOConfig(**_common(args, f"{tmp}/stock"))),
     }
-    for loss in ("grpo", "bapo", "archer"):
-        trainers[f"AdaClip {loss}"] = AdaClipGRPOTrainer(
+    variants = {"grpo": {}, "bapo": {}, "archer": {}, "archer, no KL": {"archer_low_kl": 0.0}}
+    for name, extra in variants.items():
+        loss = name.split(",")[0]
+        trainers[f"AdaClip {name}"] = AdaClipGRPOTrainer(
             model=model_dir, reward_funcs=[arithmetic_reward], train_dataset=ds,
-            args=AdaClipGRPOConfig(policy_loss=loss, **_common(args, f"{tmp}/{loss}")))
+            args=AdaClipGRPOConfig(policy_loss=loss, **extra, **_common(args, f"{tmp}/{name.replace(', ', '_')}")))
     batches = [_batch(trainers["TRL GRPOTrainer"].model, args.batch, args.completion, s) for s in range(4)]
     for t in trainers.values():
         t.model.train()
@@ -135,14 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     tbase, tgrpo = train_step["TRL GRPOTrainer"], train_step["AdaClip grpo"]
     print(f"\nTrainer step time, tiny Qwen2 (0.33 M), batch {args.batch} x {args.completion} completion tokens, "
           f"threads={torch.get_num_threads()}, {platform.machine()}, {os.cpu_count()} cores")
-    print(f"{'trainer':<18}{'loss+bwd ms':>12}{'vs TRL':>8}{'vs grpo':>9}{'train step ms':>15}{'vs TRL':>8}{'vs grpo':>9}")
+    print(f"{'trainer':<22}{'loss+bwd ms':>12}{'vs TRL':>8}{'vs grpo':>9}{'train step ms':>15}{'vs TRL':>8}{'vs grpo':>9}")
     rows = []
     for name in trainers:
         row = {"trainer": name, "loss_backward_ms": loss_ms[name], "loss_vs_trl": loss_ms[name] / base,
                "loss_vs_grpo": loss_ms[name] / grpo, "train_step_ms": train_step[name],
                "train_vs_trl": train_step[name] / tbase, "train_vs_grpo": train_step[name] / tgrpo}
         rows.append(row)
-        print(f"{name:<18}{row['loss_backward_ms']:>12.2f}{row['loss_vs_trl']:>7.3f}x{row['loss_vs_grpo']:>8.3f}x"
+        print(f"{name:<22}{row['loss_backward_ms']:>12.2f}{row['loss_vs_trl']:>7.3f}x{row['loss_vs_grpo']:>8.3f}x"
               f"{row['train_step_ms']:>15.1f}{row['train_vs_trl']:>7.3f}x{row['train_vs_grpo']:>8.3f}x")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({
