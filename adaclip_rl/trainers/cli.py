@@ -58,7 +58,29 @@ class TrainScriptArguments:
                   "a dict {name, weight, kwargs, timeout_s}."},
     )
 
+    periodic_eval_benchmarks: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated benchmarks (aime24, amc23, math500, gsm8k, humaneval, or "
+                  "name=file.jsonl) evaluated during training by adaclip_rl.eval.PeriodicEvalCallback; "
+                  "metrics eval/<bench>/avg@n. None: off."},
+    )
+    periodic_eval_every: int = field(default=100, metadata={"help": "Evaluate every N optimizer steps (>= 1)."})
+    periodic_eval_limit: int | None = field(
+        default=32, metadata={"help": "First N problems of each benchmark (>= 1); None: all."})
+    periodic_eval_n: int = field(default=1, metadata={"help": "Samples per problem (>= 1)."})
+    periodic_eval_temperature: float = field(default=0.6, metadata={"help": "Sampling temperature (>= 0)."})
+    periodic_eval_max_new_tokens: int = field(default=512, metadata={"help": "Max new tokens per sample (>= 1)."})
+    periodic_eval_data_dir: str | None = field(
+        default=None, metadata={"help": "Directory of local JSON-lines benchmark files replacing the Hub."})
+
     def __post_init__(self) -> None:
+        for name in ("periodic_eval_every", "periodic_eval_n", "periodic_eval_max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if self.periodic_eval_limit is not None and self.periodic_eval_limit < 1:
+            raise ValueError(f"periodic_eval_limit must be >= 1 or None; got {self.periodic_eval_limit}")
+        if not self.periodic_eval_temperature >= 0:
+            raise ValueError(f"periodic_eval_temperature must be >= 0; got {self.periodic_eval_temperature}")
         if self.dataset_name is None and self.task is None:
             raise ValueError("set dataset_name (a Hub id or local path) or task (e.g. 'arithmetic')")
         if self.dataset_name is not None and self.task is not None:
@@ -137,13 +159,29 @@ def build_trainer(script_args: TrainScriptArguments, grpo_args, model_args, trai
     if model_args.attn_implementation is not None:
         init_kwargs.setdefault("attn_implementation", model_args.attn_implementation)
     grpo_args.model_init_kwargs = init_kwargs or None
-    return trainer_cls(
+    periodic_eval = _periodic_eval_callback(script_args)  # validates benchmarks/files before the model loads
+    trainer = trainer_cls(
         model=model_args.model_name_or_path,
         reward_funcs=reward_funcs,
         args=grpo_args,
         train_dataset=train_dataset if train_dataset is not None else load_train_dataset(script_args),
         peft_config=get_peft_config(model_args),
         **kwargs,
+    )
+    if periodic_eval is not None:
+        periodic_eval.attach(trainer)
+    return trainer
+
+
+def _periodic_eval_callback(args: TrainScriptArguments):
+    if not args.periodic_eval_benchmarks:
+        return None
+    from ..eval.callback import PeriodicEvalCallback
+
+    return PeriodicEvalCallback(
+        args.periodic_eval_benchmarks, eval_every=args.periodic_eval_every, limit=args.periodic_eval_limit,
+        n=args.periodic_eval_n, temperature=args.periodic_eval_temperature,
+        max_new_tokens=args.periodic_eval_max_new_tokens, data_dir=args.periodic_eval_data_dir,
     )
 
 

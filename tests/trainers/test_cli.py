@@ -13,6 +13,7 @@ from adaclip_rl.trainers.cli import make_parser
 
 REPO = Path(__file__).resolve().parents[2]
 MISSING_MODEL = "/nonexistent/model/path"  # loading it would fail with a different error
+SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def _write(tmp_path, **cfg) -> str:
@@ -42,6 +43,8 @@ def test_unknown_key_fails_naming_it(tmp_path):
         ({"grad_clip": "zclip", "zclip_alpha": 1.5}, "zclip_alpha"),
         ({"grad_clip": "clipper"}, "grad_clip"),
         ({"dual_clip": 0.5}, "dual_clip"),
+        ({"periodic_eval_benchmarks": "amc23", "periodic_eval_every": 0}, "periodic_eval_every"),
+        ({"periodic_eval_benchmarks": "amc23", "periodic_eval_limit": 0}, "periodic_eval_limit"),
     ],
 )
 def test_out_of_range_value_fails_naming_the_field(tmp_path, cfg, field):
@@ -71,9 +74,22 @@ def test_shipped_recipes_parse(recipe):
 def test_cli_trains_from_yaml(tiny_model_dir, tmp_path, child_env):
     recipe = _write(tmp_path, model_name_or_path=tiny_model_dir, policy_loss="archer", max_steps=2,
                     per_device_train_batch_size=8, num_generations=4, max_completion_length=4,
-                    logging_steps=1, report_to="none", save_strategy="no", gradient_checkpointing=False)
+                    logging_steps=1, report_to="none", save_strategy="no", gradient_checkpointing=False,
+                    periodic_eval_benchmarks="amc23", periodic_eval_every=2, periodic_eval_limit=2,
+                    periodic_eval_max_new_tokens=4, periodic_eval_data_dir=str(SHARED_DATA))
     out = subprocess.run([sys.executable, "-m", "adaclip_rl.cli", "train", "--config", recipe],
                          capture_output=True, text=True, cwd=REPO, timeout=600, env=child_env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "archer/high_frac" in out.stdout
+    assert "eval/amc23/avg@1" in out.stdout  # periodic evaluation from the recipe
     assert (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_unknown_periodic_eval_benchmark_fails_before_the_model_loads(tmp_path):
+    from adaclip_rl.trainers.cli import build_trainer
+
+    args = make_parser().parse_args_and_config(
+        ["--config", _write(tmp_path, policy_loss="grpo", periodic_eval_benchmarks="aime23",
+                            periodic_eval_data_dir=str(SHARED_DATA))])
+    with pytest.raises(ValueError, match="unknown benchmark 'aime23'"):
+        build_trainer(*args)
