@@ -57,6 +57,9 @@ def clipped_surrogate(
     Returns:
         ``(B, T)`` per-token loss ``-min(r A, clip(r, c_low, c_high) A)`` (dual-clipped for A<0).
         Unmasked; aggregate with :func:`aggregate_loss`.
+
+    Float bounds take TRL's autograd form exactly (parity); tensor bounds (BAPO, Archer) take
+    :func:`gated_surrogate`, same values and gradients with a cheaper backward.
     """
     advantages = _as_2d(advantages)
     if dual_clip is not None:
