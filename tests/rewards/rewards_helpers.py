@@ -23,7 +23,8 @@ def humaneval() -> list[dict]:
     return load_jsonl("humaneval")
 
 
-def _status_uid(pid: str) -> int | None:
+def status_uid(pid: str) -> int | None:
+    """Real uid of process ``pid`` from /proc (None if it is gone)."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
@@ -70,7 +71,7 @@ def leftover_processes() -> list[str]:
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
-        uid = _status_uid(pid)
+        uid = status_uid(pid)
         cmd = _cmdline(pid)
         if uid is not None and uid in uids:
             out.append(f"pid {pid} uid {uid}: {cmd[:120]}")

@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from rewards_helpers import assert_no_leftovers
+from rewards_helpers import assert_no_leftovers, status_uid
 
 from adaclip_rl.rewards.sandbox import (
     SandboxLimits,
@@ -195,7 +195,7 @@ def test_unprivileged_caller_uses_the_fallback() -> None:
     assert out["net"].startswith("blocked")
     assert out["loop"][0] != 0 and out["loop"][1] < 2 + 5
     assert out["daemon"] == "done\n"
-    left = [pid for pid in os.listdir("/proc") if pid.isdigit() and _uid_of(pid) == UNPRIV_UID]
+    left = [pid for pid in os.listdir("/proc") if pid.isdigit() and status_uid(pid) == UNPRIV_UID]
     assert not left, left
 
 
@@ -207,14 +207,3 @@ def _world_executable(path: str) -> bool:
     if not p.exists() or not os.stat(p).st_mode & stat.S_IXOTH:
         return False
     return all(os.stat(d).st_mode & stat.S_IXOTH for d in p.parents)
-
-
-def _uid_of(pid: str) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("Uid:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
