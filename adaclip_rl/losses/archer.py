@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ._validate import check_non_negative, check_open_unit
-from .kl import KL_ESTIMATORS, KLEstimator
+from .kl import KL_ESTIMATORS, KLEstimator, kl_value_and_grad
 from .surrogate import gated_surrogate
 
 
@@ -159,17 +159,6 @@ def _dot(x: Tensor, y: Tensor) -> Tensor:
     return torch.dot(x.reshape(-1), y.reshape(-1).to(x.dtype))
 
 
-def _kl_and_grad(logp: Tensor, ref_logp: Tensor, estimator: KLEstimator) -> tuple[Tensor, Tensor]:
-    """Per-token KL estimate (:func:`~adaclip_rl.losses.kl.kl_estimate`) and its derivative in logp."""
-    d = ref_logp - logp
-    if estimator == "k1":
-        return -d, torch.ones_like(d)
-    if estimator == "k2":
-        return 0.5 * d.square(), -d
-    e = torch.exp(d)
-    return (e - d).sub_(1), e.neg_().add_(1)  # k3 (in place: fewer full-size allocations)
-
-
 def archer_loss(
     ratio: Tensor,
     advantages: Tensor,
@@ -210,7 +199,7 @@ def archer_loss(
             if logp is None or ref_logp is None:
                 raise ValueError("logp and ref_logp are required when low_kl or high_kl > 0")
             # beta_k * mean_low(KL) + beta_r * mean_high(KL): value and gradient computed together
-            kl, dkl = _kl_and_grad(logp.detach(), ref_logp.detach(), config.kl_estimator)
+            kl, dkl = kl_value_and_grad(logp.detach(), ref_logp.detach(), config.kl_estimator)
             kl_low, kl_high = _dot(kl, low_f) * inv_low, _dot(kl, high_f) * inv_high
             kl_value = config.low_kl * kl_low + config.high_kl * kl_high
             # d kl_value / d logp = dkl * (beta_k 1[low] / n_low + beta_r 1[high] / n_high), in place

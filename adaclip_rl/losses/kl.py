@@ -50,3 +50,20 @@ def kl_estimate(
     if value_clamp is not None:
         out = torch.clamp(out, -value_clamp, value_clamp)
     return out
+
+
+def kl_value_and_grad(logp: Tensor, ref_logp: Tensor, estimator: KLEstimator = "k3") -> tuple[Tensor, Tensor]:
+    """:func:`kl_estimate` (no clamps) and its derivative in ``logp``, without autograd.
+
+    For losses that form the KL's gradient themselves (Archer's per-class KL). Inputs are not
+    modified; the two outputs are fresh tensors computed partly in place.
+    """
+    d = ref_logp - logp
+    if estimator == "k1":
+        return -d, torch.ones_like(d)
+    if estimator == "k2":
+        return 0.5 * d.square(), -d
+    if estimator != "k3":
+        raise ValueError(f"estimator must be one of {KL_ESTIMATORS}; got {estimator!r}")
+    e = torch.exp(d)
+    return (e - d).sub_(1), e.neg_().add_(1)  # exp(d) - d - 1 and 1 - exp(d)

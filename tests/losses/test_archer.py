@@ -191,3 +191,20 @@ def test_thresholds_equal_nanquantile_on_random_masks_ties_and_shapes():
         ref = torch.nanquantile(entropy.masked_fill(~mask, float("nan")), q, dim=-1)
         got = entropy_thresholds(entropy, mask, q)
         assert torch.allclose(got, ref, equal_nan=True, atol=1e-6), (trial, got, ref)
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
+def test_kl_value_and_grad_match_kl_estimate_and_autograd(estimator):
+    from adaclip_rl.losses.kl import kl_value_and_grad
+
+    gen = torch.Generator().manual_seed(2)
+    logp = (-2 * torch.rand(4, 7, generator=gen, dtype=torch.float64)).requires_grad_()
+    ref = -2 * torch.rand(4, 7, generator=gen, dtype=torch.float64)
+    ref_copy = ref.clone()
+    value, grad = kl_value_and_grad(logp.detach(), ref, estimator)
+    kl_estimate(logp, ref, estimator).sum().backward()
+    torch.testing.assert_close(value, kl_estimate(logp.detach(), ref, estimator))
+    torch.testing.assert_close(grad, logp.grad)
+    assert torch.equal(ref, ref_copy)  # inputs untouched
+    with pytest.raises(ValueError, match="estimator"):
+        kl_value_and_grad(logp.detach(), ref, "k4")
