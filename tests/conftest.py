@@ -14,7 +14,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 # Variables that make a child process believe it is one rank of a launched job. In-process
 # vLLM engines (ours and TRL's colocate mode) set RANK/WORLD_SIZE/MASTER_* in os.environ, so a

@@ -10,7 +10,7 @@ from eval_fakes import DATA_DIR
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """``../shared/data`` beside the checkout (real benchmark files)."""
+    """The benchmark files bundled with the package (real rows, ``adaclip_rl/data/benchmarks``)."""
     assert DATA_DIR.is_dir(), f"benchmark data not found at {DATA_DIR}"
     return DATA_DIR
 

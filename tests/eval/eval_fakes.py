@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from adaclip_rl.data import BENCHMARK_DIR
 from adaclip_rl.eval.backends import Completion, GenerationBackend, SamplingConfig
 from adaclip_rl.eval.benchmarks import Benchmark
 
-DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+DATA_DIR = BENCHMARK_DIR
 
 
 class ScriptedBackend(GenerationBackend):

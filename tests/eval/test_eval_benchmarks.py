@@ -76,7 +76,7 @@ def test_explicit_file_and_missing_files(tmp_path: Path, data_dir: Path) -> None
     with pytest.raises(FileNotFoundError, match="does not exist"):
         parse_benchmark_specs(f"math500={tmp_path / 'nope.jsonl'}")
     with pytest.raises(FileNotFoundError, match="aime25"):
-        get_benchmark("aime25").load(data_dir=data_dir)  # not shipped in ../shared/data
+        get_benchmark("aime25").load(data_dir=data_dir)  # not bundled with the package
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question": "x"}) + "\n")
     with pytest.raises(KeyError, match="problem columns"):

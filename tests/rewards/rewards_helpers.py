@@ -6,13 +6,13 @@ import json
 import os
 import time
 from functools import cache
-from pathlib import Path
+from adaclip_rl.data import BENCHMARK_DIR
 
-DATA_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+DATA_DIR = BENCHMARK_DIR
 
 
 def load_jsonl(name: str) -> list[dict]:
-    """Rows of ``../shared/data/<name>.jsonl`` (beside the checkout)."""
+    """Rows of the bundled benchmark file ``<name>.jsonl`` (``adaclip_rl/data/benchmarks``)."""
     with open(DATA_DIR / f"{name}.jsonl") as f:
         return [json.loads(line) for line in f if line.strip()]
 

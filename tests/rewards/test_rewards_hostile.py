@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from rewards_helpers import assert_no_leftovers, humaneval
 
+from adaclip_rl.data import BENCHMARK_DIR
 from adaclip_rl.rewards.code import check_humaneval
 from adaclip_rl.rewards.sandbox import (
     SandboxLimits,
@@ -301,7 +302,7 @@ def test_read_host_files_outside_the_system_dirs() -> None:
     content = "secret-content-" + secrets.token_hex(8)
     secret_file.write_text(content)
     os.chmod(secret_file, 0o644)  # world-readable on the host
-    data = REPO.parent / "shared" / "data" / "humaneval.jsonl"
+    data = BENCHMARK_DIR / "humaneval.jsonl"
     try:
         res = contained_run(
             f"""

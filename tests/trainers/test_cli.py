@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from adaclip_rl.data import BENCHMARK_DIR as DATA_DIR
 from adaclip_rl.trainers.cli import make_parser
 
 REPO = Path(__file__).resolve().parents[2]
 MISSING_MODEL = "/nonexistent/model/path"  # loading it would fail with a different error
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def _write(tmp_path, **cfg) -> str:
@@ -76,7 +76,7 @@ def test_cli_trains_from_yaml(tiny_model_dir, tmp_path, child_env):
                     per_device_train_batch_size=8, num_generations=4, max_completion_length=4,
                     logging_steps=1, report_to="none", save_strategy="no", gradient_checkpointing=False,
                     periodic_eval_benchmarks="amc23", periodic_eval_every=2, periodic_eval_limit=2,
-                    periodic_eval_max_new_tokens=4, periodic_eval_data_dir=str(SHARED_DATA))
+                    periodic_eval_max_new_tokens=4, periodic_eval_data_dir=str(DATA_DIR))
     out = subprocess.run([sys.executable, "-m", "adaclip_rl.cli", "train", "--config", recipe],
                          capture_output=True, text=True, cwd=REPO, timeout=600, env=child_env)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -90,6 +90,6 @@ def test_unknown_periodic_eval_benchmark_fails_before_the_model_loads(tmp_path):
 
     args = make_parser().parse_args_and_config(
         ["--config", _write(tmp_path, policy_loss="grpo", periodic_eval_benchmarks="aime23",
-                            periodic_eval_data_dir=str(SHARED_DATA))])
+                            periodic_eval_data_dir=str(DATA_DIR))])
     with pytest.raises(ValueError, match="unknown benchmark 'aime23'"):
         build_trainer(*args)
