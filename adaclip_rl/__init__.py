@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "AdaClipGRPOConfig": "adaclip_rl.trainers.config",
     "AdaClipGRPOTrainer": "adaclip_rl.trainers.grpo",
-    "OffPolicyGRPOConfig": "adaclip_rl.trainers.offpolicy",
+    "OffPolicyGRPOConfig": "adaclip_rl.trainers.offpolicy_config",
     "OffPolicyGRPOTrainer": "adaclip_rl.trainers.offpolicy",
 }
 

@@ -1,7 +1,25 @@
-"""TRL trainers with adaptive clipping (thin subclasses of ``trl.GRPOTrainer``)."""
+"""TRL trainers with adaptive clipping (thin subclasses of ``trl.GRPOTrainer``).
 
-from .config import AdaClipGRPOConfig
-from .grpo import AdaClipGRPOTrainer
-from .offpolicy import OffPolicyGRPOConfig, OffPolicyGRPOTrainer
+Loaded lazily: importing a config class (or the recipe parser in :mod:`.cli`) does not import
+TRL's trainers or vLLM.
+"""
 
-__all__ = ["AdaClipGRPOConfig", "AdaClipGRPOTrainer", "OffPolicyGRPOConfig", "OffPolicyGRPOTrainer"]
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "AdaClipGRPOConfig": ".config",
+    "AdaClipGRPOTrainer": ".grpo",
+    "OffPolicyGRPOConfig": ".offpolicy_config",
+    "OffPolicyGRPOTrainer": ".offpolicy",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = list(_LAZY)

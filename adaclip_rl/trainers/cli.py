@@ -96,7 +96,7 @@ class TrainScriptArguments:
 def make_parser():
     from trl import ModelConfig, TrlParser
 
-    from .offpolicy import OffPolicyGRPOConfig
+    from .offpolicy_config import OffPolicyGRPOConfig
 
     # OffPolicyGRPOConfig = AdaClipGRPOConfig + the off-policy rollout fields (all default off)
     return TrlParser((TrainScriptArguments, OffPolicyGRPOConfig, ModelConfig))

@@ -37,7 +37,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -48,130 +47,16 @@ from ..rollout import (
     PartialRolloutManager,
     ReplayBuffer,
     ReplayGroup,
-    RolloutConfig,
     SamplingSettings,
     behaviour_correction,
     pad_versions,
 )
-from ..rollout.config import IS_LEVELS, IS_MODES, RATIO_ANCHORS, REPLAY_SELECTIONS, STALENESS_POLICIES
-from .config import AdaClipGRPOConfig
 from .grpo import AdaClipGRPOTrainer
+from .offpolicy_config import OffPolicyGRPOConfig
 
 logger = logging.getLogger(__name__)
 
 ROLLOUT_STATE_FILE = "rollout_state_{rank}.pt"
-
-
-@dataclass
-class OffPolicyGRPOConfig(AdaClipGRPOConfig):
-    r"""``AdaClipGRPOConfig`` plus off-policy rollouts (fields of :class:`adaclip_rl.rollout.RolloutConfig`).
-
-    Partial rollouts and replay need ``use_vllm=True`` with ``vllm_mode="colocate"`` (behaviour
-    log-probs come from vLLM with ``logprobs_mode="processed_logprobs"``) and
-    ``vllm_importance_sampling_correction=True`` (TRL then recomputes the proximal log-probs and
-    the loss multiplies the behaviour weight in).
-    """
-
-    partial_rollouts: bool = field(
-        default=False,
-        metadata={
-            "help": "Generate in rounds of partial_round_budget tokens; unfinished sequences carry their "
-            "tokens, behaviour log-probs and versions over to the next step (APRIL / slime / AReaL)."
-        },
-    )
-    partial_round_budget: int | None = field(
-        default=None,
-        metadata={"help": "Max new tokens per sequence per round, in [1, max_completion_length]."},
-    )
-    partial_max_segments: int = field(
-        default=4, metadata={"help": "Segments per sequence before it is finished as truncated (>= 1)."}
-    )
-    partial_prefill_groups: int | None = field(
-        default=None,
-        metadata={
-            "help": "Extra prompt groups kept in flight (>= 0); default: the groups of one generation batch."
-        },
-    )
-    use_behaviour_logprobs: bool = field(
-        default=True,
-        metadata={"help": "Record per-token behaviour log-probs (required by partial rollouts/replay)."},
-    )
-    ratio_anchor: str = field(
-        default="proximal",
-        metadata={
-            "help": f"{list(RATIO_ANCHORS)}: 'proximal' = clip pi_theta/pi_old (recomputed) and weight by "
-            "pi_old/pi_behaviour (AReaL decoupled PPO); 'behaviour' = ratio against the behaviour log-probs "
-            "(verl bypass mode), behaviour weight 1."
-        },
-    )
-    behaviour_is_level: str = field(
-        default="token", metadata={"help": f"Behaviour IS weight level {list(IS_LEVELS)}."}
-    )
-    behaviour_is_mode: str = field(
-        default="truncate",
-        metadata={"help": f"{list(IS_MODES)}: truncate at the cap (TIS) or zero beyond it."},
-    )
-    behaviour_is_cap: float = field(default=2.0, metadata={"help": "Behaviour IS weight cap (>= 1)."})
-    max_staleness: int | None = field(
-        default=None,
-        metadata={"help": "Max staleness in policy versions (optimizer steps); None: unbounded."},
-    )
-    staleness_policy: str = field(
-        default="drop",
-        metadata={
-            "help": f"{list(STALENESS_POLICIES)} samples beyond max_staleness (downweight: decay**excess)."
-        },
-    )
-    staleness_decay: float = field(default=0.5, metadata={"help": "Down-weighting factor gamma in [0, 1]."})
-    staleness_level: str = field(
-        default="sequence", metadata={"help": "'sequence' (oldest token of a sample) or 'token' staleness."}
-    )
-    replay_ratio: float = field(
-        default=0.0,
-        metadata={"help": "Share of each batch's groups taken from the replay buffer, in [0, 1]."},
-    )
-    replay_capacity: int = field(default=64, metadata={"help": "Replay buffer capacity in groups (>= 1)."})
-    replay_max_age: int | None = field(
-        default=4, metadata={"help": "Max age of a replayed group in policy versions; None: unbounded."}
-    )
-    replay_selection: str = field(
-        default="uniform",
-        metadata={"help": f"Replay selection {list(REPLAY_SELECTIONS)} (variance: by reward std)."},
-    )
-    replay_filter_equal_rewards: bool = field(
-        default=True, metadata={"help": "Do not store groups whose rewards are all equal (zero advantage)."}
-    )
-    replay_max_reuse: int | None = field(
-        default=None, metadata={"help": "Remove a group after this many replays (>= 1); None: unlimited."}
-    )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        cfg = self.rollout_config()
-        if cfg.partial_rollouts or cfg.replay_ratio > 0:
-            what = "partial_rollouts=True" if cfg.partial_rollouts else f"replay_ratio={cfg.replay_ratio}"
-            if not self.use_vllm:
-                raise ValueError(f"{what} requires use_vllm=True: behaviour log-probs come from vLLM")
-            if self.vllm_mode != "colocate":
-                raise ValueError(
-                    f"{what} requires vllm_mode='colocate'; got {self.vllm_mode!r} (server-mode weight push is "
-                    "GPU/NCCL-only and not wired to the partial-rollout manager)"
-                )
-            if not self.vllm_importance_sampling_correction:
-                raise ValueError(
-                    f"{what} requires vllm_importance_sampling_correction=True (TRL then recomputes the proximal "
-                    "log-probs and the loss applies the behaviour weight)"
-                )
-            if self.vllm_tensor_parallel_size != 1:
-                raise ValueError(
-                    f"vllm_tensor_parallel_size must be 1 with {what}; got {self.vllm_tensor_parallel_size}"
-                )
-            if self.vllm_enable_sleep_mode:
-                raise ValueError(f"vllm_enable_sleep_mode must be False with {what}")
-
-    def rollout_config(self) -> RolloutConfig:
-        """The validated :class:`RolloutConfig` (shares field names with this config)."""
-        return RolloutConfig.from_object(self)
 
 
 class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from adaclip_rl.data import BENCHMARK_DIR
 from adaclip_rl.eval.backends import Completion, GenerationBackend, SamplingConfig

@@ -6,6 +6,7 @@ import json
 import os
 import time
 from functools import cache
+
 from adaclip_rl.data import BENCHMARK_DIR
 
 DATA_DIR = BENCHMARK_DIR
