@@ -113,7 +113,13 @@ class AdaClipGRPOConfig(GRPOConfig):
     quantile_lr: float = field(default=0.05, metadata={"help": "Quantile-tracking geometric learning rate (> 0)."})
 
     def __post_init__(self) -> None:
+        # Our fields are checked before TRL/transformers' own post-init, so that a typo in them is
+        # reported as such (and not hidden behind, e.g., "Your setup doesn't support bf16/gpu").
+        self._validate_adaclip_fields()
         super().__post_init__()
+
+    def _validate_adaclip_fields(self) -> None:
+        """Refuse invalid adaclip-rl fields, naming the field, the value and the allowed range."""
         if self.policy_loss not in POLICY_LOSSES:
             raise ValueError(f"policy_loss must be one of {sorted(POLICY_LOSSES)}; got {self.policy_loss!r}")
         if self.policy_loss != "grpo" and self.loss_type not in CLIP_LOSS_TYPES:

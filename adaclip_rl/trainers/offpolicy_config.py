@@ -102,8 +102,9 @@ class OffPolicyGRPOConfig(AdaClipGRPOConfig):
         default=None, metadata={"help": "Remove a group after this many replays (>= 1); None: unlimited."}
     )
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def _validate_adaclip_fields(self) -> None:
+        """The parent's checks, then the rollout fields (all before TRL's own post-init)."""
+        super()._validate_adaclip_fields()
         cfg = self.rollout_config()
         if cfg.partial_rollouts or cfg.replay_ratio > 0:
             what = "partial_rollouts=True" if cfg.partial_rollouts else f"replay_ratio={cfg.replay_ratio}"
