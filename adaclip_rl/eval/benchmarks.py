@@ -8,7 +8,8 @@ in the sandbox of :mod:`adaclip_rl.rewards.code`).
 Normal use loads the rows from the Hugging Face Hub with ``datasets.load_dataset``. A local
 JSON-lines file with the same fields replaces the Hub source, either per benchmark
 (``"math500=/path/file.jsonl"``) or for all of them through a data directory holding the files
-named by :attr:`Benchmark.local_file` (``../shared/data`` in this project's tests).
+named by :attr:`Benchmark.local_file`; ``"bundled"`` names the offline copies shipped in
+:mod:`adaclip_rl.data` (MATH-500, AIME 2024, AMC 2023, GSM8K test, HumanEval).
 
 Prompts (Qwen2.5-Math / DeepSeek-R1 / open-r1 convention for math)::
 

@@ -5,7 +5,7 @@ checkpoint written) with the transformers backend on a small fixed subset (the f
 rows) of each benchmark, and ``eval/<benchmark>/avg@<n>`` (plus ``pass@k`` for ``k`` in ``ks``)
 goes into the trainer's logs (``state.log_history`` and every reporting integration)::
 
-    cb = PeriodicEvalCallback(["math500"], eval_every=50, limit=64, n=4, data_dir="../shared/data")
+    cb = PeriodicEvalCallback(["math500"], eval_every=50, limit=64, n=4, data_dir="bundled")
     cb.attach(trainer)   # trainer.add_callback(cb) and a handle for logging
     trainer.train()
 
@@ -23,6 +23,7 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from adaclip_rl.data import resolve_data_dir
 from adaclip_rl.eval.backends import TransformersBackend
 from adaclip_rl.eval.benchmarks import parse_benchmark_specs
 
@@ -38,7 +39,7 @@ class PeriodicEvalCallback(TrainerCallback):
         limit: first ``limit`` rows of each benchmark.
         n, temperature, top_p, max_new_tokens, seed: sampling protocol (see ``evaluate``).
         ks: pass@k budgets to log besides ``avg@n`` (each <= n).
-        data_dir: directory of local JSON-lines files replacing the Hub.
+        data_dir: directory of local JSON-lines files replacing the Hub ("bundled": the shipped copies).
         tokenizer: the policy's tokenizer (default: the trainer's ``processing_class``).
         batch_size: sequences per ``generate`` call.
         eval_on_train_end: also evaluate after the last step if it was not an eval step.
@@ -74,7 +75,7 @@ class PeriodicEvalCallback(TrainerCallback):
         self.sampling = {"n": n, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens,
                          "seed": seed}
         self.ks = tuple(ks)
-        self.data_dir = data_dir
+        self.data_dir = data_dir = resolve_data_dir(data_dir)
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.eval_on_train_end = eval_on_train_end

@@ -18,6 +18,7 @@ import re
 import sys
 from pathlib import Path
 
+from adaclip_rl.data import resolve_data_dir
 from adaclip_rl.eval.backends import BACKENDS, SamplingConfig
 from adaclip_rl.eval.benchmarks import BENCHMARKS, parse_benchmark_specs
 from adaclip_rl.eval.runner import check_model_ref, evaluate
@@ -43,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--backend", choices=BACKENDS, default="vllm", help="generation backend (default vllm)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N problems of each benchmark")
-    p.add_argument("--data-dir", default=None, help="directory of local JSON-lines files replacing the Hub")
+    p.add_argument("--data-dir", default=None,
+                   help="directory of local JSON-lines files replacing the Hub; 'bundled' = the copies shipped "
+                        "with adaclip-rl (MATH-500, AIME 2024, AMC 2023, GSM8K test, HumanEval), for offline use")
     p.add_argument("--out", default=None, help="output directory (default results/eval/<model name>)")
     p.add_argument("--chat-template", choices=("auto", "on", "off"), default="auto",
                    help="apply the tokenizer's chat template (auto: when it has one)")
@@ -92,6 +95,7 @@ def validate(args: argparse.Namespace) -> list[int] | None:
         raise ValueError(f"--limit must be >= 1; got {args.limit}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1; got {args.batch_size}")
+    args.data_dir = resolve_data_dir(args.data_dir)
     if args.data_dir is not None:
         if not Path(args.data_dir).is_dir():
             raise FileNotFoundError(f"--data-dir {args.data_dir!r} does not exist")

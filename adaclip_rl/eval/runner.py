@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from adaclip_rl.data import resolve_data_dir
 from adaclip_rl.eval.backends import (
     BACKENDS,
     GenerationBackend,
@@ -160,6 +161,7 @@ def evaluate(
         ks = sorted(set(ks))
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be an integer >= 1; got {limit!r}")
+    data_dir = resolve_data_dir(data_dir)
     if data_dir is not None and not Path(data_dir).is_dir():
         raise FileNotFoundError(f"data dir {str(data_dir)!r} does not exist")
     if isinstance(backend, str):

@@ -5,7 +5,10 @@ The YAML is one flat mapping, read by ``trl.TrlParser`` into three dataclasses:
 (every TRL GRPO field, ours, and the off-policy rollout fields) and ``trl.ModelConfig`` (model
 path, dtype, LoRA). Partial rollouts or replay select ``OffPolicyGRPOTrainer``; otherwise
 ``AdaClipGRPOTrainer``. Command-line flags override the
-YAML. Unknown keys and out-of-range values fail while parsing, before any model is loaded.
+YAML. A missing recipe file, malformed YAML, an unknown key or an out-of-range value ends the
+command with one line naming the file or the field and exit status 2, before any model is loaded.
+The terminal shows a progress bar per run and a one-line summary at the end; every logged metrics
+dict goes to ``<output_dir>/metrics.jsonl`` and to the ``report_to`` sinks.
 
 Under several processes::
 
@@ -17,11 +20,19 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..console import METRICS_FILE, filter_pinned_vllm_warning, run_summary
+
 logger = logging.getLogger(__name__)
+PROG = "adaclip-rl train"
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message is one line naming the file or the field."""
 
 
 @dataclass
@@ -71,7 +82,8 @@ class TrainScriptArguments:
     periodic_eval_temperature: float = field(default=0.6, metadata={"help": "Sampling temperature (>= 0)."})
     periodic_eval_max_new_tokens: int = field(default=512, metadata={"help": "Max new tokens per sample (>= 1)."})
     periodic_eval_data_dir: str | None = field(
-        default=None, metadata={"help": "Directory of local JSON-lines benchmark files replacing the Hub."})
+        default=None, metadata={"help": "Directory of local JSON-lines benchmark files replacing the Hub; "
+                                "'bundled': the offline copies shipped with adaclip-rl."})
 
     def __post_init__(self) -> None:
         for name in ("periodic_eval_every", "periodic_eval_n", "periodic_eval_max_new_tokens"):
@@ -99,7 +111,53 @@ def make_parser():
     from .offpolicy_config import OffPolicyGRPOConfig
 
     # OffPolicyGRPOConfig = AdaClipGRPOConfig + the off-policy rollout fields (all default off)
-    return TrlParser((TrainScriptArguments, OffPolicyGRPOConfig, ModelConfig))
+    return TrlParser((TrainScriptArguments, OffPolicyGRPOConfig, ModelConfig), prog=PROG)
+
+
+def read_recipe(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The recipe's mapping, or :class:`RecipeError` naming the file (missing, not YAML, not a mapping)."""
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise RecipeError(f"recipe file {str(path)!r} not found")
+    try:
+        data = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise RecipeError(f"recipe file {str(path)!r} is not valid YAML{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecipeError(f"recipe file {str(path)!r} cannot be read: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"recipe file {str(path)!r} must be a YAML mapping of field: value; "
+                          f"got a {type(data).__name__}")
+    return data
+
+
+def parse_recipe(argv: list[str] | None = None):
+    """``(TrainScriptArguments, OffPolicyGRPOConfig, ModelConfig)`` from ``--config`` plus flags.
+
+    Raises :class:`RecipeError` (one line, naming the file or the field) for a missing recipe,
+    malformed YAML, an unknown key or an invalid value. File problems are found before any heavy
+    import.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    path = None
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise RecipeError("--config needs a recipe file")
+        path = argv[i + 1]
+        read_recipe(path)
+    try:
+        return make_parser().parse_args_and_config(argv)
+    except (ValueError, TypeError) as e:
+        msg = " ".join(str(e).split())
+        raise RecipeError(f"recipe {path!r}: {msg}" if path is not None else msg) from None
 
 
 def load_train_dataset(args: TrainScriptArguments):
@@ -137,8 +195,13 @@ def load_train_dataset(args: TrainScriptArguments):
     return ds
 
 
-def build_trainer(script_args: TrainScriptArguments, grpo_args, model_args, train_dataset=None, **kwargs):
-    """An :class:`AdaClipGRPOTrainer` for parsed recipe arguments."""
+def build_trainer(script_args: TrainScriptArguments, grpo_args, model_args, train_dataset=None,
+                  progress_desc: str | None = None, **kwargs):
+    """An :class:`AdaClipGRPOTrainer` for parsed recipe arguments.
+
+    Its terminal output is a progress bar (``progress_desc`` labels it), not a dict per step; the
+    logged metrics go to ``<output_dir>/metrics.jsonl`` and the ``report_to`` sinks.
+    """
     from trl import get_peft_config
 
     from .. import tasks  # noqa: F401  (registers the synthetic tasks' rewards)
@@ -170,6 +233,9 @@ def build_trainer(script_args: TrainScriptArguments, grpo_args, model_args, trai
     )
     if periodic_eval is not None:
         periodic_eval.attach(trainer)
+    from .console_callbacks import use_console_callbacks
+
+    use_console_callbacks(trainer, desc=progress_desc)
     return trainer
 
 
@@ -186,10 +252,19 @@ def _periodic_eval_callback(args: TrainScriptArguments):
 
 
 def main(argv: list[str] | None = None) -> int:
+    filter_pinned_vllm_warning()
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    script_args, grpo_args, model_args = make_parser().parse_args_and_config(argv)
-    trainer = build_trainer(script_args, grpo_args, model_args)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("adaclip_rl").setLevel(logging.INFO)
+    try:
+        script_args, grpo_args, model_args = parse_recipe(argv)
+    except RecipeError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    trainer = build_trainer(script_args, grpo_args, model_args, progress_desc=f"{grpo_args.policy_loss} training")
     trainer.train(resume_from_checkpoint=grpo_args.resume_from_checkpoint)
     trainer.save_model(grpo_args.output_dir)
+    if trainer.is_world_process_zero():
+        print(f"{PROG}: {run_summary(trainer.state.log_history)}")
+        print(f"{PROG}: model in {grpo_args.output_dir}, metrics in {Path(grpo_args.output_dir) / METRICS_FILE}")
     return 0

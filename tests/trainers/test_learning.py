@@ -10,16 +10,15 @@ on 800 samples (standard error about 0.017).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from adaclip_rl.data import DEMO_RECIPE
 from adaclip_rl.tasks import ArithmeticTask, build_tiny_model
 from adaclip_rl.tasks.warmstart import WarmStartConfig, evaluate_accuracy, warm_start
 from adaclip_rl.trainers.cli import build_trainer, make_parser
 
-RECIPE = Path(__file__).resolve().parents[2] / "configs" / "recipes" / "cpu_demo.yaml"
+RECIPE = DEMO_RECIPE
 WARM_STEPS = 650
 RL_STEPS = 300
 MARGIN = 0.08  # absolute rise of held-out avg@4 required
