@@ -142,8 +142,8 @@ def parse_recipe(argv: list[str] | None = None):
     """``(TrainScriptArguments, OffPolicyGRPOConfig, ModelConfig)`` from ``--config`` plus flags.
 
     Raises :class:`RecipeError` (one line, naming the file or the field) for a missing recipe,
-    malformed YAML, an unknown key or an invalid value. File problems are found before any heavy
-    import.
+    malformed YAML, an unknown key or an invalid value. File problems, unknown keys and invalid
+    adaclip-rl values are found before TRL is imported (:mod:`.recipe_check`).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     path = None
@@ -152,7 +152,14 @@ def parse_recipe(argv: list[str] | None = None):
         if i + 1 >= len(argv):
             raise RecipeError("--config needs a recipe file")
         path = argv[i + 1]
-        read_recipe(path)
+        recipe = read_recipe(path)
+        if not {"-h", "--help"} & set(argv):
+            from .recipe_check import precheck
+
+            try:
+                precheck(recipe, argv[:i] + argv[i + 2 :])
+            except ValueError as e:
+                raise RecipeError(f"recipe {path!r}: {' '.join(str(e).split())}") from None
     try:
         return make_parser().parse_args_and_config(argv)
     except (ValueError, TypeError) as e:

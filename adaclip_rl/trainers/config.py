@@ -11,23 +11,15 @@ Invalid values are refused in ``__post_init__`` with the field name, the value a
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from ..gradclip import GRAD_CLIPPERS
-from ..losses import POLICY_LOSSES, ArcherConfig, BAPOConfig, GRPOClipConfig
+from ..losses import ArcherConfig, BAPOConfig, GRPOClipConfig
+from . import field_checks
+from .field_checks import CLIP_LOSS_TYPES
 
-CLIP_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
-
-
-def _prefixed(error: ValueError, prefix: str, names: list[str]) -> ValueError:
-    """Rewrite a loss-config error so that it names the trainer config's field (``bapo_target``)."""
-    msg = str(error)
-    for name in sorted(names, key=len, reverse=True):
-        msg = re.sub(rf"(?<![\w.]){re.escape(name)}\b", prefix + name, msg)
-    return ValueError(msg)
+__all__ = ["CLIP_LOSS_TYPES", "AdaClipGRPOConfig"]
 
 
 @dataclass
@@ -120,67 +112,12 @@ class AdaClipGRPOConfig(GRPOConfig):
 
     def _validate_adaclip_fields(self) -> None:
         """Refuse invalid adaclip-rl fields, naming the field, the value and the allowed range."""
-        if self.policy_loss not in POLICY_LOSSES:
-            raise ValueError(f"policy_loss must be one of {sorted(POLICY_LOSSES)}; got {self.policy_loss!r}")
-        if self.policy_loss != "grpo" and self.loss_type not in CLIP_LOSS_TYPES:
-            raise ValueError(
-                f"loss_type must be one of {CLIP_LOSS_TYPES} with policy_loss={self.policy_loss!r}; got {self.loss_type!r}"
-            )
-        if self.archer_entropy_source not in ("current", "old"):
-            raise ValueError(f"archer_entropy_source must be 'current' or 'old'; got {self.archer_entropy_source!r}")
-        if self.grad_clip not in ("fixed", *GRAD_CLIPPERS):
-            raise ValueError(f"grad_clip must be one of {sorted({'fixed', *GRAD_CLIPPERS})}; got {self.grad_clip!r}")
-        if self.grad_clip not in ("none", "fixed") and not self.max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm must be > 0 when grad_clip={self.grad_clip!r} (it switches clipping on); "
-                             f"got {self.max_grad_norm!r}")
-        self.policy_loss_config()  # validates the policy-loss fields
-        self.grad_clipper_kwargs()
+        field_checks.validate_adaclip_fields(self)
 
     def policy_loss_config(self) -> GRPOClipConfig | BAPOConfig | ArcherConfig:
         """The :mod:`adaclip_rl.losses` config for ``policy_loss`` (raises ValueError naming our fields)."""
-        if self.policy_loss == "bapo":
-            names = ["target", "low_start", "low_max", "low_step", "high_start", "high_max", "high_step",
-                     "contribution", "dual_clip"]
-            try:
-                return BAPOConfig(**{n: getattr(self, f"bapo_{n}") for n in names})
-            except ValueError as e:
-                raise _prefixed(e, "bapo_", names) from None
-        if self.policy_loss == "archer":
-            names = ["quantile", "high_clip", "low_clip", "high_kl", "low_kl", "kl_estimator", "dual_clip"]
-            try:
-                return ArcherConfig(**{n: getattr(self, f"archer_{n}") for n in names})
-            except ValueError as e:
-                raise _prefixed(e, "archer_", names) from None
-        eps_high = self.epsilon_high if self.epsilon_high is not None else self.epsilon
-        try:
-            return GRPOClipConfig(epsilon_low=self.epsilon, epsilon_high=eps_high, dual_clip=self.dual_clip,
-                                  delta=self.delta)
-        except ValueError as e:
-            raise _prefixed(e, "", []) from None
+        return field_checks.policy_loss_config(self)
 
     def grad_clipper_kwargs(self) -> dict:
         """Keyword arguments for :func:`adaclip_rl.gradclip.build_grad_clipper` (validated there)."""
-        from ..gradclip import build_grad_clipper
-
-        kwargs = {
-            "none": {},
-            "fixed": {"max_norm": self.max_grad_norm},
-            "zclip": {"alpha": self.zclip_alpha, "z_thresh": self.zclip_z_thresh,
-                      "warmup_steps": self.zclip_warmup_steps},
-            "adagc": {"lambda_rel": self.adagc_lambda_rel, "beta": self.adagc_beta,
-                      "warmup_steps": self.adagc_warmup_steps, "warmup_max_norm": self.max_grad_norm},
-            "autoclip": {"percentile": self.autoclip_percentile, "window": self.autoclip_window},
-            "quantile": {"target_quantile": self.quantile_target, "learning_rate": self.quantile_lr},
-        }[self.grad_clip]
-        if self.grad_clip not in ("none", "fixed"):
-            prefix = {"zclip": "zclip_", "adagc": "adagc_", "autoclip": "autoclip_", "quantile": "quantile_"}[
-                self.grad_clip]
-            ours = {"target_quantile": "quantile_target", "learning_rate": "quantile_lr"}
-            try:
-                build_grad_clipper(self.grad_clip, **kwargs)
-            except ValueError as e:
-                msg = str(e)
-                for k in sorted(kwargs, key=len, reverse=True):
-                    msg = re.sub(rf"(?<![\w.]){re.escape(k)}\b", ours.get(k, prefix + k), msg)
-                raise ValueError(msg) from None
-        return kwargs
+        return field_checks.grad_clipper_kwargs(self)

