@@ -33,6 +33,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from adaclip_rl.data import BENCHMARK_DIR  # noqa: E402
 from adaclip_rl.eval.backends import GenerationBackend, SamplingConfig, make_backend  # noqa: E402
 from adaclip_rl.eval.benchmarks import get_benchmark  # noqa: E402
 
@@ -41,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(REPO / "results" / "bench_eval.json"), help="JSON output path")
-    p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"), help="benchmark JSON-lines dir")
+    p.add_argument("--data-dir", default=str(BENCHMARK_DIR), help="benchmark JSON-lines dir (default: bundled)")
     p.add_argument("--benchmark", default="math500", help="where the prompts come from")
     p.add_argument("--backends", default="transformers,vllm", help="comma-separated, run in this order")
     p.add_argument("--num-prompts", type=int, default=32)

@@ -30,6 +30,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from adaclip_rl.data import BENCHMARK_DIR  # noqa: E402
 from adaclip_rl.rewards.code import check_humaneval  # noqa: E402
 from adaclip_rl.rewards.math import verify_math_answers  # noqa: E402
 from adaclip_rl.rewards.sandbox import configure_sandbox, run_python, sandbox_info  # noqa: E402
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         "--workers", type=int, default=os.cpu_count() or 1, help="parallel sandboxes / math workers"
     )
     ap.add_argument("--repeats", type=int, default=1, help="passes over HumanEval")
-    ap.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--data-dir", type=Path, default=BENCHMARK_DIR, help="benchmark JSON-lines dir (default: bundled)")
     ap.add_argument("--out", type=Path, default=REPO / "results" / "bench_sandbox.json")
     ap.add_argument("--skip-math", action="store_true")
     args = ap.parse_args(argv)

@@ -2,8 +2,8 @@
 
 Wang et al., "AdaGC: Improving Training Stability for Large Language Model Pretraining",
 arXiv 2502.11034 (v2: "Enhancing LLM Pretraining Stability via Adaptive Gradient Clipping");
-rule as in the official Megatron patch lishuai-97/AdaGC ``megatron-gpt2.patch`` (``clip_mode="AdaGC"``),
-``reference/gradient_clipping.md`` section 2.
+rule as in the official Megatron patch lishuai-97/AdaGC ``megatron-gpt2.patch`` (``clip_mode="AdaGC"``);
+see also ``docs/gradient_clipping.md``.
 
 For each parameter tensor ``i`` with (reduced, full-tensor) gradient norm ``n_i``:
 

@@ -1,8 +1,8 @@
 """AutoClip: clip the global norm to a percentile of the recent history of norms.
 
 Seetharaman, Wichern, Pardo, Le Roux, "AutoClip: Adaptive Gradient Clipping for Source Separation
-Networks", MLSP 2020 (arXiv 2007.14469); code pseeth/autoclip ``autoclip.py``,
-``reference/gradient_clipping.md`` section 3.
+Networks", MLSP 2020 (arXiv 2007.14469); code pseeth/autoclip ``autoclip.py``; see also
+``docs/gradient_clipping.md``.
 
 Rule: append ``n_t`` to the history ``H``; ``c_t = percentile_p(H)`` with ``H`` including ``n_t``
 (linear interpolation, ``numpy.percentile``'s default = ``torch.quantile``'s ``"linear"``); clip

@@ -1,6 +1,7 @@
 """The gradient-clipper interface and the one code path that measures, reduces and applies a clip.
 
-A clipper is three separate parts (``reference/gradient_clipping.md`` section 9.1):
+A clipper is three separate parts (the split of PyTorch's ``clip_grad_norm_`` into
+``get_total_norm`` and ``clip_grads_with_norm_``, with the statistics kept apart):
 
 1. **Norm computation** (:func:`grad_sq_norms`): one fp32 squared L2 norm per parameter tensor,
    computed on the *local* gradient (the local shard for FSDP / DTensor gradients).

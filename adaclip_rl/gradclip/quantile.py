@@ -1,9 +1,9 @@
 """Quantile tracking: a geometric, noise-free estimate of a target quantile of the gradient norm.
 
 Andrew, Thakkar, McMahan, Ramaswamy, "Differentially Private Learning with Adaptive Clipping",
-NeurIPS 2021 (arXiv 1905.03871), the geometric update of section 2.1 (``reference/gradient_clipping.md``
-section 6), used here without the privacy noise as an O(1)-memory threshold estimator for global
-clipping (reference section 3, "implementation advice"):
+NeurIPS 2021 (arXiv 1905.03871), the geometric update of section 2.1, used here without the
+privacy noise as an O(1)-memory threshold estimator for global clipping (a streaming stand-in for
+AutoClip's percentile of the norm history):
 
     b_t     = 1[n_t <= C_t]                         (one record per step: the global norm)
     C_{t+1} = clamp(C_t * exp(-eta * (b_t - gamma)), min_clip, max_clip)

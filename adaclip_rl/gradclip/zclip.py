@@ -1,8 +1,8 @@
 """ZClip: z-score based adaptive clipping of the global gradient norm.
 
 Kumar, Owen, Roy Chowdhury, Güra, "ZClip: Adaptive Spike Mitigation for LLM Pre-Training",
-arXiv 2504.02507; rule as implemented in bluorion-com/ZClip ``zclip/zclip.py`` (HEAD 584ce4f),
-``reference/gradient_clipping.md`` section 1.
+arXiv 2504.02507; rule as implemented in bluorion-com/ZClip ``zclip/zclip.py`` (HEAD 584ce4f); see
+also ``docs/gradient_clipping.md``.
 
 Per optimizer step, with ``n_t`` the (reduced) global norm:
 

@@ -5,7 +5,8 @@ steps into a run. :class:`adaclip_rl.trainers.offpolicy.OffPolicyGRPOConfig` exp
 fields (validated by building a :class:`RolloutConfig` in its ``__post_init__``), so Python, YAML
 and the trainer share one set of checks and messages.
 
-Design references (see ``shared/reference/peer_frameworks_and_evaluation.md``):
+Design references (upstream projects: THUDM/slime, inclusionAI/AReaL, volcengine/verl, OpenRLHF/OpenRLHF,
+huggingface/trl):
 
 * partial rollouts with a per-round token budget, continued before new prompts are admitted:
   slime ``--partial-rollout`` (``RolloutDataSourceWithBuffer`` serves unfinished groups first),

