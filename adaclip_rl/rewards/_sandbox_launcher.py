@@ -10,15 +10,20 @@ RESULT_FD [JUDGE_FD]``, normally as PID 1 of fresh PID, network, mount, IPC and 
    ``/tmp/work`` owned by the sandbox uid) and ``chroot``s into it, so the host's files outside
    the system directories (home directories, the repository, datasets, the host ``/tmp``) do
    not exist for the program;
-3. forks the **candidate** process, which sets resource limits, drops to the unprivileged
-   per-slot uid/gid (no supplementary groups, ``no_new_privs``), optionally installs a seccomp
-   filter that refuses non-``AF_UNIX`` sockets (fallback mode), and executes the untrusted source
-   in a fresh ``__main__`` namespace;
+3. forks the **candidate** process, which joins the run's cgroups (memory, pids, CPU: opened by
+   the launcher before ``chroot``), sets resource limits, closes every other fd, joins a fresh
+   anonymous session keyring, drops to the run's unprivileged uid/gid (no supplementary groups,
+   ``no_new_privs``), installs the seccomp filter compiled by the trainer
+   (:mod:`adaclip_rl.rewards._seccomp`), and executes the untrusted source in a fresh
+   ``__main__`` namespace;
 4. in judge mode, reads the *tests* only after the candidate has been forked (so the candidate
-   never has them in memory), and forks the **judge** process under a second unprivileged uid.
-   The judge runs the trusted prompt and test code; its ``candidate`` is a stub that calls the
-   candidate's function over a pipe with plain-data (tagged JSON) arguments and results. The
-   candidate cannot reach the judge's verdict channel, its memory or its uid;
+   never has them in memory), and forks the **judge** process under a second unprivileged uid, in
+   its own cgroups, under the same seccomp filter. The judge runs the trusted prompt and test
+   code; its ``candidate`` is a stub that calls the candidate's function over a pipe with
+   plain-data (tagged JSON) arguments and results. The candidate cannot reach the judge's verdict
+   channel, its memory or its uid; an exception from the candidate reaches the tests only as one
+   of a few ordinary builtin types (anything else, ``StopIteration`` included, is a
+   :class:`CandidateError` and a sticky failure);
 5. waits (enforcing the wall-clock limit itself), writes one JSON result to ``RESULT_FD`` and
    exits. As PID 1 its exit makes the kernel kill every process left in the namespace; in
    fallback mode (no namespaces) it is a child subreaper and kills every process of the sandbox
@@ -31,7 +36,6 @@ from __future__ import annotations
 
 import builtins
 import ctypes
-import errno
 import json
 import os
 import resource
@@ -108,51 +112,35 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# seccomp: refuse socket(2) for every family but AF_UNIX, io_uring, and foreign-ABI syscalls
+# seccomp: load the filter the trainer compiled (adaclip_rl.rewards._seccomp)
 # --------------------------------------------------------------------------------------------
 
-_SECCOMP_ARCH = {
-    # machine: (AUDIT_ARCH_*, __NR_socket, __NR_io_uring_setup)
-    "x86_64": (0xC000003E, 41, 425),
-    "aarch64": (0xC00000B7, 198, 425),
-}
 
-
-def _install_seccomp_net_filter() -> bool:
-    """Install a seccomp-BPF filter blocking network sockets. Returns False if unsupported."""
-    arch = _SECCOMP_ARCH.get(os.uname().machine)
-    if arch is None:
-        return False
-    audit_arch, nr_socket, nr_io_uring = arch
-    ld_w_abs, jeq_k, ret_k = 0x20, 0x15, 0x06
-    ret_allow, ret_errno = 0x7FFF0000, 0x00050000 | errno.EACCES
-    x32_bit = 0x40000000
-    prog = [
-        (ld_w_abs, 0, 0, 4),  # A = arch
-        (jeq_k, 1, 0, audit_arch),  # native ABI? skip the deny
-        (ret_k, 0, 0, ret_errno),  # foreign ABI (i386 int 0x80): refuse everything
-        (ld_w_abs, 0, 0, 0),  # A = syscall nr
-        (0x45, 0, 1, x32_bit),  # jset x32 bit -> deny (next), else skip
-        (ret_k, 0, 0, ret_errno),
-        (jeq_k, 0, 1, nr_io_uring),
-        (ret_k, 0, 0, ret_errno),
-        (jeq_k, 0, 3, nr_socket),  # not socket -> allow
-        (ld_w_abs, 0, 0, 16),  # A = args[0] (domain, low word)
-        (jeq_k, 1, 0, 1),  # AF_UNIX -> allow
-        (ret_k, 0, 0, ret_errno),
-        (ret_k, 0, 0, ret_allow),
-    ]
-    raw = b"".join(struct.pack("HBBI", code, jt, jf, k) for code, jt, jf, k in prog)
-    buf = ctypes.create_string_buffer(raw)
+def _load_seccomp(raw: bytes) -> None:
+    """Install the seccomp-BPF program ``raw`` (``struct sock_filter`` array); raises on failure."""
+    if not raw or len(raw) % 8:
+        raise ValueError("malformed seccomp filter")
+    buf = ctypes.create_string_buffer(raw, len(raw))
 
     class SockFprog(ctypes.Structure):
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
-    fprog = SockFprog(len(prog), ctypes.addressof(buf))
+    fprog = SockFprog(len(raw) // 8, ctypes.addressof(buf))
     if _prctl(PR_SET_NO_NEW_PRIVS, 1) != 0:
-        return False
+        err = ctypes.get_errno()
+        raise OSError(err, f"PR_SET_NO_NEW_PRIVS: {os.strerror(err)}")
     rc = _LIBC.prctl(PR_SET_SECCOMP, ctypes.c_ulong(SECCOMP_MODE_FILTER), ctypes.byref(fprog), 0, 0)
-    return rc == 0
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"seccomp filter could not be installed: {os.strerror(err)}")
+
+
+def _join_fresh_session_keyring(keyctl_nr: int | None) -> None:
+    """``keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL)``: a new anonymous keyring that dies with the
+    run, instead of the uid's persistent ``_uid_ses`` keyring (before seccomp denies keyctl)."""
+    if keyctl_nr is None:
+        return
+    _LIBC.syscall(ctypes.c_long(keyctl_nr), ctypes.c_long(1), ctypes.c_void_p(None))
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,9 +243,20 @@ def _recv_frame(fd: int) -> object | None:
 # --------------------------------------------------------------------------------------------
 
 
-def _confine(spec: dict, uid: int | None, gid: int | None, keep_fds: tuple[int, ...], workdir: str) -> None:
-    """Limits, credentials, fds, environment: everything before untrusted/judge code runs."""
+def _confine(
+    spec: dict,
+    uid: int | None,
+    gid: int | None,
+    keep_fds: tuple[int, ...],
+    workdir: str,
+    cgroup_fds: list[int] | None = None,
+) -> None:
+    """cgroups, limits, fds, keyring, credentials, seccomp, environment: everything before
+    untrusted/judge code runs (in this order)."""
     os.setpgid(0, 0)
+    for fd in cgroup_fds or ():
+        os.write(fd, b"0")  # join the run's group (still root; moving back out needs root)
+        os.close(fd)
     lim = spec["limits"]
     mb = 1 << 20
     cpu = int(lim["cpu_time_s"])
@@ -270,18 +269,22 @@ def _confine(spec: dict, uid: int | None, gid: int | None, keep_fds: tuple[int, 
     ]
     if uid is not None:  # NPROC counts per real uid: meaningful only for a dedicated uid
         pairs.append((resource.RLIMIT_NPROC, (lim["max_processes"], lim["max_processes"])))
+    if not spec["namespaces"]:  # no IPC namespace: POSIX message queues (per uid) would persist
+        pairs.append((resource.RLIMIT_MSGQUEUE, (0, 0)))
     for which, val in pairs:
         resource.setrlimit(which, val)
     if lim.get("nice"):
         os.nice(int(lim["nice"]))  # yield the CPU to the launcher, the parent and the trainer
+    path_fds = _expose_hidden_paths() if spec.get("expose_paths") and uid is not None else []
     # file descriptors: 0/1/2 plus the pipes this role needs
-    keep = {0, 1, 2, *keep_fds}
+    keep = {0, 1, 2, *keep_fds, *path_fds}
     for fd in _open_fds():
         if fd not in keep:
             try:
                 os.close(fd)
             except OSError:
                 pass
+    _join_fresh_session_keyring(spec.get("keyctl_nr"))
     if uid is not None and gid is not None:
         os.setgroups([])
         os.setresgid(gid, gid, gid)
@@ -290,9 +293,8 @@ def _confine(spec: dict, uid: int | None, gid: int | None, keep_fds: tuple[int, 
             raise RuntimeError("failed to drop privileges")
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if spec.get("seccomp_net"):
-        if not _install_seccomp_net_filter():
-            raise RuntimeError("seccomp network filter requested but could not be installed")
+    if spec.get("seccomp"):
+        _load_seccomp(bytes.fromhex(spec["seccomp"]))
     os.umask(0o077)
     os.chdir(workdir)
     env = dict(spec["env"])
@@ -309,6 +311,57 @@ def _open_fds() -> list[int]:
         return [int(x) for x in os.listdir("/proc/self/fd")]
     except OSError:
         return list(range(3, 1024))
+
+
+def _expose_hidden_paths() -> list[int]:
+    """Fallback mode: keep the interpreter's import path usable after the uid drop.
+
+    When the standard library sits under a directory the sandbox uid cannot traverse (e.g. a
+    pyenv under ``/root``), each such ``sys.path`` directory is opened now, as root, and
+    replaced by ``/proc/self/fd/N``: the kernel resolves that link to the open directory without
+    checking the path above it, so imports work while the rest of the hidden tree stays closed.
+    Imported packages' ``__path__`` are rewritten the same way. Returns the fds to keep open.
+    """
+    fds: list[int] = []
+    mapping: dict[str, str] = {}
+    for entry in list(sys.path):
+        real = os.path.realpath(entry) if entry else ""
+        if not real or not os.path.isdir(real) or not _hidden(real):
+            continue
+        fd = os.open(real, os.O_RDONLY | os.O_DIRECTORY)
+        fds.append(fd)
+        mapping[real] = f"/proc/self/fd/{fd}"
+    if not mapping:
+        return fds
+
+    def remap(path: str) -> str:
+        real = os.path.realpath(path)
+        for src in sorted(mapping, key=len, reverse=True):
+            if real == src or real.startswith(src + "/"):
+                return mapping[src] + real[len(src) :]
+        return path
+
+    sys.path[:] = [remap(p) if p else p for p in sys.path]
+    for mod in list(sys.modules.values()):
+        paths = getattr(mod, "__path__", None)
+        if isinstance(paths, list):
+            paths[:] = [remap(p) for p in paths]
+    sys.path_importer_cache.clear()
+    return fds
+
+
+def _hidden(path: str) -> bool:
+    """True if a uid other than the owner cannot traverse to ``path``."""
+    while True:
+        try:
+            if not os.stat(path).st_mode & 0o001:
+                return True
+        except OSError:
+            return True
+        parent = os.path.dirname(path)
+        if parent == path:
+            return False
+        path = parent
 
 
 def _fresh_main(filename: str) -> dict:
@@ -373,11 +426,13 @@ def _run_source(source: str, filename: str) -> int:
     return 0
 
 
-def _candidate_main(spec: dict, uid: int | None, gid: int | None, rpc: tuple[int, int] | None) -> None:
+def _candidate_main(
+    spec: dict, uid: int | None, gid: int | None, rpc: tuple[int, int] | None, cgroup_fds: list[int]
+) -> None:
     """Child: confine, run the untrusted program; in judge mode then serve calls."""
     code = 1
     try:
-        _confine(spec, uid, gid, rpc or (), spec["workdir"])
+        _confine(spec, uid, gid, rpc or (), spec["workdir"], cgroup_fds)
     except BaseException:  # noqa: BLE001
         traceback.print_exc()
         os._exit(121)
@@ -421,35 +476,82 @@ def _serve(ns: dict, entry_point: str, rpc: tuple[int, int]) -> None:
 
 
 class CandidateError(Exception):
-    """Raised in the judge when the candidate failed, died or returned non-plain data."""
+    """Raised in the judge when the candidate failed, died or returned non-plain data.
+
+    It subclasses none of the exception types a test may expect and catch (see
+    :data:`REraised`), and it is not ``StopIteration``: iterator-protocol code in the tests
+    (``all(map(candidate, ...))``, ``list(map(...))``, a ``__next__``) cannot mistake it for
+    "exhausted"."""
+
+
+# exception types of the candidate that reach the tests as the real builtin type (a test may
+# legitimately expect e.g. ``ValueError``); every other name, including StopIteration,
+# StopAsyncIteration, GeneratorExit, SystemExit, KeyboardInterrupt, warnings and names the
+# candidate made up, becomes a CandidateError and fails the run even if the test swallows it
+REraised: dict[str, type[BaseException]] = {
+    t.__name__: t
+    for t in (
+        ValueError, TypeError, KeyError, IndexError, LookupError, ZeroDivisionError, ArithmeticError,
+        OverflowError, AttributeError, NameError, AssertionError, RuntimeError, RecursionError,
+        NotImplementedError, UnicodeError, OSError,
+    )
+}  # fmt: skip
 
 
 def _judge_main(
-    spec: dict, judge: dict, uid: int | None, gid: int | None, rpc: tuple[int, int], verdict_w: int
+    spec: dict,
+    judge: dict,
+    uid: int | None,
+    gid: int | None,
+    rpc: tuple[int, int],
+    verdict_w: int,
+    cgroup_fds: list[int],
 ) -> None:
-    """Child: confine, run the trusted prompt + tests against the stub candidate."""
+    """Child: confine, run the trusted prompt + tests against the stub candidate.
+
+    The verdict is a pass only if ``check`` returned normally, at least one call to the
+    candidate completed, and no sticky failure was recorded: a dead candidate, a garbage,
+    oversized or undecodable frame, non-plain data, or an exception outside :data:`REraised`.
+    """
+    state = {"calls": 0, "sticky": None}
     try:
-        _confine(spec, uid, gid, (*rpc, verdict_w), spec["judge_workdir"])
+        _confine(spec, uid, gid, (*rpc, verdict_w), spec["judge_workdir"], cgroup_fds)
         _prctl(PR_SET_DUMPABLE, 0)  # the candidate must not ptrace or read the judge
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
         req_w, resp_r = rpc
-        builtin_excs = {
-            k: v for k, v in vars(builtins).items() if isinstance(v, type) and issubclass(v, Exception)
-        }
+
+        def fail(why: str) -> CandidateError:
+            if state["sticky"] is None:
+                state["sticky"] = why
+            return CandidateError(why)
 
         def candidate(*args: object, **kwargs: object) -> object:
-            _send_frame(req_w, {"a": _enc(list(args)), "k": _enc(dict(kwargs))})
-            reply = _recv_frame(resp_r)
+            if state["sticky"] is not None:
+                raise CandidateError(state["sticky"])
+            try:
+                _send_frame(req_w, {"a": _enc(list(args)), "k": _enc(dict(kwargs))})
+                reply = _recv_frame(resp_r)
+            except (OSError, ValueError, TypeError, RecursionError) as exc:
+                raise fail(f"candidate transport failed: {type(exc).__name__}") from None
             if not isinstance(reply, dict):
-                raise CandidateError("candidate process exited or sent garbage")
+                raise fail("candidate process exited or sent garbage")
             if "ok" in reply:
-                return _dec(reply["ok"])
+                try:
+                    value = _dec(reply["ok"])
+                except (ValueError, TypeError, KeyError, IndexError, RecursionError, OverflowError):
+                    raise fail("candidate returned an undecodable value") from None
+                state["calls"] += 1
+                return value
             err = reply.get("err")
-            name, text = (err[0], err[1]) if isinstance(err, list) and len(err) == 2 else ("Exception", "?")
-            exc_type = builtin_excs.get(str(name), CandidateError)
-            raise exc_type(str(text))
+            ok_shape = isinstance(err, list) and len(err) == 2 and all(type(e) is str for e in err)
+            name, text = (err[0], err[1]) if ok_shape else ("?", "malformed error")
+            state["calls"] += 1
+            exc_type = REraised.get(name)
+            if exc_type is None:
+                raise fail(f"candidate raised {name[:100]}")
+            raise exc_type(text[:2000])
 
         ns: dict = {"__name__": "__judge__", "__builtins__": builtins}
         exec(compile(judge.get("prompt") or "", "prompt.py", "exec"), ns)
@@ -460,7 +562,12 @@ def _judge_main(
         if not callable(check):
             raise CandidateError("test code defines no check function")
         check(candidate)
-        verdict = {"passed": True}
+        if state["sticky"] is not None:
+            verdict = {"passed": False, "error": f"CandidateError: {state['sticky']}"}
+        elif not state["calls"]:
+            verdict = {"passed": False, "error": "the tests never called the candidate"}
+        else:
+            verdict = {"passed": True}
     except BaseException as exc:  # noqa: BLE001 - any failure is a fail verdict
         verdict = {"passed": False, "error": f"{type(exc).__name__}: {str(exc)[:500]}"}
     try:
@@ -504,7 +611,8 @@ def _build_root(spec: dict) -> None:
     _mount(None, "/", None, MS_REC | MS_PRIVATE, None)
     root = "/tmp"  # private in this mount namespace: the host's /tmp is untouched
     disk = int(spec["limits"]["disk_mb"])
-    _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, f"size={disk}m,mode=0755")
+    inodes = int(spec["limits"]["max_inodes"])  # an inode flood costs ~1 KiB of slab per file
+    _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, f"size={disk}m,nr_inodes={inodes},mode=0755")
     bound: list[str] = []
     for d in SYSTEM_DIRS:
         if os.path.islink(d):
@@ -528,9 +636,18 @@ def _build_root(spec: dict) -> None:
     ):
         os.symlink(target, f"{root}/dev/{name}")
     os.makedirs(root + "/dev/shm")
-    _mount("tmpfs", root + "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "size=8m,mode=1777")
+    _mount(
+        "tmpfs",
+        root + "/dev/shm",
+        "tmpfs",
+        MS_NOSUID | MS_NODEV | MS_NOEXEC,
+        "size=8m,nr_inodes=128,mode=1777",
+    )
     os.makedirs(root + "/proc")
     _mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+    for masked in ("keys", "key-users"):  # other uids' keyrings and key quotas
+        if os.path.exists(f"{root}/proc/{masked}"):
+            _mount("/dev/null", f"{root}/proc/{masked}", None, MS_BIND, None)
     os.makedirs(root + "/tmp", 0o755)
     for wd, owner in ((spec["workdir"], spec["uid"]), (spec["judge_workdir"], spec["judge_uid"])):
         os.mkdir(root + wd, 0o700)
@@ -538,21 +655,6 @@ def _build_root(spec: dict) -> None:
             os.chown(root + wd, owner, owner)
     os.chroot(root)
     os.chdir("/")
-
-
-def _stdlib_hidden() -> bool:
-    """True if an unprivileged uid cannot traverse to this interpreter's prefix."""
-    path = os.path.realpath(sys.base_prefix)
-    while True:
-        try:
-            if not os.stat(path).st_mode & 0o001:
-                return True
-        except OSError:
-            return True
-        parent = os.path.dirname(path)
-        if parent == path:
-            return False
-        path = parent
 
 
 def _kill_uid(uid: int) -> None:
@@ -620,17 +722,13 @@ def main(argv: list[str]) -> int:
     try:
         spec = json.loads(_read_all(spec_fd))
         namespaces = spec["namespaces"]
+        # the run's cgroups: opened here, before chroot hides /sys; each child joins them
+        cand_cg = [os.open(p, os.O_WRONLY | os.O_CLOEXEC) for p in spec.get("cgroup_procs") or ()]
+        judge_cg = [os.open(p, os.O_WRONLY | os.O_CLOEXEC) for p in spec.get("judge_cgroup_procs") or ()]
         if namespaces:
             _build_root(spec)
         else:
             _prctl(PR_SET_CHILD_SUBREAPER, 1)
-            if spec["uid"] is not None and _stdlib_hidden():
-                # the sandbox uid cannot read the stdlib (e.g. under /root): import common modules now
-                for name in spec.get("preimport", []):
-                    try:
-                        __import__(name)
-                    except ImportError:
-                        pass
         judge_mode = judge_fd is not None
         rpc_cand = rpc_judge = None
         if judge_mode:
@@ -642,7 +740,9 @@ def main(argv: list[str]) -> int:
         t_run = time.monotonic()
         cand_pid = os.fork()
         if cand_pid == 0:
-            _candidate_main(spec, spec["uid"], spec["gid"], rpc_cand)
+            _candidate_main(spec, spec["uid"], spec["gid"], rpc_cand, cand_cg)
+        for fd in cand_cg:
+            os.close(fd)
         verdict_r = None
         if judge_mode:
             assert judge_fd is not None and rpc_judge is not None and rpc_cand is not None
@@ -651,7 +751,7 @@ def main(argv: list[str]) -> int:
             judge_pid = os.fork()
             if judge_pid == 0:
                 os.close(verdict_r)
-                _judge_main(spec, judge, spec["judge_uid"], spec["judge_gid"], rpc_judge, verdict_w)
+                _judge_main(spec, judge, spec["judge_uid"], spec["judge_gid"], rpc_judge, verdict_w, judge_cg)
             os.close(verdict_w)
             for fd in (*rpc_cand, *rpc_judge):
                 os.close(fd)
@@ -663,6 +763,8 @@ def main(argv: list[str]) -> int:
         signal.setitimer(
             signal.ITIMER_REAL, max(0.01, float(spec["limits"]["wall_time_s"]) - (time.monotonic() - t0))
         )
+        for fd in judge_cg:
+            os.close(fd)
         waiting_for = judge_pid if judge_mode else cand_pid
         try:
             while True:

@@ -13,10 +13,24 @@ Each run gets, from the outside in:
   directories and the host's ``/tmp`` do not exist for the program. When PID 1 exits, or
   ``unshare`` is killed (``--kill-child``), the kernel kills every process in the namespace,
   including double-forked daemons.
-* **An unprivileged per-slot uid/gid** (``setresuid``/``setresgid``, no supplementary groups,
-  ``no_new_privs``), set *after* the resource limits, so the program cannot raise its limits,
-  signal other processes or read root-only files. ``RLIMIT_NPROC`` counts per uid; with a uid per
-  parallel slot it bounds the process count of each run (fork bombs).
+  The tmpfs has ``nr_inodes`` set (``max_inodes``; ``/dev/shm``: 8 MiB, 128 inodes), and
+  ``/proc/keys`` and ``/proc/key-users`` are masked.
+* **A per-run cgroup** (memory, pids, CPU; v1 or v2 per controller, see
+  :mod:`adaclip_rl.rewards._cgroup`): the run as a whole, all its processes, its memfd, shared
+  memory and tmpfs files and its kernel memory (inodes, pipes) included, stays within
+  ``memory_mb``, ``max_processes`` and ``cpu_cores``; the OOM killer picks inside the run. The
+  judge has a sibling group. The per-run peak is reported (``memory_peak_mb``); the groups are
+  removed after the run. Required by default (``resource_control="require"``).
+* **An unprivileged uid/gid leased per run** (``setresuid``/``setresgid``, no supplementary
+  groups, ``no_new_privs``), set *after* the resource limits, so the program cannot raise its
+  limits, signal other processes or read root-only files. Uids come from a pool and are held by
+  a machine-wide lock while the run lives, so no two live sandboxes, of this trainer or another,
+  ever share one (``RLIMIT_NPROC``, per uid, is then per run); consecutive runs get different
+  uids. Each sandboxed process joins a fresh anonymous session keyring.
+* **A seccomp filter** (:mod:`adaclip_rl.rewards._seccomp`): keyrings, io_uring, userfaultfd,
+  bpf, perf, inotify/fanotify, mount and namespace calls, ptrace and other cross-process calls,
+  module/kexec loading and system-state calls get ``EPERM``; sockets other than ``AF_UNIX`` get
+  ``EACCES``. A denied call is an error for the program, never a kill.
 * **Resource limits**: CPU time, address space, file size, process count, open files, no core
   dumps; a wall-clock timeout enforced by the launcher and, as a backstop, by the parent
   (which kills the whole session); stdout+stderr capped at ``max_output_bytes`` (the run is
@@ -26,32 +40,47 @@ Each run gets, from the outside in:
   directories are deleted too) and a **scrubbed environment** (``PATH``, ``HOME``,
   ``LANG``, ``TMPDIR`` only: nothing from the parent's environment leaks).
 
-Fallback (no ``unshare``/namespaces, e.g. an unprivileged container): the launcher runs in its
-own session as a child subreaper; network access is refused by a seccomp-BPF filter (socket(2)
-for any family but ``AF_UNIX``, io_uring and foreign-ABI syscalls get ``EACCES``); the
-per-slot uid is still used when running as root and every process of that uid is killed at the
-end. Without root there is no uid drop (``isolation_mode`` says so) and ``RLIMIT_NPROC`` is not
-applied, because it would count the user's other processes. Fallback mode does not hide the
-host's world-readable files (there is no private root), so prefer the namespace mode for
-training on data whose tests sit on the same machine.
+Nothing a run leaves in the kernel reaches a later run: its processes, IPC objects and files
+die with its namespaces, keyrings cannot be created (seccomp), and its uid is not reused by the
+next run.
+
+Fallback (no namespaces, e.g. an unprivileged container) runs **only when asked for by name**
+(``configure_sandbox(mode="fallback")``): ``auto`` refuses with :class:`SandboxUnavailable`
+saying what is missing. In the fallback the launcher runs in its own session as a child
+subreaper; the seccomp filter also refuses System V IPC and POSIX message queues; the leased uid
+is still used when running as root (the interpreter's import path stays reachable through
+directory fds opened before the uid drop, so correct programs run) and every process of that uid
+is killed at the end. Without root there is no uid drop and no cgroup (``isolation_mode`` says
+so) and ``RLIMIT_NPROC`` is not applied, because it would count the user's other processes.
+``isolation_mode`` lists what the fallback lacks (``fallback(missing:private-root,...)``): it
+does not hide the host's world-readable files, so prefer the namespace mode for training on data
+whose tests sit on the same machine.
 
 Sandboxed processes run with ``nice`` +5 by default so that a CPU-bound program cannot starve
 the launcher, the trainer or the timers that stop it.
 
-Bounded parallelism: at most ``max_parallel`` runs at a time (a slot pool; each slot owns its uids).
+Bounded parallelism: at most ``max_parallel`` runs at a time per trainer process.
+
+What a sandbox without a VM cannot promise: safety from bugs in the syscalls still allowed on
+the shared kernel, freedom from side channels and neighbours' timing noise, secrecy of ``/etc``
+or the interpreter, and limits on kernel resources no cgroup accounts. Code that is hostile
+beyond reward hacking needs gVisor or a microVM.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import math
 import os
+import secrets
 import selectors
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -61,6 +90,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+
+from adaclip_rl.rewards._cgroup import CgroupLimits, CgroupSupport, RunCgroup, detect_cgroups
+from adaclip_rl.rewards._seccomp import SECCOMP_ARCHES, build_filter
 
 logger = logging.getLogger(__name__)
 
@@ -77,12 +109,6 @@ __all__ = [
 _LAUNCHER = str(Path(__file__).resolve().with_name("_sandbox_launcher.py"))
 _NS_FLAGS = ["--fork", "--pid", "--kill-child", "--mount-proc", "--net", "--ipc", "--uts"]
 _BACKSTOP_GRACE_S = 5.0
-_PREIMPORT = (
-    "types", "math", "cmath", "re", "string", "itertools", "collections", "functools", "heapq",
-    "bisect", "typing", "operator", "copy", "random", "hashlib", "fractions", "decimal",
-    "statistics", "json", "datetime", "array", "textwrap", "enum", "dataclasses", "io", "time",
-    "struct", "atexit", "threading",
-)  # fmt: skip
 
 
 class SandboxUnavailable(RuntimeError):
@@ -103,6 +129,8 @@ _RANGES: dict[str, tuple[float, float]] = {
     "max_output_bytes": (0, 1 << 30),
     "disk_mb": (1, 1 << 16),
     "nice": (0, 19),
+    "cpu_cores": (0.01, 1024.0),
+    "max_inodes": (64, 1 << 20),
 }
 
 
@@ -116,12 +144,19 @@ class SandboxLimits:
     wall_time_s: float = field(
         default=20.0, metadata={"help": "Wall-clock limit for the whole run; kills every process."}
     )
-    memory_mb: int = field(default=1024, metadata={"help": "RLIMIT_AS (address space) per process, MiB."})
+    memory_mb: int = field(
+        default=1024,
+        metadata={
+            "help": "Memory budget, MiB: RLIMIT_AS per process and, with cgroups, the whole run's "
+            "memory (all processes, memfd/shmem/tmpfs files, kernel memory). The judge has its own."
+        },
+    )
     file_size_mb: int = field(
         default=16, metadata={"help": "RLIMIT_FSIZE: largest file a process may write, MiB."}
     )
     max_processes: int = field(
-        default=16, metadata={"help": "RLIMIT_NPROC for the run's uid (processes + threads)."}
+        default=16,
+        metadata={"help": "Processes + threads of the run: RLIMIT_NPROC of its uid and pids.max."},
     )
     max_open_files: int = field(default=64, metadata={"help": "RLIMIT_NOFILE per process."})
     max_output_bytes: int = field(
@@ -132,6 +167,13 @@ class SandboxLimits:
     )
     nice: int = field(
         default=5, metadata={"help": "Niceness added to sandboxed processes (lower CPU priority)."}
+    )
+    cpu_cores: float = field(
+        default=1.0, metadata={"help": "CPU bandwidth of the whole run, in cores (cgroup CPU quota)."}
+    )
+    max_inodes: int = field(
+        default=4096,
+        metadata={"help": "Files + directories on the private tmpfs (nr_inodes; namespace mode)."},
     )
 
     def __post_init__(self) -> None:
@@ -158,6 +200,12 @@ class SandboxResult:
     ``run_s`` the time the program itself ran, as measured inside the sandbox (the quantity the
     wall-clock limit bounds; the caller's ``wall_s`` when the parent had to kill the run for its
     output or as a backstop).
+
+    With cgroups: ``memory_peak_mb`` is the program's peak memory (all its processes, shared
+    memory and tmpfs files, kernel memory; ``judge_memory_peak_mb`` the judge's);
+    ``memory_exceeded`` says the memory budget was hit (an OOM kill inside the run);
+    ``pids_exceeded`` that a fork/thread was refused at ``max_processes``; ``cpu_s`` the run's
+    total CPU time.
     """
 
     returncode: int | None
@@ -172,12 +220,21 @@ class SandboxResult:
     error: str | None = None
     judge_error: str | None = None
     run_s: float | None = None
+    memory_peak_mb: float | None = None
+    judge_memory_peak_mb: float | None = None
+    memory_exceeded: bool = False
+    pids_exceeded: bool = False
+    cpu_s: float | None = None
 
     @property
     def ok(self) -> bool:
-        """True when the program exited with status 0 within its limits."""
+        """True when the program exited with status 0 within its limits (none was hit)."""
         return (
-            self.returncode == 0 and not self.timed_out and not self.output_truncated and self.error is None
+            self.returncode == 0
+            and not self.timed_out
+            and not self.output_truncated
+            and not self.memory_exceeded
+            and self.error is None
         )
 
 
@@ -185,23 +242,36 @@ class SandboxResult:
 # configuration, mode detection and slots
 # --------------------------------------------------------------------------------------------
 
+_MODES = ("auto", "namespaces", "fallback")
+_RESOURCE_CONTROL = ("require", "auto", "off")
+_UID_POOL_DEFAULT = 1_500_000_000  # far from /etc/subuid ranges, system and user accounts
+_UID_POOL_SIZE = 1 << 16
+_LOCK_DIRS = ("/run/adaclip-sandbox/uids", "/var/run/adaclip-sandbox/uids")
+# what the fallback mode lacks compared with the namespace mode (listed in isolation_mode)
+FALLBACK_MISSING = ("private-root", "pid-ns", "net-ns", "ipc-ns", "uts-ns")
+
 
 @dataclass
 class _Config:
-    mode: str = "auto"  # auto | namespaces | fallback
+    mode: str = "auto"  # auto (= namespaces, or refuse) | namespaces | fallback
+    resource_control: str = "require"  # require | auto | off
     max_parallel: int = 0
     uid_base: int = 0
     python: str = ""
 
 
 _CFG = _Config()
-_CFG_LOCK = threading.Lock()
+_CFG_LOCK = threading.RLock()
 _MODE: str | None = None
 _SLOTS: _SlotPool | None = None
+_CGROUPS: CgroupSupport | None = None
+_CGROUP_REASONS: dict[str, str] = {}
+_UIDS: _UidLeases | None = None
+_SECCOMP: dict[bool, bytes] = {}
 
 
 class _SlotPool:
-    """At most ``n`` concurrent runs; each holds a slot index (which fixes its uids)."""
+    """At most ``n`` concurrent runs of this process."""
 
     def __init__(self, n: int) -> None:
         self.n = n
@@ -210,7 +280,7 @@ class _SlotPool:
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[int]:
-        """Hold one slot index for the duration of the ``with`` block."""
+        """Hold one slot for the duration of the ``with`` block."""
         with self._cond:
             while not self._free:
                 self._cond.wait()
@@ -223,9 +293,99 @@ class _SlotPool:
                 self._cond.notify()
 
 
+class _UidLeases:
+    """Unprivileged uids leased per run, never shared by two live sandboxes on this machine.
+
+    A uid is held by an exclusive ``flock`` on ``<lock dir>/<uid>`` (a root-only directory);
+    the kernel drops the lock when the holder exits, however it dies, so there is nothing to
+    clean up. Each process walks the pool from a random offset and takes the next free uid, so
+    consecutive runs get different uids (no per-uid kernel state carries over) and concurrent
+    trainers never collide (unlike a pid-derived base). Uids of ``/etc/subuid``/``/etc/subgid``
+    ranges and of passwd/group entries are skipped.
+    """
+
+    def __init__(self, base: int, size: int = _UID_POOL_SIZE) -> None:
+        self.base, self.size = base, size
+        self.dir = _lock_dir()
+        self._excluded = _system_ids()
+        self._next = secrets.randbelow(size)
+        self._lock = threading.Lock()
+
+    def lease(self, n: int) -> list[tuple[int, int]]:
+        """``n`` distinct (uid, lock fd) pairs; close the fds (:meth:`release`) to give them back."""
+        out: list[tuple[int, int]] = []
+        try:
+            if n <= 0:
+                return out
+            for _ in range(self.size):
+                with self._lock:
+                    uid = self.base + self._next
+                    self._next = (self._next + 1) % self.size
+                if uid in self._excluded:
+                    continue
+                fd = os.open(
+                    os.path.join(self.dir, str(uid)),
+                    os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                    0o600,
+                )
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    os.close(fd)
+                    continue
+                out.append((uid, fd))
+                if len(out) == n:
+                    return out
+            raise SandboxUnavailable(f"no free sandbox uid in [{self.base}, {self.base + self.size})")
+        except BaseException:
+            self.release(out)
+            raise
+
+    @staticmethod
+    def release(leases: list[tuple[int, int]]) -> None:
+        """Give leased uids back."""
+        for _, fd in leases:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _lock_dir() -> str:
+    """A root-owned, root-only directory for the uid lock files."""
+    for d in _LOCK_DIRS:
+        try:
+            os.makedirs(d, 0o700, exist_ok=True)
+            st = os.lstat(d)
+            if st.st_uid == 0 and stat.S_ISDIR(st.st_mode) and not st.st_mode & 0o077:
+                return d
+        except OSError:
+            continue
+    raise SandboxUnavailable(f"no root-only directory for the sandbox uid locks (tried {_LOCK_DIRS})")
+
+
+def _system_ids() -> set[int]:
+    """Uids/gids the sandbox must not use: passwd/group entries and subordinate id ranges."""
+    ids = {65534}
+    for path in ("/etc/passwd", "/etc/group"):
+        with contextlib.suppress(OSError), open(path) as f:
+            for line in f:
+                parts = line.split(":")
+                if len(parts) > 2 and parts[2].isdigit():
+                    ids.add(int(parts[2]))
+    base, size = _uid_base(), _UID_POOL_SIZE
+    for path in ("/etc/subuid", "/etc/subgid"):
+        with contextlib.suppress(OSError), open(path) as f:
+            for line in f:
+                parts = line.strip().split(":")
+                if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+                    lo, n = int(parts[1]), int(parts[2])
+                    ids.update(range(max(lo, base), min(lo + n, base + size)))
+    return ids
+
+
 def configure_sandbox(
     *,
     mode: str | None = None,
+    resource_control: str | None = None,
     max_parallel: int | None = None,
     uid_base: int | None = None,
     python: str | None = None,
@@ -233,37 +393,70 @@ def configure_sandbox(
     """Change sandbox-wide settings (call before concurrent use).
 
     Args:
-        mode: ``"auto"`` (namespaces if they work, else fallback), ``"namespaces"`` or
-            ``"fallback"``. Also ``$ADACLIP_SANDBOX_MODE``.
+        mode: ``"auto"`` (the default: the namespace mode, or :class:`SandboxUnavailable` saying
+            what is missing), ``"namespaces"``, or ``"fallback"``, the weaker mode without
+            namespaces (no private root: the program can read the host's world-readable files),
+            which runs only when asked for by name. Also ``$ADACLIP_SANDBOX_MODE``.
+        resource_control: per-run cgroups. ``"require"`` (default): memory, pids and CPU groups
+            must work, else :class:`SandboxUnavailable` names each controller's problem;
+            ``"auto"``: use the controllers that work (a warning names the others); ``"off"``:
+            rlimits only (a run may then hold memory beyond its budget in shared memory,
+            children and kernel objects). Also ``$ADACLIP_SANDBOX_RESOURCE_CONTROL``.
         max_parallel: concurrent runs (default ``os.cpu_count()``, or ``$ADACLIP_SANDBOX_WORKERS``).
-        uid_base: first sandbox uid; slot ``s`` uses ``uid_base + 2s`` (program) and
-            ``uid_base + 2s + 1`` (judge). Default ``60000 + 64 * (pid % 80)``, so concurrent
-            trainer processes on one machine use distinct uids. Also ``$ADACLIP_SANDBOX_UID_BASE``.
+        uid_base: first uid of the pool of 65536 unprivileged uids leased to runs (default
+            1500000000, or ``$ADACLIP_SANDBOX_UID_BASE``). Leases are machine-wide locks, so
+            several trainers may share a pool.
         python: interpreter for the sandbox (default: the real path of ``sys.executable``; the
             sandbox runs it with ``-I -S``, so programs get the standard library only).
+
+    Raises:
+        ValueError: a value out of range (the message names the argument and the range).
     """
-    global _MODE, _SLOTS
+    global _MODE, _SLOTS, _CGROUPS, _UIDS
     with _CFG_LOCK:
         if mode is not None:
-            if mode not in ("auto", "namespaces", "fallback"):
-                raise ValueError(f"mode must be 'auto', 'namespaces' or 'fallback', got {mode!r}")
+            if mode not in _MODES:
+                raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
             _CFG.mode = mode
             _MODE = None
+        if resource_control is not None:
+            if resource_control not in _RESOURCE_CONTROL:
+                raise ValueError(
+                    f"resource_control must be one of {_RESOURCE_CONTROL}, got {resource_control!r}"
+                )
+            _CFG.resource_control = resource_control
+            _MODE = _CGROUPS = None
         if max_parallel is not None:
-            if not 1 <= max_parallel <= 32:
-                raise ValueError(f"max_parallel must be in [1, 32], got {max_parallel}")
+            if (
+                isinstance(max_parallel, bool)
+                or not isinstance(max_parallel, int)
+                or not 1 <= max_parallel <= 32
+            ):
+                raise ValueError(f"max_parallel must be an integer in [1, 32], got {max_parallel!r}")
             _CFG.max_parallel = max_parallel
             _SLOTS = None
         if uid_base is not None:
-            if not 1000 <= uid_base <= (1 << 31):
-                raise ValueError(f"uid_base must be in [1000, 2**31], got {uid_base}")
+            hi = (1 << 32) - 2 - _UID_POOL_SIZE
+            if isinstance(uid_base, bool) or not isinstance(uid_base, int) or not 1000 <= uid_base <= hi:
+                raise ValueError(f"uid_base must be an integer in [1000, {hi}], got {uid_base!r}")
             _CFG.uid_base = uid_base
+            _UIDS = None
         if python is not None:
             _CFG.python = python
 
 
 def _cfg_mode() -> str:
-    return os.environ.get("ADACLIP_SANDBOX_MODE", _CFG.mode) or "auto"
+    mode = os.environ.get("ADACLIP_SANDBOX_MODE", _CFG.mode) or "auto"
+    if mode not in _MODES:
+        raise ValueError(f"ADACLIP_SANDBOX_MODE must be one of {_MODES}, got {mode!r}")
+    return mode
+
+
+def _cfg_resource_control() -> str:
+    rc = os.environ.get("ADACLIP_SANDBOX_RESOURCE_CONTROL", _CFG.resource_control) or "require"
+    if rc not in _RESOURCE_CONTROL:
+        raise ValueError(f"ADACLIP_SANDBOX_RESOURCE_CONTROL must be one of {_RESOURCE_CONTROL}, got {rc!r}")
+    return rc
 
 
 def _max_parallel() -> int:
@@ -277,7 +470,15 @@ def _uid_base() -> int:
     if _CFG.uid_base:
         return _CFG.uid_base
     env = os.environ.get("ADACLIP_SANDBOX_UID_BASE")
-    return int(env) if env else 60000 + 64 * (os.getpid() % 80)
+    return int(env) if env else _UID_POOL_DEFAULT
+
+
+def _uid_leases() -> _UidLeases:
+    global _UIDS
+    with _CFG_LOCK:
+        if _UIDS is None:
+            _UIDS = _UidLeases(_uid_base())
+        return _UIDS
 
 
 def _python() -> str:
@@ -293,20 +494,70 @@ def _slots() -> _SlotPool:
         return _SLOTS
 
 
+def _seccomp_filter(fallback: bool) -> bytes:
+    if fallback not in _SECCOMP:
+        try:
+            _SECCOMP[fallback] = build_filter(fallback=fallback)
+        except ValueError as exc:
+            raise SandboxUnavailable(f"seccomp: {exc}") from None
+    return _SECCOMP[fallback]
+
+
+def _keyctl_nr() -> int | None:
+    arch = SECCOMP_ARCHES.get(os.uname().machine)
+    return arch[1]["keyctl"] if arch else None
+
+
 def _is_root() -> bool:
     return os.geteuid() == 0
 
 
+def _cgroups() -> CgroupSupport | None:
+    """Per-run cgroup support as configured (probed once); None when off."""
+    global _CGROUPS, _CGROUP_REASONS
+    rc = _cfg_resource_control()
+    if rc == "off":
+        return None
+    if _CGROUPS is None:
+        support, reasons = detect_cgroups()
+        if reasons and rc == "require":
+            raise SandboxUnavailable(
+                "per-run cgroups are required (resource_control='require') but not available: "
+                + "; ".join(f"{c}: {why}" for c, why in reasons.items())
+                + ". Fix: run as root with the cgroup controllers mounted writable, or a delegated "
+                "cgroup v2 subtree; or accept rlimit-only limits with "
+                "configure_sandbox(resource_control='auto' or 'off')"
+            )
+        if reasons:
+            logger.warning(
+                "sandbox: per-run cgroups without %s (%s)",
+                ", ".join(reasons),
+                "; ".join(f"{c}: {why}" for c, why in reasons.items()),
+            )
+        _CGROUPS, _CGROUP_REASONS = support, reasons
+    return _CGROUPS
+
+
 def _isolation_mode(mode: str) -> str:
-    parts = ["namespaces(pid,net,mount,ipc,uts)"] if mode == "namespaces" else ["subreaper", "seccomp-net"]
+    if mode == "namespaces":
+        parts = ["namespaces(pid,net,mount,ipc,uts)"]
+    else:
+        parts = [f"fallback(missing:{','.join(FALLBACK_MISSING)})", "subreaper"]
     if _is_root():
         parts.append("setuid")
     parts.append("rlimits" if _is_root() else "rlimits(no-nproc)")
+    parts.append("seccomp")
+    cg = _CGROUPS if _cfg_resource_control() != "off" else None
+    parts.append(cg.describe() if cg is not None else "no-cgroup")
     return "+".join(parts)
 
 
 def _resolve_mode() -> str:
-    """Pick (once) the strongest mode that works here, by running a probe program."""
+    """Pick (once) the configured mode and check that it works here, by running a probe program.
+
+    ``auto`` means the namespace mode or nothing: the weaker fallback runs only when configured
+    by name, never silently.
+    """
     global _MODE
     if _MODE is not None:
         return _MODE
@@ -314,43 +565,51 @@ def _resolve_mode() -> str:
         if _MODE is not None:
             return _MODE
         wanted = _cfg_mode()
-        candidates = [wanted] if wanted != "auto" else ["namespaces", "fallback"]
-        errors = []
-        for mode in candidates:
-            if mode == "namespaces" and (not _is_root() or shutil.which("unshare") is None):
-                errors.append("namespaces: needs root and the unshare binary")
-                continue
-            probe = _run(
-                "import sys; print('ok'); sys.stdout.flush()",
-                stdin=b"",
-                limits=SandboxLimits(wall_time_s=30.0, cpu_time_s=10.0),
-                judge=None,
-                mode=mode,
-                slot=_max_parallel(),  # an index outside the pool: never collides with live runs
+        mode = "namespaces" if wanted == "auto" else wanted
+        if mode == "namespaces" and (not _is_root() or shutil.which("unshare") is None):
+            why = "not running as root" if not _is_root() else "the unshare binary (util-linux) is missing"
+            raise SandboxUnavailable(
+                f"the namespace sandbox cannot run here ({why}). To score with the weaker "
+                f"fallback sandbox (missing: {', '.join(FALLBACK_MISSING)}; the program can read "
+                "the host's world-readable files), opt in by name: "
+                "configure_sandbox(mode='fallback') or ADACLIP_SANDBOX_MODE=fallback"
             )
-            if probe.stdout.strip() == "ok" and probe.returncode == 0:
-                _MODE = mode
-                log = logger.warning if errors else logger.info
-                log(
-                    "sandbox isolation mode: %s%s",
-                    _isolation_mode(mode),
-                    f" ({'; '.join(errors)})" if errors else "",
+        cg = _cgroups()
+        probe = _run(
+            "import sys; print('ok'); sys.stdout.flush()",
+            stdin=b"",
+            limits=SandboxLimits(wall_time_s=30.0, cpu_time_s=10.0),
+            judge=None,
+            mode=mode,
+            cgroups=cg,
+        )
+        if probe.stdout.strip() != "ok" or probe.returncode != 0:
+            raise SandboxUnavailable(
+                f"the {mode} sandbox failed its probe: rc={probe.returncode} error={probe.error} "
+                f"stderr={probe.stderr[-500:]!r}"
+                + (
+                    ""
+                    if mode == "fallback"
+                    else "; configure_sandbox(mode='fallback') opts into the weaker mode"
                 )
-                return mode
-            errors.append(
-                f"{mode} failed: rc={probe.returncode} error={probe.error} stderr={probe.stderr[-500:]!r}"
             )
-        raise SandboxUnavailable("no sandbox mode works here: " + "; ".join(errors))
+        _MODE = mode
+        log = logger.warning if mode == "fallback" else logger.info
+        log("sandbox isolation mode: %s", _isolation_mode(mode))
+        return mode
 
 
 def sandbox_info() -> dict[str, object]:
-    """The mode that runs here (probing once), its mechanisms and the parallelism."""
+    """The mode that runs here (probing once), its mechanisms, limits machinery and parallelism."""
     mode = _resolve_mode()
     return {
         "mode": mode,
         "isolation_mode": _isolation_mode(mode),
+        "resource_control": _cfg_resource_control(),
+        "cgroups": _CGROUPS.describe() if _CGROUPS is not None else "no-cgroup",
+        "cgroup_missing": dict(_CGROUP_REASONS),
         "max_parallel": _max_parallel(),
-        "uid_base": _uid_base() if _is_root() else None,
+        "uid_range": (_uid_base(), _uid_base() + _UID_POOL_SIZE) if _is_root() else None,
         "python": _python(),
     }
 
@@ -370,8 +629,9 @@ def run_python(source: str, *, stdin: str = "", limits: SandboxLimits | None = N
     """
     limits = limits or SandboxLimits()
     mode = _resolve_mode()
-    with _slots().slot() as slot:
-        return _run(source, stdin=stdin.encode(), limits=limits, judge=None, mode=mode, slot=slot)
+    cgroups = _cgroups()
+    with _slots().slot():
+        return _run(source, stdin=stdin.encode(), limits=limits, judge=None, mode=mode, cgroups=cgroups)
 
 
 def run_python_function_tests(
@@ -398,8 +658,9 @@ def run_python_function_tests(
     limits = limits or SandboxLimits()
     mode = _resolve_mode()
     judge = {"prompt": prompt, "test": test, "check_name": check_name, "entry_point": entry_point}
-    with _slots().slot() as slot:
-        return _run(program, stdin=b"", limits=limits, judge=judge, mode=mode, slot=slot)
+    cgroups = _cgroups()
+    with _slots().slot():
+        return _run(program, stdin=b"", limits=limits, judge=judge, mode=mode, cgroups=cgroups)
 
 
 def _tempfile_with(data: bytes) -> IO[bytes]:
@@ -417,12 +678,43 @@ def _run(
     limits: SandboxLimits,
     judge: dict | None,
     mode: str,
-    slot: int,
+    cgroups: CgroupSupport | None,
 ) -> SandboxResult:
-    root = _is_root()
+    leases = _uid_leases().lease(2) if _is_root() else []
+    groups: list[RunCgroup] = []
+    try:
+        if cgroups is not None:
+            cg_limits = CgroupLimits(
+                memory_bytes=int(limits.memory_mb) << 20,
+                pids=int(limits.max_processes),
+                cpu_cores=float(limits.cpu_cores),
+            )
+            groups.append(cgroups.create(cg_limits))
+            if judge is not None:
+                groups.append(cgroups.create(cg_limits, suffix="j"))
+        return _run_in(
+            source, stdin=stdin, limits=limits, judge=judge, mode=mode, leases=leases, groups=groups
+        )
+    finally:
+        for g in groups:
+            if not g.remove():
+                logger.warning("sandbox: could not remove cgroup %s (left for the next sweep)", g.dirs)
+        _UidLeases.release(leases)
+
+
+def _run_in(
+    source: str,
+    *,
+    stdin: bytes,
+    limits: SandboxLimits,
+    judge: dict | None,
+    mode: str,
+    leases: list[tuple[int, int]],
+    groups: list[RunCgroup],
+) -> SandboxResult:
     namespaces = mode == "namespaces"
-    uid = _uid_base() + 2 * slot if root else None
-    judge_uid = uid + 1 if uid is not None else None
+    uid = leases[0][0] if leases else None
+    judge_uid = leases[1][0] if leases else None
     workdir = "/tmp/work"
     host_workdir = None
     if not namespaces:
@@ -440,8 +732,11 @@ def _run(
         "judge_gid": judge_uid,
         "workdir": workdir,
         "judge_workdir": "/tmp/judge" if namespaces else "/",
-        "preimport": list(_PREIMPORT),
-        "seccomp_net": not namespaces,
+        "seccomp": _seccomp_filter(fallback=not namespaces).hex(),
+        "keyctl_nr": _keyctl_nr(),
+        "expose_paths": not namespaces,
+        "cgroup_procs": groups[0].procs_files if groups else [],
+        "judge_cgroup_procs": groups[1].procs_files if len(groups) > 1 else [],
         "limits": {
             "cpu_time_s": max(1, math.ceil(limits.cpu_time_s)),
             "wall_time_s": limits.wall_time_s,
@@ -450,6 +745,7 @@ def _run(
             "max_processes": int(limits.max_processes),
             "max_open_files": int(limits.max_open_files),
             "disk_mb": int(limits.disk_mb),
+            "max_inodes": int(limits.max_inodes),
             "nice": int(limits.nice),
         },
         "env": {
@@ -572,6 +868,9 @@ def _run(
     passed = info.get("passed") if judge is not None else None
     if judge is not None and (timed_out or truncated or error):
         passed = False
+    stats = [g.stats() for g in groups]
+    mib = float(1 << 20)
+    peaks = [st.memory_peak_bytes / mib if st.memory_peak_bytes is not None else None for st in stats]
     return SandboxResult(
         returncode=returncode,
         stdout=out.decode("utf-8", errors="replace"),
@@ -585,6 +884,13 @@ def _run(
         error=error,
         judge_error=info.get("judge_error"),
         run_s=info.get("run_s", wall if (truncated or backstop) else None),
+        memory_peak_mb=peaks[0] if peaks else None,
+        judge_memory_peak_mb=peaks[1] if len(peaks) > 1 else None,
+        memory_exceeded=any(st.oom_kills > 0 for st in stats[:1]),
+        pids_exceeded=any(st.pids_limit_hits > 0 for st in stats[:1]),
+        cpu_s=sum(st.cpu_s for st in stats if st.cpu_s is not None)
+        if any(st.cpu_s is not None for st in stats)
+        else None,
     )
 
 

@@ -54,13 +54,14 @@ def _ppid(pid: str) -> int | None:
 
 
 def sandbox_uids() -> range:
-    """Every uid the sandbox of this test process may use (slots plus the probe slot)."""
+    """Every uid the sandbox may lease (the whole pool; empty when not running as root)."""
     from adaclip_rl.rewards.sandbox import sandbox_info
 
-    info = sandbox_info()
-    base = info["uid_base"]
-    assert isinstance(base, int)
-    return range(base, base + 2 * (int(info["max_parallel"]) + 1))  # type: ignore[arg-type]
+    span = sandbox_info()["uid_range"]
+    if span is None:
+        return range(0)
+    lo, hi = span  # type: ignore[misc]
+    return range(lo, hi)
 
 
 def leftover_processes() -> list[str]:

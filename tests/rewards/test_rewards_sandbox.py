@@ -30,6 +30,8 @@ def test_limits_validation_names_field_and_range() -> None:
         "max_output_bytes": -5,
         "disk_mb": 0,
         "nice": 20,
+        "cpu_cores": 0,
+        "max_inodes": 10,
     }
     for name, bad in cases.items():
         with pytest.raises(ValueError, match=rf"SandboxLimits\.{name} must be in \["):
@@ -47,6 +49,10 @@ def test_configure_validation() -> None:
         configure_sandbox(mode="docker")
     with pytest.raises(ValueError, match="max_parallel"):
         configure_sandbox(max_parallel=0)
+    with pytest.raises(ValueError, match=r"resource_control must be one of \('require', 'auto', 'off'\)"):
+        configure_sandbox(resource_control="maybe")
+    with pytest.raises(ValueError, match=r"uid_base must be an integer in \[1000, "):
+        configure_sandbox(uid_base=10)
 
 
 def test_isolation_mode_reported() -> None:
@@ -55,7 +61,8 @@ def test_isolation_mode_reported() -> None:
     assert res.isolation_mode == info["isolation_mode"]
     if os.geteuid() == 0 and info["mode"] == "namespaces":
         assert res.isolation_mode.startswith("namespaces(pid,net,mount,ipc,uts)")
-        assert "setuid" in res.isolation_mode
+        assert "setuid" in res.isolation_mode and "+seccomp+" in res.isolation_mode
+        assert "cgroup-v" in res.isolation_mode and res.memory_peak_mb is not None
 
 
 def test_stdin_stdout_stderr_returncode() -> None:
@@ -142,9 +149,10 @@ UNPRIV_UID = 59998  # an otherwise unused uid for the unprivileged-caller test
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start a process as another user")
-def test_unprivileged_caller_uses_the_fallback() -> None:
-    """Without root: no namespaces, no uid drop; seccomp still blocks the network, limits and
-    the subreaper still end every process."""
+def test_unprivileged_caller_needs_the_fallback_by_name() -> None:
+    """Without root: ``auto`` refuses (saying what is missing and how to opt in), and the
+    fallback asked for by name runs: no namespaces, no uid drop, no cgroups (``off``); seccomp
+    still blocks the network, limits and the subreaper still end every process."""
     import shutil
     import subprocess
     import sys
@@ -158,9 +166,24 @@ def test_unprivileged_caller_uses_the_fallback() -> None:
     script = textwrap.dedent(
         """
         import json, time
-        from adaclip_rl.rewards.sandbox import run_python, sandbox_info, SandboxLimits
+        from adaclip_rl.rewards.sandbox import (
+            run_python, sandbox_info, SandboxLimits, SandboxUnavailable, configure_sandbox,
+        )
         lim = SandboxLimits(cpu_time_s=1, wall_time_s=2)
-        out = {"info": sandbox_info()}
+        out = {}
+        try:
+            sandbox_info()
+            out["auto"] = "ran"
+        except SandboxUnavailable as e:
+            out["auto"] = str(e)
+        configure_sandbox(mode="fallback")
+        try:
+            sandbox_info()
+            out["fallback_with_cgroups"] = "ran"
+        except SandboxUnavailable as e:
+            out["fallback_with_cgroups"] = str(e)
+        configure_sandbox(resource_control="off")
+        out["info"] = sandbox_info()
         r = run_python("import socket\\ntry:\\n    socket.create_connection(('127.0.0.1', 9), timeout=1)\\n    print('connected')\\nexcept OSError as e:\\n    print('blocked', e.errno)", limits=lim)
         out["net"] = r.stdout
         t = time.monotonic(); r = run_python("while True: pass", limits=lim)
@@ -190,8 +213,14 @@ def test_unprivileged_caller_uses_the_fallback() -> None:
     import json
 
     out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "not running as root" in out["auto"] and "mode='fallback'" in out["auto"], out["auto"]
+    # no silent downgrade of the resource limits either: each controller's problem is named
+    assert "resource_control" in out["fallback_with_cgroups"], out["fallback_with_cgroups"]
+    assert "memory:" in out["fallback_with_cgroups"] and "pids:" in out["fallback_with_cgroups"]
     assert out["info"]["mode"] == "fallback"
-    assert out["info"]["isolation_mode"] == "subreaper+seccomp-net+rlimits(no-nproc)"
+    assert out["info"]["isolation_mode"] == (
+        "fallback(missing:private-root,pid-ns,net-ns,ipc-ns,uts-ns)+subreaper+rlimits(no-nproc)+seccomp+no-cgroup"
+    )
     assert out["net"].startswith("blocked")
     assert out["loop"][0] != 0 and out["loop"][1] < 2 + 5
     assert out["daemon"] == "done\n"
