@@ -18,9 +18,10 @@ import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from adaclip_rl.rewards._text import completion_text
+from adaclip_rl.rewards._text import completion_text, fenced_blocks
 from adaclip_rl.rewards.sandbox import (
     SandboxLimits,
+    SandboxResult,
     _max_parallel,
     run_python,
     run_python_function_tests,
@@ -37,8 +38,6 @@ __all__ = [
     "outputs_match",
 ]
 
-_FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
-
 
 def extract_code(text: str, entry_point: str | None = None) -> str:
     """Pull the program out of a completion.
@@ -47,8 +46,9 @@ def extract_code(text: str, entry_point: str | None = None) -> str:
     considered; the last one defining ``entry_point`` wins, else the last block. Without fences
     the text is returned unchanged (a bare program, or a function body continuing a prompt).
     An unterminated final fence (a truncated completion) is taken up to the end of the text.
+    Runs in time linear in ``len(text)`` (see :func:`~adaclip_rl.rewards._text.fenced_blocks`).
     """
-    blocks = [(lang.lower(), body) for lang, body in _FENCE_RE.findall(text)]
+    blocks = [(lang.lower(), body) for lang, body in fenced_blocks(text)]
     if not blocks:
         return text
     py = [b for lang, b in blocks if lang in ("python", "py", "python3", "")] or [b for _, b in blocks]
@@ -103,11 +103,17 @@ def check_humaneval(
         entry_point: name of the function under test.
         limits: sandbox limits (default :class:`SandboxLimits`).
     """
+    return _humaneval(completion, prompt, test, entry_point, limits)[0]
+
+
+def _humaneval(
+    completion: str, prompt: str, test: str, entry_point: str, limits: SandboxLimits | None
+) -> tuple[float, list[SandboxResult]]:
     program = build_humaneval_program(completion, prompt, entry_point)
     res = run_python_function_tests(program, entry_point=entry_point, test=test, prompt=prompt, limits=limits)
     if res.error:
         logger.warning("sandbox error while judging %s: %s", entry_point, res.error)
-    return 1.0 if res.passed else 0.0
+    return (1.0 if res.passed else 0.0), [res]
 
 
 def outputs_match(actual: str, expected: str) -> bool:
@@ -145,20 +151,28 @@ def check_stdio(
         The score in [0, 1]. A case passes only if the program exits with status 0 within its
         limits and its stdout matches (:func:`outputs_match`).
     """
+    return _stdio(program, cases, score, limits)[0]
+
+
+def _stdio(
+    program: str, cases: Sequence[tuple[str, str]], score: str, limits: SandboxLimits | None
+) -> tuple[float, list[SandboxResult]]:
     if score not in ("binary", "fraction"):
         raise ValueError(f"score must be 'binary' or 'fraction', got {score!r}")
     if not cases:
         raise ValueError("check_stdio needs at least one test case")
     code = extract_code(program)
     passed = 0
+    runs: list[SandboxResult] = []
     for case in cases:
         stdin, expected = _case(case)
         res = run_python(code, stdin=stdin, limits=limits)
+        runs.append(res)
         ok = res.ok and outputs_match(res.stdout, expected)
         passed += ok
         if not ok and score == "binary":
-            return 0.0
-    return passed / len(cases) if score == "fraction" else 1.0
+            return 0.0, runs
+    return (passed / len(cases) if score == "fraction" else 1.0), runs
 
 
 def _code_prefix(prompt: Any) -> str:
@@ -201,6 +215,12 @@ def code_accuracy(
 
     Runs the rows in parallel on a thread pool of the sandbox's ``max_parallel`` size; each row
     scores 0.0 on any failure (a sandbox error is logged, never raised).
+
+    Under TRL's GRPO trainer (which passes ``log_metric`` and ``log_extra``), the sandbox's
+    figures for the batch are logged: ``sandbox/memory_peak_mb`` (largest per-run peak, shared
+    memory and kernel memory included), ``sandbox/memory_limit_mb``, ``sandbox/memory_exceeded``,
+    ``sandbox/pids_exceeded`` and ``sandbox/timed_out`` (shares of runs), ``sandbox/cpu_s`` (mean
+    per run); and a ``sandbox_mode`` column (the isolation mode) in the completions table.
     """
     n = len(completions)
     if prompt is None:  # TRL passes the prompts as ``prompts`` (the dataset's ``prompt`` column is withheld)
@@ -210,7 +230,7 @@ def code_accuracy(
     limits = kwargs.get("sandbox_limits")
     score_mode = kwargs.get("code_score", "binary")
 
-    def one(i: int) -> float:
+    def one(i: int) -> tuple[float, list[SandboxResult]]:
         text = completion_text(completions[i])
         try:
             if test is not None and test[i] and entry_point is not None:
@@ -219,17 +239,44 @@ def code_accuracy(
                     prefix = code_prompt[i] or ""
                 elif prompt is not None:
                     prefix = _code_prefix(prompt[i])
-                return check_humaneval(text, prefix, test[i], entry_point[i], limits=limits)
+                return _humaneval(text, prefix, test[i], entry_point[i], limits)
             if test_cases is not None and test_cases[i]:
                 mode = score_mode[i] if isinstance(score_mode, (list, tuple)) else score_mode
-                return check_stdio(text, test_cases[i], score=mode, limits=limits)
+                return _stdio(text, test_cases[i], mode, limits)
         except Exception:  # noqa: BLE001 - a broken row costs that sample only
             logger.exception("code_accuracy: row %d could not be judged; scored 0", i)
-            return 0.0
+            return 0.0, []
         raise ValueError("code_accuracy needs 'test' + 'entry_point' or 'test_cases' columns")
 
     if n == 0:
         return []
     workers = max(1, min(n, _max_parallel()))
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="code-reward") as pool:
-        return list(pool.map(one, range(n)))
+        rows = list(pool.map(one, range(n)))
+    _log_sandbox_metrics(rows, limits, kwargs.get("log_metric"), kwargs.get("log_extra"))
+    return [score for score, _ in rows]
+
+
+def _log_sandbox_metrics(
+    rows: list[tuple[float, list[SandboxResult]]],
+    limits: SandboxLimits | None,
+    log_metric: Any,
+    log_extra: Any,
+) -> None:
+    """Report the batch's sandbox figures through TRL's reward-function logging hooks."""
+    runs = [r for _, rs in rows for r in rs]
+    if callable(log_extra):
+        log_extra("sandbox_mode", [rs[0].isolation_mode if rs else "" for _, rs in rows])
+    if not callable(log_metric) or not runs:
+        return
+    lim = limits or SandboxLimits()
+    peaks = [r.memory_peak_mb for r in runs if r.memory_peak_mb is not None]
+    cpu = [r.cpu_s for r in runs if r.cpu_s is not None]
+    if peaks:
+        log_metric("sandbox/memory_peak_mb", max(peaks))
+    log_metric("sandbox/memory_limit_mb", float(lim.memory_mb))
+    log_metric("sandbox/memory_exceeded", sum(r.memory_exceeded for r in runs) / len(runs))
+    log_metric("sandbox/pids_exceeded", sum(r.pids_exceeded for r in runs) / len(runs))
+    log_metric("sandbox/timed_out", sum(r.timed_out for r in runs) / len(runs))
+    if cpu:
+        log_metric("sandbox/cpu_s", sum(cpu) / len(cpu))

@@ -1,0 +1,561 @@
+"""Attacks that got through the first sandbox, one test per class (issue: the sandbox, hardened).
+
+1. memory outside RLIMIT_AS (memfd, many children each under the limit, an inode flood);
+2. state across runs (a key planted in one run, looked for in the next; shared uids);
+3. a judge fooled by a ``StopIteration`` raised by the candidate under ``all(map(...))``;
+4. code extraction that backtracks on a long unterminated fence;
+5. syscalls that reach the kernel without need (io_uring, userfaultfd, keyctl, inotify, ...);
+6. a silent fallback to the weaker mode, which then could not run correct programs.
+
+Each test asserts behaviour of a hostile program run through the public API, and that nothing
+is left behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from rewards_helpers import assert_no_leftovers, humaneval
+
+from adaclip_rl.rewards import sandbox as sbx
+from adaclip_rl.rewards.code import check_humaneval, code_accuracy, extract_code
+from adaclip_rl.rewards.sandbox import (
+    SandboxLimits,
+    SandboxUnavailable,
+    configure_sandbox,
+    run_python,
+    run_python_function_tests,
+    sandbox_info,
+)
+
+ROOT = os.geteuid() == 0
+REPO = Path(__file__).resolve().parents[2]
+GRACE_S = 5.0
+needs_root = pytest.mark.skipif(not ROOT, reason="uid drop, cgroups and namespaces need root")
+
+
+def _run(source: str, limits: SandboxLimits) -> sbx.SandboxResult:
+    sandbox_info()
+    t0 = time.monotonic()
+    res = run_python(textwrap.dedent(source), limits=limits)
+    assert res.error is None, res.error
+    assert time.monotonic() - t0 <= limits.wall_time_s + GRACE_S
+    assert_no_leftovers()
+    return res
+
+
+def _numbers(stdout: str, tag: str) -> list[int]:
+    return [int(line.split()[1]) for line in stdout.splitlines() if line.startswith(tag + " ")]
+
+
+# ============================================================== 1. memory outside RLIMIT_AS
+
+MEM = SandboxLimits(
+    memory_mb=128,
+    file_size_mb=16,
+    max_open_files=256,
+    wall_time_s=6.0,
+    cpu_time_s=5,
+    max_output_bytes=1 << 16,
+)
+
+
+@needs_root
+def test_memfd_beyond_the_memory_budget() -> None:
+    """memfd pages are in nobody's address space: RLIMIT_AS does not see them, the cgroup does."""
+    res = _run(
+        """
+        import os
+        block = b"x" * (1 << 20)
+        fds = []
+        for i in range(48):                  # 48 x 16 MiB = 768 MiB, six times the budget
+            fd = os.memfd_create(f"m{i}")
+            for _ in range(16):              # 16 MiB per file: under RLIMIT_FSIZE
+                os.write(fd, block)
+            fds.append(fd)
+            print("held", 16 * len(fds), flush=True)
+        print("survived", flush=True)
+        """,
+        MEM,
+    )
+    held = max(_numbers(res.stdout, "held") or [0])
+    assert held <= MEM.memory_mb, f"the program held {held} MiB in memfds with a {MEM.memory_mb} MiB budget"
+    assert "survived" not in res.stdout
+    assert res.memory_exceeded and res.killed_signal == 9
+    assert res.memory_peak_mb is not None and res.memory_peak_mb <= MEM.memory_mb
+
+
+@needs_root
+def test_many_children_each_under_rlimit_as() -> None:
+    """Eight children holding 96 MiB each: every one is under RLIMIT_AS, the run is not."""
+    lim = SandboxLimits(
+        memory_mb=256, max_processes=16, wall_time_s=6.0, cpu_time_s=5, max_output_bytes=1 << 16
+    )
+    res = _run(
+        """
+        import os, time
+        kids = []
+        for i in range(8):
+            pid = os.fork()
+            if pid == 0:
+                data = b"y" * (96 << 20)      # touched: resident, 96 MiB < RLIMIT_AS (256 MiB)
+                time.sleep(4)
+                os._exit(0)
+            kids.append(pid)
+        time.sleep(2.5)                       # every child has allocated (or was killed) by now
+        alive = sum(1 for pid in kids if os.waitpid(pid, os.WNOHANG)[0] == 0)
+        print("holding", 96 * alive, flush=True)
+        """,
+        lim,
+    )
+    held = max(_numbers(res.stdout, "holding") or [0])
+    assert held <= lim.memory_mb, f"children held {held} MiB together with a {lim.memory_mb} MiB budget"
+    assert res.memory_exceeded
+    assert res.memory_peak_mb is not None and res.memory_peak_mb <= lim.memory_mb
+
+
+@needs_root
+def test_inode_flood_is_bounded() -> None:
+    """Empty directories cost no disk blocks but ~1 KiB of kernel memory each: capped."""
+    lim = SandboxLimits(wall_time_s=8.0, cpu_time_s=6, max_inodes=2048, max_output_bytes=1 << 16)
+    res = _run(
+        """
+        import os, time
+        def flood(where, limit):
+            n, why = 0, "limit"
+            t0 = time.monotonic()
+            while n < limit and time.monotonic() - t0 < 2.5:
+                try:
+                    os.mkdir(os.path.join(where, f"d{n}"))
+                except OSError as e:
+                    why = e.errno
+                    break
+                n += 1
+            return n, why
+        n, why = flood(".", 200_000)
+        print("work", n, why, flush=True)
+        n, why = flood("/dev/shm", 200_000)
+        print("shm", n, why, flush=True)
+        """,
+        lim,
+    )
+    work = _numbers(res.stdout, "work")
+    shm = _numbers(res.stdout, "shm")
+    assert work and work[0] < lim.max_inodes, res.stdout
+    assert shm and shm[0] <= 128, res.stdout
+    assert f"work {work[0]} {errno.ENOSPC}" in res.stdout
+    assert res.memory_peak_mb is not None and res.memory_peak_mb <= lim.memory_mb
+
+
+# ============================================================== 2. no state across runs
+
+_KEYS = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+NR = {nr}
+def call(*args):
+    r = libc.syscall(*[ctypes.c_long(a) if isinstance(a, int) else a for a in args])
+    return r, ctypes.get_errno() if r < 0 else 0
+"""
+
+
+@needs_root
+def test_key_planted_in_one_run_is_not_seen_by_the_next() -> None:
+    nr = sbx.SECCOMP_ARCHES[os.uname().machine][1]
+    prelude = _KEYS.format(nr=json.dumps({k: nr[k] for k in ("add_key", "keyctl", "request_key")}))
+    plant = prelude + textwrap.dedent(
+        """
+        for ring in (-3, -4, -5):   # session, user, user-session keyrings
+            r, e = call(NR["add_key"], b"user", b"adaclip-plant", b"the-answer", ctypes.c_long(10), ring)
+            print("add_key", ring, r, e)
+        """
+    )
+    look = prelude + textwrap.dedent(
+        """
+        found = []
+        for ring in (-3, -4, -5):
+            r, e = call(NR["keyctl"], 10, ring, b"user", b"adaclip-plant", 0)   # KEYCTL_SEARCH
+            print("search", ring, r, e)
+            if r >= 0:
+                found.append(ring)
+        r, e = call(NR["request_key"], b"user", b"adaclip-plant", None, 0)
+        print("request_key", r, e)
+        if r >= 0:
+            found.append("request_key")
+        try:
+            text = open("/proc/keys").read()
+        except OSError:
+            text = ""
+        print("FOUND" if found or "adaclip-plant" in text else "nothing", found)
+        """
+    )
+    lim = SandboxLimits(wall_time_s=5.0)
+    first = _run(plant, lim)
+    second = _run(look, lim)
+    assert "nothing" in second.stdout, second.stdout
+    # the keyring syscalls are refused outright (EPERM), so nothing could be planted at all
+    for ring in (-3, -4, -5):
+        assert f"add_key {ring} -1 {errno.EPERM}" in first.stdout, first.stdout
+
+
+@needs_root
+def test_uids_are_leased_not_derived() -> None:
+    """Two trainers configured with the same uid pool never run sandboxes under the same uid
+    (the old default derived the uids from ``pid % 80``, so two trainers could share them)."""
+    script = textwrap.dedent(
+        """
+        import json, sys, time
+        from adaclip_rl.rewards.sandbox import run_python, SandboxLimits
+        lim = SandboxLimits(wall_time_s=5.0)
+        uids = set()
+        t_end = time.monotonic() + float(sys.argv[1])
+        while time.monotonic() < t_end:
+            r = run_python("import os, time; print(os.getuid()); time.sleep(0.2)", limits=lim)
+            uids.add(int(r.stdout))
+        print(json.dumps(sorted(uids)))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ADACLIP_SANDBOX")}
+    env.update(
+        {"PYTHONPATH": str(REPO), "ADACLIP_SANDBOX_UID_BASE": "1400000000", "ADACLIP_SANDBOX_WORKERS": "1"}
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, "2.0"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-2000:]
+    a, b = (set(json.loads(out.strip().splitlines()[-1])) for out, _ in outs)
+    assert a and b and not a & b, f"two concurrent trainers shared uids {sorted(a & b)}"
+
+
+@needs_root
+def test_uid_lease_skips_locked_uids(tmp_path: Path) -> None:
+    """A uid whose lock another process holds is never handed out; the pool runs dry loudly."""
+    leases = sbx._UidLeases(1_400_100_000, size=4)
+    leases.dir = str(tmp_path)
+    held = []
+    for uid in (1_400_100_000, 1_400_100_002):
+        fd = os.open(tmp_path / str(uid), os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        held.append(fd)
+    got = leases.lease(2)
+    try:
+        assert sorted(u for u, _ in got) == [1_400_100_001, 1_400_100_003]
+        with pytest.raises(SandboxUnavailable, match="no free sandbox uid"):
+            leases.lease(1)
+    finally:
+        sbx._UidLeases.release(got)
+        for fd in held:
+            os.close(fd)
+    again = leases.lease(1)
+    sbx._UidLeases.release(again)
+    assert again
+
+
+# ============================================================== 3. the judge cannot be fooled
+
+MAP_TEST = textwrap.dedent(
+    """
+    def check(candidate):
+        cases = [((1,), 2), ((2,), 3), ((40,), 41)]
+        assert all(map(lambda c: candidate(*c[0]) == c[1], cases))
+        assert len(list(map(candidate, [1, 2, 3]))) == 3
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "raise_line",
+    [
+        "raise StopIteration",
+        "raise StopAsyncIteration",
+        "raise GeneratorExit",
+        "raise SystemExit(0)",
+        "raise KeyboardInterrupt",
+        "raise Warning('w')",
+        "class StopIteration(Exception): pass\n    raise StopIteration()",  # a name, not the type
+    ],
+)
+def test_candidate_exceptions_cannot_leak_through_test_scaffolding(raise_line: str) -> None:
+    program = f"def inc(x):\n    {raise_line}\n"
+    res = run_python_function_tests(
+        program, entry_point="inc", test=MAP_TEST, limits=SandboxLimits(wall_time_s=5)
+    )
+    assert_no_leftovers()
+    assert res.passed is False, (raise_line, res.judge_error)
+    assert res.judge_error and "CandidateError" in res.judge_error, res.judge_error
+
+
+def test_judge_positive_controls() -> None:
+    """The same harness passes a right answer, and a test may still expect ordinary errors."""
+    lim = SandboxLimits(wall_time_s=5)
+    assert run_python_function_tests(
+        "def inc(x):\n    return x + 1\n", entry_point="inc", test=MAP_TEST, limits=lim
+    ).passed
+    expects = "def check(candidate):\n    try:\n        candidate(-1)\n    except ValueError:\n        return\n    assert False\n"
+    prog = "def inc(x):\n    if x < 0:\n        raise ValueError('neg')\n    return x + 1\n"
+    assert run_python_function_tests(prog, entry_point="inc", test=expects, limits=lim).passed
+    # a swallowed StopIteration is still a failure (sticky), and so is a test that never calls
+    swallow = "def check(candidate):\n    try:\n        candidate(1)\n    except Exception:\n        pass\n"
+    res = run_python_function_tests(
+        "def inc(x):\n    raise StopIteration\n", entry_point="inc", test=swallow, limits=lim
+    )
+    assert res.passed is False
+    assert not run_python_function_tests(
+        prog, entry_point="inc", test="def check(c):\n    pass\n", limits=lim
+    ).passed
+
+
+# ============================================================== 4. linear-time extraction
+
+
+def test_unterminated_fence_is_scored_fast() -> None:
+    row = humaneval()[0]
+    sandbox_info()
+    for completion in (
+        "```" + " " * 150_000,
+        "```python\n" + " " * 150_000 + "x",
+        "x ```" + "`" * 150_000,
+        "```a```b" * 20_000,
+    ):
+        assert len(completion) >= 150_000
+        t0 = time.monotonic()
+        extract_code(completion, row["entry_point"])
+        assert time.monotonic() - t0 < 1.0
+        t0 = time.monotonic()
+        score = check_humaneval(completion, row["prompt"], row["test"], row["entry_point"])
+        elapsed = time.monotonic() - t0
+        assert score == 0.0
+        assert elapsed < 1.0 + 2.0, elapsed  # extraction < 1 s; the rest is one sandboxed run
+    t0 = time.monotonic()
+    extract_code("```\n" + " \t" * 800_000)  # 1.6 MB
+    assert time.monotonic() - t0 < 1.0
+
+
+def test_fences_still_extracted() -> None:
+    assert extract_code("Here: ```python\nx = 1\n```\nbye") == "x = 1\n"
+    assert extract_code("~~~py\nx = 2\n~~~") == "x = 2\n"
+    assert extract_code("````python\na = '```'\n````") == "a = '```'\n"
+    assert extract_code("  ```python\n  y = 3\n  ```  \n") == "  y = 3\n"
+    # a closing run inside a code line no longer closes the block
+    assert extract_code("```python\ns = 1 ```\nt = 2\n```") == "s = 1 ```\nt = 2\n"
+
+
+# ============================================================== 5. seccomp
+
+
+def _denied_calls_program() -> str:
+    nr = sbx.SECCOMP_ARCHES[os.uname().machine][1]
+    names = [
+        "io_uring_setup", "userfaultfd", "keyctl", "add_key", "request_key", "inotify_init1",
+        "fanotify_init", "bpf", "perf_event_open", "unshare", "setns", "mount", "umount2",
+        "ptrace", "process_vm_readv", "kcmp", "pidfd_getfd", "open_by_handle_at", "init_module",
+        "kexec_load", "reboot", "swapon", "syslog", "mbind", "set_mempolicy",
+    ]  # fmt: skip
+    table = {n: nr[n] for n in names if n in nr}
+    return textwrap.dedent(
+        f"""
+        import ctypes, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        buf = ctypes.create_string_buffer(4096)
+        for name, nr in {table!r}.items():
+            ctypes.set_errno(0)
+            # harmless arguments: a buffer where a pointer is expected, otherwise zeros
+            r = libc.syscall(ctypes.c_long(nr), ctypes.c_long(0), buf, ctypes.c_long(0), ctypes.c_long(0))
+            print(name, r, ctypes.get_errno() if r < 0 else 0, flush=True)
+            if r >= 0 and name in ("io_uring_setup", "userfaultfd", "inotify_init1", "fanotify_init"):
+                os.close(r)
+        print("still running", flush=True)
+        """
+    )
+
+
+@needs_root
+def test_denied_syscalls_are_errors_for_the_program() -> None:
+    res = _run(_denied_calls_program(), SandboxLimits(wall_time_s=5.0))
+    assert "still running" in res.stdout and res.returncode == 0, res.stderr
+    rows = [line.split() for line in res.stdout.splitlines() if len(line.split()) == 3]
+    assert len(rows) >= 20
+    bad = [r for r in rows if r[1] != "-1" or int(r[2]) != errno.EPERM]
+    assert not bad, f"reached the kernel (not EPERM): {bad}"
+
+
+def test_filter_applied_to_a_root_process() -> None:
+    """The filter itself (not the uid drop) refuses: loaded in a forked root child here."""
+    if sys.platform != "linux" or os.uname().machine not in sbx.SECCOMP_ARCHES:
+        pytest.skip("seccomp tables exist for x86_64 and aarch64 Linux only")
+    from adaclip_rl.rewards import _sandbox_launcher as launcher
+    from adaclip_rl.rewards._seccomp import build_filter
+
+    nr = sbx.SECCOMP_ARCHES[os.uname().machine][1]
+    raw = build_filter()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            os.close(r)
+            libc = ctypes.CDLL(None, use_errno=True)
+            launcher._load_seccomp(raw)
+
+            def call(*args: object) -> int:
+                ctypes.set_errno(0)
+                res = libc.syscall(*[ctypes.c_long(a) if isinstance(a, int) else a for a in args])
+                return 0 if res >= 0 else ctypes.get_errno()
+
+            out = {
+                "unshare_net": call(nr["unshare"], 0x40000000),
+                "clone_newpid": call(nr["clone"], 0x20000000 | 17, 0, 0, 0, 0),
+                "clone3": call(nr["clone3"], 0, 0),
+                "keyctl": call(nr["keyctl"], 0, -3),
+                "bpf": call(nr["bpf"], 0, 0, 0),
+                "inotify_init1": call(nr["inotify_init1"], 0),
+                "personality_bad": call(nr["personality"], 0x0400000),
+                "personality_query": call(nr["personality"], 0xFFFFFFFF),
+                "socket_inet": call(nr["socket"], 2, 1, 0),
+                "socket_netlink": call(nr["socket"], 16, 3, 0),
+            }
+            import socket
+            import threading
+
+            a, b = socket.socketpair()  # AF_UNIX still works
+            a.close()
+            b.close()
+            t = threading.Thread(target=lambda: None)
+            t.start()
+            t.join()
+            child = os.fork()  # plain fork still works
+            if child == 0:
+                os._exit(7)
+            out["fork"] = os.WEXITSTATUS(os.waitpid(child, 0)[1])
+            os.write(w, json.dumps(out).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 4096):
+        data += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    out = json.loads(data)
+    assert out["unshare_net"] == errno.EPERM and out["clone_newpid"] == errno.EPERM
+    assert out["clone3"] == errno.ENOSYS
+    assert out["keyctl"] == out["bpf"] == out["inotify_init1"] == out["personality_bad"] == errno.EPERM
+    assert out["personality_query"] == 0
+    assert out["socket_inet"] == out["socket_netlink"] == errno.EACCES
+    assert out["fork"] == 7
+
+
+def test_syscall_table_matches_the_system_headers() -> None:
+    header = Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h")
+    if os.uname().machine != "x86_64" or not header.exists():
+        pytest.skip("needs x86_64 and the kernel headers (linux-libc-dev) to cross-check")
+    defined = {}
+    for line in header.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "#define" and parts[1].startswith("__NR_"):
+            defined[parts[1][5:]] = int(parts[2])
+    table = sbx.SECCOMP_ARCHES["x86_64"][1]
+    wrong = {n: (v, defined[n]) for n, v in table.items() if n in defined and defined[n] != v}
+    assert not wrong
+    assert len([n for n in table if n in defined]) >= len(table) - 3  # newer calls than the headers
+
+
+# ============================================================== 6. fallback only by name
+
+
+def test_auto_refuses_instead_of_falling_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_which = sbx.shutil.which
+    monkeypatch.setattr(sbx.shutil, "which", lambda name: None if name == "unshare" else real_which(name))
+    configure_sandbox(mode="auto")
+    try:
+        with pytest.raises(SandboxUnavailable, match=r"configure_sandbox\(mode='fallback'\)") as info:
+            run_python("print(1)")
+        assert "private-root" in str(info.value)
+    finally:
+        monkeypatch.undo()
+        configure_sandbox(mode="auto")
+    assert run_python("print(1)").stdout == "1\n"
+
+
+def test_missing_cgroups_refused_naming_the_controller(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = {"memory": "EROFS: read-only cgroupfs", "pids": "not mounted"}
+    monkeypatch.setattr(sbx, "detect_cgroups", lambda: (sbx.CgroupSupport({}), dict(fake)))
+    configure_sandbox(resource_control="require")
+    try:
+        with pytest.raises(
+            SandboxUnavailable, match=r"memory: EROFS.*pids: not mounted.*resource_control='auto'"
+        ):
+            run_python("print(1)")
+    finally:
+        monkeypatch.undo()
+        configure_sandbox(resource_control="require")
+    assert run_python("print(1)").ok
+
+
+@needs_root
+def test_fallback_by_name_runs_correct_programs() -> None:
+    """The weaker mode still imports the whole standard library after the uid drop (the
+    interpreter may sit under a directory the sandbox uid cannot traverse, e.g. /root)."""
+    configure_sandbox(mode="fallback")
+    try:
+        info = sandbox_info()
+        assert info["isolation_mode"].startswith("fallback(missing:private-root"), info
+        res = _run(
+            """
+            import difflib, csv, zlib, bz2, email.mime.text, xml.etree.ElementTree, importlib.resources
+            import decimal, fractions, statistics, sqlite3, unittest, concurrent.futures, ctypes
+            print("imports ok", difflib.SequenceMatcher(None, "abc", "abd").ratio() > 0.5)
+            """,
+            SandboxLimits(wall_time_s=10.0, cpu_time_s=8),
+        )
+        assert res.stdout.startswith("imports ok True"), res.stderr[-2000:]
+        rows = humaneval()
+        for i in (0, 10, 32, 120, 162):  # incl. helpers in the prompt and hashlib
+            r = rows[i]
+            assert (
+                check_humaneval(r["canonical_solution"], r["prompt"], r["test"], r["entry_point"]) == 1.0
+            ), i
+            assert check_humaneval("    pass\n", r["prompt"], r["test"], r["entry_point"]) == 0.0, i
+    finally:
+        configure_sandbox(mode="auto")
+
+
+# ============================================================== metrics
+
+
+@needs_root
+def test_reward_logs_mode_limits_and_peak() -> None:
+    row = humaneval()[0]
+    logged: dict[str, list[float]] = {}
+    extra: dict[str, list] = {}
+    scores = code_accuracy(
+        [row["prompt"] + row["canonical_solution"], "def has_close_elements(a, b):\n    return 1\n"],
+        test=[row["test"]] * 2,
+        entry_point=[row["entry_point"]] * 2,
+        prompts=["", ""],
+        log_metric=lambda name, value: logged.setdefault(name, []).append(value),
+        log_extra=lambda name, values: extra.setdefault(name, []).extend(values),
+    )
+    assert scores == [1.0, 0.0]
+    assert 0 < logged["sandbox/memory_peak_mb"][0] <= SandboxLimits().memory_mb
+    assert logged["sandbox/memory_limit_mb"] == [SandboxLimits().memory_mb]
+    assert logged["sandbox/memory_exceeded"] == [0.0]
+    assert extra["sandbox_mode"][0].startswith("namespaces(")
