@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from adaclip_rl.data import resolve_data_dir
+
 logger = logging.getLogger(__name__)
 
 MATH_TEMPLATE = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
@@ -159,6 +161,7 @@ class Benchmark:
 
     def find_local_file(self, data_dir: str | os.PathLike[str] | None) -> Path | None:
         """The benchmark's file inside ``data_dir`` (None when ``data_dir`` is None)."""
+        data_dir = resolve_data_dir(data_dir)
         if data_dir is None:
             return None
         d = Path(data_dir)
