@@ -18,7 +18,13 @@ from .registry import (
     get_policy_loss,
     register_policy_loss,
 )
-from .surrogate import AGGREGATION_MODES, aggregate_loss, clip_fractions, clipped_surrogate
+from .surrogate import (
+    AGGREGATION_MODES,
+    aggregate_loss,
+    aggregation_weights,
+    clip_fractions,
+    clipped_surrogate,
+)
 
 __all__ = [
     "AGGREGATION_MODES",
@@ -32,6 +38,7 @@ __all__ = [
     "GRPOClipConfig",
     "PolicyLossOutput",
     "aggregate_loss",
+    "aggregation_weights",
     "archer_loss",
     "archer_token_classes",
     "bapo_loss",

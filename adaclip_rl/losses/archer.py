@@ -9,8 +9,13 @@ token has ``tau_i = H_i0``, so that token is low-entropy.
 Per-token constants (paper Eq. 5): clip width ``eps_t = eps_r`` (0.5) on high tokens and ``eps_k``
 (0.2) on low tokens, i.e. ratio bounds ``[1 - eps_t, 1 + eps_t]``; KL weight ``beta_r`` (0) on
 high tokens and ``beta_k`` (0.001) on low tokens. As in the official code the KL is a k3 estimate
-to the frozen initial model, averaged **per class** over the class's tokens:
-``beta_k * mean_low(KL) + beta_r * mean_high(KL)``.
+to the frozen initial model (verl ``low_var_kl``: log-ratio clamped to [-20, 20], value to
+[-10, 10]), averaged **per class** over the class's tokens. Eq. 5 averages per response
+(``1/G sum_i 1/|o_i| sum_t``) and the official code runs micro-batches of one response, so by
+default (``kl_aggregation="response"``) the KL term is, per response ``i``,
+``beta_k * mean_{low_i}(KL) + beta_r * mean_{high_i}(KL)``, averaged over the responses; long
+answers do not dominate. ``kl_aggregation="token"`` takes the class means over all tokens of the
+micro-batch instead.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ from ._validate import check_non_negative, check_open_unit
 from .kl import KL_ESTIMATORS, KLEstimator, kl_value_and_grad
 from .surrogate import gated_surrogate
 
+_LOG_RATIO_CLAMP = 20.0  # verl low_var_kl: log-ratio clamped to [-20, 20] ...
+_KL_VALUE_CLAMP = 10.0  # ... and the k3 value to [-10, 10] (the official Archer run's kl_loss_type)
+
 
 @dataclass(frozen=True)
 class ArcherConfig:
@@ -38,6 +46,9 @@ class ArcherConfig:
         low_kl: beta_k, KL weight of low-entropy tokens (0.001), >= 0.
         kl_estimator: "k1", "k2" or "k3" (code: k3 = verl low_var_kl).
         dual_clip: dual-clip constant for A<0 (official script: 10.0); None disables it.
+        kl_aggregation: "response" (per-response class means, averaged over responses: Eq. 5
+            and the official one-response micro-batches) or "token" (class means over all
+            tokens of the micro-batch).
     """
 
     quantile: float = 0.8
@@ -47,6 +58,7 @@ class ArcherConfig:
     low_kl: float = 0.001
     kl_estimator: KLEstimator = "k3"
     dual_clip: float | None = 10.0
+    kl_aggregation: str = "response"
 
     def __post_init__(self) -> None:
         check_open_unit("quantile", self.quantile)
@@ -58,6 +70,8 @@ class ArcherConfig:
             raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}; got {self.kl_estimator!r}")
         if self.dual_clip is not None and not (math.isfinite(self.dual_clip) and self.dual_clip > 1.0):
             raise ValueError(f"dual_clip must be > 1 or None; got {self.dual_clip!r}")
+        if self.kl_aggregation not in ("response", "token"):
+            raise ValueError(f"kl_aggregation must be 'response' or 'token'; got {self.kl_aggregation!r}")
 
     @property
     def uses_kl(self) -> bool:
@@ -186,11 +200,15 @@ def archer_loss(
     """
     config = config or ArcherConfig()
     high, low, tau = archer_token_classes(entropy, mask, config.quantile)
-    one = ratio.new_ones(())
-    eps = torch.where(high, config.high_clip, config.low_clip).to(ratio.dtype)
-    loss, clipped = gated_surrogate(ratio, advantages.detach(), one - eps, one + eps, config.dual_clip)
+    dtype = ratio.dtype
+    # ratio bounds [1 - eps_t, 1 + eps_t] in the ratio's dtype (Python floats, not float32 constants)
+    lo_high, lo_low = torch.full((), 1.0 - config.high_clip, dtype=dtype, device=ratio.device), torch.full(
+        (), 1.0 - config.low_clip, dtype=dtype, device=ratio.device)
+    hi_high, hi_low = torch.full((), 1.0 + config.high_clip, dtype=dtype, device=ratio.device), torch.full(
+        (), 1.0 + config.low_clip, dtype=dtype, device=ratio.device)
+    low_bound, high_bound = torch.where(high, lo_high, lo_low), torch.where(high, hi_high, hi_low)
+    loss, clipped = gated_surrogate(ratio, advantages.detach(), low_bound, high_bound, config.dual_clip)
     with torch.no_grad():
-        dtype = ratio.dtype
         high_f, low_f = high.to(dtype), low.to(dtype)
         n_high, n_low = high_f.sum(), low_f.sum()
         inv_high, inv_low = 1.0 / n_high.clamp(min=1.0), 1.0 / n_low.clamp(min=1.0)
@@ -198,15 +216,24 @@ def archer_loss(
         if config.uses_kl:
             if logp is None or ref_logp is None:
                 raise ValueError("logp and ref_logp are required when low_kl or high_kl > 0")
-            # beta_k * mean_low(KL) + beta_r * mean_high(KL): value and gradient computed together
-            kl, dkl = kl_value_and_grad(logp.detach(), ref_logp.detach(), config.kl_estimator)
-            kl_low, kl_high = _dot(kl, low_f) * inv_low, _dot(kl, high_f) * inv_high
-            kl_value = config.low_kl * kl_low + config.high_kl * kl_high
-            # d kl_value / d logp = dkl * (beta_k 1[low] / n_low + beta_r 1[high] / n_high), in place
-            if config.high_kl:
-                dkl.mul_(low_f * (config.low_kl * inv_low) + high_f * (config.high_kl * inv_high))
+            # value and gradient computed together; verl low_var_kl clamps for k3
+            kl, dkl = kl_value_and_grad(logp.detach(), ref_logp.detach(), config.kl_estimator,
+                                        log_ratio_clamp=_LOG_RATIO_CLAMP,
+                                        value_clamp=_KL_VALUE_CLAMP if config.kl_estimator == "k3" else None)
+            if config.kl_aggregation == "response":
+                # per response: 1/n_low_i on its low tokens, 1/n_high_i on its high ones; then 1/B
+                b = max(ratio.size(0), 1)
+                w_low = low_f / (low_f.sum(-1, keepdim=True).clamp(min=1.0) * b)
+                w_high = high_f / (high_f.sum(-1, keepdim=True).clamp(min=1.0) * b)
             else:
-                dkl.mul_(low_f).mul_(config.low_kl * inv_low)
+                w_low, w_high = low_f * inv_low, high_f * inv_high
+            kl_low, kl_high = _dot(kl, w_low), _dot(kl, w_high)
+            kl_value = config.low_kl * kl_low + config.high_kl * kl_high
+            # d kl_value / d logp = dkl * (beta_k w_low + beta_r w_high), in place
+            if config.high_kl:
+                dkl.mul_(w_low * config.low_kl + w_high * config.high_kl)
+            else:
+                dkl.mul_(w_low).mul_(config.low_kl)
         else:
             kl_low = kl_high = zero
         clipped_f = clipped.to(dtype)

@@ -6,30 +6,48 @@ along a fixed path until the *positive contribution* reaches a target (paper Alg
 * ``contribution="grad"`` (default, the paper): share ``rho = P / (P + N)`` (paper Eq. 8, read as a
   magnitude share) with target ``rho0 = 0.4``; ``c_high`` is raised first (1.2 -> 3.0, step
   0.05), then ``c_low`` (0.6 -> 0.9, step 0.02). ``P`` and ``N`` count **gradient-carrying**
-  tokens only, weighted by ``|A| r`` (the magnitude of d(rA)/dlogp)::
+  tokens only, each weighted by ``w |A| r``: the magnitude of the derivative of the aggregated
+  loss ``sum_t w_t l_t`` in the token's log-prob (``d(r A)/d log p = r A``), where ``w`` is the
+  weight the aggregated loss really applies to the token: aggregation weight (GRPO, Shao et al.
+  2024 Eq. 21: ``1/(G |o_i|)``; token mean: ``1/sum|o|``) times importance-sampling weights and
+  masks::
 
-      P(c_high) = sum_{A>0, r < c_high} |A| r
-      N(c_low)  = sum_{A<0, c_low < r < dual_clip} |A| r
+      P(c_high) = sum_{A>0, r <= c_high} w |A| r
+      N(c_low)  = sum_{A<0, c_low <= r <= dual_clip} w |A| r
+
+  (bounds inclusive, as in the loss: a token exactly on a bound keeps its gradient)
 
   so raising ``c_low`` removes low-probability negative tokens from the gradient and raises the
   share, as the paper intends (reference notes, pitfall 3).
 * ``contribution="value"`` (the official verl recipe, ``recipe/bapo/policy_loss.py``):
-  effective-advantage values ``P = sum_{A>0} A min(r, c_high)``, ``N = sum_{A<0} |A| max(r, c_low)``,
+  effective-advantage values ``P = sum_{A>0} w A min(r, c_high)``, ``N = sum_{A<0} w |A| max(r, c_low)``,
   statistic ``P / (N + 1e-8)`` (``+inf`` when ``N == 0``) compared with a pos/neg *ratio* target,
-  ``c_low`` raised first, then ``c_high``.
+  ``c_low`` raised first, then ``c_high``; like the official code the last step of each bound may
+  be partial (clamped to the maximum).
+
+With sequence-level ratios (``(B, 1)``, GSPO / ``importance_sampling_level="sequence"``) every
+token of response ``i`` carries the same ``r_i``, and the gradient reaching the response's
+log-probs has magnitude ``|A_i| r_i sum_t w_it``: the same sums with the ratio broadcast.
 
 Search path semantics (both modes). Candidates are ``start + k * step`` for integer
 ``k = 0..floor((max - start) / step)`` (integer steps, so no floating drift past the maximum).
 The path is the start pair, then every step of the first bound with the second at its start,
 then every step of the second with the first at its maximum. The chosen pair is the first on the
-path that meets the target; if none does, the last pair (both maxima) with ``reached = False``.
-A vacuous batch (``P + N == 0``, e.g. empty) counts as balanced (share 1): start bounds.
+path that meets the target. If none does (``reached = False``), the paper's loop ends at both
+maxima; we report the **first pair on the path whose gradient is the same as at the maxima**
+(no token with non-zero weight has its ratio between the two), so an on-policy batch (r = 1,
+where no bound on the path clips anything) keeps and logs the start bounds instead of saturated
+ones that change nothing. A vacuous batch (``P + N == 0``, e.g. empty) counts as balanced
+(share 1): start bounds.
 
 Vectorised: P depends on ``c_high`` only and N on ``c_low`` only, so one binning of the
-ratios on the candidate grids plus cumulative sums gives P and N for every candidate in one
-pass. The statistics vector ``[P(h_0..h_K), N(l_0..l_L)]`` is sums over tokens, so a trainer
-all-reduces it (SUM) once and every rank picks the same bounds. No host sync, no Python loop
-over candidates.
+ratios on the candidate grids gives a small histogram, and prefix sums of it give P and N for
+every candidate. The statistics vector is that histogram (sums over tokens), so a trainer
+all-reduces it (SUM) once - over ranks and, for one search per optimizer update, over the
+micro-batches of the accumulation window - and every rank picks the same bounds. No host sync
+(``torch.compile(fullgraph=True)`` traces it), no Python loop over candidates, and no
+``torch.cumsum`` on CUDA (non-deterministic there, refused under
+``torch.use_deterministic_algorithms(True)``).
 """
 
 from __future__ import annotations
@@ -50,12 +68,18 @@ _STEP_EPS = 1e-9
 _MAX_GRID = 10_000  # keeps the float32 bin guess of bapo_statistics exact (see _BIAS)
 
 
-def _grid(start: float, end: float, step: float) -> list[float]:
-    """``start + k*step`` for ``k = 0..floor((end-start)/step)``; just ``[start]`` if step is 0."""
+def _grid(start: float, end: float, step: float, partial_last: bool = False) -> list[float]:
+    """``start + k*step`` for ``k = 0..floor((end-start)/step)``; just ``[start]`` if step is 0.
+
+    ``partial_last``: if the last whole step stops short of ``end``, take one more, partial step
+    to ``end`` (the official verl recipe's ``min(c + step, max)``)."""
     if step == 0 or end == start:
         return [start]
     n = math.floor((end - start) / step + _STEP_EPS)
-    return [start + k * step for k in range(n + 1)]
+    grid = [start + k * step for k in range(n + 1)]
+    if partial_last and end - grid[-1] > _STEP_EPS * step:
+        grid.append(end)
+    return grid
 
 
 @dataclass(frozen=True)
@@ -67,7 +91,9 @@ class BAPOConfig:
             ``contribution="value"``: target pos/neg ratio > 0 (official yaml: 1.0).
         low_start, low_max, low_step: range ``[a-, b-]`` and step delta2 of ``c_low``.
         high_start, high_max, high_step: range ``[a+, b+]`` and step delta1 of ``c_high``.
-        contribution: "grad" (paper, upper bound first) or "value" (official code, lower first).
+        contribution: "grad" (paper, upper bound first, whole steps only: Algorithm 1 moves a
+            bound only while ``c + delta <= b``) or "value" (official code, lower bound first,
+            last step partial: ``c = min(c + step, max)``).
         dual_clip: dual-clip constant for A<0 (verl default 3.0); None disables it.
     """
 
@@ -114,11 +140,17 @@ class BAPOConfig:
 
     @property
     def low_grid(self) -> list[float]:
-        return _grid(self.low_start, self.low_max, self.low_step)
+        return _grid(self.low_start, self.low_max, self.low_step, self.contribution == "value")
 
     @property
     def high_grid(self) -> list[float]:
-        return _grid(self.high_start, self.high_max, self.high_step)
+        return _grid(self.high_start, self.high_max, self.high_step, self.contribution == "value")
+
+    @property
+    def arithmetic(self) -> bool:
+        """Both grids are whole steps (the fast affine binning applies)."""
+        return (_grid(self.low_start, self.low_max, self.low_step) == self.low_grid
+                and _grid(self.high_start, self.high_max, self.high_step) == self.high_grid)
 
     @property
     def order(self) -> Literal["high_first", "low_first"]:
@@ -132,9 +164,16 @@ class BAPOConfig:
         return [(i, 0) for i in range(n_low)] + [(n_low - 1, j) for j in range(1, n_high)]
 
     @property
+    def n_bins(self) -> int:
+        """Histogram bins of :func:`bapo_statistics`: ``L + 1`` for negative-advantage tokens
+        (by ``c_low`` candidate), ``H + 1`` for the others (by ``c_high`` candidate)."""
+        return len(self.high_grid) + len(self.low_grid) + 2
+
+    @property
     def stats_size(self) -> int:
-        """Length of the statistics vector to all-reduce: one P per c_high, one N per c_low."""
-        return len(self.high_grid) + len(self.low_grid)
+        """Length of the statistics vector to all-reduce: the histogram of ``w A r`` (and, in
+        value mode, of ``w A``) over the bins."""
+        return self.n_bins * (1 if self.contribution == "grad" else 2)
 
 
 @dataclass
@@ -187,87 +226,139 @@ def _binned(values: Tensor, index: Tensor, n_bins: int) -> Tensor:
     return torch.zeros(n_bins, dtype=values.dtype, device=values.device).scatter_add_(0, index, values)
 
 
+def _prefix_sum(x: Tensor) -> Tensor:
+    """Inclusive prefix sum of a short 1-D vector. ``torch.cumsum`` on CPU; on other devices a
+    log-step (Hillis-Steele) scan of plain additions, because a floating ``cumsum`` on CUDA is
+    non-deterministic and raises under ``torch.use_deterministic_algorithms(True)``."""
+    if x.device.type == "cpu":
+        return x.cumsum(0)
+    n, shift = x.numel(), 1
+    while shift < n:
+        x = x + torch.cat([x.new_zeros(shift), x[:-shift]])
+        shift *= 2
+    return x
+
+
 def _suffix_sum(x: Tensor) -> Tensor:
-    return x.flip(0).cumsum(0).flip(0)
+    return _prefix_sum(x.flip(0)).flip(0)
 
 
 _BIAS = 0.01  # the affine bin guess errs by far less than this (validated grid size <= 10^4)
 
 
 def _bin_table(config: BAPOConfig, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """Lower edges of the merged bins (see :func:`bapo_statistics`), rounded up to ``dtype``."""
+    """Lower edges of the merged bins (see :func:`bapo_statistics`), rounded down to ``dtype``."""
     key = (config, str(device), dtype, "edges")
     if key not in _cache:
         low_grid, high_grid, _, _ = _tables(config, device)
         inf = low_grid.new_tensor([math.inf])
         edges = torch.cat([-inf, -low_grid.flip(0), -inf, high_grid])
-        _cache[key] = (_round_to(edges, dtype, up=True),)
+        _cache[key] = (_round_to(edges, dtype, up=False),)
     return _cache[key][0]
 
 
-def bapo_statistics(ratio: Tensor, advantages: Tensor, mask: Tensor, config: BAPOConfig) -> Tensor:
-    """Local statistics vector ``[P(h_0), ..., P(h_K), N(l_0), ..., N(l_L)]``.
+def _broadcast(s1: tuple[int, ...], s2: tuple[int, ...]) -> tuple[int, ...] | None:
+    """Broadcast shape of two 2-D shapes, None if they do not broadcast (plain Python: traceable)."""
+    out = []
+    for d1, d2 in zip(s1, s2, strict=True):
+        if d1 != d2 and d1 != 1 and d2 != 1:
+            return None
+        out.append(d2 if d1 == 1 else d1)
+    return tuple(out)
+
+
+def _key_shapes(ratio: Tensor, advantages: Tensor, weights: Tensor) -> tuple[Tensor, tuple[int, ...], tuple[int, ...]]:
+    """Validate shapes; returns ``(advantages as 2-D, shape of ratio x advantages, full shape)``."""
+    if ratio.dim() != 2:
+        raise ValueError(f"ratio must be 2-D, (B, T) or (B, 1); got shape {tuple(ratio.shape)}")
+    a = _as_2d(advantages)
+    if a.dim() != 2:
+        raise ValueError(f"advantages must be (B,), (B, 1) or (B, T); got shape {tuple(advantages.shape)}")
+    key = _broadcast(tuple(ratio.shape), tuple(a.shape))
+    if key is None:
+        raise ValueError(f"advantages of shape {tuple(advantages.shape)} do not broadcast with ratio of shape "
+                         f"{tuple(ratio.shape)}")
+    full = _broadcast(key, tuple(weights.shape)) if weights.dim() == 2 else None
+    if full is None:
+        raise ValueError(f"weights (mask) of shape {tuple(weights.shape)} do not broadcast with ratio x advantages "
+                         f"of shape {key}")
+    return a, key, full
+
+
+def bapo_statistics(ratio: Tensor, advantages: Tensor, weights: Tensor, config: BAPOConfig) -> Tensor:
+    """Local statistics vector: the histogram of ``w A r`` over the candidate bins (value mode:
+    followed by the histogram of ``w A``). See the module docstring for P and N.
 
     Args:
-        ratio: importance ratio r, ``(B, T)`` (detached inside).
+        ratio: importance ratio r, ``(B, T)`` (token level) or ``(B, 1)`` (sequence level);
+            detached inside.
         advantages: ``(B,)``, ``(B, 1)`` or ``(B, T)``.
-        mask: ``(B, T)`` loss mask; masked tokens never count.
+        weights: ``(B, T)`` or ``(B, 1)``, >= 0: the weight each token's loss has in the
+            aggregated loss (aggregation weight x importance-sampling weight x masks; see
+            :func:`~adaclip_rl.losses.surrogate.aggregation_weights`). A 0/1 loss mask is the
+            token-sum special case. Zero-weight tokens never count.
+
+    Shapes broadcast; ``ValueError`` names the argument that does not. When ratio and
+    advantages are both per sequence, ``weights`` is summed per sequence first, so only ``B``
+    values are binned.
 
     Returns:
-        float32 vector (float64 for float64 ratios). Every entry is a sum over tokens, so sums
-        over ranks or micro-batches combine exactly.
+        float32 vector of ``config.stats_size`` (float64 for float64 ratios). Every entry is a
+        sum over tokens, so sums over ranks or micro-batches combine exactly.
 
     How: every token gets one bin on a merged table. A negative-advantage token goes to bin
-    ``#{m : l'_m <= -r}`` on the reversed, negated low grid ``l'_m = -l_{L-1-m}`` (so its bin
-    is ``L - #{j : l_j < r}``); any other token to bin ``L + 1 + #{j : h_j <= r}``. Both grids
+    ``#{m : l'_m < -r}`` on the reversed, negated low grid ``l'_m = -l_{L-1-m}`` (so its bin
+    is ``#{j : l_j > r}``); any other token to bin ``L + 1 + #{j : h_j < r}``. Both grids
     are arithmetic, so the bin is an affine guess (biased up by a hair) corrected by one
     comparison with the bin's lower edge: exact even for ratios sitting on a grid value (r = 1.0
     on-policy), with a handful of float ops per token instead of a binary search (``bucketize``)
     and without ``where``/boolean ops, which are slow on CPU. Comparisons with the float64 grid
-    stay exact in float32: for a float32 ``x``, ``x < g`` iff ``x < (g rounded up to float32)``.
+    stay exact in float32: for a float32 ``x``, ``x > g`` iff ``x > (g rounded down to float32)``.
+    (A value-mode grid whose last step is partial is not arithmetic; it takes ``bucketize``.)
     """
+    a, key, full = _key_shapes(ratio, advantages, weights)
+    w = weights.detach()
+    if full != key:  # e.g. (B, 1) ratio and advantages, (B, T) weights: one total weight per sequence
+        w = w.expand(full).sum_to_size(key)
     low_grid, high_grid, _, _ = _tables(config, ratio.device)
     dtype = torch.float64 if ratio.dtype == torch.float64 else torch.float32  # exact for bf16/fp16
-    n_low, n_high = low_grid.numel(), high_grid.numel()
-    n_bins = n_low + n_high + 2
+    n_low, n_high = len(config.low_grid), len(config.high_grid)
+    n_bins = config.n_bins
     edges = _bin_table(config, dtype, ratio.device)
 
-    a = _as_2d(advantages).detach().to(dtype)
+    a = a.detach().to(dtype)
     is_pos = (a > 0).to(dtype)  # per row for (B,) advantages: tiny
     sign = 2.0 * is_pos - 1.0
-    inv_l = 1.0 / config.low_step if n_low > 1 else 1.0
-    inv_h = 1.0 / config.high_step if n_high > 1 else 1.0
-    # affine guess per sign: neg: (x - l'_0)/step_l + 1 ; pos: L + 1 + (x - h_0)/step_h + 1
-    l0, h0 = float(edges[1]), float(edges[n_low + 2])
-    off_neg, off_pos = 1.0 - l0 * inv_l + _BIAS, n_low + 2.0 - h0 * inv_h + _BIAS
-    scale = is_pos * (inv_h - inv_l) + inv_l
-    offset = is_pos * (off_pos - off_neg) + off_neg
-    lo = is_pos * (n_low + 1.0)
-    hi = is_pos * (n_high + 1.0) + n_low
-
     r = torch.nan_to_num(ratio.detach().to(dtype), nan=1.0, posinf=1e30, neginf=0.0)
-    x = r * sign  # -r for negative advantages
-    guess = (x * scale + offset).clamp_(min=lo, max=hi).floor_()
-    below = (edges.index_select(0, guess.reshape(-1).long()).view_as(x) - x).sign_().clamp_(min=0.0)
-    bins = (guess - below).reshape(-1).long()
+    x = r * sign  # -r for negative advantages; shape of ratio x advantages
+    if config.arithmetic:
+        inv_l = 1.0 / config.low_step if n_low > 1 else 1.0
+        inv_h = 1.0 / config.high_step if n_high > 1 else 1.0
+        # affine guess per sign: neg: (x - l'_0)/step_l + 1 ; pos: L + 1 + (x - h_0)/step_h + 1
+        l0, h0 = -config.low_grid[-1], config.high_grid[0]  # Python floats: no host sync
+        off_neg, off_pos = 1.0 - l0 * inv_l + _BIAS, n_low + 2.0 - h0 * inv_h + _BIAS
+        scale = is_pos * (inv_h - inv_l) + inv_l
+        offset = is_pos * (off_pos - off_neg) + off_neg
+        lo = is_pos * (n_low + 1.0)
+        hi = is_pos * (n_high + 1.0) + n_low
+        guess = (x * scale + offset).clamp_(min=lo, max=hi).floor_()
+        above = (x - edges.index_select(0, guess.reshape(-1).long()).view_as(x)).sign_().clamp_(min=0.0)
+        bins = (guess + above - 1.0).reshape(-1).long()  # the guess, or one less if its edge is >= x
+    else:  # binary search on each sign's own (sorted) edges
+        neg_edges, pos_edges = edges[1 : n_low + 1].contiguous(), edges[n_low + 2 :].contiguous()
+        b_neg = torch.bucketize(x, neg_edges)  # #{m : l'_m < -r}
+        b_pos = torch.bucketize(x, pos_edges) + (n_low + 1)
+        bins = torch.where(is_pos.bool().expand_as(x), b_pos, b_neg).reshape(-1)
 
-    weight = (a * r) * mask.to(dtype)  # A r on loss tokens
+    weight = (a * r) * w.to(dtype)  # w A r on counted tokens
     if config.contribution == "grad":
         weight = weight.abs()
-        if config.dual_clip is not None:  # negative tokens with r >= dual_clip carry no gradient
-            weight = weight * (x + config.dual_clip).sign_().clamp_(min=0.0)
-        hist = _binned(weight.reshape(-1), bins, n_bins)
-        # P_j = sum_{A>0, r < h_j} |A| r ;  N_j = sum_{A<0, r > l_j} |A| r
-        p = hist[n_low + 1 :].cumsum(0)[:n_high]
-        n = hist[:n_low].cumsum(0).flip(0)
-    else:
-        hist = _binned(weight.reshape(-1), bins, n_bins)
-        a_hist = _binned((a * mask.to(dtype)).reshape(-1), bins, n_bins)
-        high_v, low_v = high_grid.to(dtype), low_grid.to(dtype)
-        # P_j = sum_{r<h_j} A r + h_j sum_{r>=h_j} A ;  N_l = sum_{r>l} |A| r + l sum_{r<=l} |A|
-        p = hist[n_low + 1 :].cumsum(0)[:n_high] + high_v * _suffix_sum(a_hist[n_low + 1 :])[1:]
-        n = -(hist[:n_low].cumsum(0).flip(0) + low_v * _suffix_sum(a_hist[: n_low + 1])[1:].flip(0))
-    return torch.cat([p, n])
+        if config.dual_clip is not None:  # negative tokens with r > dual_clip carry no gradient
+            weight = weight * (1.0 - (-x - config.dual_clip).sign_().clamp_(min=0.0))
+        return _binned(weight.reshape(-1), bins, n_bins)
+    hist = _binned(weight.reshape(-1), bins, n_bins)
+    a_hist = _binned((a * w.to(dtype)).expand_as(x).reshape(-1), bins, n_bins)
+    return torch.cat([hist, a_hist])
 
 
 def _share(p: Tensor, n: Tensor) -> Tensor:
@@ -280,18 +371,37 @@ def _pos_neg(p: Tensor, n: Tensor) -> Tensor:
 
 
 def bapo_select(stats: Tensor, config: BAPOConfig) -> BAPOResult:
-    """Pick the bounds from a (reduced) statistics vector; see the module docstring for semantics."""
+    """Pick the bounds from a (reduced) statistics vector; see the module docstring for semantics.
+
+    Prefix sums of the histogram give, for every candidate, ``P(c_high)`` (grad mode:
+    ``sum_{A>0, r <= c_high} w |A| r``) and ``N(c_low)`` (``sum_{A<0, r >= c_low} w |A| r``); value
+    mode adds the clipped parts ``c_high sum_{A>0, r > c_high} w A`` and ``c_low sum_{A<0, r < c_low} w |A|``.
+    """
     low_grid, high_grid, path_low, path_high = _tables(config, stats.device)
     stats = stats.to(torch.float64)
     if stats.numel() != config.stats_size:
         raise ValueError(f"stats must have {config.stats_size} entries for this config; got {stats.numel()}")
-    p_all, n_all = stats[: high_grid.numel()], stats[high_grid.numel() :]
-    p, n = p_all[path_high], n_all[path_low]
-    share, pos_neg = _share(p, n), _pos_neg(p, n)
+    n_low, n_high, n_bins = low_grid.numel(), high_grid.numel(), config.n_bins
+    hist = stats[:n_bins]
+    neg_cum = _prefix_sum(hist[:n_low])  # neg_cum[m]: bins 0..m, i.e. A<0 tokens with r >= l_{L-1-m}
+    p = _prefix_sum(hist[n_low + 1 :])[:n_high]  # P_j: bins L+1 .. L+1+j, i.e. r <= h_j
+    n = neg_cum.flip(0)
+    if config.contribution == "value":
+        a_hist = stats[n_bins:]
+        p = p + high_grid * _suffix_sum(a_hist[n_low + 1 :])[1:]
+        n = -(n + low_grid * _suffix_sum(a_hist[: n_low + 1])[1:].flip(0))
+    # a bound moves no token between a candidate and the maxima when no bin in between holds weight
+    nz = (hist != 0).to(torch.float64)
+    cnt_pos, cnt_neg = _prefix_sum(nz[n_low + 1 : n_low + 1 + n_high]), _prefix_sum(nz[:n_low])
+    still_high = cnt_pos[-1] - cnt_pos  # bins between h_j and h_max
+    still_low = (cnt_neg - cnt_neg[0]).flip(0)  # bins between l_i and l_max
+
+    p_path, n_path = p[path_high], n[path_low]
+    share, pos_neg = _share(p_path, n_path), _pos_neg(p_path, n_path)
     met = share >= config.target if config.contribution == "grad" else pos_neg >= config.target
-    last = torch.full((), path_low.numel() - 1, dtype=torch.long, device=stats.device)
+    same_as_last = (still_high[path_high] == 0) & (still_low[path_low] == 0)
     reached = met.any()
-    index = torch.where(reached, met.to(torch.int32).argmax(), last)
+    index = torch.where(reached, met.to(torch.int32).argmax(), same_as_last.to(torch.int32).argmax())
     return BAPOResult(
         clip_low=low_grid[path_low[index]],
         clip_high=high_grid[path_high[index]],
@@ -307,21 +417,23 @@ def bapo_select(stats: Tensor, config: BAPOConfig) -> BAPOResult:
 def bapo_search(
     ratio: Tensor,
     advantages: Tensor,
-    mask: Tensor,
+    weights: Tensor,
     config: BAPOConfig | None = None,
     *,
     reduce_fn: ReduceFn | None = None,
 ) -> BAPOResult:
-    """BAPO adaptive bound search (paper Algorithm 1, lines 5-10), vectorised over candidates.
+    """BAPO adaptive bound search (paper Algorithm 1, lines 5-10; statistic: paper Eq. 8 read as
+    a magnitude share of the gradient), vectorised over candidates.
 
     Args:
-        ratio, advantages, mask: as in :func:`bapo_statistics`.
+        ratio, advantages, weights: as in :func:`bapo_statistics` (``weights``: the loss mask,
+            or better the per-token weight the aggregated loss applies).
         config: search settings (paper defaults if None).
         reduce_fn: applied once to the statistics vector, e.g. an all-reduce SUM across ranks,
             so every process chooses identical bounds.
     """
     config = config or BAPOConfig()
-    stats = bapo_statistics(ratio, advantages, mask, config)
+    stats = bapo_statistics(ratio, advantages, weights, config)
     if reduce_fn is not None:
         stats = reduce_fn(stats)
     return bapo_select(stats, config)
@@ -330,15 +442,22 @@ def bapo_search(
 def bapo_loss(
     ratio: Tensor,
     advantages: Tensor,
-    mask: Tensor,
+    weights: Tensor,
     config: BAPOConfig | None = None,
     *,
     reduce_fn: ReduceFn | None = None,
+    result: BAPOResult | None = None,
 ) -> tuple[Tensor, BAPOResult]:
     """Per-token BAPO loss ``-min(rA, clip(r, c_low, c_high) A)`` (dual-clipped for A<0) with the
-    searched bounds (paper Eq. 5 with Algorithm 1's bounds). Returns ``((B, T) loss, result)``."""
+    searched bounds (paper Eq. 5 with Algorithm 1's bounds). Returns ``(loss, result)``; the loss
+    has the broadcast shape of ratio and advantages (``(B, T)``, or ``(B, 1)`` for sequence-level
+    ratios and advantages), unmasked.
+
+    ``result``: bounds chosen elsewhere (one search per optimizer update, see
+    :class:`~adaclip_rl.trainers.AdaClipGRPOTrainer`); the search is then skipped."""
     config = config or BAPOConfig()
-    result = bapo_search(ratio, advantages, mask, config, reduce_fn=reduce_fn)
+    if result is None:
+        result = bapo_search(ratio, advantages, weights, config, reduce_fn=reduce_fn)
     low = result.clip_low.to(ratio.dtype)
     high = result.clip_high.to(ratio.dtype)
     loss = clipped_surrogate(ratio, advantages, low, high, dual_clip=config.dual_clip)

@@ -52,18 +52,36 @@ def kl_estimate(
     return out
 
 
-def kl_value_and_grad(logp: Tensor, ref_logp: Tensor, estimator: KLEstimator = "k3") -> tuple[Tensor, Tensor]:
-    """:func:`kl_estimate` (no clamps) and its derivative in ``logp``, without autograd.
+def kl_value_and_grad(
+    logp: Tensor,
+    ref_logp: Tensor,
+    estimator: KLEstimator = "k3",
+    *,
+    log_ratio_clamp: float | None = None,
+    value_clamp: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`kl_estimate` (same clamps) and its derivative in ``logp``, without autograd.
 
-    For losses that form the KL's gradient themselves (Archer's per-class KL). Inputs are not
-    modified; the two outputs are fresh tensors computed partly in place.
+    For losses that form the KL's gradient themselves (Archer's per-class KL). The derivative is
+    the one autograd gives through the clamps (zero where a clamp is active; ``clamp`` passes the
+    gradient at its bounds). Inputs are not modified; the two outputs are fresh tensors.
     """
     d = ref_logp - logp
+    if log_ratio_clamp is not None:
+        inside = (d.abs() <= log_ratio_clamp).to(d.dtype)
+        d = d.clamp(-log_ratio_clamp, log_ratio_clamp)
     if estimator == "k1":
-        return -d, torch.ones_like(d)
-    if estimator == "k2":
-        return 0.5 * d.square(), -d
-    if estimator != "k3":
+        value, grad = -d, torch.ones_like(d)
+    elif estimator == "k2":
+        value, grad = 0.5 * d.square(), -d
+    elif estimator == "k3":
+        e = torch.exp(d)
+        value, grad = (e - d).sub_(1), e.neg_().add_(1)  # exp(d) - d - 1 and 1 - exp(d)
+    else:
         raise ValueError(f"estimator must be one of {KL_ESTIMATORS}; got {estimator!r}")
-    e = torch.exp(d)
-    return (e - d).sub_(1), e.neg_().add_(1)  # exp(d) - d - 1 and 1 - exp(d)
+    if log_ratio_clamp is not None:
+        grad = grad * inside
+    if value_clamp is not None:
+        grad = grad * (value.abs() <= value_clamp).to(grad.dtype)
+        value = value.clamp(-value_clamp, value_clamp)
+    return value, grad

@@ -62,6 +62,7 @@ class PolicyLossFn(Protocol):
         ref_logp: Tensor | None = None,
         entropy: Tensor | None = None,
         reduce_fn: ReduceFn | None = None,
+        weights: Tensor | None = None,
     ) -> PolicyLossOutput: ...
 
 
@@ -100,9 +101,16 @@ def grpo_policy_loss(ratio, advantages, mask, *, config: GRPOClipConfig, **_: An
 
 
 @register_policy_loss("bapo", BAPOConfig)
-def bapo_policy_loss(ratio, advantages, mask, *, config: BAPOConfig, reduce_fn=None, **_: Any) -> PolicyLossOutput:
-    """BAPO (arXiv 2510.18927): adaptive asymmetric bounds searched per call."""
-    loss, res = bapo_loss(ratio, advantages, mask, config, reduce_fn=reduce_fn)
+def bapo_policy_loss(
+    ratio, advantages, mask, *, config: BAPOConfig, reduce_fn=None, weights=None, bapo_result=None, **_: Any
+) -> PolicyLossOutput:
+    """BAPO (arXiv 2510.18927): adaptive asymmetric bounds searched per call.
+
+    ``weights``: per-token weight of each token's loss in the aggregated loss (aggregation weight x
+    importance weights x masks); the search statistic uses it (``mask`` if None).
+    ``bapo_result``: bounds already searched (one search per optimizer update); no search then."""
+    loss, res = bapo_loss(ratio, advantages, mask if weights is None else weights, config, reduce_fn=reduce_fn,
+                          result=bapo_result)
     fr = clip_fractions(ratio.detach(), advantages, mask, res.clip_low, res.clip_high, dual_clip=config.dual_clip)
     metrics = {
         "bapo/clip_low": res.clip_low,

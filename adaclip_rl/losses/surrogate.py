@@ -209,3 +209,40 @@ def aggregate_loss(
     if mode == "luspo":
         return masked.sum(-1).mean()
     raise ValueError(f"mode must be one of {AGGREGATION_MODES}; got {mode!r}")
+
+
+def aggregation_weights(
+    mask: Tensor,
+    mode: AggregationMode,
+    *,
+    max_completion_length: int | None = None,
+    num_tokens: Tensor | float | None = None,
+) -> Tensor:
+    """The weight :func:`aggregate_loss` gives each token: ``(B, T)`` ``w`` with
+    ``aggregate_loss(l, mask, mode) == (l * w).sum()`` for any ``(B, T)`` (or ``(B, 1)``) loss.
+
+    * ``grpo``: ``mask / (B |o_i|)`` (Shao et al. 2024, Eq. 21)
+    * ``bnpo``: ``mask / sum(mask)``
+    * ``dr_grpo``: ``mask / (B * max_completion_length)`` (Liu et al. 2025, Eq. 3)
+    * ``dapo``: ``mask / num_tokens`` (Yu et al. 2025, Eq. 8)
+    * ``luspo``: ``mask / B``
+
+    BAPO weighs each token of its statistic by this (times importance weights and masks), so
+    the positive share it targets is the share of the gradient the aggregated loss really has.
+    """
+    m = mask.to(torch.float64 if mask.dtype == torch.float64 else torch.float32)
+    b = max(m.size(0), 1)
+    if mode == "grpo":
+        return m / (m.sum(-1, keepdim=True).clamp(min=1.0) * b)
+    if mode == "bnpo":
+        return m / m.sum().clamp(min=1.0)
+    if mode == "dr_grpo":
+        if max_completion_length is None or max_completion_length <= 0:
+            raise ValueError(f"max_completion_length must be > 0 for dr_grpo; got {max_completion_length!r}")
+        return m / (b * max_completion_length)
+    if mode == "dapo":
+        denom = m.sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=m.dtype, device=m.device)
+        return m / denom.clamp(min=1.0)
+    if mode == "luspo":
+        return m / b
+    raise ValueError(f"mode must be one of {AGGREGATION_MODES}; got {mode!r}")

@@ -60,6 +60,13 @@ class AdaClipGRPOConfig(GRPOConfig):
     bapo_dual_clip: float | None = field(
         default=3.0, metadata={"help": "Dual-clip constant for A<0 under BAPO (verl default 3.0); None disables."}
     )
+    bapo_scope: str = field(
+        default="update",
+        metadata={"help": "'update': one bound search per optimizer update, on the statistics of every "
+                  "micro-batch of the accumulation window and every rank (the paper's Algorithm 1; costs one "
+                  "extra forward without grad of each other micro-batch when gradient_accumulation_steps > 1). "
+                  "'micro_batch': one search per loss call, reduced across ranks (the official verl recipe)."},
+    )
     # --- Archer (arXiv 2507.15778, Eq. 5 and Sec. 5.1) ---
     archer_quantile: float = field(
         default=0.8, metadata={"help": "Archer per-response entropy quantile rho in (0, 1) (paper 0.8)."}
@@ -81,6 +88,12 @@ class AdaClipGRPOConfig(GRPOConfig):
     )
     archer_dual_clip: float | None = field(
         default=10.0, metadata={"help": "Dual-clip constant for A<0 under Archer (official script 10.0)."}
+    )
+    archer_kl_aggregation: str = field(
+        default="response",
+        metadata={"help": "Archer KL averaging: 'response' (per-response class means, then the mean over responses: "
+                  "paper Eq. 5 and the official one-response micro-batches) or 'token' (class means over all tokens "
+                  "of the micro-batch; long answers weigh more)."},
     )
     archer_entropy_source: str = field(
         default="current",
@@ -109,6 +122,7 @@ class AdaClipGRPOConfig(GRPOConfig):
         # reported as such (and not hidden behind, e.g., "Your setup doesn't support bf16/gpu").
         self._validate_adaclip_fields()
         super().__post_init__()
+        field_checks.validate_after_trl(self)
 
     def _validate_adaclip_fields(self) -> None:
         """Refuse invalid adaclip-rl fields, naming the field, the value and the allowed range."""

@@ -9,6 +9,7 @@ Every message names the field, the value and the allowed range.
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Any
 
 from ..gradclip import GRAD_CLIPPERS
@@ -16,6 +17,18 @@ from ..losses import POLICY_LOSSES, ArcherConfig, BAPOConfig, GRPOClipConfig
 from ..rollout.config import RolloutConfig
 
 CLIP_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
+BAPO_SCOPES = ("update", "micro_batch")
+ARCHER_KL_AGGREGATIONS = ("response", "token")
+_BAPO_DEFAULTS = {
+    "bapo_target": 0.4, "bapo_low_start": 0.6, "bapo_low_max": 0.9, "bapo_low_step": 0.02, "bapo_high_start": 1.2,
+    "bapo_high_max": 3.0, "bapo_high_step": 0.05, "bapo_contribution": "grad", "bapo_dual_clip": 3.0,
+    "bapo_scope": "update",
+}
+_ARCHER_DEFAULTS = {
+    "archer_quantile": 0.8, "archer_high_clip": 0.5, "archer_low_clip": 0.2, "archer_high_kl": 0.0,
+    "archer_low_kl": 0.001, "archer_kl_estimator": "k3", "archer_dual_clip": 10.0, "archer_entropy_source": "current",
+    "archer_kl_aggregation": "response",
+}
 
 
 def _prefixed(error: ValueError, prefix: str, names: list[str]) -> ValueError:
@@ -45,8 +58,58 @@ def validate_adaclip_fields(cfg: Any) -> None:
     if cfg.grad_clip not in ("none", "fixed") and not cfg.max_grad_norm > 0:
         raise ValueError(f"max_grad_norm must be > 0 when grad_clip={cfg.grad_clip!r} (it switches clipping on); "
                          f"got {cfg.max_grad_norm!r}")
+    if getattr(cfg, "bapo_scope", "update") not in BAPO_SCOPES:
+        raise ValueError(f"bapo_scope must be one of {BAPO_SCOPES}; got {cfg.bapo_scope!r}")
+    if getattr(cfg, "archer_kl_aggregation", "response") not in ARCHER_KL_AGGREGATIONS:
+        raise ValueError(f"archer_kl_aggregation must be one of {ARCHER_KL_AGGREGATIONS}; got "
+                         f"{cfg.archer_kl_aggregation!r}")
+    check_fields_without_effect(cfg)
     policy_loss_config(cfg)  # validates the policy-loss fields
     grad_clipper_kwargs(cfg)
+
+
+_WARNED: set[tuple[str, ...]] = set()
+
+
+def check_fields_without_effect(cfg: Any) -> None:
+    """Settings that the chosen ``policy_loss`` would silently ignore: refused when they change the
+    loss's shape (``delta``, ``dual_clip``, ``epsilon_high`` under BAPO/Archer, whose bounds come
+    from ``bapo_*``/``archer_*``), warned once (naming them) when they only keep a non-default
+    value (``epsilon`` under BAPO/Archer; ``bapo_*`` / ``archer_*`` fields of the other loss)."""
+    loss = cfg.policy_loss
+    if loss in ("bapo", "archer"):
+        own = "bapo_dual_clip" if loss == "bapo" else "archer_dual_clip"
+        refused = {
+            "delta": "the INTELLECT-2 cap of the unclipped ratio applies to policy_loss='grpo' only",
+            "dual_clip": f"use {own}",
+            "epsilon_high": f"the ratio bounds come from the {loss}_* fields",
+        }
+        for name, why in refused.items():
+            if getattr(cfg, name, None) is not None:
+                raise ValueError(f"{name} has no effect with policy_loss={loss!r} ({why}); got {getattr(cfg, name)!r}, "
+                                 "leave it unset (None)")
+    ignored = []
+    if loss in ("bapo", "archer") and getattr(cfg, "epsilon", 0.2) != 0.2:
+        ignored.append("epsilon")
+    defaults = {**_BAPO_DEFAULTS, **_ARCHER_DEFAULTS}
+    for name, default in defaults.items():
+        if not name.startswith(f"{loss}_") and getattr(cfg, name, default) != default:
+            ignored.append(name)
+    if ignored and tuple(ignored) not in _WARNED:
+        _WARNED.add(tuple(ignored))
+        warnings.warn(f"{', '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no effect with "
+                      f"policy_loss={loss!r}", UserWarning, stacklevel=4)
+
+
+def validate_after_trl(cfg: Any) -> None:
+    """Checks that need TRL's resolved fields (``steps_per_generation``)."""
+    if cfg.policy_loss == "bapo" and cfg.bapo_scope == "update":
+        spg, ga = cfg.steps_per_generation, cfg.gradient_accumulation_steps
+        if spg is not None and spg % ga:
+            raise ValueError(
+                f"steps_per_generation ({spg}) must be a multiple of gradient_accumulation_steps ({ga}) with "
+                "bapo_scope='update': the bound search of an update reads every micro-batch of its window, so "
+                "the window must lie within one generation batch; or set bapo_scope='micro_batch'")
 
 def policy_loss_config(cfg: Any) -> GRPOClipConfig | BAPOConfig | ArcherConfig:
     """The :mod:`adaclip_rl.losses` config for ``policy_loss`` (raises ValueError naming our fields)."""
@@ -58,7 +121,8 @@ def policy_loss_config(cfg: Any) -> GRPOClipConfig | BAPOConfig | ArcherConfig:
         except ValueError as e:
             raise _prefixed(e, "bapo_", names) from None
     if cfg.policy_loss == "archer":
-        names = ["quantile", "high_clip", "low_clip", "high_kl", "low_kl", "kl_estimator", "dual_clip"]
+        names = ["quantile", "high_clip", "low_clip", "high_kl", "low_kl", "kl_estimator", "dual_clip",
+                 "kl_aggregation"]
         try:
             return ArcherConfig(**{n: getattr(cfg, f"archer_{n}") for n in names})
         except ValueError as e:

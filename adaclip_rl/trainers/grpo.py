@@ -22,17 +22,39 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
 from ..gradclip import build_grad_clipper, norm_reduce_fn_for
-from ..losses import aggregate_loss, get_policy_loss, kl_estimate
+from ..losses import (
+    aggregate_loss,
+    aggregation_weights,
+    bapo_select,
+    bapo_statistics,
+    get_policy_loss,
+    kl_estimate,
+)
 from .config import CLIP_LOSS_TYPES, AdaClipGRPOConfig
 
 logger = logging.getLogger(__name__)
+_LOG_RATIO_CLAMP = 20.0  # verl's clamp of logp - old_logp before exp (BAPO and Archer official code)
+
+
+class _LossInputs(NamedTuple):
+    """What TRL's ``_compute_loss`` has computed when it reaches the policy term."""
+
+    mask: torch.Tensor
+    per_token_logps: torch.Tensor
+    entropies: torch.Tensor | None
+    aux_loss: torch.Tensor | None
+    entropy_mask: torch.Tensor | None
+    advantages: torch.Tensor
+    off_policy_mask: torch.Tensor | None
+    ratio: torch.Tensor
+    ref_logps: torch.Tensor | None
 
 ADACLIP_STATE_FILE = "adaclip_state.json"
 _MM_KEYS = (
@@ -58,10 +80,14 @@ class AdaClipGRPOTrainer(GRPOTrainer):
         needs_ref = args.policy_loss == "archer" and self.loss_config.uses_kl and args.beta == 0.0
         if needs_ref:
             args.beta = 1.0
+        self._archer_needs_ref = needs_ref
         try:
             super().__init__(model, reward_funcs, args, *a, **kw)
         finally:
             args.beta = self.kl_beta
+        # TRL keeps args.beta in self.beta; any TRL path reading it must see no KL of its own
+        self.beta = self.kl_beta
+        self._bapo_window: tuple[tuple[int, int], Any] | None = None
         self.grad_clipper = build_grad_clipper(args.grad_clip, **args.grad_clipper_kwargs()) \
             if args.grad_clip not in ("none", "fixed") else None
 
@@ -70,7 +96,14 @@ class AdaClipGRPOTrainer(GRPOTrainer):
         return self.accelerator.reduce(t, reduction="sum") if self.accelerator.num_processes > 1 else t
 
     def _generate_and_score_completions(self, inputs):
-        out = super()._generate_and_score_completions(inputs)
+        if self._archer_needs_ref:  # TRL computes ref_per_token_logps only when self.beta != 0
+            self.beta = 1.0
+            try:
+                out = super()._generate_and_score_completions(inputs)
+            finally:
+                self.beta = self.kl_beta
+        else:
+            out = super()._generate_and_score_completions(inputs)
         if self.args.policy_loss == "archer" and self.args.archer_entropy_source == "old":
             # paper Algorithm 1: classify tokens by the entropies of the policy that generated them
             input_ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
@@ -84,17 +117,20 @@ class AdaClipGRPOTrainer(GRPOTrainer):
             out["old_per_token_entropies"] = entropies
         return out
 
-    def _compute_loss(self, model, inputs):
-        if self.loss_type not in CLIP_LOSS_TYPES:
-            return super()._compute_loss(model, inputs)
+    def _loss_inputs(self, model, inputs, mode: str, compute_entropy: bool = True) -> _LossInputs:
+        """Everything TRL 1.16's ``_compute_loss`` computes before the policy term, in its order:
+        log-probs and entropies, entropy mask, advantages, old log-probs, off-policy sequence mask,
+        token or sequence importance ratio. Padding never reaches ``exp`` (old/ref log-probs are
+        replaced by the current ones there), and for ``bapo``/``archer`` the log-ratio is clamped
+        to [-20, 20] as in verl (so ``inf * 0`` cannot turn into NaN)."""
         prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
         attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
         mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
         per_token_logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
-            model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=True,
-            compute_aux_loss=self.aux_loss_enabled, **{k: inputs.get(k) for k in _MM_KEYS},
+            model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=compute_entropy,
+            compute_aux_loss=self.aux_loss_enabled and compute_entropy, **{k: inputs.get(k) for k in _MM_KEYS},
         )
         entropy_mask = (
             self.get_high_entropy_mask(entropies, mask, 1 - self.top_entropy_quantile)
@@ -103,9 +139,12 @@ class AdaClipGRPOTrainer(GRPOTrainer):
         advantages = inputs["advantages"]
         if advantages.dim() == 1:
             advantages = advantages.unsqueeze(1)
+        valid = mask.bool()
         old_per_token_logps = inputs.get("old_per_token_logps")
         if old_per_token_logps is None:
             old_per_token_logps = per_token_logps.detach()
+        else:
+            old_per_token_logps = torch.where(valid, old_per_token_logps, per_token_logps.detach())
         off_policy_mask = None
         if self.off_policy_mask_threshold is not None:
             off_policy_mask = self.get_off_policy_mask(
@@ -114,6 +153,8 @@ class AdaClipGRPOTrainer(GRPOTrainer):
                 mask=mask, off_policy_threshold=self.off_policy_mask_threshold,
             )
         log_ratio = per_token_logps - old_per_token_logps
+        if self.args.policy_loss != "grpo":  # verl: r = exp(clamp(logp - old, -20, 20))
+            log_ratio = log_ratio.clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
         if self.importance_sampling_level == "token":
             log_weights = log_ratio
         elif self.importance_sampling_level == "sequence":
@@ -121,8 +162,73 @@ class AdaClipGRPOTrainer(GRPOTrainer):
         else:
             raise ValueError(f"importance_sampling_level must be 'token' or 'sequence'; got "
                              f"{self.importance_sampling_level!r}")
-        ratio = torch.exp(log_weights)
         ref_logps = inputs.get("ref_per_token_logps")
+        if ref_logps is not None:
+            ref_logps = torch.where(valid, ref_logps, per_token_logps.detach())
+        return _LossInputs(mask, per_token_logps, entropies, aux_loss, entropy_mask, advantages, off_policy_mask,
+                           torch.exp(log_weights), ref_logps)
+
+    def _loss_weights(self, li: _LossInputs, inputs, mode: str) -> torch.Tensor:
+        """Per-token weight the aggregated loss applies to each token's policy loss: the
+        ``loss_type``'s aggregation weight (incl. gradient-accumulation scaling) x off-policy mask
+        x entropy mask x vLLM importance-sampling ratio. BAPO's statistic uses it."""
+        if self.loss_type == "dapo":
+            w = aggregation_weights(li.mask, "dapo", num_tokens=self._dapo_num_tokens(inputs, mode))
+        else:
+            ga = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+            w = aggregation_weights(li.mask, self.loss_type, max_completion_length=self.max_completion_length) / ga
+        if li.off_policy_mask is not None:
+            w = w * li.off_policy_mask
+        if li.entropy_mask is not None:
+            w = w * li.entropy_mask
+        if self.use_vllm and self.vllm_importance_sampling_correction:
+            w = w * inputs["importance_sampling_ratio"]
+        return w
+
+    def _dapo_num_tokens(self, inputs, mode: str) -> torch.Tensor:
+        num_tokens = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+        if mode == "train":
+            num_tokens = num_tokens * self.current_gradient_accumulation_steps / self.args.steps_per_generation
+        return num_tokens
+
+    def _bapo_window_result(self, model, inputs, li: _LossInputs, weights: torch.Tensor, mode: str):
+        """One BAPO search per optimizer update (``bapo_scope="update"``, the paper's Algorithm 1).
+
+        At the first micro-batch of an accumulation window, the statistics of this micro-batch and
+        of the window's other micro-batches (TRL's buffered slices, forwarded once without grad:
+        the parameters do not change inside the window) are summed and all-reduced across ranks in
+        one collective; every micro-batch of the window then uses those bounds. Returns None when
+        the per-call search is already the per-update one (one micro-batch per update, or eval)."""
+        ga = self.current_gradient_accumulation_steps
+        if mode != "train" or self.args.bapo_scope != "update" or ga <= 1:
+            return None
+        pos = self._step % ga
+        window = (self.state.global_step, self._step - pos)
+        if self._bapo_window is not None and self._bapo_window[0] == window:
+            return self._bapo_window[1]
+        spg = self.args.steps_per_generation
+        first = (self._step - pos) % spg
+        stats = bapo_statistics(li.ratio, li.advantages, weights, self.loss_config)
+        with torch.no_grad():
+            for k in range(ga):
+                if k == pos:
+                    continue
+                mb = self._buffered_inputs[(first + k) % spg]
+                lk = self._loss_inputs(model, mb, mode, compute_entropy=self.top_entropy_quantile < 1.0)
+                stats = stats + bapo_statistics(lk.ratio, lk.advantages, self._loss_weights(lk, mb, mode),
+                                                self.loss_config)
+        result = bapo_select(self._reduce_sum(stats), self.loss_config)
+        self._bapo_window = (window, result)
+        return result
+
+    def _compute_loss(self, model, inputs):
+        if self.loss_type not in CLIP_LOSS_TYPES:
+            return super()._compute_loss(model, inputs)
+        mode = "train" if self.model.training else "eval"
+        li = self._loss_inputs(model, inputs, mode)
+        mask, per_token_logps, entropies, advantages, ratio = (
+            li.mask, li.per_token_logps, li.entropies, li.advantages, li.ratio)
+        ref_logps = li.ref_logps
         per_token_kl = None
         if self.kl_beta != 0.0:
             per_token_kl = kl_estimate(per_token_logps, ref_logps, "k3")
@@ -130,40 +236,40 @@ class AdaClipGRPOTrainer(GRPOTrainer):
                 per_token_kl = per_token_kl * ratio
 
         # ---- the policy term: adaclip_rl.losses ----
+        extra: dict[str, Any] = {}
+        if self.args.policy_loss == "bapo":
+            extra["weights"] = self._loss_weights(li, inputs, mode)
+            extra["bapo_result"] = self._bapo_window_result(model, inputs, li, extra["weights"], mode)
         class_entropy = inputs.get("old_per_token_entropies", entropies)
         out = self.policy_loss_fn(
             ratio, advantages, mask, config=self.loss_config, logp=per_token_logps, ref_logp=ref_logps,
-            entropy=class_entropy.detach(), reduce_fn=self._reduce_sum,
+            entropy=class_entropy.detach(), reduce_fn=self._reduce_sum, **extra,
         )
         per_token_loss = out.per_token_loss
-        if off_policy_mask is not None:
-            per_token_loss = per_token_loss * off_policy_mask
-        if entropy_mask is not None:
-            per_token_loss = per_token_loss * entropy_mask
+        if li.off_policy_mask is not None:
+            per_token_loss = per_token_loss * li.off_policy_mask
+        if li.entropy_mask is not None:
+            per_token_loss = per_token_loss * li.entropy_mask
         if self.use_vllm and self.vllm_importance_sampling_correction:
             per_token_loss = per_token_loss * inputs["importance_sampling_ratio"]
         if per_token_kl is not None:
             per_token_loss = per_token_loss + self.kl_beta * per_token_kl
 
-        mode = "train" if self.model.training else "eval"
         ga = self.current_gradient_accumulation_steps if mode == "train" else 1.0
         if self.loss_type == "dapo":
-            num_tokens = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
-            if mode == "train":
-                num_tokens = num_tokens * self.current_gradient_accumulation_steps / self.args.steps_per_generation
-            loss = aggregate_loss(per_token_loss, mask, "dapo", num_tokens=num_tokens)
+            loss = aggregate_loss(per_token_loss, mask, "dapo", num_tokens=self._dapo_num_tokens(inputs, mode))
             policy_loss = loss.detach()
         else:
             loss = aggregate_loss(per_token_loss, mask, self.loss_type,
                                   max_completion_length=self.max_completion_length)
             policy_loss = loss.detach()
             loss = loss / ga
-        if out.extra_loss is not None:  # Archer's per-class KL: a mean per micro-batch
+        if out.extra_loss is not None:  # Archer's KL: a mean over the micro-batch's responses
             loss = loss + out.extra_loss / ga
-        loss = self._add_entropy_bonus(loss, entropies, mask, entropy_mask, policy_loss, mode)
+        loss = self._add_entropy_bonus(loss, entropies, mask, li.entropy_mask, policy_loss, mode)
         if self.aux_loss_enabled:
-            loss = loss + self.router_aux_loss_coef * aux_loss / ga
-            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
+            loss = loss + self.router_aux_loss_coef * li.aux_loss / ga
+            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(li.aux_loss).mean().item())
         self._log_loss_metrics(mode, mask, advantages, ratio, entropies, per_token_kl, out.metrics)
         return loss
 

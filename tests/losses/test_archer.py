@@ -75,17 +75,22 @@ def test_clip_widths_by_class():
     assert res.high_frac.item() == pytest.approx(0.2)
 
 
-def test_kl_acts_on_low_class_only_and_is_averaged_per_class():
+@pytest.mark.parametrize("aggregation", ["response", "token"])
+def test_kl_acts_on_low_class_only_and_is_averaged_per_class(aggregation):
     entropy, mask, _ = _random_batch(7, b=6, t=20)
     gen = torch.Generator().manual_seed(3)
     logp = (-torch.rand(6, 20, generator=gen, dtype=torch.float64)).requires_grad_()
     ref_logp = -torch.rand(6, 20, generator=gen, dtype=torch.float64)
-    cfg = ArcherConfig()
+    cfg = ArcherConfig(kl_aggregation=aggregation)
     ratio = torch.exp(logp - logp.detach())
     _, res = archer_loss(ratio, torch.zeros(6), mask, entropy, cfg, logp=logp, ref_logp=ref_logp)
     kl = kl_estimate(logp.detach(), ref_logp, "k3")
     low = res.low
-    brute = sum(kl[i, j].item() for i in range(6) for j in range(20) if low[i, j]) / int(low.sum())
+    if aggregation == "token":  # class mean over all the micro-batch's tokens
+        brute = sum(kl[i, j].item() for i in range(6) for j in range(20) if low[i, j]) / int(low.sum())
+    else:  # paper Eq. 5 / official one-response micro-batches: per-response class mean, then mean over responses
+        per_response = [[kl[i, j].item() for j in range(20) if low[i, j]] for i in range(6)]
+        brute = sum(sum(v) / len(v) if v else 0.0 for v in per_response) / 6
     assert res.kl_low.item() == pytest.approx(brute)
     assert res.kl_term.item() == pytest.approx(cfg.low_kl * brute)
     res.kl_term.backward()
@@ -131,7 +136,8 @@ def test_bad_config_raises_naming_the_argument(kwargs, name):
 
 
 def _archer_autograd_reference(ratio, adv, mask, entropy, cfg, logp, ref_logp):
-    """Archer written with plain autograd (min/max surrogate, kl_estimate, per-class means)."""
+    """Archer written with plain autograd (min/max surrogate, kl_estimate with verl's low_var_kl
+    clamps for k3, per-class means per response or over the batch)."""
     high, low, _ = archer_token_classes(entropy, mask, cfg.quantile)
     eps = high.double() * (cfg.high_clip - cfg.low_clip) + cfg.low_clip
     a = adv.unsqueeze(-1)
@@ -139,9 +145,12 @@ def _archer_autograd_reference(ratio, adv, mask, entropy, cfg, logp, ref_logp):
     per_token = -torch.min(ratio * a, clipped * a)
     if cfg.dual_clip is not None:
         per_token = torch.minimum(per_token, torch.where(a < 0, -cfg.dual_clip * a, torch.full_like(a, torch.inf)))
-    kl = kl_estimate(logp, ref_logp, cfg.kl_estimator)
+    kl = kl_estimate(logp, ref_logp, cfg.kl_estimator, log_ratio_clamp=20.0,
+                     value_clamp=10.0 if cfg.kl_estimator == "k3" else None)
 
     def class_mean(x, cls):
+        if cfg.kl_aggregation == "response":
+            return ((x * cls).sum(-1) / cls.sum(-1).clamp(min=1)).mean()
         return (x * cls).sum() / cls.sum().clamp(min=1)
 
     m = mask.double()
@@ -150,14 +159,16 @@ def _archer_autograd_reference(ratio, adv, mask, entropy, cfg, logp, ref_logp):
 
 @pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
 @pytest.mark.parametrize("high_kl", [0.0, 0.01])
-def test_loss_and_gradient_equal_plain_autograd_reference(estimator, high_kl):
+@pytest.mark.parametrize("aggregation", ["response", "token"])
+def test_loss_and_gradient_equal_plain_autograd_reference(estimator, high_kl, aggregation):
     entropy, mask, _ = _random_batch(11, b=5, t=16)
     gen = torch.Generator().manual_seed(5)
     logp0 = -2 * torch.rand(5, 16, generator=gen, dtype=torch.float64)
     old = logp0 + 0.4 * torch.randn(5, 16, generator=gen, dtype=torch.float64)
     ref_logp = logp0 + 0.2 * torch.randn(5, 16, generator=gen, dtype=torch.float64)
+    ref_logp[0, :3] = logp0[0, :3] + torch.tensor([3.0, -15.0, 30.0], dtype=torch.float64)  # hit the clamps
     adv = torch.randn(5, generator=gen, dtype=torch.float64)
-    cfg = ArcherConfig(kl_estimator=estimator, high_kl=high_kl, low_kl=0.05)
+    cfg = ArcherConfig(kl_estimator=estimator, high_kl=high_kl, low_kl=0.05, kl_aggregation=aggregation)
     grads, losses = [], []
     for impl in ("ours", "reference"):
         logp = logp0.clone().requires_grad_()
@@ -208,3 +219,48 @@ def test_kl_value_and_grad_match_kl_estimate_and_autograd(estimator):
     assert torch.equal(ref, ref_copy)  # inputs untouched
     with pytest.raises(ValueError, match="estimator"):
         kl_value_and_grad(logp.detach(), ref, "k4")
+
+
+def test_kl_is_averaged_per_response_so_long_answers_do_not_dominate():
+    # two responses, every token low-entropy-like (flat entropies: all low class), KL 1 on the short
+    # one's tokens and 0 on the long one's: per response the KL is (1 + 0) / 2 = 0.5 whatever the
+    # lengths (paper Eq. 5); a token mean would give 2 / 12.
+    t = 10
+    mask = torch.zeros(2, t, dtype=torch.bool)
+    mask[0, :2] = True
+    mask[1, :] = True
+    entropy = torch.zeros(2, t)
+    logp = torch.zeros(2, t, dtype=torch.float64, requires_grad=True)
+    d = torch.zeros(2, t, dtype=torch.float64)
+    d[0, :2] = 1.0  # d = ref - logp; k2 = d^2 / 2 = 0.5 on the short answer, 0 on the long one
+    ref = logp.detach() + d
+    cfg = ArcherConfig(kl_estimator="k2", low_kl=1.0)
+    _, res = archer_loss(torch.ones(2, t, dtype=torch.float64), torch.ones(2), mask, entropy, cfg, logp=logp,
+                         ref_logp=ref)
+    assert res.kl_term.item() == pytest.approx(0.5 * 0.5)
+    _, res_tok = archer_loss(torch.ones(2, t, dtype=torch.float64), torch.ones(2), mask, entropy,
+                             ArcherConfig(kl_estimator="k2", low_kl=1.0, kl_aggregation="token"), logp=logp,
+                             ref_logp=ref)
+    assert res_tok.kl_term.item() == pytest.approx(0.5 * 2 / 12)
+
+
+def test_clip_widths_in_the_ratio_dtype():
+    # float64 ratio just above 1 + eps_k: it must be clipped (the bound is 1.2 in float64, not the
+    # float32 constant 1.2000000029802322 that the old code cast up)
+    ratio = torch.tensor([[1.2 + 1e-9, 1.0]], dtype=torch.float64, requires_grad=True)
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    entropy = torch.tensor([[0.0, 0.0]])  # both low class
+    loss, _ = archer_loss(ratio, torch.ones(1, dtype=torch.float64), mask, entropy, ArcherConfig(low_kl=0.0))
+    loss.sum().backward()
+    assert ratio.grad[0, 0].item() == 0.0 and ratio.grad[0, 1].item() == -1.0
+
+
+def test_extreme_log_prob_gaps_on_padding_give_finite_kl():
+    # padding with a -inf / huge reference log-prob: inf * 0 used to turn the KL into NaN
+    mask = torch.tensor([[True, True, False]])
+    logp = torch.tensor([[-1.0, -2.0, -1.0]], dtype=torch.float64, requires_grad=True)
+    ref = torch.tensor([[-1.1, -2.0, -float("inf")]], dtype=torch.float64)
+    _, res = archer_loss(torch.ones(1, 3, dtype=torch.float64), torch.ones(1), mask, torch.zeros(1, 3), ArcherConfig(),
+                         logp=logp, ref_logp=ref)
+    res.kl_term.backward()
+    assert torch.isfinite(res.kl_term) and torch.isfinite(logp.grad).all()

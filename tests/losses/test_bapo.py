@@ -16,33 +16,54 @@ import torch
 from adaclip_rl.losses import BAPOConfig, bapo_loss, bapo_search, bapo_select, bapo_statistics
 
 
-def _n_steps(start: float, end: float, step: float) -> int:
-    return 0 if step == 0 or end == start else math.floor((end - start) / step + 1e-9)
+def _grid(start: float, end: float, step: float, partial_last: bool) -> list[float]:
+    if step == 0 or end == start:
+        return [start]
+    n = math.floor((end - start) / step + 1e-9)
+    grid = [start + k * step for k in range(n + 1)]
+    if partial_last and end - grid[-1] > 1e-9 * step:  # official code: c = min(c + step, max)
+        grid.append(end)
+    return grid
 
 
-def reference_search(ratio, adv, mask, cfg: BAPOConfig):
-    """Loop implementation. Returns (c_low, c_high, index, reached, share_before, share_after)."""
+def reference_search(ratio, adv, weights, cfg: BAPOConfig):
+    """Loop implementation. Returns (c_low, c_high, index, reached, share_before, share_after).
+
+    Tokens carry the weight ``weights`` (a 0/1 mask, or the aggregated loss's per-token weight);
+    ratio, advantages and weights broadcast. If the target is never met, the reported pair is the
+    first on the path whose gradient-carrying tokens are those of the last pair (the maxima)."""
+    shape = torch.broadcast_shapes(ratio.shape, adv.shape, weights.shape)
     tokens = [
-        (float(r), float(a))
-        for r, a, m in zip(ratio.flatten().tolist(), adv.expand_as(ratio).flatten().tolist(),
-                           mask.flatten().tolist(), strict=True)
-        if m
+        (float(r), float(a), float(w))
+        for r, a, w in zip(ratio.expand(shape).flatten().tolist(), adv.expand(shape).flatten().tolist(),
+                           weights.expand(shape).flatten().tolist(), strict=True)
+        if w
     ]
 
     def contributions(c_low, c_high):
         p = n = 0.0
-        for r, a in tokens:
+        for r, a, w in tokens:
             if cfg.contribution == "grad":
-                if a > 0 and r < c_high:
-                    p += a * r
-                if a < 0 and r > c_low and (cfg.dual_clip is None or r < cfg.dual_clip):
-                    n += -a * r
+                if a > 0 and r <= c_high:
+                    p += w * a * r
+                if a < 0 and r >= c_low and (cfg.dual_clip is None or r <= cfg.dual_clip):
+                    n += -w * a * r
             else:
                 if a > 0:
-                    p += a * min(r, c_high)
+                    p += w * a * min(r, c_high)
                 if a < 0:
-                    n += -a * max(r, c_low)
+                    n += -w * a * max(r, c_low)
         return p, n
+
+    def gates(c_low, c_high):  # which tokens carry gradient (value mode ignores the dual clip here)
+        out = []
+        for r, a, _ in tokens:
+            if a > 0:
+                out.append(r <= c_high)
+            elif a < 0:
+                blocked = cfg.contribution == "grad" and cfg.dual_clip is not None and r > cfg.dual_clip
+                out.append(r >= c_low and not blocked)
+        return out
 
     def share(p, n):
         return p / (p + n) if p + n > 0 else 1.0
@@ -52,26 +73,29 @@ def reference_search(ratio, adv, mask, cfg: BAPOConfig):
             return share(p, n) >= cfg.target
         return (p / (n + 1e-8) if n > 0 else math.inf) >= cfg.target
 
-    n_low = _n_steps(cfg.low_start, cfg.low_max, cfg.low_step)
-    n_high = _n_steps(cfg.high_start, cfg.high_max, cfg.high_step)
-    i = j = iterations = 0
+    partial = cfg.contribution == "value"
+    lows = _grid(cfg.low_start, cfg.low_max, cfg.low_step, partial)
+    highs = _grid(cfg.high_start, cfg.high_max, cfg.high_step, partial)
+    i = j = 0
+    path = []
     while True:
-        c_low, c_high = cfg.low_start + i * cfg.low_step, cfg.high_start + j * cfg.high_step
+        c_low, c_high = lows[i], highs[j]
         p, n = contributions(c_low, c_high)
-        if iterations == 0:
-            before = share(p, n)
+        path.append((c_low, c_high, share(p, n)))
         if met(p, n):
-            return c_low, c_high, iterations, True, before, share(p, n)
+            return c_low, c_high, len(path) - 1, True, path[0][2], share(p, n)
         first_high = cfg.contribution == "grad"
-        if first_high and j < n_high:
+        if first_high and j < len(highs) - 1:
             j += 1
-        elif i < n_low:
+        elif i < len(lows) - 1:
             i += 1
-        elif not first_high and j < n_high:
+        elif not first_high and j < len(highs) - 1:
             j += 1
         else:
-            return c_low, c_high, iterations, False, before, share(p, n)
-        iterations += 1
+            break
+    last = gates(path[-1][0], path[-1][1])
+    k = next(k for k, (lo, hi, _) in enumerate(path) if gates(lo, hi) == last)
+    return path[k][0], path[k][1], k, False, path[0][2], path[k][2]
 
 
 def _random_case(rng: random.Random, gen: torch.Generator, contribution: str):
@@ -90,6 +114,10 @@ def _random_case(rng: random.Random, gen: torch.Generator, contribution: str):
         adv = adv.expand(b, t) * (1 + 0.1 * torch.randn(b, t, generator=gen, dtype=torch.float64))
     mask = (torch.rand(b, t, generator=gen) < rng.choice([0.0, 0.5, 0.9, 1.0])).long() if rng.random() < 0.9 \
         else torch.zeros(b, t, dtype=torch.long)
+    if rng.random() < 0.3:  # per-token loss weights (aggregation x IS weights), not just a mask
+        mask = mask * torch.rand(b, t, generator=gen, dtype=torch.float64) * 3
+    if rng.random() < 0.2:  # sequence-level ratio
+        ratio = ratio[:, :1].contiguous()
     low_start = rng.choice([0.5, 0.6, 0.7, 0.8])
     high_start = rng.choice([1.1, 1.2, 1.28])
     cfg = BAPOConfig(
@@ -169,15 +197,45 @@ def test_target_already_met_keeps_start_bounds():
         assert bool(res.reached) and res.index.item() == 0
 
 
-def test_unreachable_target_gives_maximum_bounds_flagged():
-    ratio = torch.tensor([[1.0, 1.1, 1.05, 1.2]])
-    adv = torch.tensor([-1.0])  # all negative, ratios above every c_low: share stays 0
+def test_unreachable_target_reports_the_first_pair_acting_like_the_maxima():
+    # all negative: the share stays 0. Ratios 0.65 and 0.85 sit between c_low candidates, so
+    # at the maxima both are clipped; the first pair on the path that clips both acts the same.
+    ratio = torch.tensor([[1.0, 0.65, 0.85, 1.1]], dtype=torch.float64)
+    adv = torch.tensor([-1.0])
+    res = bapo_search(ratio, adv, torch.ones(1, 4), BAPOConfig())  # c_high first, up to 3.0
+    assert not bool(res.reached)
+    assert (res.clip_low.item(), res.clip_high.item()) == pytest.approx((0.86, 3.0))
+    assert res.index.item() == 36 + 13
+    res = bapo_search(ratio, adv, torch.ones(1, 4), BAPOConfig.official())  # c_low first, up to 0.8
+    # r = 0.65 is clipped from c_low = 0.7 on (a token on the bound keeps its gradient); 0.85 is
+    # above every c_low
+    assert (res.clip_low.item(), res.clip_high.item()) == pytest.approx((0.7, 1.2))
+    assert not bool(res.reached) and res.index.item() == 2
+
+
+def test_on_policy_ratios_keep_the_start_bounds():
+    # r == 1 everywhere (first update on fresh data): no candidate on the path clips anything, so
+    # the search must not report (and log) saturated bounds, whatever the advantage balance
+    adv = torch.tensor([0.3, -1.0, -2.0, 0.1])
     for cfg in (BAPOConfig(), BAPOConfig.official()):
-        res = bapo_search(ratio, adv, torch.ones(1, 4), cfg)
-        assert res.clip_low.item() == pytest.approx(cfg.low_max)
-        assert res.clip_high.item() == pytest.approx(cfg.high_max)
+        res = bapo_search(torch.ones(4, 7), adv, torch.ones(4, 7), cfg)
         assert not bool(res.reached)
-        assert res.index.item() == len(cfg.path()) - 1
+        assert (res.clip_low.item(), res.clip_high.item(), res.index.item()) == (cfg.low_start, cfg.high_start, 0)
+        assert res.share_after.item() == res.share_before.item()
+
+
+def test_official_mode_takes_a_last_partial_step_to_the_maximum():
+    cfg = BAPOConfig.official(low_step=0.07, high_step=0.3)
+    assert cfg.low_grid == pytest.approx([0.6, 0.67, 0.74, 0.8])
+    assert cfg.high_grid == pytest.approx([1.2, 1.5, 1.8, 2.0])
+    assert not cfg.arithmetic
+    # paper mode: Algorithm 1 only takes whole steps
+    assert BAPOConfig(low_step=0.07).low_grid == pytest.approx([0.6, 0.67, 0.74, 0.81, 0.88])
+    # all-negative tokens just below 0.8 are clipped only by the last, partial step
+    ratio = torch.tensor([[0.79, 0.79, 1.0]], dtype=torch.float64)
+    adv = torch.tensor([[-1.0, -1.0, 1.0]])
+    res = bapo_search(ratio, adv, torch.ones(1, 3), cfg)
+    assert res.clip_low.item() == pytest.approx(0.8)
 
 
 def test_empty_batch_is_vacuously_balanced():
@@ -255,3 +313,44 @@ def test_bapo_loss_uses_searched_bounds_and_dual_clip():
 def test_bad_config_raises_naming_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=name):
         BAPOConfig(**kwargs)
+
+
+@pytest.mark.parametrize("contribution", ["grad", "value"])
+def test_sequence_level_ratio_equals_the_broadcast_ratio(contribution):
+    # (B, 1) ratios (GSPO, importance_sampling_level="sequence", luspo) with (B, T) weights must
+    # give the bounds of the same ratio broadcast to (B, T). The old code binned only B of the
+    # B*T weights (scatter_add_ reads as many values as it has indices).
+    gen = torch.Generator().manual_seed(3)
+    cfg = BAPOConfig() if contribution == "grad" else BAPOConfig.official(target=0.9)
+    b, t = 16, 9
+    ratio = torch.exp(0.5 * torch.randn(b, 1, generator=gen, dtype=torch.float64))
+    adv = torch.tensor([1.0] * 5 + [-1.0] * 11, dtype=torch.float64)
+    lengths = torch.randint(1, t + 1, (b,), generator=gen)
+    mask = (torch.arange(t) < lengths.unsqueeze(1)).double()
+    weights = mask * torch.rand(b, t, generator=gen, dtype=torch.float64)
+    for w in (mask, weights):
+        seq = bapo_search(ratio, adv, w, cfg)
+        tok = bapo_search(ratio.expand(b, t), adv, w, cfg)
+        assert (seq.clip_low.item(), seq.clip_high.item(), seq.index.item()) == (
+            tok.clip_low.item(), tok.clip_high.item(), tok.index.item())
+        assert seq.share_after.item() == pytest.approx(tok.share_after.item(), rel=1e-12)
+        ref = reference_search(ratio, adv.unsqueeze(1), w, cfg)
+        assert (seq.clip_low.item(), seq.clip_high.item()) == (ref[0], ref[1])
+    assert bapo_search(ratio, adv, mask, cfg).index.item() > 0  # the search moved: the case is not vacuous
+
+
+@pytest.mark.parametrize(
+    ("shapes", "name"),
+    [
+        (((4, 6), (3,), (4, 6)), "advantages"),
+        (((4, 6), (4, 5), (4, 6)), "advantages"),
+        (((4, 6), (4,), (4, 5)), "weights"),
+        (((4, 1), (4,), (3, 6)), "weights"),
+        (((24,), (4,), (4, 6)), "ratio"),
+        (((4, 6), (4,), (24,)), "weights"),
+    ],
+)
+def test_shapes_that_do_not_broadcast_raise_naming_the_argument(shapes, name):
+    r, a, w = (torch.ones(s) for s in shapes)
+    with pytest.raises(ValueError, match=name):
+        bapo_search(r, a, w, BAPOConfig())

@@ -147,3 +147,19 @@ def test_tensor_bounds_gated_backward_equals_autograd_through_min_max(seed):
     high = torch.tensor([[1.1, 1.1, 5.0], [1.1, 1.1, 5.0]], dtype=torch.float64)
     clipped_surrogate(r, torch.ones(2, dtype=torch.float64), low, high).sum().backward()
     assert r.grad.tolist() == [[-3.0], [-1.0]]  # row 2: only the token with bound 5.0 passes
+
+
+@pytest.mark.parametrize("mode", ["grpo", "bnpo", "dr_grpo", "dapo", "luspo"])
+@pytest.mark.parametrize("seq", [False, True])
+def test_aggregation_weights_are_the_gradient_of_aggregate_loss(mode, seq):
+    from adaclip_rl.losses import aggregation_weights
+
+    gen = torch.Generator().manual_seed(0)
+    mask = (torch.arange(7) < torch.tensor([7, 3, 1, 0, 5]).unsqueeze(1)).long()
+    loss = torch.randn(5, 1 if seq else 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    kw = {"max_completion_length": 9} if mode == "dr_grpo" else {"num_tokens": 21.0} if mode == "dapo" else {}
+    agg = aggregate_loss(loss, mask, mode, **kw)
+    agg.backward()
+    w = aggregation_weights(mask.double(), mode, **kw)
+    assert torch.allclose(agg, (loss.detach() * w).sum())
+    assert torch.allclose(loss.grad, w.sum(-1, keepdim=True) if seq else w)

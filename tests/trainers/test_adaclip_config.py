@@ -1,0 +1,68 @@
+"""AdaClipGRPOConfig refuses settings the chosen policy loss would ignore, and warns once about the rest."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from adaclip_rl import AdaClipGRPOConfig
+from adaclip_rl.trainers import field_checks
+
+
+def _cfg(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", per_device_train_batch_size=4,
+                num_generations=4)
+    base.update(kw)
+    return AdaClipGRPOConfig(**base)
+
+
+@pytest.mark.parametrize("loss", ["bapo", "archer"])
+@pytest.mark.parametrize(("field", "value"), [("delta", 1.5), ("dual_clip", 3.0), ("epsilon_high", 0.28)])
+def test_fields_bapo_and_archer_ignore_are_refused(tmp_path, loss, field, value):
+    with pytest.raises(ValueError, match=rf"^{field} has no effect with policy_loss='{loss}'"):
+        _cfg(tmp_path, policy_loss=loss, **{field: value})
+
+
+def test_non_default_fields_of_another_loss_warn_once_naming_them(tmp_path):
+    field_checks._WARNED.clear()
+    with pytest.warns(UserWarning, match=r"^epsilon, archer_low_clip have no effect with policy_loss='bapo'"):
+        _cfg(tmp_path, policy_loss="bapo", epsilon=0.3, archer_low_clip=0.3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _cfg(tmp_path, policy_loss="bapo", epsilon=0.3, archer_low_clip=0.3)  # once
+    with pytest.warns(UserWarning, match=r"^bapo_target, bapo_scope has|^bapo_target, bapo_scope have"):
+        _cfg(tmp_path, policy_loss="grpo", bapo_target=0.5, bapo_scope="micro_batch")
+
+
+def test_defaults_do_not_warn(tmp_path):
+    field_checks._WARNED.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        for loss in ("grpo", "bapo", "archer"):
+            _cfg(tmp_path, policy_loss=loss)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"bapo_scope": "epoch"}, r"bapo_scope must be one of \('update', 'micro_batch'\); got 'epoch'"),
+        ({"archer_kl_aggregation": "sum"}, r"archer_kl_aggregation must be one of"),
+        ({"gradient_accumulation_steps": 2, "steps_per_generation": 3},
+         r"steps_per_generation \(3\) must be a multiple of gradient_accumulation_steps \(2\)"),
+    ],
+)
+def test_invalid_scope_settings_are_refused(tmp_path, kw, match):
+    with pytest.raises(ValueError, match=match):
+        _cfg(tmp_path, policy_loss="bapo", **kw)
+
+
+def test_archer_trainer_does_not_leave_trl_beta_on(tiny_model_dir, arithmetic_dataset, tmp_path):
+    # the reference model is loaded for Archer's KL, but TRL's own beta (self.beta) stays 0
+    from conftest import digit_reward
+
+    from adaclip_rl import AdaClipGRPOTrainer
+
+    tr = AdaClipGRPOTrainer(model=tiny_model_dir, reward_funcs=[digit_reward], train_dataset=arithmetic_dataset,
+                            args=_cfg(tmp_path, policy_loss="archer", max_completion_length=6))
+    assert tr.beta == 0.0 and tr.args.beta == 0.0 and tr.ref_model is not None

@@ -1,0 +1,173 @@
+"""BAPO inside the trainer: the bounds it picks are measured on the gradient the real loss has.
+
+Invariant (independent of how the statistic is computed): back-propagate
+``AdaClipGRPOTrainer._compute_loss`` to the per-token log-probs; the positive-advantage share of
+the gradient's magnitude must equal the logged ``bapo/pos_share_after``, and every candidate
+earlier on the search path - applied to the same real loss - must fall short of the target. This
+for every clip ``loss_type``, token and sequence importance sampling, with and without the vLLM
+importance-sampling correction, the off-policy sequence mask and the entropy mask. The model
+forward is replaced by fixed log-probs (a leaf tensor), so everything from the log-probs to the
+scalar loss is the trainer's own code.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from conftest import digit_reward
+
+from adaclip_rl import AdaClipGRPOConfig, AdaClipGRPOTrainer
+from adaclip_rl.losses import BAPOConfig
+
+B, P, T = 8, 3, 10
+
+
+@pytest.fixture(scope="module")
+def trainer(tiny_model_dir, arithmetic_dataset, tmp_path_factory):
+    args = AdaClipGRPOConfig(
+        output_dir=str(tmp_path_factory.mktemp("inv")), policy_loss="bapo", use_cpu=True, bf16=False,
+        per_device_train_batch_size=8, num_generations=8, max_completion_length=T, report_to="none",
+        save_strategy="no", gradient_checkpointing=False,
+    )
+    tr = AdaClipGRPOTrainer(model=tiny_model_dir, reward_funcs=[digit_reward], train_dataset=arithmetic_dataset,
+                            args=args)
+    tr.model.train()
+    tr.current_gradient_accumulation_steps = 1
+    return tr
+
+
+def _case(seed: int, seq: bool):
+    gen = torch.Generator().manual_seed(seed)
+    logp = -2 * torch.rand(B, T, generator=gen, dtype=torch.float64)
+    lengths = torch.tensor([2, 3, 2, 9, 10, 8, 10, 7])  # 3 short right answers, 5 long wrong ones
+    mask = (torch.arange(T) < lengths.unsqueeze(1)).long()
+    adv = torch.tensor([1.2, 0.9, 1.5, -0.6, -0.8, -0.5, -0.7, -0.9])
+    old = logp + 0.5 * torch.randn(B, T, generator=gen, dtype=torch.float64)
+    old[:, -1] = torch.where(mask[:, -1].bool(), old[:, -1], torch.tensor(-1e4, dtype=torch.float64))  # padding
+    inputs = {
+        "prompt_ids": torch.randint(3, 50, (B, P), generator=gen), "prompt_mask": torch.ones(B, P, dtype=torch.long),
+        "completion_ids": torch.randint(3, 50, (B, T), generator=gen), "completion_mask": mask,
+        "advantages": adv, "old_per_token_logps": old,
+        "sampling_per_token_logps": old + 0.3 * torch.randn(B, T, generator=gen, dtype=torch.float64),
+        "importance_sampling_ratio": (0.2 + 1.8 * torch.rand(B, 1 if seq else T, generator=gen, dtype=torch.float64)),
+        "num_items_in_batch": mask.sum().double(),
+    }
+    entropies = 3 * torch.rand(B, T, generator=gen, dtype=torch.float64)
+    return logp, entropies, inputs
+
+
+def _set(trainer, loss_type, seq, vllm_is, opm, ent):
+    trainer.loss_type = loss_type
+    trainer.importance_sampling_level = "sequence" if seq else "token"
+    trainer.use_vllm = trainer.vllm_importance_sampling_correction = vllm_is
+    trainer.off_policy_mask_threshold = 0.0 if opm else None
+    trainer.top_entropy_quantile = 0.5 if ent else 1.0
+
+
+def _run(trainer, logp0, entropies, inputs, cfg):
+    """The trainer's real loss on fixed log-probs; returns (d loss / d logp, d loss / d per-token loss, loss)."""
+    logp = logp0.clone().requires_grad_()
+    trainer._get_per_token_logps_and_entropies = lambda *a, **k: (logp, entropies, None)
+    trainer.loss_config = cfg
+    captured = {}
+    inner = trainer.policy_loss_fn
+
+    def spy(*a, **k):
+        out = inner(*a, **k)
+        out.per_token_loss.retain_grad()
+        captured["pt"] = out.per_token_loss
+        return out
+
+    trainer.policy_loss_fn = spy
+    try:
+        loss = trainer._compute_loss(trainer.model, inputs)
+    finally:
+        trainer.policy_loss_fn = inner
+    loss.backward()
+    pt = captured["pt"]
+    return logp.grad, (pt.grad * pt.detach()), loss
+
+
+def _grad_share(grad, adv):
+    g = grad.abs()
+    pos = g[adv > 0].sum()
+    return (pos / g.sum()).item() if g.sum() > 0 else 1.0
+
+
+def _value_stats(contrib, adv):
+    c = contrib.abs()
+    a = adv.unsqueeze(1).expand_as(c)
+    return c[a > 0].sum().item(), c[a < 0].sum().item()
+
+
+def _fixed(cfg: BAPOConfig, low: float, high: float) -> BAPOConfig:
+    return BAPOConfig(target=cfg.target, low_start=low, low_max=low, low_step=0.0, high_start=high, high_max=high,
+                      high_step=0.0, contribution=cfg.contribution, dual_clip=cfg.dual_clip)
+
+
+def _last(trainer, key):
+    return trainer._metrics["train"][key][-1]
+
+
+@pytest.mark.parametrize("seq", [False, True], ids=["token_is", "sequence_is"])
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo", "luspo"])
+def test_logged_share_is_the_share_of_the_real_gradient(trainer, loss_type, seq):
+    cfg = BAPOConfig()  # the paper: gradient share, target 0.4, c_high first
+    moved = 0
+    for k, (vllm_is, opm, ent) in enumerate(itertools.product([False, True], repeat=3)):
+        _set(trainer, loss_type, seq, vllm_is, opm, ent)
+        logp, entropies, inputs = _case(100 + k, seq)
+        adv = inputs["advantages"]
+        grad, _, loss = _run(trainer, logp, entropies, inputs, cfg)
+        assert torch.isfinite(loss) and torch.isfinite(grad).all()
+        share = _grad_share(grad, adv)
+        what = f"{loss_type} seq={seq} vllm_is={vllm_is} off_policy_mask={opm} entropy_mask={ent}"
+        assert share == pytest.approx(_last(trainer, "bapo/pos_share_after"), abs=1e-6), what
+        index = int(_last(trainer, "bapo/iterations"))
+        reached = bool(_last(trainer, "bapo/target_reached"))
+        assert (share >= cfg.target) == reached, what
+        moved += index > 0
+        for i, j in cfg.path()[:index]:  # no earlier candidate meets the target on the real loss
+            g_k, _, _ = _run(trainer, logp, entropies, inputs, _fixed(cfg, cfg.low_grid[i], cfg.high_grid[j]))
+            assert _grad_share(g_k, adv) < cfg.target, (what, cfg.low_grid[i], cfg.high_grid[j])
+    assert moved >= 2  # the cases exercise the search, not only the start bounds
+
+
+@pytest.mark.parametrize("seq", [False, True], ids=["token_is", "sequence_is"])
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "luspo"])
+def test_value_mode_statistic_is_the_share_of_the_real_loss(trainer, loss_type, seq):
+    # the official verl statistic: effective-advantage values, weighted as the real loss weighs them
+    # (dual clip off: verl's statistic ignores it while the loss applies it)
+    cfg = BAPOConfig.official(target=0.9, dual_clip=None)
+    for k, (vllm_is, opm, ent) in enumerate(itertools.product([False, True], repeat=3)):
+        _set(trainer, loss_type, seq, vllm_is, opm, ent)
+        logp, entropies, inputs = _case(200 + k, seq)
+        adv = inputs["advantages"]
+        _, contrib, _ = _run(trainer, logp, entropies, inputs, cfg)
+        p, n = _value_stats(contrib, adv)
+        what = f"{loss_type} seq={seq} vllm_is={vllm_is} off_policy_mask={opm} entropy_mask={ent}"
+        assert p / (p + n) == pytest.approx(_last(trainer, "bapo/pos_share_after"), abs=1e-6), what
+        index = int(_last(trainer, "bapo/iterations"))
+        for i, j in cfg.path()[:index]:
+            _, c_k, _ = _run(trainer, logp, entropies, inputs, _fixed(cfg, cfg.low_grid[i], cfg.high_grid[j]))
+            p_k, n_k = _value_stats(c_k, adv)
+            assert p_k / n_k < cfg.target, (what, cfg.low_grid[i], cfg.high_grid[j])
+
+
+def test_grpo_weighting_changes_the_bounds_a_token_count_would_pick(trainer):
+    # The issue's example: 3 short right answers and 5 long wrong ones. Counting tokens, the
+    # negative side dominates and the search widens; under loss_type="grpo" every response weighs
+    # 1/G whatever its length, and the start bounds already meet the target.
+    _set(trainer, "grpo", False, False, False, False)
+    logp, entropies, inputs = _case(7, False)
+    inputs["old_per_token_logps"] = logp.clone()  # r = 1: the share is the advantage balance
+    _run(trainer, logp, entropies, inputs, BAPOConfig())
+    assert _last(trainer, "bapo/pos_share_before") > 0.4
+    assert (_last(trainer, "bapo/clip_low"), _last(trainer, "bapo/clip_high")) == pytest.approx((0.6, 1.2))
+    from adaclip_rl.losses import bapo_search
+
+    mask = inputs["completion_mask"]
+    tokens = bapo_search(torch.ones(B, T), inputs["advantages"], mask, BAPOConfig())
+    assert tokens.share_before.item() < 0.4  # what a token count reads
