@@ -15,6 +15,10 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# --- GPU check (issue 17): --device/--dtype options and fixtures; see tests/gpu_plugin.py ---
+pytest_plugins = ["gpu_plugin"]
+# --- end GPU check ---
+
 # Variables that make a child process believe it is one rank of a launched job. In-process
 # vLLM engines (ours and TRL's colocate mode) set RANK/WORLD_SIZE/MASTER_* in os.environ, so a
 # child that inherits them would try to rendezvous on a port that is already taken.
