@@ -162,10 +162,20 @@ def grad_clipper_kwargs(cfg: Any) -> dict:
     return kwargs
 
 
+def resolved_ratio_anchor(cfg: Any) -> str:
+    """``ratio_anchor`` with ``"auto"`` resolved: ``"behaviour"`` for BAPO and Archer (both papers
+    clip the ratio to the policy that sampled the tokens), ``"proximal"`` otherwise."""
+    anchor = getattr(cfg, "ratio_anchor", "auto")
+    if anchor == "auto":
+        behaviour = cfg.policy_loss in ("bapo", "archer") and getattr(cfg, "use_behaviour_logprobs", True)
+        return "behaviour" if behaviour else "proximal"
+    return anchor
+
+
 def validate_rollout_fields(cfg: Any) -> None:
     """Refuse off-policy rollout settings (:class:`RolloutConfig` fields) that cannot work together
     with the vLLM settings of ``cfg`` (an ``OffPolicyGRPOConfig`` or a namespace of its fields)."""
-    rollout = RolloutConfig.from_object(cfg)
+    rollout = RolloutConfig.from_object(cfg, ratio_anchor=resolved_ratio_anchor(cfg))
     if rollout.partial_rollouts or rollout.replay_ratio > 0:
         what = "partial_rollouts=True" if rollout.partial_rollouts else f"replay_ratio={rollout.replay_ratio}"
         if not cfg.use_vllm:

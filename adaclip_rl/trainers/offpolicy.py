@@ -214,22 +214,9 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
         out = super()._generate_and_score_completions(rows)
 
         # ---- behaviour correction into the loss
-        mask = out["completion_mask"] if "tool_mask" not in out else out["completion_mask"] * out["tool_mask"]
         samples = [s for samples, _ in groups for s in samples]
-        versions = pad_versions([s.versions for s in samples], width=out["completion_ids"].size(1)).to(
-            mask.device
-        )
-        behaviour = out["sampling_per_token_logps"]
-        old = out.get("old_per_token_logps")
-        corr = behaviour_correction(old, behaviour, versions, version, mask, cfg)
-        if cfg.ratio_anchor == "behaviour":
-            out["old_per_token_logps"] = (
-                torch.where(torch.isnan(behaviour), old, behaviour)
-                if old is not None
-                else behaviour.nan_to_num(0.0)
-            )
-        out["importance_sampling_ratio"] = corr.weights
-        out["behaviour_versions"] = versions
+        versions = pad_versions([s.versions for s in samples], width=out["completion_ids"].size(1))
+        corr = self._apply_behaviour_correction(out, versions, version)
 
         # ---- store fresh groups in the replay buffer with their rewards and advantages
         if self.replay_buffer is not None and self._last_rewards is not None:
@@ -251,6 +238,33 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
             metrics["replay/sampled"] = float(len(replayed))
         self._log_rollout_metrics(metrics)
         return out
+
+    def _apply_behaviour_correction(self, out: dict[str, Any], versions: torch.Tensor, version: int):
+        """Anchor the loss's ratio and weight the loss for stale data, in TRL's batch ``out``.
+
+        ``ratio_anchor="behaviour"`` (default for BAPO and Archer): ``old_per_token_logps`` :=
+        the behaviour log-probs, so the ratio the loss clips - and BAPO's bound search sees - is
+        ``pi_theta / pi_behaviour`` (BAPO, arXiv 2510.18927, Eq. 5 with pi_rollout; Archer Eq. 5),
+        and the behaviour weight is 1 (times the staleness weight). ``"proximal"`` (AReaL's
+        decoupled PPO): the ratio is ``pi_theta / pi_old`` with ``pi_old`` recomputed at generation
+        time - about 1 on the first update after a partial rollout or a replay, so BAPO's bounds
+        then barely matter - and the staleness lives in the truncated weight
+        ``pi_old / pi_behaviour``, which the loss (and BAPO's statistic) multiplies in."""
+        mask = out["completion_mask"] if "tool_mask" not in out else out["completion_mask"] * out["tool_mask"]
+        versions = versions.to(mask.device)
+        behaviour = out["sampling_per_token_logps"]
+        old = out.get("old_per_token_logps")
+        cfg = self.rollout_cfg
+        corr = behaviour_correction(old, behaviour, versions, version, mask, cfg)
+        if cfg.ratio_anchor == "behaviour":
+            out["old_per_token_logps"] = (
+                torch.where(torch.isnan(behaviour), old, behaviour)
+                if old is not None
+                else behaviour.nan_to_num(0.0)
+            )
+        out["importance_sampling_ratio"] = corr.weights
+        out["behaviour_versions"] = versions
+        return corr
 
     def _log_rollout_metrics(self, metrics: dict[str, float]) -> None:
         keys = sorted(metrics)

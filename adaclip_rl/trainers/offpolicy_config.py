@@ -55,11 +55,13 @@ class OffPolicyGRPOConfig(AdaClipGRPOConfig):
         metadata={"help": "Record per-token behaviour log-probs (required by partial rollouts/replay)."},
     )
     ratio_anchor: str = field(
-        default="proximal",
+        default="auto",
         metadata={
-            "help": f"{list(RATIO_ANCHORS)}: 'proximal' = clip pi_theta/pi_old (recomputed) and weight by "
-            "pi_old/pi_behaviour (AReaL decoupled PPO); 'behaviour' = ratio against the behaviour log-probs "
-            "(verl bypass mode), behaviour weight 1."
+            "help": f"{['auto', *RATIO_ANCHORS]}: 'behaviour' = the clipped ratio is pi_theta/pi_behaviour (the "
+            "policy that sampled each token; BAPO and Archer clip this ratio, verl bypass mode), behaviour weight 1; "
+            "'proximal' = clip pi_theta/pi_old (recomputed at generation time, about 1 on the first update) and "
+            "weight by the capped pi_old/pi_behaviour (AReaL decoupled PPO). 'auto': 'behaviour' for "
+            "policy_loss bapo/archer, 'proximal' for grpo."
         },
     )
     behaviour_is_level: str = field(
@@ -109,5 +111,6 @@ class OffPolicyGRPOConfig(AdaClipGRPOConfig):
         field_checks.validate_rollout_fields(self)
 
     def rollout_config(self) -> RolloutConfig:
-        """The validated :class:`RolloutConfig` (shares field names with this config)."""
-        return RolloutConfig.from_object(self)
+        """The validated :class:`RolloutConfig` (shares field names with this config; ``ratio_anchor``
+        resolved)."""
+        return RolloutConfig.from_object(self, ratio_anchor=field_checks.resolved_ratio_anchor(self))

@@ -196,3 +196,79 @@ def test_bapo_partial_rollouts_and_replay_train_and_resume(tmp_path, eos_model_d
     assert restored["replay"] == saved["replay"] and restored["partial"] == saved["partial"]
     assert trainer.state.global_step == 4
     _release(trainer)
+
+
+@pytest.mark.parametrize(
+    ("policy_loss", "kw", "anchor"),
+    [
+        ("bapo", {}, "behaviour"),
+        ("archer", {}, "behaviour"),
+        ("grpo", {}, "proximal"),
+        ("bapo", {"ratio_anchor": "proximal"}, "proximal"),
+        ("bapo", {"use_behaviour_logprobs": False}, "proximal"),
+    ],
+)
+def test_ratio_anchor_auto_is_the_behaviour_policy_for_bapo_and_archer(tmp_path, policy_loss, kw, anchor):
+    assert _cfg(tmp_path, policy_loss=policy_loss, **kw).rollout_config().ratio_anchor == anchor
+
+
+@pytest.mark.parametrize("anchor", ["auto", "proximal"])
+def test_bapo_bounds_on_stale_data_are_computed_on_the_behaviour_ratio(tiny_model_dir, tmp_path, anchor):
+    """Stale data (tokens generated 1 and 2 versions ago) with known log-probs: the proximal
+    log-probs recomputed at generation time equal the current ones (first update after a partial
+    rollout), the behaviour ones are lower. BAPO (default anchor) must search and clip
+    pi_theta / pi_behaviour; the proximal anchor sees a ratio of 1 and keeps the start bounds,
+    the staleness then living in the capped weight."""
+    from datasets import Dataset
+
+    from adaclip_rl.losses import BAPOConfig
+    from adaclip_rl.tasks.arithmetic import ArithmeticTask
+    from adaclip_rl.trainers.offpolicy import OffPolicyGRPOTrainer
+
+    cfg = _cfg(tmp_path, policy_loss="bapo", use_vllm=False, ratio_anchor=anchor, per_device_train_batch_size=4)
+    trainer = OffPolicyGRPOTrainer(tiny_model_dir, [parity_reward], args=cfg,
+                                   train_dataset=Dataset.from_list(ArithmeticTask().sample(8, seed=1)))
+    b, p, t = 8, 3, 6
+    gen = torch.Generator().manual_seed(0)
+    logp = -2 * torch.rand(b, t, generator=gen)
+    behaviour = logp - 0.8 * torch.rand(b, t, generator=gen)  # the stale policies liked these tokens less
+    mask = torch.ones(b, t, dtype=torch.long)
+    out = {
+        "prompt_ids": torch.randint(3, 50, (b, p), generator=gen), "prompt_mask": torch.ones(b, p, dtype=torch.long),
+        "completion_ids": torch.randint(3, 50, (b, t), generator=gen), "completion_mask": mask,
+        "advantages": torch.tensor([1.0, -1.0, 0.5, -0.5, 1.5, -1.5, 0.2, -0.2]),
+        "old_per_token_logps": logp.clone(), "sampling_per_token_logps": behaviour.clone(),
+        "num_items_in_batch": mask.sum().float(),
+    }
+    versions = torch.tensor([[0] * 3 + [1] * 3] * b)  # current version 2: lag 1 and 2
+    corr = trainer._apply_behaviour_correction(out, versions, version=2)
+    assert corr.metrics["rollout/staleness_mean"] == pytest.approx(1.5)
+
+    leaf = logp.clone().requires_grad_()
+    trainer._get_per_token_logps_and_entropies = lambda *a, **k: (leaf, torch.ones(b, t), None)
+    trainer.use_vllm = trainer.vllm_importance_sampling_correction = True  # the behaviour weight enters the loss
+    seen = {}
+    inner = trainer.policy_loss_fn
+
+    def spy(ratio, advantages, m, **k):
+        res = inner(ratio, advantages, m, **k)
+        seen.update(ratio=ratio.detach(), result=res.details)
+        return res
+
+    trainer.policy_loss_fn = spy
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    trainer._compute_loss(trainer.model, out).backward()
+    res = seen["result"]
+    if anchor == "auto":
+        torch.testing.assert_close(seen["ratio"], torch.exp(logp - behaviour))
+        # the share the bounds were chosen on is the share of the real gradient, and the search moved
+        g = leaf.grad.abs()
+        pos = out["advantages"] > 0
+        assert res.share_after.item() == pytest.approx((g[pos].sum() / g.sum()).item(), abs=1e-6)
+        assert res.index.item() > 0 and (res.clip_low.item(), res.clip_high.item()) != (0.6, 1.2)
+    else:
+        torch.testing.assert_close(seen["ratio"], torch.ones(b, t))
+        assert (res.clip_low.item(), res.clip_high.item(), res.index.item()) == (0.6, 1.2, 0)
+        assert torch.all(out["importance_sampling_ratio"] > 1.0)  # exp(old - behaviour), capped at 2
+    assert BAPOConfig() == trainer.loss_config
