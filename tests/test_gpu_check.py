@@ -118,7 +118,7 @@ def test_bapo_compiles_without_graph_breaks(gc):
 
 def test_count_syncs_attributes_each_sync_to_our_code(gc):
     modes = []
-    fake_losses = "/x/adaclip_rl/losses/fake.py"
+    fake_losses = str(gc.PKG_DIR / "losses" / "fake.py")  # a frame in adaclip_rl/losses
     code = compile("import warnings\ndef op():\n    warnings.warn('called a synchronizing CUDA operation')\n",
                    fake_losses, "exec")
     ns: dict = {}
