@@ -277,7 +277,6 @@ MAP_TEST = textwrap.dedent(
     def check(candidate):
         cases = [((1,), 2), ((2,), 3), ((40,), 41)]
         assert all(map(lambda c: candidate(*c[0]) == c[1], cases))
-        assert len(list(map(candidate, [1, 2, 3]))) == 3
     """
 )
 
@@ -527,6 +526,22 @@ def test_fallback_by_name_runs_correct_programs() -> None:
             SandboxLimits(wall_time_s=10.0, cpu_time_s=8),
         )
         assert res.stdout.startswith("imports ok True"), res.stderr[-2000:]
+        # no IPC namespace here: System V IPC and message queues would outlive the run
+        nr = sbx.SECCOMP_ARCHES[os.uname().machine][1]
+        ipc = _run(
+            f"""
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            for name, nr, args in (("shmget", {nr["shmget"]}, (0, 4096, 0o1600)),
+                                   ("msgget", {nr["msgget"]}, (0, 0o1600, 0)),
+                                   ("semget", {nr["semget"]}, (0, 1, 0o1600))):
+                r = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args])
+                print(name, r, ctypes.get_errno() if r < 0 else 0)
+            """,
+            SandboxLimits(wall_time_s=5.0),
+        )
+        for name in ("shmget", "msgget", "semget"):
+            assert f"{name} -1 {errno.EPERM}" in ipc.stdout, ipc.stdout
         rows = humaneval()
         for i in (0, 10, 32, 120, 162):  # incl. helpers in the prompt and hashlib
             r = rows[i]
@@ -559,3 +574,17 @@ def test_reward_logs_mode_limits_and_peak() -> None:
     assert logged["sandbox/memory_limit_mb"] == [SandboxLimits().memory_mb]
     assert logged["sandbox/memory_exceeded"] == [0.0]
     assert extra["sandbox_mode"][0].startswith("namespaces(")
+
+
+@needs_root
+def test_run_cgroups_are_removed() -> None:
+    """Every run's groups are gone once the call returns (judge groups included)."""
+    row = humaneval()[0]
+    check_humaneval(row["canonical_solution"], row["prompt"], row["test"], row["entry_point"])
+    run_python("print(1)")
+    support = sbx._cgroups()
+    assert support is not None and support.hiers
+    mine = f"{os.getpid()}-"
+    for h in support.hiers.values():
+        left = [n for n in os.listdir(h.base) if n.startswith(mine)]
+        assert not left, (h.base, left)
