@@ -230,8 +230,11 @@ def _prefix_sum(x: Tensor) -> Tensor:
     """Inclusive prefix sum of a short 1-D vector. ``torch.cumsum`` on CPU; on other devices a
     log-step (Hillis-Steele) scan of plain additions, because a floating ``cumsum`` on CUDA is
     non-deterministic and raises under ``torch.use_deterministic_algorithms(True)``."""
-    if x.device.type == "cpu":
-        return x.cumsum(0)
+    return x.cumsum(0) if x.device.type == "cpu" else _scan(x)
+
+
+def _scan(x: Tensor) -> Tensor:
+    """Hillis-Steele inclusive scan: ``ceil(log2 n)`` shifted additions, deterministic everywhere."""
     n, shift = x.numel(), 1
     while shift < n:
         x = x + torch.cat([x.new_zeros(shift), x[:-shift]])
@@ -403,15 +406,20 @@ def bapo_select(stats: Tensor, config: BAPOConfig) -> BAPOResult:
     reached = met.any()
     index = torch.where(reached, met.to(torch.int32).argmax(), same_as_last.to(torch.int32).argmax())
     return BAPOResult(
-        clip_low=low_grid[path_low[index]],
-        clip_high=high_grid[path_high[index]],
+        clip_low=_at(low_grid, _at(path_low, index)),
+        clip_high=_at(high_grid, _at(path_high, index)),
         share_before=share[0],
-        share_after=share[index],
+        share_after=_at(share, index),
         pos_neg_before=pos_neg[0],
-        pos_neg_after=pos_neg[index],
+        pos_neg_after=_at(pos_neg, index),
         index=index,
         reached=reached,
     )
+
+
+def _at(values: Tensor, index: Tensor) -> Tensor:
+    """``values[index]`` for a 0-d index tensor, as a gather (no data-dependent Python index)."""
+    return values.gather(0, index.reshape(1)).reshape(())
 
 
 def bapo_search(

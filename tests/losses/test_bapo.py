@@ -354,3 +354,29 @@ def test_shapes_that_do_not_broadcast_raise_naming_the_argument(shapes, name):
     r, a, w = (torch.ones(s) for s in shapes)
     with pytest.raises(ValueError, match=name):
         bapo_search(r, a, w, BAPOConfig())
+
+
+def test_deterministic_scan_equals_cumsum():
+    from adaclip_rl.losses.bapo import _scan
+
+    gen = torch.Generator().manual_seed(0)
+    for n in range(1, 70):
+        x = torch.rand(n, generator=gen, dtype=torch.float64)
+        torch.testing.assert_close(_scan(x), x.cumsum(0))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_search_runs_on_cuda_under_deterministic_algorithms():
+    # a floating cumsum on CUDA raises under torch.use_deterministic_algorithms(True) (full_determinism)
+    gen = torch.Generator().manual_seed(0)
+    ratio = torch.exp(0.4 * torch.randn(8, 32, generator=gen))
+    adv, mask = torch.randn(8, generator=gen), torch.ones(8, 32)
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        for cfg in (BAPOConfig(), BAPOConfig.official()):
+            res = bapo_search(ratio.cuda(), adv.cuda(), mask.cuda(), cfg)
+            ref = bapo_search(ratio, adv, mask, cfg)
+            assert (res.clip_low.item(), res.clip_high.item()) == (ref.clip_low.item(), ref.clip_high.item())
+    finally:
+        torch.use_deterministic_algorithms(was)
