@@ -470,7 +470,12 @@ def _uid_base() -> int:
     if _CFG.uid_base:
         return _CFG.uid_base
     env = os.environ.get("ADACLIP_SANDBOX_UID_BASE")
-    return int(env) if env else _UID_POOL_DEFAULT
+    if not env:
+        return _UID_POOL_DEFAULT
+    hi = (1 << 32) - 2 - _UID_POOL_SIZE
+    if not env.isdigit() or not 1000 <= int(env) <= hi:
+        raise ValueError(f"ADACLIP_SANDBOX_UID_BASE must be an integer in [1000, {hi}], got {env!r}")
+    return int(env)
 
 
 def _uid_leases() -> _UidLeases:
@@ -609,6 +614,7 @@ def sandbox_info() -> dict[str, object]:
         "cgroups": _CGROUPS.describe() if _CGROUPS is not None else "no-cgroup",
         "cgroup_missing": dict(_CGROUP_REASONS),
         "max_parallel": _max_parallel(),
+        "uid_base": _uid_base() if _is_root() else None,
         "uid_range": (_uid_base(), _uid_base() + _UID_POOL_SIZE) if _is_root() else None,
         "python": _python(),
     }

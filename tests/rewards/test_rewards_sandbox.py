@@ -55,6 +55,20 @@ def test_configure_validation() -> None:
         configure_sandbox(uid_base=10)
 
 
+def test_environment_settings_validated(monkeypatch: pytest.MonkeyPatch) -> None:
+    from adaclip_rl.rewards import sandbox as sbx
+
+    monkeypatch.setenv("ADACLIP_SANDBOX_UID_BASE", "12ab")
+    with pytest.raises(ValueError, match=r"ADACLIP_SANDBOX_UID_BASE must be an integer in \[1000, "):
+        sbx._uid_base()
+    monkeypatch.setenv("ADACLIP_SANDBOX_RESOURCE_CONTROL", "sometimes")
+    with pytest.raises(ValueError, match=r"ADACLIP_SANDBOX_RESOURCE_CONTROL must be one of"):
+        sbx._cfg_resource_control()
+    monkeypatch.setenv("ADACLIP_SANDBOX_MODE", "docker")
+    with pytest.raises(ValueError, match=r"ADACLIP_SANDBOX_MODE must be one of"):
+        sbx._cfg_mode()
+
+
 def test_isolation_mode_reported() -> None:
     info = sandbox_info()
     res = run_python("print('hi')")
