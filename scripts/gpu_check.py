@@ -41,6 +41,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -884,29 +885,44 @@ def parse_verbose_log(path: Path) -> dict[str, Any]:
     return {**counts, "partial": True, "failed": failed[:50]}
 
 
+def _crash_site(text: str) -> str | None:
+    """The innermost ``path:line`` of a pytest traceback, skipping the device plugin's own frame
+    (every torch call passes through it)."""
+    sites = [m.group(1) for m in re.finditer(r"^(\S+\.py:\d+):", text, re.MULTILINE)
+             if not m.group(1).split(":")[0].endswith("gpu_plugin.py")]
+    return sites[-1] if sites else None
+
+
 def parse_junit(path: Path) -> dict[str, Any]:
-    """Counts and failures from a JUnit XML file; a failure whose message is an ``assert`` is
-    "assertion" (a tolerance or expected value), anything else raised is "exception"."""
+    """Counts and failures from a JUnit XML file, each failure classified by kind:
+    "assertion" (a tolerance or expected value), "exception in adaclip_rl" (raised while running
+    library code: a defect) or "exception elsewhere" (in the test itself or a dependency)."""
     root = ET.parse(path).getroot()
     counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     failed = []
     for case in root.iter("testcase"):
         counts["tests"] += 1
-        for tag in ("failure", "error", "skipped"):
+        for tag, key in (("failure", "failures"), ("error", "errors"), ("skipped", "skipped")):
             el = case.find(tag)
             if el is None:
                 continue
-            counts["failures" if tag == "failure" else "errors" if tag == "error" else "skipped"] += 1
-            if tag != "skipped":
-                msg = (el.get("message") or "").strip()
-                kind = "assertion" if (tag == "failure" and (msg.startswith("assert") or "AssertionError" in msg
-                                                              or (el.text or "").find("AssertionError") >= 0)) \
-                    else "exception"
-                failed.append({"test": f"{case.get('classname')}::{case.get('name')}", "kind": kind,
-                               "message": msg.splitlines()[0][:300] if msg else ""})
+            counts[key] += 1
+            if tag == "skipped":
+                continue
+            msg, text = (el.get("message") or "").strip(), el.text or ""
+            site = _crash_site(text)
+            if tag == "failure" and (msg.startswith("assert") or "AssertionError" in msg or "AssertionError" in text):
+                kind = "assertion"
+            elif "adaclip_rl/" in text and site and "adaclip_rl/" in site:
+                kind = "exception in adaclip_rl"
+            else:
+                kind = "exception elsewhere"
+            failed.append({"test": f"{case.get('classname')}::{case.get('name')}", "kind": kind, "at": site,
+                           "message": msg.splitlines()[0][:300] if msg else ""})
     counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
-    return {**counts, "assertion_failures": sum(f["kind"] == "assertion" for f in failed),
-            "exceptions": sum(f["kind"] == "exception" for f in failed), "failed": failed[:50]}
+    by_kind = {k: sum(f["kind"] == k for f in failed)
+               for k in ("assertion", "exception in adaclip_rl", "exception elsewhere")}
+    return {**counts, "failed_by_kind": by_kind, "failed": failed[:60]}
 
 
 # ------------------------------------------------------------------------------------------ main

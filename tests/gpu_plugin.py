@@ -67,6 +67,8 @@ class DeviceDtypeMode(TorchFunctionMode):
         if func not in _factories() or kwargs.get("device") is not None:
             return func(*args, **kwargs)
         gen = kwargs.get("generator")
+        # requires_grad is set after the move/cast, so the result stays a leaf
+        requires_grad = bool(kwargs.pop("requires_grad", False))
         if gen is not None and gen.device.type != self.device.type:
             out = func(*args, **kwargs).to(self.device)  # same random stream as a run on the generator's device
         else:
@@ -74,7 +76,7 @@ class DeviceDtypeMode(TorchFunctionMode):
         if (self.float_dtype is not None and kwargs.get("dtype") is None and isinstance(out, torch.Tensor)
                 and out.dtype == torch.get_default_dtype()):
             out = out.to(self.float_dtype)
-        return out
+        return out.requires_grad_() if requires_grad else out
 
 
 _SESSION_MODE = pytest.StashKey[DeviceDtypeMode]()

@@ -137,20 +137,27 @@ def test_count_syncs_attributes_each_sync_to_our_code(gc):
 
 
 def test_parse_junit_splits_assertions_from_exceptions(gc, tmp_path, child_env):
+    pkg = tmp_path / "adaclip_rl"  # a stand-in library module, so a raise "in adaclip_rl" can be told apart
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "lib.py").write_text("def f():\n    raise ValueError('library')\n")
     (tmp_path / "test_x.py").write_text(
         "import pytest\n"
         "def test_ok():\n    pass\n"
         "def test_assert():\n    assert 1 == 2\n"
         "def test_raise():\n    raise RuntimeError('boom')\n"
+        "def test_lib():\n    from adaclip_rl.lib import f\n    f()\n"
         "def test_skip():\n    pytest.skip('no')\n")
     junit = tmp_path / "j.xml"
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path / "test_x.py"),
                     f"--junitxml={junit}", "--rootdir", str(tmp_path)], cwd=tmp_path, env=child_env,
                    capture_output=True, timeout=120)
     res = gc.parse_junit(junit)
-    assert (res["tests"], res["passed"], res["failures"], res["skipped"]) == (4, 1, 2, 1)
+    assert (res["tests"], res["passed"], res["failures"], res["skipped"]) == (5, 1, 3, 1)
     kinds = {f["test"].split("::")[-1]: f["kind"] for f in res["failed"]}
-    assert kinds == {"test_assert": "assertion", "test_raise": "exception"}
+    assert kinds == {"test_assert": "assertion", "test_raise": "exception elsewhere",
+                     "test_lib": "exception in adaclip_rl"}
+    assert res["failed_by_kind"] == {"assertion": 1, "exception in adaclip_rl": 1, "exception elsewhere": 1}
 
 
 def test_parse_verbose_log_counts_a_run_cut_short(gc, tmp_path):
@@ -223,6 +230,11 @@ def test_device_mode_moves_factories_and_keeps_cpu_random_streams():
         assert got.dtype == torch.bfloat16 and torch.equal(got, want.to(torch.bfloat16))
         assert torch.ones(2, dtype=torch.float32).dtype == torch.float32  # explicit dtype kept
         assert torch.arange(3).dtype == torch.int64 and torch.zeros(2, dtype=torch.float64).dtype == torch.float64
+        leaf = torch.tensor([1.0, 2.0], requires_grad=True)  # still a leaf after the cast
+        assert leaf.is_leaf and leaf.requires_grad and leaf.dtype == torch.bfloat16
+    with DeviceDtypeMode("meta"):
+        moved = torch.rand(2, generator=torch.Generator().manual_seed(0), requires_grad=True)
+        assert moved.is_leaf and moved.requires_grad and moved.device.type == "meta"
 
 
 def test_training_arguments_patch_moves_trainers_to_the_device_in_bf16(monkeypatch):
