@@ -327,6 +327,8 @@ class AdaClipGRPOTrainer(GRPOTrainer):
         add("entropy", entropies)
         low_eps, high_eps = self.epsilon_low, self.epsilon_high
         if self.args.policy_loss == "grpo":
+            if self.args.delta is not None:  # TRL measures the clip on the delta-capped ratio
+                ratio = ratio.clamp(max=self.args.delta)
             is_low = ((ratio < 1 - low_eps) & (advantages < 0)).float()
             is_high = ((ratio > 1 + high_eps) & (advantages > 0)).float()
             add("clip_ratio/low_mean", is_low)

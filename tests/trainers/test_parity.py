@@ -1,9 +1,15 @@
-"""policy_loss="grpo" reproduces stock TRL GRPOTrainer's loss and gradients on the same batch."""
+"""policy_loss="grpo" reproduces stock TRL GRPOTrainer's loss and gradients on the same batch, in
+every branch of ``_compute_loss`` that AdaClipGRPOTrainer mirrors; and a hash of TRL's method pins
+the version the mirror was checked against."""
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+
 import pytest
 import torch
+import trl
 from conftest import digit_reward
 from trl import GRPOConfig, GRPOTrainer
 
@@ -50,7 +56,7 @@ def _loss_and_grads(trainer, inputs):
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.04])
-@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo", "luspo"])
 def test_grpo_policy_loss_matches_stock_trl(tiny_model_dir, arithmetic_dataset, tmp_path, loss_type, beta):
     kw = dict(COMMON, loss_type=loss_type, beta=beta)
     stock = GRPOTrainer(model=tiny_model_dir, reward_funcs=[digit_reward], train_dataset=arithmetic_dataset,
@@ -68,3 +74,69 @@ def test_grpo_policy_loss_matches_stock_trl(tiny_model_dir, arithmetic_dataset, 
     assert ours._metrics["train"]["clip_ratio/region_mean"][-1] > 0
     for key in ("clip_ratio/low_mean", "clip_ratio/high_mean", "entropy") + (("kl",) if beta else ()):
         assert ours._metrics["train"][key][-1] == pytest.approx(stock._metrics["train"][key][-1], rel=1e-5)
+
+
+# Branches of TRL's _compute_loss beyond the loss_type x beta grid above. "vllm_is" sets the
+# trainers' use_vllm / vllm_importance_sampling_correction attributes (only _compute_loss reads
+# them there) and feeds an importance_sampling_ratio, instead of starting a vLLM engine.
+BRANCHES = {
+    "entropy_bonus": ({"entropy_coef": 0.05}, {}),
+    "adaptive_entropy": ({"entropy_coef": 0.05, "use_adaptive_entropy": True, "entropy_target": 50.0}, {}),
+    "top_entropy_quantile": ({"top_entropy_quantile": 0.5}, {}),
+    "top_entropy_quantile_with_bonus": ({"top_entropy_quantile": 0.5, "entropy_coef": 0.05}, {}),
+    "off_policy_mask": ({"off_policy_mask_threshold": 0.01}, {"sampling": True}),
+    "delta": ({"delta": 1.1}, {}),
+    "luspo_sequence_is_beta": ({"loss_type": "luspo", "importance_sampling_level": "sequence", "beta": 0.04}, {}),
+    "sequence_is_beta": ({"importance_sampling_level": "sequence", "beta": 0.04}, {}),
+    "sequence_is_no_bias_correction": (
+        {"importance_sampling_level": "sequence", "beta": 0.04, "use_bias_correction_kl": False}, {}),
+    "vllm_is_token": ({}, {"vllm_is": (4, 6)}),
+    "vllm_is_sequence_dapo": ({"loss_type": "dapo", "importance_sampling_level": "sequence"}, {"vllm_is": (4, 1)}),
+}
+
+
+@pytest.mark.parametrize("branch", sorted(BRANCHES))
+def test_grpo_policy_loss_matches_stock_trl_in_every_mirrored_branch(tiny_model_dir, arithmetic_dataset, tmp_path,
+                                                                       branch):
+    cfg_kw, extra = BRANCHES[branch]
+    kw = dict(COMMON, **{"loss_type": "grpo", "beta": 0.0, **cfg_kw})
+    stock = GRPOTrainer(model=tiny_model_dir, reward_funcs=[digit_reward], train_dataset=arithmetic_dataset,
+                        args=GRPOConfig(output_dir=str(tmp_path / "stock"), **kw))
+    ours = AdaClipGRPOTrainer(model=tiny_model_dir, reward_funcs=[digit_reward], train_dataset=arithmetic_dataset,
+                              args=AdaClipGRPOConfig(output_dir=str(tmp_path / "ours"), policy_loss="grpo", **kw))
+    inputs = _batch(stock.model, seed=sum(map(ord, branch)))
+    gen = torch.Generator().manual_seed(1)
+    if extra.get("sampling"):
+        inputs["sampling_per_token_logps"] = inputs["old_per_token_logps"] + 0.5 * torch.randn(4, 6, generator=gen)
+    if "vllm_is" in extra:
+        inputs["importance_sampling_ratio"] = 0.2 + 1.8 * torch.rand(*extra["vllm_is"], generator=gen)
+        for tr in (stock, ours):
+            tr.use_vllm = tr.vllm_importance_sampling_correction = True
+    for tr in (stock, ours):
+        tr._last_world_entropy = 1.0  # the adaptive controller applies its coefficient (entropy <= target)
+    for step in range(2):  # two micro-batches: the adaptive controller updates at the window's end
+        loss_s, grads_s = _loss_and_grads(stock, inputs)
+        loss_o, grads_o = _loss_and_grads(ours, inputs)
+        assert torch.allclose(loss_o, loss_s, rtol=1e-6, atol=1e-7), (step, loss_o, loss_s)
+        assert grads_s.keys() == grads_o.keys() and len(grads_s) > 0
+        for name, g in grads_s.items():
+            assert torch.allclose(grads_o[name], g, rtol=1e-5, atol=1e-7), (step, name)
+    assert ours.entropy_coef == stock.entropy_coef
+    for key in set(stock._metrics["train"]) & {"clip_ratio/low_mean", "clip_ratio/high_mean", "entropy", "kl",
+                                                "policy_loss", "entropy_coef"}:
+        assert ours._metrics["train"][key] == pytest.approx(stock._metrics["train"][key], rel=1e-5), key
+
+
+# sha256 of inspect.getsource(trl.GRPOTrainer._compute_loss), TRL 1.16.0
+TRL_COMPUTE_LOSS_SHA256 = "80295546bbdbf6f711acce7f6e69b0100ab40aa8f23ed8052cc564ff024e3e40"
+
+
+def test_trl_compute_loss_is_the_version_our_override_mirrors():
+    digest = hashlib.sha256(inspect.getsource(GRPOTrainer._compute_loss).encode()).hexdigest()
+    assert digest == TRL_COMPUTE_LOSS_SHA256, (
+        f"TRL {trl.__version__} changed GRPOTrainer._compute_loss. AdaClipGRPOTrainer._compute_loss and _loss_inputs "
+        "mirror it step by step: re-check the order of the entropy mask, off-policy mask, importance-sampling level, "
+        "KL (bias correction), per-loss_type aggregation and accumulation scaling, vLLM IS correction, entropy bonus "
+        "and adaptive controller, aux loss and metrics; extend test_parity.py to any new branch and run it; then "
+        f"pin the new hash {digest}."
+    )
