@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
-IS_LEVELS = ("token", "sequence")
+IS_LEVELS = ("token", "sequence", "sequence_mean")
 IS_MODES = ("truncate", "mask")
 STALENESS_POLICIES = ("drop", "downweight")
 STALENESS_LEVELS = ("token", "sequence")
@@ -60,22 +60,28 @@ def _check_float(name: str, value: Any, low: float, high: float, *, low_open: bo
 class RolloutConfig:
     """Off-policy rollout settings.
 
-    Partial rollouts (``partial_rollouts=True``): generation proceeds in rounds of at most
-    ``partial_round_budget`` new tokens per sequence. Unfinished sequences keep their tokens,
-    behaviour log-probs and per-token policy versions and are continued in the next round, by the
-    then-current policy, *before* new prompts are admitted. After ``partial_max_segments`` segments
-    an unfinished sequence is finished as truncated. ``partial_prefill_groups`` extra prompt groups
-    are kept in flight so that long generations overlap with training (the source of the speed-up).
+    Partial rollouts (``partial_rollouts=True``): all in-flight sequences generate in one
+    continuous batch; once a generation batch has its groups, the sequences still running are
+    interrupted and continued in the next batch - after the weight update - by the then-current
+    policy, *before* new prompts are admitted. They keep their tokens, behaviour log-probs and
+    per-token versions. Generation is cut only there, never at a token budget. A completion spans
+    at most ``partial_max_segments`` policy versions and is never staler than ``max_staleness``
+    when trained on: a sequence that would exceed either bound is not interrupted (it finishes in
+    the current batch), so no completion is truncated and no group is dropped for these bounds.
+    ``partial_prefill_groups`` extra prompt groups are kept in flight so that the long tail of one
+    batch generates beside the next batch's prompts. Generation and training still alternate (in
+    one process); nothing runs concurrently with training.
 
     Importance correction: per token ``w = exp(logp_old - logp_behaviour)``, truncated at
     ``behaviour_is_cap`` (``behaviour_is_mode="truncate"``, TIS) or zeroed beyond it (``"mask"``, ICEPOP-style), at
-    token or sequence level. ``logp_old`` is the proximal policy recomputed by the trainer
+    token level, sequence level (``exp`` of the summed log-ratio: long traces are almost always
+    capped) or ``sequence_mean`` (``exp`` of the mean log-ratio, the per-token geometric mean). ``logp_old`` is the proximal policy recomputed by the trainer
     (``ratio_anchor="proximal"``, AReaL's decoupled objective); with ``ratio_anchor="behaviour"``
     the PPO/BAPO ratio is taken directly against the behaviour log-probs and ``w = 1`` (verl
     "bypass" mode, slime ``--use-rollout-logprobs``).
 
-    Staleness of a token = current policy version - version that generated it (versions count
-    optimizer steps at weight sync). Beyond ``max_staleness`` samples are dropped (weight 0) or
+    Staleness of a token = current policy version - version that generated it. Versions count
+    weight pushes into the engine (one per generation batch), not optimizer steps. Beyond ``max_staleness`` samples are dropped (weight 0) or
     down-weighted by ``staleness_decay ** (staleness - max_staleness)``.
 
     Replay: scored groups (non-constant rewards) are stored with ``replay_capacity`` (oldest
@@ -91,7 +97,6 @@ class RolloutConfig:
 
     # --- partial rollouts
     partial_rollouts: bool = False
-    partial_round_budget: int | None = None
     partial_max_segments: int = 4
     partial_prefill_groups: int | None = None
 
@@ -130,19 +135,6 @@ class RolloutConfig:
                     "mixes tokens from several policy versions and its importance ratios need the "
                     "per-token behaviour log-probs recorded at generation time"
                 )
-            if self.partial_round_budget is None:
-                raise ValueError(
-                    "partial_round_budget must be set (an integer in [1, max_completion_length="
-                    f"{self.max_completion_length}]) when partial_rollouts=True"
-                )
-        if self.partial_round_budget is not None:
-            _check_int("partial_round_budget", self.partial_round_budget, 1)
-            if self.partial_round_budget > self.max_completion_length:
-                raise ValueError(
-                    f"partial_round_budget ({self.partial_round_budget}) must be in [1, "
-                    f"max_completion_length={self.max_completion_length}]: a round budget larger than the "
-                    "maximum completion length never cuts a generation"
-                )
         _check_int("partial_max_segments", self.partial_max_segments, 1)
         _check_int("partial_prefill_groups", self.partial_prefill_groups, 0, allow_none=True)
         _check_choice("ratio_anchor", self.ratio_anchor, RATIO_ANCHORS)
@@ -155,7 +147,11 @@ class RolloutConfig:
         _check_choice("staleness_policy", self.staleness_policy, STALENESS_POLICIES)
         _check_float("staleness_decay", self.staleness_decay, 0.0, 1.0)
         _check_choice("staleness_level", self.staleness_level, STALENESS_LEVELS)
-        _check_float("replay_ratio", self.replay_ratio, 0.0, 1.0)
+        if not (isinstance(self.replay_ratio, (int, float)) and 0.0 <= self.replay_ratio < 1.0):
+            raise ValueError(
+                f"replay_ratio must be in [0, 1): the share of each batch taken from the buffer, which only "
+                f"fresh groups fill; got {self.replay_ratio!r}"
+            )
         if self.replay_ratio > 0 and not self.use_behaviour_logprobs:
             raise ValueError(
                 "replay_ratio > 0 requires use_behaviour_logprobs=True: replayed samples are stale and "
@@ -169,15 +165,8 @@ class RolloutConfig:
 
     # ------------------------------------------------------------------ helpers
     @property
-    def round_budget(self) -> int:
-        """Tokens per sequence per round (the full completion length without partial rollouts)."""
-        if self.partial_rollouts and self.partial_round_budget is not None:
-            return self.partial_round_budget
-        return self.max_completion_length
-
-    @property
     def max_segments(self) -> int:
-        """Segments allowed per sequence (1 without partial rollouts)."""
+        """Policy versions a completion may span (1 without partial rollouts: never interrupted)."""
         return self.partial_max_segments if self.partial_rollouts else 1
 
     @classmethod

@@ -3,11 +3,18 @@
 A rollout engine turns token-id prompts into completions with per-token behaviour log-probs and
 knows its current policy ``version``. :class:`adaclip_rl.rollout.vllm_engine.VLLMColocateEngine`
 implements it with an in-process ``vllm.LLM``; tests use a small deterministic fake.
+
+Two calls: :meth:`RolloutEngine.generate_requests` runs every request to its end;
+:meth:`RolloutEngine.generate_until` runs them continuously, reports each one as it finishes,
+and - once the caller says it has enough - interrupts the *interruptible* requests that are still
+running (their tokens so far come back with ``finish_reason="interrupted"``) while the others run
+to their end. Partial rollouts use the second: generation is cut only where the weights are about
+to change (the end of a generation batch), never at a fixed token budget.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -37,13 +44,15 @@ class GenerationRequest:
     prompt_token_ids: list[int]
     max_tokens: int
     seed: int | None = None
+    interruptible: bool = True  # generate_until may cut it short once the caller has enough
 
 
 @dataclass
 class GenerationOutput:
     """New tokens for one request, their behaviour log-probs, why generation stopped, and the
-    engine version that produced them. ``finish_reason`` is ``"stop"`` (EOS / stop token) or
-    ``"length"`` (``max_tokens`` reached)."""
+    engine version that produced them. ``finish_reason`` is ``"stop"`` (EOS / stop token),
+    ``"length"`` (``max_tokens`` reached) or ``"interrupted"`` (cut short by
+    :meth:`RolloutEngine.generate_until`; the tokens so far, possibly none)."""
 
     token_ids: list[int]
     logprobs: list[float]
@@ -63,3 +72,20 @@ class RolloutEngine(Protocol):
     ) -> list[GenerationOutput]:
         """Generate for every request (one completion each), in request order."""
         ...
+
+    def generate_until(
+        self,
+        requests: Sequence[GenerationRequest],
+        sampling: SamplingSettings,
+        on_finish: Callable[[int, GenerationOutput], bool],
+    ) -> list[GenerationOutput]:
+        """Generate all requests at once; call ``on_finish(index, output)`` as each one ends.
+
+        When ``on_finish`` returns True, the interruptible requests still running are stopped and
+        returned with ``finish_reason="interrupted"``; non-interruptible ones run to their end
+        (``on_finish`` is still called for them). Returns every output in request order.
+        """
+        ...
+
+
+FinishCallback = Callable[[int, GenerationOutput], bool]

@@ -1,26 +1,32 @@
-"""Partial rollouts: generation in rounds with a per-round token budget, continued across updates.
+"""Partial rollouts: generation interrupted only at weight updates, continued by the newer policy.
 
-Each *round* extends every unfinished sequence by at most ``round_budget`` tokens. A sequence that
-stops (EOS) or reaches its length cap is finished; otherwise it keeps its tokens, behaviour
-log-probs and per-token versions and is continued in the next round - by whatever policy the
-engine then holds - by resubmitting ``prompt + partial completion`` (the "abort and resubmit"
-resume of AReaL, verl fully-async, ROLL and slime; the KV cache is recomputed with the new weights).
-Continued sequences are scheduled *before* new prompts are admitted (slime serves its partial
-buffer first). After ``max_segments`` segments an unfinished sequence is finished as truncated.
+All in-flight sequences generate together in one continuous batch (``engine.generate_until``).
+As soon as enough *groups* (one prompt, G completions: GRPO's advantage needs the whole group)
+are finished for the next training batch, the sequences still running are interrupted: they keep
+their tokens, behaviour log-probs and per-token versions, and are continued in the next
+generation batch - after the weight update - by resubmitting ``prompt + partial completion``
+(the "abort and resubmit" resume of AReaL, verl fully-async, ROLL and slime; the prefix is
+re-processed once per weight update, which the new weights require anyway). Within one
+generation batch nothing is cut: a *segment* is the part of a completion generated under one
+policy version, so ``max_segments`` bounds how many versions a completion may span. A sequence in
+its last allowed segment - or one whose continuation would make it staler than ``max_staleness``
+when it is trained on - is not interruptible: it runs to its end in the current batch. No
+completion is ever truncated by these bounds, and no group is dropped for staleness later, so the
+trained lengths have the distribution of the generated ones (dropping stale samples at consumption
+removes long answers first; AReaL bounds staleness at admission for the same reason).
 
-Work is organised in *groups* (one prompt, G completions): GRPO's advantage needs the whole group,
-so a group is returned only when all its completions are finished; returned samples carry
-their per-token behaviour data concatenated across segments.
+Continued groups are served before new prompts are admitted (slime serves its partial buffer
+first).
 
 Why it is faster (APRIL, arXiv 2509.18521; verl fully-async; AReaL): with long-tailed lengths a
-synchronous step waits for its longest completion while the batch drains; with a round budget,
-the long tail is spread over several steps and overlapped with new prompts, so every round does
-about ``round_budget`` decode steps on a full batch. ``prefill_groups`` extra groups kept in flight
-provide the overlap.
+synchronous step waits for its longest completion while the batch drains; here a step ends as soon
+as its groups are done, and the long tail keeps generating next step beside new prompts. Nothing
+runs concurrently with training: generation and training still alternate in one process.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -29,9 +35,19 @@ from typing import Any
 
 from .behaviour import BehaviourSample
 from .config import RolloutConfig
-from .engine import GenerationRequest, RolloutEngine, SamplingSettings
+from .engine import GenerationOutput, GenerationRequest, RolloutEngine, SamplingSettings
 
 _SEED_MOD = 2**31 - 1
+
+
+def request_seed(seed: int, rank: int, uid: int, segment: int) -> int:
+    """A per-request sampling seed in ``[0, 2**31 - 1)`` from (base seed, rank, sample uid, segment).
+
+    A keyed hash rather than a linear formula, so that different ranks (and samples) draw
+    independent streams; deterministic across processes and runs.
+    """
+    digest = hashlib.blake2b(f"{seed}/{rank}/{uid}/{segment}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % _SEED_MOD
 
 
 @dataclass
@@ -63,18 +79,21 @@ class RolloutGroup:
 
 
 class PartialRolloutManager:
-    """Round-based generation with carry-over of unfinished sequences.
+    """Generation interrupted at weight updates, with carry-over of unfinished sequences.
 
     Args:
         engine: a :class:`~adaclip_rl.rollout.engine.RolloutEngine` (e.g. the vLLM colocate wrapper).
         max_completion_length: default completion cap per sample.
-        round_budget: max new tokens per sequence per round (``max_completion_length`` = no cut).
-        max_segments: segments allowed per sequence before it is finished as truncated.
+        max_segments: policy versions a completion may span (1: never interrupted, i.e. synchronous
+            generation); a sample in its last segment runs to its end.
         sampling: sampling settings for every request.
         max_active_groups: at most this many groups generate at once (None: admit every waiting
-            group each round). Continued groups always keep their slot.
-        seed: base seed; request seeds are derived from (seed, sample uid, segment index), so
-            sampling does not depend on how requests are batched.
+            group). Continued groups always keep their slot.
+        max_staleness: a sample is not interrupted if continuing it after the update would leave
+            it more than this many versions behind when it is trained on (None: no bound).
+        seed: base seed; request seeds hash (seed, rank, sample uid, segment index), so sampling
+            does not depend on how requests are batched.
+        rank: data-parallel rank (distinct seed streams per rank).
     """
 
     def __init__(
@@ -82,35 +101,38 @@ class PartialRolloutManager:
         engine: RolloutEngine,
         *,
         max_completion_length: int,
-        round_budget: int,
         max_segments: int = 1,
         sampling: SamplingSettings | None = None,
         max_active_groups: int | None = None,
+        max_staleness: int | None = None,
         seed: int = 0,
+        rank: int = 0,
     ) -> None:
-        if round_budget < 1 or round_budget > max_completion_length:
-            raise ValueError(
-                f"round_budget must be in [1, max_completion_length={max_completion_length}]; got {round_budget}"
-            )
+        if max_completion_length < 1:
+            raise ValueError(f"max_completion_length must be >= 1; got {max_completion_length}")
         if max_segments < 1:
             raise ValueError(f"max_segments must be >= 1; got {max_segments}")
         if max_active_groups is not None and max_active_groups < 1:
             raise ValueError(f"max_active_groups must be >= 1 or None; got {max_active_groups}")
+        if max_staleness is not None and max_staleness < 0:
+            raise ValueError(f"max_staleness must be >= 0 or None; got {max_staleness}")
+        if rank < 0:
+            raise ValueError(f"rank must be >= 0; got {rank}")
         self.engine = engine
         self.max_completion_length = max_completion_length
-        self.round_budget = round_budget
         self.max_segments = max_segments
         self.sampling = sampling or SamplingSettings()
         self.max_active_groups = max_active_groups
+        self.max_staleness = max_staleness
         self.seed = seed
+        self.rank = rank
         self._waiting: deque[RolloutGroup] = deque()
         self._active: list[RolloutGroup] = []
         self._ready: deque[RolloutGroup] = deque()
         self._next_gid = 0
         self._next_uid = 0
         self._last: dict[str, float] = {}
-        self._round_tokens = 0
-        self._totals = {"rounds": 0, "tokens": 0, "truncated_by_segments": 0}
+        self._totals = {"calls": 0, "tokens": 0, "interrupted": 0}
 
     @classmethod
     def from_config(
@@ -119,15 +141,17 @@ class PartialRolloutManager:
         config: RolloutConfig,
         sampling: SamplingSettings | None = None,
         max_active_groups: int | None = None,
+        rank: int = 0,
     ) -> PartialRolloutManager:
         return cls(
             engine,
             max_completion_length=config.max_completion_length,
-            round_budget=config.round_budget,
             max_segments=config.max_segments,
             sampling=sampling,
             max_active_groups=max_active_groups,
+            max_staleness=config.max_staleness,
             seed=config.seed,
+            rank=rank,
         )
 
     # ------------------------------------------------------------------ queues
@@ -192,83 +216,107 @@ class PartialRolloutManager:
             cap = min(cap, max_len - len(s.prompt_ids))
         return max(cap, 0)
 
-    def _seed(self, s: BehaviourSample) -> int:
-        return (self.seed * 1_000_003 + s.uid * 7919 + s.segments * 104_729 + 1) % _SEED_MOD
+    def request_seed(self, s: BehaviourSample) -> int:
+        """Seed of a sample's next segment: a hash of (seed, rank, sample uid, segment), so that
+        sampling does not depend on batching and two ranks never share a seed stream."""
+        return request_seed(self.seed, self.rank, s.uid, s.segments)
 
     def _finish(self, s: BehaviourSample, reason: str) -> None:
         s.finished = True
         s.finish_reason = reason
         s.truncated = reason != "stop"
 
-    def run_round(self) -> int:
-        """One round: continue unfinished sequences, then admit waiting groups, generate, update.
+    def _interruptible(self, group: RolloutGroup, s: BehaviourSample) -> bool:
+        """May this sample be cut at the end of the current batch and continued after the update?
 
-        Returns the number of groups that became ready this round.
+        Not in its last allowed segment (``max_segments``), and not if finishing it one version
+        later would make it staler than ``max_staleness`` when it is trained on.
         """
-        # admit new groups only after every continued group has its slot
-        while self._waiting and (
-            self.max_active_groups is None or len(self._active) < self.max_active_groups
-        ):
+        if s.segments + 1 >= self.max_segments:
+            return False
+        if self.max_staleness is not None and group.submitted_version is not None:
+            if self.engine.version + 1 - group.submitted_version > self.max_staleness:
+                return False
+        return True
+
+    def _admit(self) -> None:
+        """Move waiting groups into the active set (continued groups keep their slots)."""
+        while self._waiting and (self.max_active_groups is None or len(self._active) < self.max_active_groups):
             group = self._waiting.popleft()
             group.submitted_version = self.engine.version
             self._active.append(group)
-        todo: list[BehaviourSample] = []
+
+    def _generate(self, num_groups: int) -> int:
+        """One continuous batch over every unfinished sample of the active groups.
+
+        Stops (interrupting what may be interrupted) once ``num_groups`` groups are ready.
+        Returns the number of tokens generated.
+        """
+        todo: list[tuple[RolloutGroup, BehaviourSample]] = []
         requests: list[GenerationRequest] = []
         for group in self._active:  # admission order: continued groups come first
             for s in group.samples:
                 if s.finished:
                     continue
-                budget = min(self.round_budget, self._cap(s) - s.num_tokens)
-                if budget <= 0:
+                remaining = self._cap(s) - s.num_tokens
+                if remaining <= 0:
                     self._finish(s, "length")
                     continue
-                todo.append(s)
+                todo.append((group, s))
                 requests.append(
                     GenerationRequest(
                         prompt_token_ids=s.prompt_ids + s.completion_ids,
-                        max_tokens=budget,
-                        seed=self._seed(s),
+                        max_tokens=remaining,
+                        seed=self.request_seed(s),
+                        interruptible=self._interruptible(group, s),
                     )
                 )
-        generated = 0
-        if requests:
-            outputs = self.engine.generate_requests(requests, self.sampling)
-            if len(outputs) != len(requests):
-                raise RuntimeError(f"engine returned {len(outputs)} outputs for {len(requests)} requests")
-            for s, out in zip(todo, outputs, strict=True):
+        self._promote_finished()
+        if not requests:
+            return 0
+
+        def on_finish(i: int, out: GenerationOutput) -> bool:
+            group, s = todo[i]
+            s.extend(out.token_ids, out.logprobs, out.version)
+            self._finish(s, "stop" if out.finish_reason == "stop" else "length")
+            if group.finished:
+                self._promote_finished()
+            return len(self._ready) >= num_groups
+
+        outputs = self.engine.generate_until(requests, self.sampling, on_finish)
+        if len(outputs) != len(requests):
+            raise RuntimeError(f"engine returned {len(outputs)} outputs for {len(requests)} requests")
+        for (_, s), out in zip(todo, outputs, strict=True):
+            if out.finish_reason == "interrupted":
                 s.extend(out.token_ids, out.logprobs, out.version)
-                generated += len(out.token_ids)
-                if out.finish_reason == "stop":
-                    self._finish(s, "stop")
-                elif s.num_tokens >= self._cap(s):
-                    self._finish(s, "length")
-                elif s.segments >= self.max_segments:
-                    self._finish(s, "segments")
-                    self._totals["truncated_by_segments"] += 1
-        self._totals["rounds"] += 1
-        self._totals["tokens"] += generated
-        self._round_tokens = generated
+                self._totals["interrupted"] += 1
+        self._totals["calls"] += 1
+        tokens = sum(len(out.token_ids) for out in outputs)
+        self._totals["tokens"] += tokens
+        return tokens
+
+    def _promote_finished(self) -> None:
         done = [g for g in self._active if g.finished]
-        self._active = [g for g in self._active if not g.finished]
-        self._ready.extend(done)
-        return len(done)
+        if done:
+            self._active = [g for g in self._active if not g.finished]
+            self._ready.extend(done)
 
-    def collect(self, num_groups: int, max_rounds: int | None = None) -> list[RolloutGroup]:
-        """Run rounds until ``num_groups`` groups are ready; return exactly that many (oldest first).
+    def collect(self, num_groups: int) -> list[RolloutGroup]:
+        """Generate until ``num_groups`` groups are ready; return exactly that many (oldest first).
 
-        Extra finished groups stay ready for the next call. Stops early (returning fewer groups)
-        when nothing is left to generate or after ``max_rounds`` rounds.
+        Groups finished beyond ``num_groups`` (by samples that could not be interrupted) stay ready
+        and are returned first next time. Returns fewer groups only when nothing is left to generate.
         """
         t0 = time.perf_counter()
-        rounds = tokens = 0
-        while len(self._ready) < num_groups and (self._active or self._waiting):
-            if max_rounds is not None and rounds >= max_rounds:
+        calls = tokens = 0
+        while len(self._ready) < num_groups:
+            self._admit()
+            if not self._active:
                 break
-            self.run_round()
-            rounds += 1
-            tokens += self._round_tokens
+            tokens += self._generate(num_groups)
+            calls += 1
         out = [self._ready.popleft() for _ in range(min(num_groups, len(self._ready)))]
-        self._last = self._collect_metrics(out, rounds, tokens, time.perf_counter() - t0)
+        self._last = self._collect_metrics(out, calls, tokens, time.perf_counter() - t0)
         return out
 
     # ------------------------------------------------------------------ metrics
@@ -279,14 +327,15 @@ class PartialRolloutManager:
         n = max(len(samples), 1)
         spans = [max(s.versions) - min(s.versions) for s in samples if s.versions]
         return {
-            "partial/rounds": float(rounds),
+            "partial/engine_calls": float(rounds),
             "partial/tokens_generated": float(tokens),
             "partial/generate_seconds": float(seconds),
             "partial/segments_mean": sum(s.segments for s in samples) / n,
             "partial/continued_frac": sum(s.segments > 1 for s in samples) / n,
             "partial/version_span_max": float(max(spans, default=0)),
             "partial/truncated_frac": sum(s.truncated for s in samples) / n,
-            "partial/segment_capped_frac": sum(s.finish_reason == "segments" for s in samples) / n,
+            "partial/staleness_max": float(max((self.engine.version - v for s in samples for v in s.versions[:1]),
+                                               default=0)),
             "partial/active_groups": float(len(self._active)),
             "partial/waiting_groups": float(len(self._waiting)),
             "partial/ready_groups": float(len(self._ready)),

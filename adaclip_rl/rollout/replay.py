@@ -23,6 +23,7 @@ per-token behaviour log-probs and versions.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Iterable, Sequence
@@ -33,6 +34,7 @@ from .behaviour import BehaviourSample
 from .config import REPLAY_SELECTIONS
 
 _STATE_VERSION = 1
+logger = logging.getLogger(__name__)
 
 
 def _std(xs: Sequence[float]) -> float:
@@ -241,14 +243,7 @@ class ReplayBuffer:
         """Everything needed for an exact restore, as python builtins (``weights_only``-safe)."""
         return {
             "version": _STATE_VERSION,
-            "config": {
-                "capacity": self.capacity,
-                "max_age": self.max_age,
-                "selection": self.selection,
-                "filter_equal_rewards": self.filter_equal_rewards,
-                "max_reuse": self.max_reuse,
-                "equal_tol": self.equal_tol,
-            },
+            "config": self.config_dict(),
             "groups": [g.to_dict() for g in self._groups],
             "rng_state": self._rng.getstate(),
             "next_gid": self._next_gid,
@@ -256,12 +251,34 @@ class ReplayBuffer:
             "last_sampled": self._last_sampled,
         }
 
+    def config_dict(self) -> dict[str, Any]:
+        """The buffer's settings (what :meth:`state_dict` stores under ``"config"``)."""
+        return {
+            "capacity": self.capacity,
+            "max_age": self.max_age,
+            "selection": self.selection,
+            "filter_equal_rewards": self.filter_equal_rewards,
+            "max_reuse": self.max_reuse,
+            "equal_tol": self.equal_tol,
+        }
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore contents, counters and RNG state (the constructor's config is overwritten)."""
+        """Restore contents, counters and RNG state.
+
+        The settings stay those this buffer was constructed with (the run's current config): where
+        the checkpoint was saved with other settings, a warning names each difference, groups
+        beyond the new ``capacity`` are evicted (oldest first) and ``max_age`` / ``max_reuse``
+        apply from the next draw.
+        """
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"unsupported replay buffer state version {state.get('version')!r}")
-        for k, v in state["config"].items():
-            setattr(self, k, v)
+        saved = dict(state["config"])
+        changed = {k: (saved[k], v) for k, v in self.config_dict().items() if k in saved and saved[k] != v}
+        if changed:
+            logger.warning(
+                "replay buffer restored with settings that differ from the checkpoint's (checkpoint -> now): %s",
+                ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items()),
+            )
         self._groups = [ReplayGroup.from_dict(g) for g in state["groups"]]
         rng_state = state["rng_state"]
         # torch.load may hand back lists where tuples were saved; random.setstate wants tuples.
@@ -269,3 +286,7 @@ class ReplayBuffer:
         self._next_gid = int(state["next_gid"])
         self._counters = dict(state["counters"])
         self._last_sampled = int(state["last_sampled"])
+        overflow = len(self._groups) - self.capacity
+        if overflow > 0:
+            del self._groups[:overflow]
+            self._counters["evicted"] += overflow

@@ -13,6 +13,11 @@ you off-policy RL training"; slime ``--use-tis``, verl ``rollout_is_threshold``)
 
     w_t = min(exp(logp_old_t - logp_behaviour_t), cap)                      (token level)
     w   = min(exp(sum_t (logp_old_t - logp_behaviour_t)), cap)              (sequence level)
+    w   = min(exp(mean_t (logp_old_t - logp_behaviour_t)), cap)             (sequence_mean level)
+
+The sum grows with the length, so at ``sequence`` level long traces are capped almost always; the
+mean (a per-token geometric mean, as GSPO normalises its sequence ratio) keeps the weight's scale
+independent of the length.
 
 Masking mode (ICEPOP / MIS; OpenRLHF ``icepop``, AReaL ``rejection_sampling action=mask``)
 instead sets ``w = 0`` where the raw ratio exceeds ``cap`` and ``w = raw ratio`` elsewhere.
@@ -20,7 +25,7 @@ Together with a PPO/BAPO ratio pi_theta / pi_old this is AReaL's decoupled objec
 (arXiv 2505.24298, Eq. 5): the clip acts on the proximal ratio, the behaviour weight corrects for
 the policy that actually generated the data.
 
-Staleness of a token = ``current_version - token_version``. With ``level="sequence"`` a sample's
+Staleness of a token = ``current_version - token_version``, in weight pushes (policy versions). With ``level="sequence"`` a sample's
 staleness is that of its oldest token (a partial rollout is as stale as its first segment).
 Beyond ``max_staleness``: ``drop`` gives weight 0 (TRL AsyncGRPO drops such samples at
 consumption, AReaL prevents them at admission), ``downweight`` gives
@@ -78,7 +83,8 @@ def importance_weights(
             not score) get log-ratio 0, i.e. weight 1.
         mask: ``(B, T)`` validity mask.
         cap: truncation / masking threshold (>= 1).
-        level: ``"token"`` or ``"sequence"`` (sum of token log-ratios, TRL's ``sequence_*`` modes).
+        level: ``"token"``, ``"sequence"`` (sum of token log-ratios, TRL's ``sequence_*`` modes) or
+            ``"sequence_mean"`` (mean of the valid tokens' log-ratios).
         mode: ``"truncate"`` (``min(r, cap)``) or ``"mask"`` (``r * 1[r <= cap]``).
 
     Returns:
@@ -94,6 +100,9 @@ def importance_weights(
     diff = torch.where(m, diff, torch.zeros_like(diff))
     if level == "sequence":
         diff = diff.sum(dim=-1, keepdim=True).expand_as(diff)
+    elif level == "sequence_mean":
+        count = m.sum(dim=-1, keepdim=True).clamp_min(1)
+        diff = (diff.sum(dim=-1, keepdim=True) / count).expand_as(diff)
     raw = diff.clamp(max=_MAX_LOG_RATIO).exp()
     capped = (raw > cap) & m
     if mode == "truncate":

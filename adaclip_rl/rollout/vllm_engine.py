@@ -49,6 +49,7 @@ processed log-probs for evaluation or for fixed-policy rollouts.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -57,11 +58,12 @@ from typing import Any
 
 import torch
 
-from .engine import GenerationOutput, GenerationRequest, SamplingSettings
+from .engine import FinishCallback, GenerationOutput, GenerationRequest, SamplingSettings
 
 logger = logging.getLogger(__name__)
 
 NamedTensors = Iterable[tuple[str, torch.Tensor]]
+_CALLS = itertools.count()  # request-id prefix of generate_until calls (unique within the process)
 
 
 def prepare_colocate_env(kv_cache_gib: int | None = 1) -> None:
@@ -275,6 +277,66 @@ class VLLMColocateEngine:
         ]
         outs = self.llm.generate(prompts, sampling_params=params, use_tqdm=False)
         return [self._to_output(o.outputs[0], self.version) for o in outs]
+
+    def generate_until(
+        self, requests: Sequence[GenerationRequest], sampling: SamplingSettings, on_finish: FinishCallback
+    ) -> list[GenerationOutput]:
+        """Run every request in one continuous batch; interrupt the interruptible ones on demand.
+
+        Drives vLLM's engine step by step (``LLMEngine.add_request`` / ``step`` /
+        ``abort_request``, the loop ``LLM.generate`` runs internally) with delta outputs, so each
+        request's tokens and processed log-probs are known at every step. ``on_finish`` is called
+        as each request ends; once it returns True the interruptible requests still running are
+        aborted and come back with their tokens so far (``finish_reason="interrupted"``), while the
+        others run to their end. No request is cut while the weights stay the same, and no prefix
+        is re-processed within a call.
+        """
+        from vllm.sampling_params import RequestOutputKind
+
+        if not requests:
+            return []
+        engine = self.llm.llm_engine
+        if engine.has_unfinished_requests():
+            raise RuntimeError("generate_until needs an idle engine (another generation is in progress)")
+        call = next(_CALLS)
+        ids = [f"adaclip-{call}-{i}" for i in range(len(requests))]
+        index = {rid: i for i, rid in enumerate(ids)}
+        tokens: list[list[int]] = [[] for _ in requests]
+        logprobs: list[list[float]] = [[] for _ in requests]
+        outs: list[GenerationOutput | None] = [None] * len(requests)
+        for rid, r in zip(ids, requests, strict=True):
+            params = self._sampling_params(sampling, r.max_tokens, r.seed if self.use_request_seeds else None)
+            params.output_kind = RequestOutputKind.DELTA
+            engine.add_request(rid, {"prompt_token_ids": list(r.prompt_token_ids)}, params)
+        running = set(ids)
+        stop = False
+        try:
+            while running:
+                for step_out in engine.step():
+                    rid = step_out.request_id
+                    if rid not in running:
+                        continue
+                    i = index[rid]
+                    delta = self._to_output(step_out.outputs[0], self.version)
+                    tokens[i] += delta.token_ids
+                    logprobs[i] += delta.logprobs
+                    if step_out.finished:
+                        running.discard(rid)
+                        outs[i] = GenerationOutput(tokens[i], logprobs[i], delta.finish_reason, self.version)
+                        stop = on_finish(i, outs[i]) or stop
+                if stop:
+                    cut = [rid for rid in running if requests[index[rid]].interruptible]
+                    if cut:
+                        engine.abort_request(cut)
+                    for rid in cut:
+                        i = index[rid]
+                        outs[i] = GenerationOutput(tokens[i], logprobs[i], "interrupted", self.version)
+                        running.discard(rid)
+        except BaseException:
+            if running:
+                engine.abort_request(list(running))
+            raise
+        return [o for o in outs if o is not None]
 
     def generate(
         self,

@@ -19,24 +19,32 @@ The trainer stays thin and reuses :mod:`adaclip_rl.rollout`:
   as ``behaviour_versions``. With ``ratio_anchor="behaviour"`` the PPO/BAPO ratio is taken against
   the behaviour log-probs instead (``old_per_token_logps`` := behaviour), as BAPO's paper clips
   the ratio to the rollout policy (arXiv 2510.18927, Sec. 3).
-* **Weights** are pushed into vLLM at most once per optimizer step, with version = global step,
-  through vLLM's layerwise reload (TRL's ``load_weights`` path breaks on vLLM-CPU's packed GEMMs;
-  see :mod:`adaclip_rl.rollout.vllm_engine`).
+* **Weights** are pushed into vLLM once per generation batch (when the optimizer has stepped
+  since the last push), through vLLM's layerwise reload (TRL's ``load_weights`` path breaks on
+  vLLM-CPU's packed GEMMs; see :mod:`adaclip_rl.rollout.vllm_engine`). The policy *version* counts
+  these pushes, so ``max_staleness`` and ``replay_max_age`` are in generation batches, whatever
+  ``steps_per_generation`` is.
 * **Checkpoints** get ``rollout_state_<rank>.pt`` (replay buffer incl. RNG state, in-flight partial
-  rollouts, prefill RNG); it is restored on resume.
+  rollouts, deferred prompt rows, prefill cursor); it is restored on resume.
 
 Over-provisioning: partial rollouts only pay off if more groups are in flight than a step
 consumes. At the first step ``partial_prefill_groups`` extra prompt rows are drawn from
-``train_dataset`` (seeded); afterwards each step tops the pool up from its own batch and skips the
-surplus rows of the batch (``partial/prompts_skipped``), so the dataset is consumed slightly out of
-order. Colocate mode on one process per rank only (TP 1, no sleep mode, no tools/environments).
+``train_dataset`` (a seeded permutation, strided by rank so that ranks get disjoint prompts);
+afterwards each step tops the pool up from its own batch. Batch rows the pool has no room for are
+deferred (``partial/prompts_deferred``) and submitted first next time, so no prompt is skipped;
+the dataset is consumed slightly out of order. vLLM's ``max_num_seqs`` is sized for the whole pool.
+Generation and training alternate in one process: nothing overlaps with training. Colocate mode on
+one process per rank only (TP 1, no sleep mode, no tools/environments).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -59,6 +67,48 @@ logger = logging.getLogger(__name__)
 ROLLOUT_STATE_FILE = "rollout_state_{rank}.pt"
 
 
+def in_flight_sequences(args: OffPolicyGRPOConfig) -> int:
+    """Sequences one rank keeps in flight: its generation batch plus the pre-filled groups."""
+    batch = args.per_device_train_batch_size * args.steps_per_generation
+    if not args.partial_rollouts:
+        return batch
+    groups = batch // args.num_generations
+    prefill = args.partial_prefill_groups if args.partial_prefill_groups is not None else groups
+    return batch + prefill * args.num_generations
+
+
+@contextlib.contextmanager
+def _vllm_max_num_seqs_at_least(sequences: int) -> Iterator[None]:
+    """Within the block, TRL's colocated vLLM is built with ``max_num_seqs >= sequences``.
+
+    TRL 1.16 sizes it to one generation batch (``per_device_train_batch_size * steps_per_generation``);
+    the partial-rollout pool holds the pre-filled groups too, and a smaller engine would queue them
+    (they could then be interrupted before generating anything). TRL offers no setting for it, so
+    the constructor TRL calls is wrapped for the duration of ``GRPOTrainer.__init__``.
+    """
+    from trl.trainer import grpo_trainer
+
+    original = grpo_trainer.VLLMGeneration
+
+    class _SizedVLLMGeneration(original):  # type: ignore[misc, valid-type]
+        def __init__(self, *a: Any, max_num_seqs: int | None = None, **kw: Any) -> None:
+            super().__init__(*a, max_num_seqs=max(max_num_seqs or 0, sequences), **kw)
+
+    grpo_trainer.VLLMGeneration = _SizedVLLMGeneration
+    try:
+        yield
+    finally:
+        grpo_trainer.VLLMGeneration = original
+
+
+@functools.cache
+def prefill_order(size: int, seed: int) -> tuple[int, ...]:
+    """A seeded permutation of ``range(size)``, the same on every rank."""
+    order = list(range(size))
+    random.Random(seed).shuffle(order)
+    return tuple(order)
+
+
 class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
     """``AdaClipGRPOTrainer`` with partial rollouts, replay and behaviour/staleness correction.
 
@@ -72,7 +122,8 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
             raise TypeError(f"args must be an OffPolicyGRPOConfig; got {type(args).__name__}")
         if kw.get("rollout_func") is not None:
             raise ValueError("OffPolicyGRPOTrainer provides its own rollout_func")
-        super().__init__(model, reward_funcs, args, *a, **kw)
+        with _vllm_max_num_seqs_at_least(in_flight_sequences(args)):
+            super().__init__(model, reward_funcs, args, *a, **kw)
         self.rollout_cfg = args.rollout_config()
         self.offpolicy_enabled = self.use_vllm and (
             self.rollout_cfg.partial_rollouts or self.rollout_cfg.replay_ratio > 0
@@ -82,8 +133,10 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
         self.replay_buffer: ReplayBuffer | None = None
         self._stash: list[BehaviourSample] | None = None
         self._last_rewards: torch.Tensor | None = None
-        self._prefill_rng = random.Random(args.seed)
+        self._prefill_cursor = 0  # position in the seeded, rank-strided prefill order
         self._prefilled = False
+        self._deferred_rows: list[dict] = []  # batch rows the pool had no room for, submitted first next time
+        self._pushed_at_step: int | None = None
         if not self.offpolicy_enabled:
             return
         if self.tools or self.environment_factories is not None:
@@ -100,7 +153,7 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
             stop_token_ids=tuple(self.eos_token_ids),
         )
         self.rollout_manager = PartialRolloutManager.from_config(
-            self.rollout_engine, self.rollout_cfg, sampling
+            self.rollout_engine, self.rollout_cfg, sampling, rank=self.accelerator.process_index
         )
         if self.rollout_cfg.replay_ratio > 0:
             c = self.rollout_cfg
@@ -116,14 +169,15 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
 
     # ------------------------------------------------------------------ weights
     def _sync_rollout_engine(self) -> None:
-        """Push weights to vLLM once per optimizer step (version = global step)."""
+        """Push weights to vLLM if the optimizer stepped since the last push; the version counts pushes."""
         step = self.state.global_step
-        if self.rollout_engine.version != step:
+        if self._pushed_at_step != step:
             from ..rollout.vllm_engine import _ties_word_embeddings, with_tied_lm_head
 
             tied = _ties_word_embeddings(self.accelerator.unwrap_model(self.model))
             weights = with_tied_lm_head(self.vllm_generation._iter_named_params(), tied)
-            self.rollout_engine.sync_weights(weights, version=step)
+            self.rollout_engine.sync_weights(weights, version=self.rollout_engine.version + 1)
+            self._pushed_at_step = step
         self._last_loaded_step = step  # TRL's own colocate sync is bypassed
 
     # ------------------------------------------------------------------ generation
@@ -133,14 +187,14 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
             samples, self._stash = self._stash, None
             if len(samples) != len(prompts):
                 raise RuntimeError(f"{len(samples)} stashed completions for {len(prompts)} prompts")
-        else:  # evaluation: one synchronous round, full length
+        else:  # evaluation: synchronous (one segment), full length
             prompt_ids, _, _ = self._tokenize_prompts(prompts)
             mgr = PartialRolloutManager(
                 self.rollout_engine,
                 max_completion_length=self.max_completion_length,
-                round_budget=self.max_completion_length,
                 sampling=self.rollout_manager.sampling,
                 seed=self.args.seed,
+                rank=self.accelerator.process_index,
             )
             mgr.submit(prompt_ids, n=1)
             samples = [g.samples[0] for g in mgr.collect(len(prompt_ids))]
@@ -151,12 +205,20 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
         }
 
     def _prefill_rows(self, k: int, fallback: list[dict]) -> list[dict]:
+        """``k`` dataset rows for this rank: positions ``rank, rank + W, ...`` of a permutation that
+        every rank draws from the same seed, so ranks never pre-fill the same prompts."""
         ds = self.train_dataset
         if k <= 0:
             return []
         if ds is None or not hasattr(ds, "__len__"):
             return [fallback[i % len(fallback)] for i in range(k)]
-        return [dict(ds[self._prefill_rng.randrange(len(ds))]) for _ in range(k)]
+        order = prefill_order(len(ds), self.args.seed)
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        rows = []
+        for _ in range(k):
+            rows.append(dict(ds[order[(self._prefill_cursor * world + rank) % len(order)]]))
+            self._prefill_cursor += 1
+        return rows
 
     def _submit_rows(self, rows: list[dict]) -> None:
         if not rows:
@@ -178,7 +240,7 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
             return super()._generate_and_score_completions(inputs)
 
         cfg, g = self.rollout_cfg, self.num_generations
-        version = self.state.global_step
+        version = self.rollout_engine.version  # weight pushes so far
         if len(inputs) % g:
             raise ValueError(
                 f"the local generation batch ({len(inputs)} rows) must hold whole groups of num_generations={g}: "
@@ -199,8 +261,9 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
         if not self._prefilled:
             self._submit_rows(self._prefill_rows(prefill, batch_rows))
             self._prefilled = True
+        candidates = self._deferred_rows + batch_rows
         need = max(0, n_fresh + prefill - mgr.num_in_flight)
-        take = batch_rows[:need]
+        take, self._deferred_rows = candidates[:need], candidates[need:]
         self._submit_rows(take)
         fresh = mgr.collect(n_fresh)
         if len(fresh) < n_fresh:  # cannot happen with the accounting above; fail loudly rather than mis-shape
@@ -232,7 +295,7 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
 
         metrics = dict(corr.metrics)
         metrics.update(mgr.metrics())
-        metrics["partial/prompts_skipped"] = float(n_groups - len(take))
+        metrics["partial/prompts_deferred"] = float(len(self._deferred_rows))
         if self.replay_buffer is not None:
             metrics.update(self.replay_buffer.metrics(version))
             metrics["replay/sampled"] = float(len(replayed))
@@ -290,8 +353,10 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
         return {
             "replay": self.replay_buffer.state_dict() if self.replay_buffer is not None else None,
             "partial": self.rollout_manager.state_dict() if self.rollout_manager is not None else None,
-            "prefill_rng": self._prefill_rng.getstate(),
+            "prefill_cursor": self._prefill_cursor,
             "prefilled": self._prefilled,
+            "deferred_rows": [dict(r) for r in self._deferred_rows],
+            "pushed_at_step": self._pushed_at_step,
         }
 
     def load_rollout_state_dict(self, state: dict[str, Any]) -> None:
@@ -299,9 +364,10 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
             self.replay_buffer.load_state_dict(state["replay"])
         if self.rollout_manager is not None and state.get("partial") is not None:
             self.rollout_manager.load_state_dict(state["partial"])
-        rng = state["prefill_rng"]
-        self._prefill_rng.setstate((rng[0], tuple(rng[1]), rng[2]))
+        self._prefill_cursor = int(state["prefill_cursor"])
         self._prefilled = bool(state["prefilled"])
+        self._deferred_rows = [dict(r) for r in state["deferred_rows"]]
+        self._pushed_at_step = None  # the resumed engine holds the initial weights: push at the next batch
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)

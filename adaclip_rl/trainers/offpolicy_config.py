@@ -33,21 +33,21 @@ class OffPolicyGRPOConfig(AdaClipGRPOConfig):
     partial_rollouts: bool = field(
         default=False,
         metadata={
-            "help": "Generate in rounds of partial_round_budget tokens; unfinished sequences carry their "
-            "tokens, behaviour log-probs and versions over to the next step (APRIL / slime / AReaL)."
+            "help": "Interrupt generation when a generation batch has its groups; unfinished sequences carry "
+            "their tokens, behaviour log-probs and versions over to the next batch, continued by the updated "
+            "policy (APRIL / slime / AReaL). Generation and training still alternate: nothing overlaps."
         },
     )
-    partial_round_budget: int | None = field(
-        default=None,
-        metadata={"help": "Max new tokens per sequence per round, in [1, max_completion_length]."},
-    )
     partial_max_segments: int = field(
-        default=4, metadata={"help": "Segments per sequence before it is finished as truncated (>= 1)."}
+        default=4,
+        metadata={"help": "Policy versions (generation batches) a completion may span (>= 1); in its last one it "
+                  "is not interrupted, so it is never truncated by this bound."},
     )
     partial_prefill_groups: int | None = field(
         default=None,
         metadata={
-            "help": "Extra prompt groups kept in flight (>= 0); default: the groups of one generation batch."
+            "help": "Extra prompt groups kept in flight (>= 0), so that a batch's long tail generates beside the "
+            "next batch's prompts; default: the groups of one generation batch."
         },
     )
     use_behaviour_logprobs: bool = field(
@@ -65,7 +65,8 @@ class OffPolicyGRPOConfig(AdaClipGRPOConfig):
         },
     )
     behaviour_is_level: str = field(
-        default="token", metadata={"help": f"Behaviour IS weight level {list(IS_LEVELS)}."}
+        default="token", metadata={"help": f"Behaviour IS weight level {list(IS_LEVELS)} (sequence: exp of the summed log-ratio, "
+                  "almost always capped on long traces; sequence_mean: exp of the mean)."}
     )
     behaviour_is_mode: str = field(
         default="truncate",
@@ -74,7 +75,9 @@ class OffPolicyGRPOConfig(AdaClipGRPOConfig):
     behaviour_is_cap: float = field(default=2.0, metadata={"help": "Behaviour IS weight cap (>= 1)."})
     max_staleness: int | None = field(
         default=None,
-        metadata={"help": "Max staleness in policy versions (optimizer steps); None: unbounded."},
+        metadata={"help": "Max staleness in policy versions (weight pushes, one per generation batch); "
+                  "None: unbounded. Partial rollouts respect it at admission (a sequence is not interrupted if "
+                  "it would exceed it), so only replayed or resumed data can be beyond it."},
     )
     staleness_policy: str = field(
         default="drop",
@@ -92,7 +95,7 @@ class OffPolicyGRPOConfig(AdaClipGRPOConfig):
     )
     replay_capacity: int = field(default=64, metadata={"help": "Replay buffer capacity in groups (>= 1)."})
     replay_max_age: int | None = field(
-        default=4, metadata={"help": "Max age of a replayed group in policy versions; None: unbounded."}
+        default=4, metadata={"help": "Max age of a replayed group in policy versions (weight pushes); None: unbounded."}
     )
     replay_selection: str = field(
         default="uniform",

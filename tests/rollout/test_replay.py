@@ -80,7 +80,7 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
     buf.sample(2, current_version=9)  # advance the RNG
     path = tmp_path / "replay.pt"
     torch.save(buf.state_dict(), path)
-    restored = ReplayBuffer(capacity=1)  # config comes from the state
+    restored = ReplayBuffer(capacity=8, max_age=5, selection="variance", seed=0)  # RNG comes from the state
     restored.load_state_dict(torch.load(path, weights_only=True))
     assert restored.state_dict() == buf.state_dict()
     for v in range(9, 13):
@@ -90,6 +90,21 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
     assert restored.metrics(12) == buf.metrics(12)
     g = restored.groups[0]
     assert g.samples[0].versions and isinstance(g.samples[0], BehaviourSample)
+
+
+def test_resume_keeps_the_constructors_settings_and_warns(tmp_path, caplog):
+    """A buffer resumed under a changed config follows the new config (and says so), not the saved one."""
+    buf = ReplayBuffer(capacity=8, max_age=5, seed=3)
+    for i in range(6):
+        buf.add(make_group([0.0, 1.0], version=i, tag=i))
+    smaller = ReplayBuffer(capacity=4, max_age=1, seed=3)
+    with caplog.at_level("WARNING", logger="adaclip_rl.rollout.replay"):
+        smaller.load_state_dict(buf.state_dict())
+    assert "capacity 8 -> 4" in caplog.text and "max_age 5 -> 1" in caplog.text
+    assert smaller.capacity == 4 and smaller.max_age == 1
+    assert [g.meta["tag"] for g in smaller.groups] == [2, 3, 4, 5]  # oldest evicted down to the new capacity
+    assert [g.meta["tag"] for g in smaller.sample(4, current_version=6)] and all(
+        g.age(6) <= 1 for g in smaller.groups)  # the new max_age applies at the next draw
 
 
 def test_invalid_arguments():

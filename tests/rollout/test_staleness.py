@@ -74,3 +74,18 @@ def test_behaviour_correction_combines_and_logs():
     cfg_b = RolloutConfig(ratio_anchor="behaviour")
     out = behaviour_correction(old, beh, versions, 3, torch.ones(1, 3), cfg_b)
     assert out.is_weights.tolist() == [[1.0, 1.0, 1.0]]
+
+
+def test_sequence_mean_weight_is_the_geometric_mean_of_token_ratios():
+    """The summed log-ratio grows with length (long traces always capped); the mean does not."""
+    torch.manual_seed(0)
+    old = torch.randn(3, 50) * 0.05
+    beh = old - 0.02  # every token ratio exp(0.02): small per token, large summed over 50 tokens
+    mask = torch.ones(3, 50)
+    mask[1, 10:] = 0
+    w_sum, _, capped_sum = importance_weights(old, beh, mask, cap=2.0, level="sequence")
+    w_mean, _, capped_mean = importance_weights(old, beh, mask, cap=2.0, level="sequence_mean")
+    expected = torch.exp(((old - beh) * mask).sum(1) / mask.sum(1))
+    assert torch.allclose(w_mean[0], expected[0].expand(50)) and torch.allclose(w_mean[1, :10], expected[1])
+    assert (w_mean[1, 10:] == 0).all() and not capped_mean.any()
+    assert capped_sum[0].all() and torch.allclose(w_sum[0], torch.full((50,), 2.0))  # exp(1.0) > 2: capped

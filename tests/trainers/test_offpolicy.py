@@ -31,17 +31,10 @@ def _cfg(tmp_path, **kw):
 @pytest.mark.parametrize(
     "kw, match",
     [
-        (
-            {"partial_rollouts": True, "partial_round_budget": 32},
-            r"partial_round_budget \(32\) must be in \[1, max_completion_length=16\]",
-        ),
-        ({"partial_rollouts": True}, r"partial_round_budget must be set"),
-        ({"replay_ratio": 1.5}, r"replay_ratio must be in \[0.0, 1.0\]; got 1.5"),
-        (
-            {"partial_rollouts": True, "partial_round_budget": 4, "use_behaviour_logprobs": False},
-            r"requires use_behaviour_logprobs",
-        ),
-        ({"partial_rollouts": True, "partial_round_budget": 4, "use_vllm": False}, r"requires use_vllm=True"),
+        ({"replay_ratio": 1.5}, r"replay_ratio must be in \[0, 1\).*got 1.5"),
+        ({"replay_ratio": 1.0}, r"replay_ratio must be in \[0, 1\)"),
+        ({"partial_rollouts": True, "use_behaviour_logprobs": False}, r"requires use_behaviour_logprobs"),
+        ({"partial_rollouts": True, "use_vllm": False}, r"requires use_vllm=True"),
         ({"replay_ratio": 0.5, "vllm_mode": "server"}, r"requires vllm_mode='colocate'"),
         (
             {"replay_ratio": 0.5, "vllm_importance_sampling_correction": False},
@@ -56,11 +49,9 @@ def test_misconfiguration_fails_at_construction(tmp_path, kw, match):
 
 
 def test_rollout_config_mirrors_fields(tmp_path):
-    cfg = _cfg(
-        tmp_path, partial_rollouts=True, partial_round_budget=4, replay_ratio=0.5, max_staleness=2, seed=7
-    )
+    cfg = _cfg(tmp_path, partial_rollouts=True, replay_ratio=0.5, max_staleness=2, seed=7)
     rc = cfg.rollout_config()
-    assert (rc.round_budget, rc.max_segments, rc.replay_ratio, rc.max_staleness, rc.seed) == (4, 4, 0.5, 2, 7)
+    assert (rc.max_segments, rc.replay_ratio, rc.max_staleness, rc.seed) == (4, 0.5, 2, 7)
     assert rc.max_completion_length == 16
 
 
@@ -118,8 +109,8 @@ def test_bapo_partial_rollouts_and_replay_train_and_resume(tmp_path, eos_model_d
         save_steps=2,
         gradient_checkpointing=False,
         partial_rollouts=True,
-        partial_round_budget=6,
         partial_max_segments=3,
+        max_completion_length=48,  # lengths vary enough that groups finish at different engine steps
         replay_ratio=0.5,
         replay_max_age=3,
         max_staleness=2,
@@ -149,7 +140,8 @@ def test_bapo_partial_rollouts_and_replay_train_and_resume(tmp_path, eos_model_d
         "replay/size",
         "replay/sampled",
         "replay/age_mean",
-        "partial/rounds",
+        "partial/engine_calls",
+        "partial/prompts_deferred",
         "partial/segments_mean",
         "partial/continued_frac",
         "bapo/clip_high",
@@ -169,7 +161,13 @@ def test_bapo_partial_rollouts_and_replay_train_and_resume(tmp_path, eos_model_d
     with torch.no_grad():
         logits = model(torch.tensor([prompt + out.token_ids])).logits[0, len(prompt) - 1 : -1].float()
     ref = torch.log_softmax(logits, -1).gather(-1, torch.tensor(out.token_ids)[:, None])[:, 0]
-    assert out.version == trainer.state.global_step == 4
+    assert trainer.state.global_step == 4
+    assert out.version == 4  # versions count weight pushes: one per generation batch (every step here) + this one
+    # vLLM was sized for the whole in-flight pool, not one generation batch (TRL's default)
+    from adaclip_rl.trainers.offpolicy import in_flight_sequences
+
+    sched = trainer.vllm_generation.llm.llm_engine.vllm_config.scheduler_config
+    assert sched.max_num_seqs >= in_flight_sequences(trainer.args) == 2 * 8
     assert (ref - torch.tensor(out.logprobs)).abs().max().item() < 1e-3
     ckpt = tmp_path / "out" / "checkpoint-2"
     saved = torch.load(ckpt / "rollout_state_0.pt", weights_only=True)
