@@ -109,6 +109,13 @@ def prefill_order(size: int, seed: int) -> tuple[int, ...]:
     return tuple(order)
 
 
+def prefill_indices(size: int, seed: int, world: int, rank: int, cursor: int, k: int) -> list[int]:
+    """Dataset indices of a rank's next ``k`` pre-fill rows: positions ``(cursor + j) * world + rank``
+    of the shared permutation, so ranks draw disjoint rows (until the dataset wraps around)."""
+    order = prefill_order(size, seed)
+    return [order[((cursor + j) * world + rank) % size] for j in range(k)]
+
+
 class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
     """``AdaClipGRPOTrainer`` with partial rollouts, replay and behaviour/staleness correction.
 
@@ -212,13 +219,10 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
             return []
         if ds is None or not hasattr(ds, "__len__"):
             return [fallback[i % len(fallback)] for i in range(k)]
-        order = prefill_order(len(ds), self.args.seed)
-        world, rank = self.accelerator.num_processes, self.accelerator.process_index
-        rows = []
-        for _ in range(k):
-            rows.append(dict(ds[order[(self._prefill_cursor * world + rank) % len(order)]]))
-            self._prefill_cursor += 1
-        return rows
+        indices = prefill_indices(len(ds), self.args.seed, self.accelerator.num_processes,
+                                  self.accelerator.process_index, self._prefill_cursor, k)
+        self._prefill_cursor += k
+        return [dict(ds[i]) for i in indices]
 
     def _submit_rows(self, rows: list[dict]) -> None:
         if not rows:

@@ -1,0 +1,29 @@
+"""Pieces of the off-policy trainer that need no engine: per-rank pre-fill rows and pool size."""
+
+from __future__ import annotations
+
+import pytest
+
+from adaclip_rl.trainers.offpolicy import in_flight_sequences, prefill_indices
+from adaclip_rl.trainers.offpolicy_config import OffPolicyGRPOConfig
+
+
+def test_ranks_prefill_disjoint_rows_and_resume_where_they_stopped():
+    world, size, seed = 4, 1000, 3
+    drawn = [prefill_indices(size, seed, world, rank, 0, 50) for rank in range(world)]
+    flat = [i for rows in drawn for i in rows]
+    assert len(flat) == len(set(flat)) == 200  # no row pre-filled by two ranks
+    assert drawn[0] != sorted(drawn[0])  # a seeded permutation, not the dataset order
+    # a resumed run continues from its cursor: the next rows follow on, still disjoint
+    later = prefill_indices(size, seed, world, 1, 50, 10)
+    assert later == prefill_indices(size, seed, world, 1, 0, 60)[50:] and not set(later) & set(flat)
+    assert prefill_indices(size, seed, world, 2, 0, 5) == prefill_indices(size, seed, world, 2, 0, 5)
+
+
+@pytest.mark.parametrize(("partial", "prefill", "expected"), [(False, None, 32), (True, None, 64), (True, 2, 40)])
+def test_in_flight_pool_size(tmp_path, partial, prefill, expected):
+    args = OffPolicyGRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none",
+                               per_device_train_batch_size=8, steps_per_generation=4, num_generations=4,
+                               partial_rollouts=partial, partial_prefill_groups=prefill, use_vllm=True,
+                               vllm_mode="colocate", vllm_importance_sampling_correction=True)
+    assert in_flight_sequences(args) == expected  # batch 32 sequences (8 groups) + pre-filled groups x 4
