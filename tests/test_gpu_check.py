@@ -73,10 +73,10 @@ def test_cpu_quick_run_writes_one_json_with_every_section(gc, tmp_path):
     assert list(s) == sections.split(",")
     assert data["environment"]["torch"] == torch.__version__ and data["environment"]["device"] == "cpu"
     assert s["bf16"]["status"] == "ok" and s["determinism"]["status"] == "ok", (s["bf16"], s["determinism"])
-    for name in ("grpo", "archer"):  # no graph break, compiled == eager
+    for name in ("grpo", "bapo", "archer"):  # no graph break, compiled == eager
         case = s["compile"]["cases"][name]
         assert case["graph_breaks"] == 0 and case["matches_eager"], case
-    assert s["compile"]["cases"]["bapo"]["matches_eager"]
+    assert s["compile"]["status"] == "ok"
     for name in ("syncs", "pytest_fp32", "pytest_bf16", "vllm"):
         assert s[name]["status"] == "skipped" and s[name]["reason"]
     assert "vLLM GPU path skipped" in s["vllm"]["reason"]
@@ -107,13 +107,6 @@ def test_bf16_comparison_catches_a_loss_that_changes_its_bounds(gc, monkeypatch)
     monkeypatch.setattr(gc, "loss_step", skewed)
     res = gc.compare_bf16_fp32("cpu", n_batches=3, max_b=4, max_t=32)
     assert not res["ok"] and res["losses"]["bapo"]["bounds_identical"] < 3
-
-
-@pytest.mark.xfail(strict=False, reason="BAPO: float(edges[...]) in bapo_statistics and indexing by a 0-d "
-                                        "tensor in bapo_select break the graph (and are host syncs on CUDA)")
-def test_bapo_compiles_without_graph_breaks(gc):
-    res = gc.compile_check("cpu", backend="aot_eager", b=2, t=16, run_compiled=False)
-    assert res["cases"]["bapo"]["graph_breaks"] == 0, res["cases"]["bapo"]["break_reasons"]
 
 
 def test_count_syncs_attributes_each_sync_to_our_code(gc):
