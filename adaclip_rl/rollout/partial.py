@@ -302,10 +302,11 @@ class PartialRolloutManager:
             self._ready.extend(done)
 
     def collect(self, num_groups: int) -> list[RolloutGroup]:
-        """Generate until ``num_groups`` groups are ready; return exactly that many (oldest first).
+        """Generate until ``num_groups`` groups are ready; return exactly that many.
 
+        The groups admitted earliest are returned first (they are the closest to ``max_staleness``).
         Groups finished beyond ``num_groups`` (by samples that could not be interrupted) stay ready
-        and are returned first next time. Returns fewer groups only when nothing is left to generate.
+        for the next call. Returns fewer groups only when nothing is left to generate.
         """
         t0 = time.perf_counter()
         calls = tokens = 0
@@ -315,6 +316,7 @@ class PartialRolloutManager:
                 break
             tokens += self._generate(num_groups)
             calls += 1
+        self._ready = deque(sorted(self._ready, key=lambda g: (g.submitted_version or 0, g.gid)))
         out = [self._ready.popleft() for _ in range(min(num_groups, len(self._ready)))]
         self._last = self._collect_metrics(out, calls, tokens, time.perf_counter() - t0)
         return out

@@ -103,11 +103,16 @@ def test_staleness_is_bounded_at_admission_so_nothing_is_dropped_or_length_biase
     m = manager(eng, max_len=512, segments=8, max_staleness=1)
     lengths: dict[int, int] = {}
     returned = []
+
+    def submit(k: int) -> None:
+        caps = [[min(512, int(8 * rng.paretovariate(0.7)))] * 2 for _ in range(k)]
+        for gid, cap in zip(m.submit([[5]] * k, n=2, max_new_tokens=caps), caps, strict=True):
+            lengths[gid] = cap[0]
+
+    submit(4)  # pre-filled groups, as the trainer keeps one extra batch in flight
     for version in range(40):
         eng.version = version
-        caps = [[min(512, int(8 * rng.paretovariate(0.7)))] * 2 for _ in range(4)]
-        for gid, cap in zip(m.submit([[5]] * 4, n=2, max_new_tokens=caps), caps, strict=True):
-            lengths[gid] = cap[0]
+        submit(4 + 4 - m.num_in_flight)  # the trainer's top-up of the pool
         for g in m.collect(4):
             versions = pad_versions([s.versions for s in g.samples])
             mask = versions >= 0
