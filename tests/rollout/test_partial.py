@@ -133,11 +133,11 @@ def test_group_returned_only_when_all_members_finish_and_extras_stay_ready():
     m = manager(eng, max_len=20, segments=1)  # nothing interruptible: extra finished groups stay ready
     m.submit([[5]], n=2, max_new_tokens=[[2, 6]], metas=[{"row": "a"}])
     m.submit([[1], [2]], n=1, metas=[{"row": "b"}, {"row": "c"}])
-    out = m.collect(1)
-    assert [g.meta["row"] for g in out] == ["b"] and m.num_ready == 2
+    out = m.collect(1)  # all three finish in the call; the earliest admitted is returned first
+    assert [g.meta["row"] for g in out] == ["a"] and m.num_ready == 2
+    assert [s.num_tokens for s in out[0].samples] == [2, 6] and all(s.finished for s in out[0].samples)
     out = m.collect(2)
-    assert [g.meta["row"] for g in out] == ["c", "a"]
-    assert [s.num_tokens for s in out[1].samples] == [2, 6]
+    assert [g.meta["row"] for g in out] == ["b", "c"] and len(m.engine.calls) == 1
 
 
 def test_without_partial_rollouts_everything_finishes_in_one_call():
