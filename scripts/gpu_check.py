@@ -22,8 +22,8 @@ On a CUDA machine (``bash scripts/gpu_check.sh`` sets up the environment and cal
 5. everything, with the device name and versions, in ``results/gpu/gpu_check.json`` (rewritten
    after every section, so a run cut short still leaves its figures).
 
-The vLLM GPU path is skipped with a message (its GPU wheel is too large to carry to the lent
-machines). Without CUDA the script prints that it needs a GPU and exits 0 having run nothing;
+The vLLM GPU path is skipped with a message (its CUDA wheel is too large to carry to a machine
+without network access). Without CUDA the script prints that it needs a GPU and exits 0 having run nothing;
 ``--device cpu`` runs the CUDA-independent sections on the CPU (what ``tests/test_gpu_check.py``
 does with ``--quick``).
 
@@ -85,9 +85,8 @@ NEEDS_CUDA_MESSAGE = (
     "`--device cpu --quick` runs its CUDA-independent parts on the CPU."
 )
 VLLM_SKIP_MESSAGE = (
-    "vLLM GPU path skipped: vLLM's CUDA wheel is too large to carry to the lent GPU machines, so "
-    "this check does not exercise it; run `pytest -m vllm tests/eval tests/rollout` on a machine "
-    "that has vLLM for CUDA installed."
+    "vLLM GPU path skipped: this check installs no vLLM for CUDA (its wheel is too large to carry to a "
+    "machine without network access); run `pytest -m vllm tests/eval tests/rollout` where it is installed."
 )
 SECTIONS: tuple[str, ...] = (
     "env", "bf16", "determinism", "compile", "syncs", "bench_losses", "pytest_fp32", "bench_trainer",
@@ -925,6 +924,43 @@ def parse_junit(path: Path) -> dict[str, Any]:
     return {**counts, "failed_by_kind": by_kind, "failed": failed[:60]}
 
 
+# ------------------------------------------------------------------------------------------ summary
+def summary_lines(data: dict[str, Any]) -> list[str]:
+    """A short Markdown summary of the JSON (what a README's GPU column needs), for the log."""
+    env = data.get("environment", {})
+    sec = data.get("sections", {})
+    out = [f"## GPU check: {env.get('device_name', data.get('device'))}, torch {env.get('torch')}, "
+           f"CUDA {env.get('cuda')}, transformers {env.get('packages', {}).get('transformers')}, "
+           f"trl {env.get('packages', {}).get('trl')}", "", "| section | status | figures |", "|---|---|---|"]
+    for name, e in sec.items():
+        figs = ""
+        if name == "bf16" and "losses" in e:
+            figs = "; ".join(f"{k}: bounds {v['bounds_identical']}/{e['batches']}, loss {v['loss_within_tol']}, "
+                             f"grad {v['grad_within_tol']}, max loss err {v['max_loss_err']:.2g}"
+                             for k, v in e["losses"].items())
+        elif name == "determinism" and "cases" in e:
+            figs = ", ".join(f"{k} {'equal' if v['bitwise_equal'] else v.get('error', 'differs')}"
+                             for k, v in e["cases"].items())
+        elif name == "compile" and "cases" in e:
+            figs = ", ".join(f"{k}: {v.get('graph_breaks')} breaks, matches eager {v.get('matches_eager')}"
+                             for k, v in e["cases"].items())
+        elif name == "syncs" and "cases" in e:
+            figs = ", ".join(f"{k}: {v['in_loss_code']}" for k, v in e["cases"].items()) + " (syncs in loss code)"
+        elif name == "bench_losses" and "rows" in e:
+            figs = ", ".join(f"{r['case']} {r['dtype']} {r['median_ms']:.2f} ms ({r['ratio_to_plain']:.2f}x)"
+                             for r in e["rows"])
+        elif name == "bench_trainer" and "rows" in e:
+            figs = ", ".join(f"{r['trainer']}: step {r['train_step_ms']:.0f} ms ({r['train_vs_trl']:.3f}x), "
+                             f"loss+bwd {r['loss_backward_ms']:.1f} ms ({r['loss_vs_trl']:.3f}x)" for r in e["rows"])
+        elif name.startswith("pytest") and "tests" in e:
+            figs = (f"{e['passed']}/{e['tests']} passed, {e['skipped']} skipped, failed by kind "
+                    f"{e.get('failed_by_kind', e.get('failed'))}")
+        elif e.get("reason") or e.get("error"):
+            figs = str(e.get("reason") or e.get("error"))[:160]
+        out.append(f"| {name} | {e.get('status')} | {figs} |")
+    return out
+
+
 # ------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> int:
     """Run the sections (all, or ``--only``) and write the JSON; without CUDA print why and exit 0."""
@@ -1021,6 +1057,7 @@ def main(argv: list[str] | None = None) -> int:
     report.data["finished_utc"] = _utc_now()
     report.write()
     summary = {k: v.get("status") for k, v in report.data["sections"].items()}
+    print("\n".join(["", *summary_lines(report.data), ""]))
     print(f"[gpu_check] wrote {report.path}: {summary}")
     return 0
 

@@ -83,6 +83,10 @@ def test_cpu_quick_run_writes_one_json_with_every_section(gc, tmp_path):
     rows = s["bench_losses"]["rows"]
     assert {r["case"] for r in rows} == {"plain clip", "BAPO", "Archer", "Archer without KL"}
     assert all(math.isfinite(r["median_ms"]) and r["median_ms"] > 0 for r in rows)
+    table = "\n".join(gc.summary_lines(data))
+    for name in sections.split(","):
+        assert f"| {name} |" in table
+    assert "bounds 5/5" in table and "0 breaks" in table
 
 
 def test_bf16_matches_fp32_on_100_random_batches(gc):
