@@ -479,7 +479,7 @@ class CandidateError(Exception):
     """Raised in the judge when the candidate failed, died or returned non-plain data.
 
     It subclasses none of the exception types a test may expect and catch (see
-    :data:`REraised`), and it is not ``StopIteration``: iterator-protocol code in the tests
+    :data:`RERAISED`), and it is not ``StopIteration``: iterator-protocol code in the tests
     (``all(map(candidate, ...))``, ``list(map(...))``, a ``__next__``) cannot mistake it for
     "exhausted"."""
 
@@ -488,7 +488,7 @@ class CandidateError(Exception):
 # legitimately expect e.g. ``ValueError``); every other name, including StopIteration,
 # StopAsyncIteration, GeneratorExit, SystemExit, KeyboardInterrupt, warnings and names the
 # candidate made up, becomes a CandidateError and fails the run even if the test swallows it
-REraised: dict[str, type[BaseException]] = {
+RERAISED: dict[str, type[BaseException]] = {
     t.__name__: t
     for t in (
         ValueError, TypeError, KeyError, IndexError, LookupError, ZeroDivisionError, ArithmeticError,
@@ -511,7 +511,7 @@ def _judge_main(
 
     The verdict is a pass only if ``check`` returned normally, at least one call to the
     candidate completed, and no sticky failure was recorded: a dead candidate, a garbage,
-    oversized or undecodable frame, non-plain data, or an exception outside :data:`REraised`.
+    oversized or undecodable frame, non-plain data, or an exception outside :data:`RERAISED`.
     """
     state = {"calls": 0, "sticky": None}
     try:
@@ -548,7 +548,7 @@ def _judge_main(
             ok_shape = isinstance(err, list) and len(err) == 2 and all(type(e) is str for e in err)
             name, text = (err[0], err[1]) if ok_shape else ("?", "malformed error")
             state["calls"] += 1
-            exc_type = REraised.get(name)
+            exc_type = RERAISED.get(name)
             if exc_type is None:
                 raise fail(f"candidate raised {name[:100]}")
             raise exc_type(text[:2000])
