@@ -1,4 +1,8 @@
-"""Rollout wall time per training step, with and without partial rollouts (vLLM colocate on CPU).
+"""Generation wall time per training step, with and without partial rollouts (vLLM colocate on CPU).
+
+What it measures: **generation only** - the weight push and the generation of each step's groups.
+Rewards, the old-log-prob pass and the optimizer step are not timed, so the speed-up here is an
+upper bound of the whole-step speed-up, not the whole-step speed-up itself.
 
 Workload: GRPO-style steps that each need ``--groups`` finished groups of ``--group-size``
 completions. Response lengths are long-tailed and *forced*: every completion gets a target length
@@ -6,11 +10,11 @@ drawn from a log-normal distribution, ``round(exp(N(ln(median), sigma^2)))`` cli
 ``[--min-len, --max-len]``, and is generated with ``ignore_eos`` and ``max_tokens`` = its target,
 so both modes do exactly the same kind of work with a tiny random model.
 
-* ``sync``: each step generates its groups to completion (one round, budget = max length): the
-  step waits for its longest completion while the batch drains.
-* ``partial``: rounds of at most ``--budget`` tokens per sequence; unfinished sequences carry over
-  (continued first), ``--prefill-groups`` extra groups are in flight, a step ends when enough groups
-  are finished. The same prompt / length stream feeds both modes.
+* ``sync``: each step generates its groups to completion (``max_segments=1``, nothing in flight
+  beyond the step's groups): the step waits for its longest completion while the batch drains.
+* ``partial``: all in-flight sequences generate in one continuous batch that is interrupted as soon
+  as the step's groups are finished; unfinished sequences carry over (continued first) and
+  ``--prefill-groups`` extra groups are in flight. The same prompt / length stream feeds both modes.
 
 Every step starts with a weight sync (the same weights, new version) as a trainer would.
 Both modes run side by side in one process on one engine, their steps interleaved so that load
@@ -44,7 +48,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--group-size", type=int, default=4, help="completions per group (G)")
     p.add_argument("--steps", type=int, default=12, help="timed steps per mode")
     p.add_argument("--warmup", type=int, default=4, help="untimed steps per mode before timing")
-    p.add_argument("--budget", type=int, default=32, help="partial rollouts: tokens per sequence per round")
+    p.add_argument("--max-segments", type=int, default=4, help="partial: policy versions a completion may span")
     p.add_argument(
         "--prefill-groups", type=int, default=None, help="partial: extra groups in flight (default: --groups)"
     )
@@ -96,14 +100,11 @@ class ModeRunner:
 
         self.mode, self.args = mode, args
         partial = mode == "partial"
-        self.budget = args.budget if partial else args.max_len
+        self.max_segments = args.max_segments if partial else 1  # 1: never interrupted (synchronous)
         self.mgr = PartialRolloutManager(
             engine,
             max_completion_length=args.max_len,
-            round_budget=self.budget,
-            max_segments=math.ceil(args.max_len / self.budget)
-            if partial
-            else 1,  # never cuts a target length
+            max_segments=self.max_segments,
             sampling=SamplingSettings(temperature=args.temperature, ignore_eos=True),
             seed=args.seed,
         )
@@ -138,7 +139,7 @@ class ModeRunner:
         self.walls.append(wall)
         self.trained.append(sum(s.num_tokens for s in samples))
         self.generated.append(m["partial/tokens_generated"])
-        self.rounds.append(m["partial/rounds"])
+        self.rounds.append(m["partial/engine_calls"])
         self.spans.append(m["partial/version_span_max"])
         self.lens.extend(s.num_tokens for s in samples)
 
@@ -146,7 +147,7 @@ class ModeRunner:
         total = sum(self.walls)
         return {
             "mode": self.mode,
-            "round_budget": self.budget,
+            "max_segments": self.max_segments,
             "prefill_groups": self.prefill,
             "wall_per_step_s_mean": total / len(self.walls),
             "wall_per_step_s_median": statistics.median(self.walls),
@@ -154,7 +155,7 @@ class ModeRunner:
             "trained_tokens_per_s": sum(self.trained) / total,
             "generated_tokens_per_s": sum(self.generated) / total,
             "trained_len_mean": statistics.fmean(self.lens),
-            "rounds_per_step_mean": statistics.fmean(self.rounds),
+            "engine_calls_per_step_mean": statistics.fmean(self.rounds),
             "version_span_max": max(self.spans),
         }
 
@@ -209,6 +210,7 @@ def main() -> None:
 
     report = {
         "benchmark": "bench_rollout",
+        "measures": "generation only: weight push + generation per step (no rewards, old log-probs or training)",
         "machine": {
             "cpu_count": os.cpu_count(),
             "platform": platform.platform(),
@@ -245,16 +247,17 @@ def main() -> None:
         f"step = {args.groups} groups x {args.group_size}; {args.steps} timed steps (+{args.warmup} warm-up); "
         f"{os.cpu_count()} CPU cores"
     )
-    header = f"{'mode':<8} {'budget':>6} {'s/step':>8} {'trained tok/s':>14} {'gen tok/s':>10} {'len':>6} {'rounds':>7} {'span':>5}"
+    print("generation only (weight push + generation per step; rewards, old log-probs and training not timed)")
+    header = f"{'mode':<8} {'segs':>5} {'s/step':>8} {'trained tok/s':>14} {'gen tok/s':>10} {'len':>6} {'calls':>6} {'span':>5}"
     print(header)
     print("-" * len(header))
     for r in (sync, part):
         print(
-            f"{r['mode']:<8} {r['round_budget']:>6} {r['wall_per_step_s_mean']:>8.3f} {r['trained_tokens_per_s']:>14.0f} "
-            f"{r['generated_tokens_per_s']:>10.0f} {r['trained_len_mean']:>6.1f} {r['rounds_per_step_mean']:>7.2f} "
+            f"{r['mode']:<8} {r['max_segments']:>5} {r['wall_per_step_s_mean']:>8.3f} {r['trained_tokens_per_s']:>14.0f} "
+            f"{r['generated_tokens_per_s']:>10.0f} {r['trained_len_mean']:>6.1f} {r['engine_calls_per_step_mean']:>6.2f} "
             f"{r['version_span_max']:>5.0f}"
         )
-    print(f"speed-up: {speedup_wall:.2f}x wall per step, {speedup_tok:.2f}x trained tokens/s  -> {out}")
+    print(f"generation-only speed-up: {speedup_wall:.2f}x wall per step, {speedup_tok:.2f}x trained tokens/s  -> {out}")
     engine.close()
     if tmp is not None:
         tmp.cleanup()
