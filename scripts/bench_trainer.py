@@ -6,7 +6,11 @@ Two measurements on the tiny offline model, all trainers built from the same wei
   subclass changes), interleaved round-robin over the trainers so machine-load drift hits all alike;
 * **train step**: full optimizer steps through TRL's ``training_step`` (generation every
   ``steps_per_generation`` steps included), gradient clipping and the optimizer step, also
-  interleaved round-robin; reported per step, averaged over each generation cycle (median over cycles).
+  interleaved round-robin; reported per step, averaged over each generation cycle (median over cycles);
+* **BAPO search scope**: one accumulation window of 2 micro-batches (``_compute_loss`` + backward
+  each, as ``training_step`` runs them) with ``bapo_scope="micro_batch"`` (a search per micro-batch,
+  the verl recipe) and ``"update"`` (one search per update over both micro-batches: one extra
+  forward without grad of the other micro-batch), against ``policy_loss="grpo"``.
 
     python scripts/bench_trainer.py [--rounds 30 --batch 64 --completion 64 --out results/bench_trainer.json]
 """
@@ -88,6 +92,33 @@ def _interleaved_train_steps(trainers: dict, steps: int) -> dict[str, float]:
     return out
 
 
+def _scope_window_times(args, model_dir: str, ds, batches: list[dict], tmp: str) -> dict[str, float]:
+    """Median ms of one accumulation window (2 micro-batches) per trainer, interleaved."""
+    variants = {"AdaClip grpo, ga 2": ("grpo", "update"), "AdaClip bapo, ga 2, micro_batch": ("bapo", "micro_batch"),
+                "AdaClip bapo, ga 2, update": ("bapo", "update")}
+    trainers = {}
+    for name, (loss, scope) in variants.items():
+        kw = dict(_common(args, f"{tmp}/scope_{loss}_{scope}"), gradient_accumulation_steps=2)
+        trainers[name] = AdaClipGRPOTrainer(model=model_dir, reward_funcs=[arithmetic_reward], train_dataset=ds,
+                                            args=AdaClipGRPOConfig(policy_loss=loss, bapo_scope=scope, **kw))
+    times: dict[str, list[float]] = {k: [] for k in trainers}
+    for r in range(args.rounds + 2):
+        for name, t in trainers.items():
+            t.model.train()
+            t.model.zero_grad(set_to_none=True)
+            t._buffered_inputs = batches  # steps_per_generation = 4 slices; the window is slices 0, 1
+            t._bapo_window = None
+            t.current_gradient_accumulation_steps = 2
+            t0 = time.perf_counter()
+            for k in range(2):
+                t._step = k
+                t._compute_loss(t.model, batches[k]).backward()
+            if r >= 2:
+                times[name].append(time.perf_counter() - t0)
+            t._metrics["train"].clear()
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=30)
@@ -132,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             t._metrics["train"].clear()
     loss_ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
+    scope = _scope_window_times(args, model_dir, ds, batches, tmp)
     train_step = _interleaved_train_steps(trainers, args.train_steps)
     base, grpo = loss_ms["TRL GRPOTrainer"], loss_ms["AdaClip grpo"]
     tbase, tgrpo = train_step["TRL GRPOTrainer"], train_step["AdaClip grpo"]
@@ -146,11 +178,19 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(f"{name:<22}{row['loss_backward_ms']:>12.2f}{row['loss_vs_trl']:>7.3f}x{row['loss_vs_grpo']:>8.3f}x"
               f"{row['train_step_ms']:>15.1f}{row['train_vs_trl']:>7.3f}x{row['train_vs_grpo']:>8.3f}x")
+    print("\nOne update of 2 micro-batches (gradient_accumulation_steps=2), loss+backward ms per update")
+    sbase = scope["AdaClip grpo, ga 2"]
+    scope_rows = []
+    for name, ms in scope.items():
+        scope_rows.append({"trainer": name, "update_ms": ms, "vs_grpo": ms / sbase})
+        print(f"{name:<34}{ms:>10.2f}{ms / sbase:>8.3f}x")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({
         "batch": args.batch, "completion_tokens": args.completion, "rounds": args.rounds,
         "threads": torch.get_num_threads(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
-        "load_average": os.getloadavg(), "torch": torch.__version__, "rows": rows}, indent=2))
+        "load_average": os.getloadavg(), "torch": torch.__version__, "rows": rows, "bapo_scope_rows": scope_rows,
+        "targets": {"AdaClip grpo loss_vs_trl": 1.02},
+        "met": {"AdaClip grpo loss_vs_trl": loss_ms["AdaClip grpo"] / base <= 1.02}}, indent=2))
     print(f"\nwrote {args.out}")
     return 0
 

@@ -168,6 +168,11 @@ class _ScalarWithGrad(torch.autograd.Function):
         return grad * grad_x, None, None
 
 
+def _row_dot(x: Tensor, y: Tensor) -> Tensor:
+    """``(x * y).sum(-1, keepdim=True)`` for ``(B, T)`` tensors without the full-size product."""
+    return torch.bmm(x.unsqueeze(1), y.to(x.dtype).unsqueeze(2)).reshape(-1, 1)
+
+
 def _dot(x: Tensor, y: Tensor) -> Tensor:
     """``(x * y).sum()`` without the full-size product."""
     return torch.dot(x.reshape(-1), y.reshape(-1).to(x.dtype))
@@ -220,20 +225,23 @@ def archer_loss(
             kl, dkl = kl_value_and_grad(logp.detach(), ref_logp.detach(), config.kl_estimator,
                                         log_ratio_clamp=_LOG_RATIO_CLAMP,
                                         value_clamp=_KL_VALUE_CLAMP if config.kl_estimator == "k3" else None)
+            # per response i: class sums of KL (one pass each, no product tensor), 1/n_class_i, then 1/B;
+            # token mode: class sums over the micro-batch, 1/n_class
+            row_low, row_high = _row_dot(kl, low_f), _row_dot(kl, high_f)
             if config.kl_aggregation == "response":
-                # per response: 1/n_low_i on its low tokens, 1/n_high_i on its high ones; then 1/B
                 b = max(ratio.size(0), 1)
-                w_low = low_f / (low_f.sum(-1, keepdim=True).clamp(min=1.0) * b)
-                w_high = high_f / (high_f.sum(-1, keepdim=True).clamp(min=1.0) * b)
+                s_low = 1.0 / (low_f.sum(-1, keepdim=True).clamp(min=1.0) * b)  # (B, 1)
+                s_high = 1.0 / (high_f.sum(-1, keepdim=True).clamp(min=1.0) * b)
+                kl_low, kl_high = (row_low * s_low).sum(), (row_high * s_high).sum()
             else:
-                w_low, w_high = low_f * inv_low, high_f * inv_high
-            kl_low, kl_high = _dot(kl, w_low), _dot(kl, w_high)
+                s_low, s_high = inv_low, inv_high
+                kl_low, kl_high = row_low.sum() * inv_low, row_high.sum() * inv_high
             kl_value = config.low_kl * kl_low + config.high_kl * kl_high
-            # d kl_value / d logp = dkl * (beta_k w_low + beta_r w_high), in place
+            # d kl_value / d logp = dkl * (beta_k 1[low] s_low + beta_r 1[high] s_high), in place
             if config.high_kl:
-                dkl.mul_(w_low * config.low_kl + w_high * config.high_kl)
+                dkl.mul_(low_f * (s_low * config.low_kl) + high_f * (s_high * config.high_kl))
             else:
-                dkl.mul_(w_low).mul_(config.low_kl)
+                dkl.mul_(low_f).mul_(s_low * config.low_kl)
         else:
             kl_low = kl_high = zero
         clipped_f = clipped.to(dtype)

@@ -164,10 +164,20 @@ class BAPOConfig:
         return [(i, 0) for i in range(n_low)] + [(n_low - 1, j) for j in range(1, n_high)]
 
     @property
+    def dual_bin(self) -> int:
+        """1 if the statistic keeps a bin for negative tokens beyond the dual clip (grad mode with
+        a dual clip not too close to ``low_max`` for the affine binning), else 0."""
+        if self.contribution != "grad" or self.dual_clip is None:
+            return 0
+        step = self.low_step if len(self.low_grid) > 1 else 1.0
+        return int(self.dual_clip - self.low_max > 4 * _BIAS * step)
+
+    @property
     def n_bins(self) -> int:
         """Histogram bins of :func:`bapo_statistics`: ``L + 1`` for negative-advantage tokens
-        (by ``c_low`` candidate), ``H + 1`` for the others (by ``c_high`` candidate)."""
-        return len(self.high_grid) + len(self.low_grid) + 2
+        (by ``c_low`` candidate), ``H + 1`` for the others (by ``c_high`` candidate), and with
+        :attr:`dual_bin` one more for negative tokens the dual clip blocks."""
+        return len(self.high_grid) + len(self.low_grid) + 2 + self.dual_bin
 
     @property
     def stats_size(self) -> int:
@@ -222,8 +232,22 @@ def _round_to(grid: Tensor, dtype: torch.dtype, up: bool) -> Tensor:
     return torch.where(off, torch.nextafter(g, direction), g)
 
 
-def _binned(values: Tensor, index: Tensor, n_bins: int) -> Tensor:
-    return torch.zeros(n_bins, dtype=values.dtype, device=values.device).scatter_add_(0, index, values)
+_LANES = 8  # histogram copies: consecutive tokens (often in the same bin) accumulate into different ones
+
+
+def _lanes(shape: tuple[int, ...], n_bins: int, device: torch.device) -> Tensor:
+    """Per-token offset ``(i mod 8) * n_bins - 1`` along the longer of the two dims (small tensor)."""
+    dim = 1 if shape[1] > 1 else 0
+    lane = torch.arange(shape[dim], device=device).remainder_(_LANES).mul_(n_bins).sub_(1)
+    return lane.view(1, -1) if dim == 1 else lane.view(-1, 1)
+
+
+def _histogram(values: Tensor, index: Tensor, n_bins: int) -> Tensor:
+    """Sum of ``values`` per bin; ``index`` already spread over the lanes (see :func:`_lanes`).
+    Repeated additions to one address form a dependency chain (about 4x slower on CPU than
+    scattered ones); eight copies of the histogram break it."""
+    hist = torch.zeros(n_bins * _LANES, dtype=values.dtype, device=values.device).scatter_add_(0, index, values)
+    return hist.view(_LANES, n_bins).sum(0)
 
 
 def _prefix_sum(x: Tensor) -> Tensor:
@@ -249,14 +273,24 @@ def _suffix_sum(x: Tensor) -> Tensor:
 _BIAS = 0.01  # the affine bin guess errs by far less than this (validated grid size <= 10^4)
 
 
+def _dual_edge(config: BAPOConfig, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``(1,)``: the largest ``dtype`` value below ``-dual_clip``: a negative token is counted iff
+    ``r <= dual_clip``, i.e. iff ``x = -r`` is above this edge (exact for float32 ``x``)."""
+    dual = torch.tensor([-config.dual_clip], dtype=torch.float64, device=device)
+    edge = _round_to(dual, dtype, up=False)
+    return torch.where(edge.double() == dual, torch.nextafter(edge, edge.new_tensor([-math.inf])), edge)
+
+
 def _bin_table(config: BAPOConfig, dtype: torch.dtype, device: torch.device) -> Tensor:
     """Lower edges of the merged bins (see :func:`bapo_statistics`), rounded down to ``dtype``."""
     key = (config, str(device), dtype, "edges")
     if key not in _cache:
         low_grid, high_grid, _, _ = _tables(config, device)
         inf = low_grid.new_tensor([math.inf])
-        edges = torch.cat([-inf, -low_grid.flip(0), -inf, high_grid])
-        _cache[key] = (_round_to(edges, dtype, up=False),)
+        edges = _round_to(torch.cat([-inf, -low_grid.flip(0), -inf, high_grid]), dtype, up=False)
+        if config.dual_bin:
+            edges = torch.cat([edges[:1], _dual_edge(config, dtype, device), edges[1:]])
+        _cache[key] = (edges,)
     return _cache[key][0]
 
 
@@ -323,45 +357,45 @@ def bapo_statistics(ratio: Tensor, advantages: Tensor, weights: Tensor, config: 
     w = weights.detach()
     if full != key:  # e.g. (B, 1) ratio and advantages, (B, T) weights: one total weight per sequence
         w = w.expand(full).sum_to_size(key)
-    low_grid, high_grid, _, _ = _tables(config, ratio.device)
     dtype = torch.float64 if ratio.dtype == torch.float64 else torch.float32  # exact for bf16/fp16
-    n_low, n_high = len(config.low_grid), len(config.high_grid)
-    n_bins = config.n_bins
+    n_low, n_high, n_bins = len(config.low_grid), len(config.high_grid), config.n_bins
     edges = _bin_table(config, dtype, ratio.device)
+    d = config.dual_bin  # 1: bin 0 holds negative tokens beyond the dual clip (no gradient, never counted)
 
     a = a.detach().to(dtype)
     is_pos = (a > 0).to(dtype)  # per row for (B,) advantages: tiny
     sign = 2.0 * is_pos - 1.0
-    r = torch.nan_to_num(ratio.detach().to(dtype), nan=1.0, posinf=1e30, neginf=0.0)
-    x = r * sign  # -r for negative advantages; shape of ratio x advantages
+    r = torch.nan_to_num(ratio.detach().to(dtype), nan=1.0, posinf=1e30, neginf=0.0)  # a fresh buffer
+    # w A r on counted tokens (grad mode: w |A| r; r >= 0, w >= 0), before r becomes x in place
+    weight = torch.mul(r, w.to(dtype))
+    weight.mul_(a.abs() if config.contribution == "grad" else a)
+    x = r.mul_(sign) if tuple(r.shape) == key else r * sign  # -r for negative advantages
     if config.arithmetic:
         inv_l = 1.0 / config.low_step if n_low > 1 else 1.0
         inv_h = 1.0 / config.high_step if n_high > 1 else 1.0
-        # affine guess per sign: neg: (x - l'_0)/step_l + 1 ; pos: L + 1 + (x - h_0)/step_h + 1
+        # affine guess per sign: neg: d + 1 + (x - l'_0)/step_l ; pos: d + L + 2 + (x - h_0)/step_h
         l0, h0 = -config.low_grid[-1], config.high_grid[0]  # Python floats: no host sync
-        off_neg, off_pos = 1.0 - l0 * inv_l + _BIAS, n_low + 2.0 - h0 * inv_h + _BIAS
+        off_neg, off_pos = d + 1.0 - l0 * inv_l + _BIAS, d + n_low + 2.0 - h0 * inv_h + _BIAS
         scale = is_pos * (inv_h - inv_l) + inv_l
         offset = is_pos * (off_pos - off_neg) + off_neg
-        lo = is_pos * (n_low + 1.0)
-        hi = is_pos * (n_high + 1.0) + n_low
-        guess = (x * scale + offset).clamp_(min=lo, max=hi).floor_()
-        above = (x - edges.index_select(0, guess.reshape(-1).long()).view_as(x)).sign_().clamp_(min=0.0)
-        bins = (guess + above - 1.0).reshape(-1).long()  # the guess, or one less if its edge is >= x
-    else:  # binary search on each sign's own (sorted) edges
+        lo = is_pos * (n_low + 1.0) + d
+        hi = is_pos * (n_high + 1.0) + (n_low + d)
+        guess = torch.addcmul(offset, x, scale).clamp_(min=lo, max=hi)
+        bins = guess.long()  # >= 0: truncation is floor
+        above = torch.gt(x, edges.index_select(0, bins.view(-1)).view_as(x))  # the guess's lower edge < x
+        bins.add_(above).add_(_lanes(key, n_bins, x.device))  # the guess, or one less; then its lane
+    else:  # binary search on each sign's own (sorted) edges; value mode only: no dual bin
         neg_edges, pos_edges = edges[1 : n_low + 1].contiguous(), edges[n_low + 2 :].contiguous()
         b_neg = torch.bucketize(x, neg_edges)  # #{m : l'_m < -r}
         b_pos = torch.bucketize(x, pos_edges) + (n_low + 1)
-        bins = torch.where(is_pos.bool().expand_as(x), b_pos, b_neg).reshape(-1)
-
-    weight = (a * r) * w.to(dtype)  # w A r on counted tokens
+        bins = torch.where(is_pos.bool().expand_as(x), b_pos, b_neg).add_(_lanes(key, n_bins, x.device) + 1)
+    bins = bins.view(-1)
     if config.contribution == "grad":
-        weight = weight.abs()
-        if config.dual_clip is not None:  # negative tokens with r > dual_clip carry no gradient
-            weight = weight * (1.0 - (-x - config.dual_clip).sign_().clamp_(min=0.0))
-        return _binned(weight.reshape(-1), bins, n_bins)
-    hist = _binned(weight.reshape(-1), bins, n_bins)
-    a_hist = _binned((a * w.to(dtype)).expand_as(x).reshape(-1), bins, n_bins)
-    return torch.cat([hist, a_hist])
+        if config.dual_clip is not None and not d:  # dual clip within a hair of low_max: mask instead
+            weight.mul_(torch.gt(x, _dual_edge(config, dtype, x.device)))
+        return _histogram(weight.view(-1), bins, n_bins)
+    a_w = (a * w.to(dtype)).expand(key).reshape(-1)
+    return torch.cat([_histogram(weight.view(-1), bins, n_bins), _histogram(a_w, bins, n_bins)])
 
 
 def _share(p: Tensor, n: Tensor) -> Tensor:
@@ -385,7 +419,7 @@ def bapo_select(stats: Tensor, config: BAPOConfig) -> BAPOResult:
     if stats.numel() != config.stats_size:
         raise ValueError(f"stats must have {config.stats_size} entries for this config; got {stats.numel()}")
     n_low, n_high, n_bins = low_grid.numel(), high_grid.numel(), config.n_bins
-    hist = stats[:n_bins]
+    hist = stats[config.dual_bin : n_bins]  # without the dual-clipped bin: no gradient there
     neg_cum = _prefix_sum(hist[:n_low])  # neg_cum[m]: bins 0..m, i.e. A<0 tokens with r >= l_{L-1-m}
     p = _prefix_sum(hist[n_low + 1 :])[:n_high]  # P_j: bins L+1 .. L+1+j, i.e. r <= h_j
     n = neg_cum.flip(0)

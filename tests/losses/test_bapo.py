@@ -356,6 +356,22 @@ def test_shapes_that_do_not_broadcast_raise_naming_the_argument(shapes, name):
         bapo_search(r, a, w, BAPOConfig())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dual_clip_bin_ties_and_a_dual_clip_next_to_low_max(dtype):
+    # tokens exactly on the dual clip keep their gradient (counted), just above it do not; a dual
+    # clip within a hair of low_max takes the masking path: same answers as the loop
+    for cfg in (BAPOConfig(), BAPOConfig(low_max=1.0, dual_clip=1.0003, target=0.6)):
+        dual = torch.tensor(cfg.dual_clip, dtype=dtype)
+        ratio = torch.stack([dual, torch.nextafter(dual, dual + 1), torch.nextafter(dual, dual - 1),
+                             torch.tensor(1.0, dtype=dtype), torch.tensor(0.95, dtype=dtype)]).reshape(1, -1)
+        adv = torch.tensor([[-1.0, -1.0, -1.0, 1.0, -1.0]], dtype=dtype)
+        res = bapo_search(ratio, adv, torch.ones_like(ratio), cfg)
+        ref = reference_search(ratio.double(), adv.double(), torch.ones(1, 5, dtype=torch.float64), cfg)
+        assert (res.clip_low.item(), res.clip_high.item(), res.index.item()) == (ref[0], ref[1], ref[2])
+        assert res.share_after.item() == pytest.approx(ref[5], rel=1e-6)
+    assert BAPOConfig().dual_bin == 1 and BAPOConfig(low_max=1.0, dual_clip=1.0003).dual_bin == 0
+
+
 def test_deterministic_scan_equals_cumsum():
     from adaclip_rl.losses.bapo import _scan
 
