@@ -226,6 +226,7 @@ def _own_paths(proc_cgroup: str) -> tuple[dict[str, str], str | None]:
         _, ctrls, path = parts
         if ctrls == "":
             v2 = path
+            continue
         for c in ctrls.split(","):
             v1[c] = path
     return v1, v2

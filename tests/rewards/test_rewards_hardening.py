@@ -588,3 +588,38 @@ def test_run_cgroups_are_removed() -> None:
     for h in support.hiers.values():
         left = [n for n in os.listdir(h.base) if n.startswith(mine)]
         assert not left, (h.base, left)
+
+
+def test_cgroup_detection_parsing(tmp_path: Path) -> None:
+    """Hierarchy discovery from /proc text: v1 per controller, v2, container mount roots; and a
+    machine with no cgroup mounted names each controller as missing."""
+    from adaclip_rl.rewards import _cgroup
+
+    mountinfo = (
+        "31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n"
+        "35 31 0:31 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n"
+        "36 31 0:32 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n"
+        "37 31 0:33 /docker/abc /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids\n"
+        "40 31 0:36 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n"
+    )
+    v1, v2 = _cgroup._mounts(mountinfo)
+    assert v1["memory"] == ("/sys/fs/cgroup/memory", "/")
+    assert v1["cpu"] == v1["cpuacct"] == ("/sys/fs/cgroup/cpu,cpuacct", "/")
+    assert v2 == ("/sys/fs/cgroup/unified", "/")
+    own1, own2 = _cgroup._own_paths("4:memory:/a/b\n3:cpu,cpuacct:/\n2:pids:/docker/abc/x\n0::/user.slice\n")
+    assert (
+        own1 == {"memory": "/a/b", "cpu": "/", "cpuacct": "/", "pids": "/docker/abc/x"}
+        and own2 == "/user.slice"
+    )
+    assert _cgroup._join(*v1["memory"], own1["memory"]) == "/sys/fs/cgroup/memory/a/b"
+    assert _cgroup._join(*v1["pids"], own1["pids"]) == "/sys/fs/cgroup/pids/x"  # mount root stripped
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    (proc / "mountinfo").write_text("31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n")
+    (proc / "cgroup").write_text("0::/\n")
+    support, reasons = _cgroup.detect_cgroups(str(proc))
+    assert support.describe() == "no-cgroup" and set(reasons) == {"memory", "pids", "cpu"}
+    assert all("not mounted" in why for why in reasons.values())
+    busy = OSError(errno.EBUSY, "busy")
+    assert "delegated" in _cgroup._errtext(busy) and _cgroup._errtext(busy).startswith("EBUSY")
+    assert _cgroup._errtext(OSError(errno.EROFS, "ro")).startswith("EROFS: read-only")
