@@ -324,10 +324,14 @@ def _probe_v1(d: str, controller: str) -> str | None:
 def _probe_v2(d: str, controller: str) -> str | None:
     base = os.path.join(d, SUBDIR)
     try:
+        # the trainer's own cgroup is not reconfigured: its children must already get the
+        # controller (a delegated subtree with the trainer in a leaf, e.g. systemd Delegate=yes)
         with open(os.path.join(d, "cgroup.subtree_control")) as f:
-            enabled = set(f.read().split())
-        if controller not in enabled:
-            _write(os.path.join(d, "cgroup.subtree_control"), f"+{controller}")
+            if controller not in f.read().split():
+                return (
+                    f"not enabled for the children of {d} (cgroup.subtree_control); delegate the "
+                    "subtree and run the trainer in a leaf cgroup of it"
+                )
         os.makedirs(base, 0o755, exist_ok=True)
         with open(os.path.join(base, "cgroup.subtree_control")) as f:
             if controller not in f.read().split():

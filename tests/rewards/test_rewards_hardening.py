@@ -623,3 +623,27 @@ def test_cgroup_detection_parsing(tmp_path: Path) -> None:
     busy = OSError(errno.EBUSY, "busy")
     assert "delegated" in _cgroup._errtext(busy) and _cgroup._errtext(busy).startswith("EBUSY")
     assert _cgroup._errtext(OSError(errno.EROFS, "ro")).startswith("EROFS: read-only")
+
+
+def test_cgroup_v2_readers_and_probe(tmp_path: Path) -> None:
+    """The v2 paths that this v1 machine cannot exercise for real: what a run's group reports
+    (``memory.peak``, ``oom_kill`` in ``memory.events``, ``pids.events``, ``cpu.stat``), and a
+    probe that refuses to reconfigure the trainer's own cgroup."""
+    from adaclip_rl.rewards import _cgroup
+
+    run = tmp_path / "r1"
+    run.mkdir()
+    (run / "memory.peak").write_text("52428800\n")
+    (run / "memory.events").write_text("low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n")
+    (run / "pids.events").write_text("max 3\n")
+    (run / "cpu.stat").write_text("usage_usec 1500000\nuser_usec 1000000\n")
+    group = _cgroup.RunCgroup({c: (2, str(run)) for c in ("memory", "pids", "cpu")})
+    st = group.stats()
+    assert (st.memory_peak_bytes, st.oom_kills, st.pids_limit_hits, st.cpu_s) == (52428800, 1, 3, 1.5)
+    assert group.procs_files == [str(run / "cgroup.procs")]
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "cgroup.subtree_control").write_text("cpu pids\n")
+    why = _cgroup._probe_v2(str(own), "memory")
+    assert why is not None and "not enabled" in why and "delegate" in why
+    assert (own / "cgroup.subtree_control").read_text() == "cpu pids\n"  # left as it was
