@@ -169,8 +169,9 @@ class _ScalarWithGrad(torch.autograd.Function):
 
 
 def _row_dot(x: Tensor, y: Tensor) -> Tensor:
-    """``(x * y).sum(-1, keepdim=True)`` for ``(B, T)`` tensors without the full-size product."""
-    return torch.bmm(x.unsqueeze(1), y.to(x.dtype).unsqueeze(2)).reshape(-1, 1)
+    """``(x * y).sum(-1, keepdim=True)`` for ``(B, T)`` tensors (a batched ``bmm`` of one row each
+    is 10x slower on CPU)."""
+    return (x * y).sum(-1, keepdim=True)
 
 
 def _dot(x: Tensor, y: Tensor) -> Tensor:
@@ -225,7 +226,7 @@ def archer_loss(
             kl, dkl = kl_value_and_grad(logp.detach(), ref_logp.detach(), config.kl_estimator,
                                         log_ratio_clamp=_LOG_RATIO_CLAMP,
                                         value_clamp=_KL_VALUE_CLAMP if config.kl_estimator == "k3" else None)
-            # per response i: class sums of KL (one pass each, no product tensor), 1/n_class_i, then 1/B;
+            # per response i: class sums of KL, 1/n_class_i, then 1/B;
             # token mode: class sums over the micro-batch, 1/n_class
             row_low, row_high = _row_dot(kl, low_f), _row_dot(kl, high_f)
             if config.kl_aggregation == "response":
