@@ -31,7 +31,8 @@ Over-provisioning: partial rollouts only pay off if more groups are in flight th
 consumes. At the first step ``partial_prefill_groups`` extra prompt rows are drawn from
 ``train_dataset`` (a seeded permutation, strided by rank so that ranks get disjoint prompts);
 afterwards each step tops the pool up from its own batch. Batch rows the pool has no room for are
-deferred (``partial/prompts_deferred``) and submitted first next time, so no prompt is skipped;
+deferred (``partial/prompts_deferred``) and submitted first next time (with replay, whose groups
+take slots for good, the backlog beyond one batch is skipped: ``partial/prompts_skipped``);
 the dataset is consumed slightly out of order. vLLM's ``max_num_seqs`` is sized for the whole pool.
 Generation and training alternate in one process: nothing overlaps with training. Colocate mode on
 one process per rank only (TP 1, no sleep mode, no tools/environments).
@@ -101,6 +102,20 @@ def _vllm_max_num_seqs_at_least(sequences: int) -> Iterator[None]:
         grpo_trainer.VLLMGeneration = original
 
 
+def top_up_rows(deferred: list[dict], batch: list[dict], need: int, keep: int) -> tuple[list[dict], list[dict], int]:
+    """Rows to submit now (deferred rows first, then this batch's), rows deferred to the next batch
+    (at most ``keep``, the newest), and how many older rows are skipped beyond that bound.
+
+    Without replay the pool always has room for a batch, so nothing is skipped; with replay a share
+    ``replay_ratio`` of each batch's slots goes to replayed groups and the dataset delivers rows
+    faster than they can be generated: the surplus beyond one batch is skipped (and counted).
+    """
+    candidates = deferred + batch
+    take, rest = candidates[:need], candidates[need:]
+    skipped = max(0, len(rest) - keep)
+    return take, rest[skipped:], skipped
+
+
 @functools.cache
 def prefill_order(size: int, seed: int) -> tuple[int, ...]:
     """A seeded permutation of ``range(size)``, the same on every rank."""
@@ -143,6 +158,7 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
         self._prefill_cursor = 0  # position in the seeded, rank-strided prefill order
         self._prefilled = False
         self._deferred_rows: list[dict] = []  # batch rows the pool had no room for, submitted first next time
+        self._prompts_skipped = 0  # rows beyond the deferral bound (replay takes their slots), cumulative
         self._pushed_at_step: int | None = None
         if not self.offpolicy_enabled:
             return
@@ -265,9 +281,9 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
         if not self._prefilled:
             self._submit_rows(self._prefill_rows(prefill, batch_rows))
             self._prefilled = True
-        candidates = self._deferred_rows + batch_rows
         need = max(0, n_fresh + prefill - mgr.num_in_flight)
-        take, self._deferred_rows = candidates[:need], candidates[need:]
+        take, self._deferred_rows, skipped = top_up_rows(self._deferred_rows, batch_rows, need, keep=n_groups)
+        self._prompts_skipped += skipped
         self._submit_rows(take)
         fresh = mgr.collect(n_fresh)
         if len(fresh) < n_fresh:  # cannot happen with the accounting above; fail loudly rather than mis-shape
@@ -300,6 +316,7 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
         metrics = dict(corr.metrics)
         metrics.update(mgr.metrics())
         metrics["partial/prompts_deferred"] = float(len(self._deferred_rows))
+        metrics["partial/prompts_skipped"] = float(self._prompts_skipped)
         if self.replay_buffer is not None:
             metrics.update(self.replay_buffer.metrics(version))
             metrics["replay/sampled"] = float(len(replayed))
@@ -360,6 +377,7 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
             "prefill_cursor": self._prefill_cursor,
             "prefilled": self._prefilled,
             "deferred_rows": [dict(r) for r in self._deferred_rows],
+            "prompts_skipped": self._prompts_skipped,
             "pushed_at_step": self._pushed_at_step,
         }
 
@@ -371,6 +389,7 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
         self._prefill_cursor = int(state["prefill_cursor"])
         self._prefilled = bool(state["prefilled"])
         self._deferred_rows = [dict(r) for r in state["deferred_rows"]]
+        self._prompts_skipped = int(state["prompts_skipped"])
         self._pushed_at_step = None  # the resumed engine holds the initial weights: push at the next batch
 
     def _save_checkpoint(self, model, trial):

@@ -27,3 +27,22 @@ def test_in_flight_pool_size(tmp_path, partial, prefill, expected):
                                partial_rollouts=partial, partial_prefill_groups=prefill, use_vllm=True,
                                vllm_mode="colocate", vllm_importance_sampling_correction=True)
     assert in_flight_sequences(args) == expected  # batch 32 sequences (8 groups) + pre-filled groups x 4
+
+
+def test_rows_without_room_are_deferred_not_skipped():
+    """Rows the pool has no room for are submitted first next time (they used to be dropped)."""
+    from adaclip_rl.trainers.offpolicy import top_up_rows
+
+    batches = [[{"i": 10 * s + j} for j in range(4)] for s in range(5)]
+    needs = [2, 3, 4, 5, 6]  # room in the pool per step (varies with what finished)
+    deferred: list[dict] = []
+    submitted = []
+    for batch, need in zip(batches, needs, strict=True):
+        take, deferred, skipped = top_up_rows(deferred, batch, need, keep=4)
+        assert skipped == 0
+        submitted += [r["i"] for r in take]
+    assert submitted == [r["i"] for b in batches for r in b]  # every row, in order
+    assert deferred == []
+    # with replay taking slots for good, the surplus beyond one batch is skipped (and counted), oldest first
+    take, deferred, skipped = top_up_rows([{"i": 1}, {"i": 2}], [{"i": 3}, {"i": 4}, {"i": 5}], need=1, keep=2)
+    assert [r["i"] for r in take] == [1] and [r["i"] for r in deferred] == [4, 5] and skipped == 2
