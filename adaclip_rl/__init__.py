@@ -1,28 +1,24 @@
 """adaclip-rl: adaptive clipping for RL of language models on top of Hugging Face TRL.
 
 The loss core (:mod:`adaclip_rl.losses`) and the gradient clippers (:mod:`adaclip_rl.gradclip`)
-are pure PyTorch and import without TRL. The trainer classes are loaded lazily so that
-``import adaclip_rl.losses`` never pulls in ``trl`` or ``transformers``.
+are pure PyTorch and import without TRL. The trainer classes are loaded lazily (through
+:mod:`adaclip_rl.trainers`) so that ``import adaclip_rl.losses`` never pulls in ``trl`` or
+``transformers``.
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    "AdaClipGRPOConfig": "adaclip_rl.trainers.config",
-    "AdaClipGRPOTrainer": "adaclip_rl.trainers.grpo",
-    "OffPolicyGRPOConfig": "adaclip_rl.trainers.offpolicy_config",
-    "OffPolicyGRPOTrainer": "adaclip_rl.trainers.offpolicy",
-}
+_TRAINER_NAMES = ("AdaClipGRPOConfig", "AdaClipGRPOTrainer", "OffPolicyGRPOConfig", "OffPolicyGRPOTrainer")
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
+    if name in _TRAINER_NAMES:
+        from . import trainers
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        return getattr(trainers, name)
     raise AttributeError(f"module 'adaclip_rl' has no attribute {name!r}")
 
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__", *_TRAINER_NAMES]
