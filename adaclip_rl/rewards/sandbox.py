@@ -246,7 +246,7 @@ _MODES = ("auto", "namespaces", "fallback")
 _RESOURCE_CONTROL = ("require", "auto", "off")
 _UID_POOL_DEFAULT = 1_500_000_000  # far from /etc/subuid ranges, system and user accounts
 _UID_POOL_SIZE = 1 << 16
-_LOCK_DIRS = ("/run/adaclip-sandbox/uids", "/var/run/adaclip-sandbox/uids")
+_LOCK_DIRS = ("/run/adaclip-sandbox/uids", "/var/run/adaclip-sandbox/uids", "/tmp/adaclip-sandbox-uids")
 # what the fallback mode lacks compared with the namespace mode (listed in isolation_mode)
 FALLBACK_MISSING = ("private-root", "pid-ns", "net-ns", "ipc-ns", "uts-ns")
 
@@ -297,8 +297,9 @@ class _UidLeases:
     """Unprivileged uids leased per run, never shared by two live sandboxes on this machine.
 
     A uid is held by an exclusive ``flock`` on ``<lock dir>/<uid>`` (a root-only directory);
-    the kernel drops the lock when the holder exits, however it dies, so there is nothing to
-    clean up. Each process walks the pool from a random offset and takes the next free uid, so
+    the kernel drops the lock when the holder exits, however it dies. A lock file is removed by
+    its holder on release (while still locked); a taker checks, once it has the lock, that the
+    file it locked is still the one at that path, so removal never lets two holders in. Each process walks the pool from a random offset and takes the next free uid, so
     consecutive runs get different uids (no per-uid kernel state carries over) and concurrent
     trainers never collide (unlike a pid-derived base). Uids of ``/etc/subuid``/``/etc/subgid``
     ranges and of passwd/group entries are skipped.
@@ -324,13 +325,16 @@ class _UidLeases:
                 if uid in self._excluded:
                     continue
                 fd = os.open(
-                    os.path.join(self.dir, str(uid)),
+                    self._path(uid),
                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
                     0o600,
                 )
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    same = os.stat(self._path(uid)).st_ino == os.fstat(fd).st_ino
                 except OSError:
+                    same = False
+                if not same:  # held by another, or removed by its last holder meanwhile
                     os.close(fd)
                     continue
                 out.append((uid, fd))
@@ -341,16 +345,20 @@ class _UidLeases:
             self.release(out)
             raise
 
-    @staticmethod
-    def release(leases: list[tuple[int, int]]) -> None:
-        """Give leased uids back."""
-        for _, fd in leases:
+    def _path(self, uid: int) -> str:
+        return os.path.join(self.dir, str(uid))
+
+    def release(self, leases: list[tuple[int, int]]) -> None:
+        """Give leased uids back (the lock file is removed while still locked)."""
+        for uid, fd in leases:
+            with contextlib.suppress(OSError):
+                os.unlink(self._path(uid))
             with contextlib.suppress(OSError):
                 os.close(fd)
 
 
 def _lock_dir() -> str:
-    """A root-owned, root-only directory for the uid lock files."""
+    """A root-owned, root-only directory for the uid lock files (never one another user made)."""
     for d in _LOCK_DIRS:
         try:
             os.makedirs(d, 0o700, exist_ok=True)
@@ -686,7 +694,8 @@ def _run(
     mode: str,
     cgroups: CgroupSupport | None,
 ) -> SandboxResult:
-    leases = _uid_leases().lease(2) if _is_root() else []
+    pool = _uid_leases() if _is_root() else None
+    leases = pool.lease(2) if pool is not None else []
     groups: list[RunCgroup] = []
     try:
         if cgroups is not None:
@@ -705,7 +714,8 @@ def _run(
         for g in groups:
             if not g.remove():
                 logger.warning("sandbox: could not remove cgroup %s (left for the next sweep)", g.dirs)
-        _UidLeases.release(leases)
+        if pool is not None:
+            pool.release(leases)
 
 
 def _run_in(

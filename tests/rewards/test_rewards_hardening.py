@@ -262,12 +262,15 @@ def test_uid_lease_skips_locked_uids(tmp_path: Path) -> None:
         with pytest.raises(SandboxUnavailable, match="no free sandbox uid"):
             leases.lease(1)
     finally:
-        sbx._UidLeases.release(got)
+        leases.release(got)
         for fd in held:
             os.close(fd)
     again = leases.lease(1)
-    sbx._UidLeases.release(again)
+    leases.release(again)
     assert again
+    # released lock files are removed (the test's own two stay unless the last lease took one)
+    left = set(os.listdir(tmp_path))
+    assert left <= {"1400100000", "1400100002"} and str(again[0][0]) not in left, left
 
 
 # ============================================================== 3. the judge cannot be fooled
