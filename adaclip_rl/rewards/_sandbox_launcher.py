@@ -268,7 +268,8 @@ def _confine(
         (resource.RLIMIT_CORE, (0, 0)),
     ]
     if uid is not None:  # NPROC counts per real uid: meaningful only for a dedicated uid
-        pairs.append((resource.RLIMIT_NPROC, (lim["max_processes"], lim["max_processes"])))
+        nproc = int(lim.get("nproc", lim["max_processes"]))
+        pairs.append((resource.RLIMIT_NPROC, (nproc, nproc)))
     if not spec["namespaces"]:  # no IPC namespace: POSIX message queues (per uid) would persist
         pairs.append((resource.RLIMIT_MSGQUEUE, (0, 0)))
     for which, val in pairs:

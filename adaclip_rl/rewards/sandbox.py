@@ -759,6 +759,9 @@ def _run_in(
             "memory_mb": int(limits.memory_mb),
             "file_size_mb": int(limits.file_size_mb),
             "max_processes": int(limits.max_processes),
+            # with a pids cgroup, that is the limit that bites (and is reported); RLIMIT_NPROC,
+            # one above, stays as the backstop
+            "nproc": int(limits.max_processes) + (1 if any("pids" in g.dirs for g in groups) else 0),
             "max_open_files": int(limits.max_open_files),
             "disk_mb": int(limits.disk_mb),
             "max_inodes": int(limits.max_inodes),

@@ -650,3 +650,40 @@ def test_cgroup_v2_readers_and_probe(tmp_path: Path) -> None:
     why = _cgroup._probe_v2(str(own), "memory")
     assert why is not None and "not enabled" in why and "delegate" in why
     assert (own / "cgroup.subtree_control").read_text() == "cpu pids\n"  # left as it was
+
+
+@needs_root
+def test_cpu_and_pids_budgets_of_the_whole_run() -> None:
+    """Three busy processes get ``cpu_cores`` together (RLIMIT_CPU is per process); a thread
+    bomb stops at ``max_processes`` and the run says so."""
+    lim = SandboxLimits(cpu_cores=0.1, wall_time_s=2.0, cpu_time_s=5, max_output_bytes=1 << 16)
+    res = _run(
+        """
+        import os
+        for _ in range(2):
+            if os.fork() == 0:
+                break
+        while True:
+            pass
+        """,
+        lim,
+    )
+    assert res.timed_out and res.cpu_s is not None
+    assert res.cpu_s <= 0.1 * lim.wall_time_s * 1.5 + 0.15, f"{res.cpu_s:.2f} CPU s in {lim.wall_time_s} s"
+    bomb = _run(
+        """
+        import threading, time
+        n = 0
+        try:
+            while True:
+                threading.Thread(target=time.sleep, args=(5,), daemon=True).start()
+                n += 1
+        except (RuntimeError, MemoryError):
+            pass
+        print("threads", n, flush=True)
+        import os; os._exit(0)
+        """,
+        SandboxLimits(max_processes=12, wall_time_s=5.0),
+    )
+    assert _numbers(bomb.stdout, "threads")[0] < 12
+    assert bomb.pids_exceeded
