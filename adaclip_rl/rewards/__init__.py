@@ -26,6 +26,7 @@ from adaclip_rl.rewards.safe import SafeReward, safe_reward
 from adaclip_rl.rewards.sandbox import (
     SandboxLimits,
     SandboxResult,
+    SandboxUnavailable,
     configure_sandbox,
     run_python,
     sandbox_info,
@@ -36,6 +37,7 @@ __all__ = [
     "SafeReward",
     "SandboxLimits",
     "SandboxResult",
+    "SandboxUnavailable",
     "SoftOverlongPenalty",
     "build_reward_funcs",
     "check_humaneval",
