@@ -238,15 +238,17 @@ _LANES = 8  # histogram copies: consecutive tokens (often in the same bin) accum
 def _lanes(shape: tuple[int, ...], n_bins: int, device: torch.device) -> Tensor:
     """Per-token offset ``(i mod 8) * n_bins - 1`` along the longer of the two dims (small tensor)."""
     dim = 1 if shape[1] > 1 else 0
-    lane = torch.arange(shape[dim], device=device).remainder_(_LANES).mul_(n_bins).sub_(1)
+    lane = torch.arange(shape[dim], dtype=torch.int32, device=device).remainder_(_LANES).mul_(n_bins).sub_(1)
     return lane.view(1, -1) if dim == 1 else lane.view(-1, 1)
 
 
 def _histogram(values: Tensor, index: Tensor, n_bins: int) -> Tensor:
     """Sum of ``values`` per bin; ``index`` already spread over the lanes (see :func:`_lanes`).
     Repeated additions to one address form a dependency chain (about 4x slower on CPU than
-    scattered ones); eight copies of the histogram break it."""
-    hist = torch.zeros(n_bins * _LANES, dtype=values.dtype, device=values.device).scatter_add_(0, index, values)
+    scattered ones); eight copies of the histogram break it. ``index_add_`` takes the int32 index
+    (``scatter_add_`` would need int64) and is deterministic on CUDA under
+    ``torch.use_deterministic_algorithms(True)``."""
+    hist = torch.zeros(n_bins * _LANES, dtype=values.dtype, device=values.device).index_add_(0, index, values)
     return hist.view(_LANES, n_bins).sum(0)
 
 
@@ -381,13 +383,13 @@ def bapo_statistics(ratio: Tensor, advantages: Tensor, weights: Tensor, config: 
         lo = is_pos * (n_low + 1.0) + d
         hi = is_pos * (n_high + 1.0) + (n_low + d)
         guess = torch.addcmul(offset, x, scale).clamp_(min=lo, max=hi)
-        bins = guess.long()  # >= 0: truncation is floor
+        bins = guess.int()  # >= 0: truncation is floor; int32 (half the memory traffic of int64)
         above = torch.gt(x, edges.index_select(0, bins.view(-1)).view_as(x))  # the guess's lower edge < x
         bins.add_(above).add_(_lanes(key, n_bins, x.device))  # the guess, or one less; then its lane
     else:  # binary search on each sign's own (sorted) edges; value mode only: no dual bin
         neg_edges, pos_edges = edges[1 : n_low + 1].contiguous(), edges[n_low + 2 :].contiguous()
-        b_neg = torch.bucketize(x, neg_edges)  # #{m : l'_m < -r}
-        b_pos = torch.bucketize(x, pos_edges) + (n_low + 1)
+        b_neg = torch.bucketize(x, neg_edges, out_int32=True)  # #{m : l'_m < -r}
+        b_pos = torch.bucketize(x, pos_edges, out_int32=True) + (n_low + 1)
         bins = torch.where(is_pos.bool().expand_as(x), b_pos, b_neg).add_(_lanes(key, n_bins, x.device) + 1)
     bins = bins.view(-1)
     if config.contribution == "grad":
