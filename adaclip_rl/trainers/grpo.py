@@ -117,7 +117,7 @@ class AdaClipGRPOTrainer(GRPOTrainer):
             out["old_per_token_entropies"] = entropies
         return out
 
-    def _loss_inputs(self, model, inputs, mode: str, compute_entropy: bool = True) -> _LossInputs:
+    def _loss_inputs(self, model, inputs, mode: str, compute_entropy: bool = True, aux: bool = True) -> _LossInputs:
         """Everything TRL 1.16's ``_compute_loss`` computes before the policy term, in its order:
         log-probs and entropies, entropy mask, advantages, old log-probs, off-policy sequence mask,
         token or sequence importance ratio. Padding never reaches ``exp`` (old/ref log-probs are
@@ -130,7 +130,7 @@ class AdaClipGRPOTrainer(GRPOTrainer):
         mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
         per_token_logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
             model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=compute_entropy,
-            compute_aux_loss=self.aux_loss_enabled and compute_entropy, **{k: inputs.get(k) for k in _MM_KEYS},
+            compute_aux_loss=self.aux_loss_enabled and aux, **{k: inputs.get(k) for k in _MM_KEYS},
         )
         entropy_mask = (
             self.get_high_entropy_mask(entropies, mask, 1 - self.top_entropy_quantile)
@@ -214,7 +214,7 @@ class AdaClipGRPOTrainer(GRPOTrainer):
                 if k == pos:
                     continue
                 mb = self._buffered_inputs[(first + k) % spg]
-                lk = self._loss_inputs(model, mb, mode, compute_entropy=self.top_entropy_quantile < 1.0)
+                lk = self._loss_inputs(model, mb, mode, compute_entropy=self.top_entropy_quantile < 1.0, aux=False)
                 stats = stats + bapo_statistics(lk.ratio, lk.advantages, self._loss_weights(lk, mb, mode),
                                                 self.loss_config)
         result = bapo_select(self._reduce_sum(stats), self.loss_config)

@@ -70,11 +70,14 @@ def test_bapo_scope_update_two_ranks_two_micro_batches_equal_one_process_on_the_
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
     out = tmp_path / "scope.json"
     env = dict(child_env, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    proc = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-         str(Path(__file__).with_name("dist_bapo_scope_worker.py")), tiny_model_dir, str(batch_path), str(out)],
-        capture_output=True, text=True, env=env, timeout=600,
-    )
+    for _attempt in range(2):  # a free port can be taken by another job before torchrun binds it
+        proc = subprocess.run(
+            [torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+             str(Path(__file__).with_name("dist_bapo_scope_worker.py")), tiny_model_dir, str(batch_path), str(out)],
+            capture_output=True, text=True, env=env, timeout=600,
+        )
+        if proc.returncode == 0 or "address already in use" not in proc.stderr.lower():
+            break
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(out.read_text())
     (c_low, c_high, share), = ref_bounds
