@@ -28,19 +28,24 @@ def test_non_default_fields_of_another_loss_warn_once_naming_them(tmp_path):
     field_checks._WARNED.clear()
     with pytest.warns(UserWarning, match=r"^epsilon, archer_low_clip have no effect with policy_loss='bapo'"):
         _cfg(tmp_path, policy_loss="bapo", epsilon=0.3, archer_low_clip=0.3)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        _cfg(tmp_path, policy_loss="bapo", epsilon=0.3, archer_low_clip=0.3)  # once
+    assert not _no_effect_warnings(lambda: _cfg(tmp_path, policy_loss="bapo", epsilon=0.3, archer_low_clip=0.3))  # once
     with pytest.warns(UserWarning, match=r"^bapo_target, bapo_scope has|^bapo_target, bapo_scope have"):
         _cfg(tmp_path, policy_loss="grpo", bapo_target=0.5, bapo_scope="micro_batch")
 
 
+def _no_effect_warnings(build) -> list[str]:
+    """The "... no effect with policy_loss" warnings that ``build()`` emits. Only ours: other libraries
+    may warn on a re-initialised process state (accelerate's OMP_NUM_THREADS notice, in the full suite)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build()
+    return [str(w.message) for w in caught if "no effect with policy_loss" in str(w.message)]
+
+
 def test_defaults_do_not_warn(tmp_path):
     field_checks._WARNED.clear()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)
-        for loss in ("grpo", "bapo", "archer"):
-            _cfg(tmp_path, policy_loss=loss)
+    for loss in ("grpo", "bapo", "archer"):
+        assert not _no_effect_warnings(lambda loss=loss: _cfg(tmp_path, policy_loss=loss)), loss
 
 
 @pytest.mark.parametrize(
