@@ -2,7 +2,9 @@
 
 What it measures: **generation only** - the weight push and the generation of each step's groups.
 Rewards, the old-log-prob pass and the optimizer step are not timed, so the speed-up here is an
-upper bound of the whole-step speed-up, not the whole-step speed-up itself.
+upper bound of the whole-step speed-up, not the whole-step speed-up itself. Whole optimizer steps of
+the real trainer (and time to a train reward): ``bench_rollout.py --whole-steps [options]``, which
+runs ``scripts/bench_rollout_steps.py`` with those options.
 
 Workload: GRPO-style steps that each need ``--groups`` finished groups of ``--group-size``
 completions. Response lengths are long-tailed and *forced*: every completion gets a target length
@@ -35,6 +37,7 @@ import os
 import platform
 import random
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -170,6 +173,13 @@ def quantiles(xs: list[int]) -> dict[str, float]:
 
 
 def main() -> None:
+    if "--whole-steps" in sys.argv:
+        sys.argv.remove("--whole-steps")
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import bench_rollout_steps
+
+        bench_rollout_steps.main()
+        return
     args = parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
