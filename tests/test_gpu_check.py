@@ -8,7 +8,6 @@ writer, the trainer benchmark at tiny size, and the pytest plugin's device/dtype
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from gpu_plugin import DeviceDtypeMode, _patch_training_arguments
+from script_modules import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "gpu_check.py"
@@ -28,16 +28,8 @@ SCRIPT = REPO / "scripts" / "gpu_check.py"
 @pytest.fixture(scope="module")
 def gc():
     """scripts/gpu_check.py as a module."""
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(spec.name, None)
-        raise
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield load_script(SCRIPT, "gpu_check")
+    sys.modules.pop("gpu_check", None)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU branch")
