@@ -177,13 +177,18 @@ class AdaClipGRPOTrainer(GRPOTrainer):
         else:
             ga = self.current_gradient_accumulation_steps if mode == "train" else 1.0
             w = aggregation_weights(li.mask, self.loss_type, max_completion_length=self.max_completion_length) / ga
+        return self._apply_token_factors(w, li, inputs)
+
+    def _apply_token_factors(self, x: torch.Tensor, li: _LossInputs, inputs) -> torch.Tensor:
+        """``x`` times the per-token factors TRL applies after the policy term: off-policy mask,
+        entropy mask and vLLM importance-sampling ratio (in TRL's order, so values match bit for bit)."""
         if li.off_policy_mask is not None:
-            w = w * li.off_policy_mask
+            x = x * li.off_policy_mask
         if li.entropy_mask is not None:
-            w = w * li.entropy_mask
+            x = x * li.entropy_mask
         if self.use_vllm and self.vllm_importance_sampling_correction:
-            w = w * inputs["importance_sampling_ratio"]
-        return w
+            x = x * inputs["importance_sampling_ratio"]
+        return x
 
     def _dapo_num_tokens(self, inputs, mode: str) -> torch.Tensor:
         num_tokens = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
@@ -245,13 +250,7 @@ class AdaClipGRPOTrainer(GRPOTrainer):
             ratio, advantages, mask, config=self.loss_config, logp=per_token_logps, ref_logp=ref_logps,
             entropy=class_entropy.detach(), reduce_fn=self._reduce_sum, **extra,
         )
-        per_token_loss = out.per_token_loss
-        if li.off_policy_mask is not None:
-            per_token_loss = per_token_loss * li.off_policy_mask
-        if li.entropy_mask is not None:
-            per_token_loss = per_token_loss * li.entropy_mask
-        if self.use_vllm and self.vllm_importance_sampling_correction:
-            per_token_loss = per_token_loss * inputs["importance_sampling_ratio"]
+        per_token_loss = self._apply_token_factors(out.per_token_loss, li, inputs)
         if per_token_kl is not None:
             per_token_loss = per_token_loss + self.kl_beta * per_token_kl
 
