@@ -4,12 +4,12 @@ A rollout engine turns token-id prompts into completions with per-token behaviou
 knows its current policy ``version``. :class:`adaclip_rl.rollout.vllm_engine.VLLMColocateEngine`
 implements it with an in-process ``vllm.LLM``; tests use a small deterministic fake.
 
-Two calls: :meth:`RolloutEngine.generate_requests` runs every request to its end;
-:meth:`RolloutEngine.generate_until` runs them continuously, reports each one as it finishes,
-and - once the caller says it has enough - interrupts the *interruptible* requests that are still
-running (their tokens so far come back with ``finish_reason="interrupted"``) while the others run
-to their end. Partial rollouts use the second: generation is cut only where the weights are about
-to change (the end of a generation batch), never at a fixed token budget.
+:meth:`RolloutEngine.generate_until` runs all requests continuously, reports each one as it
+finishes, and - once the caller says it has enough - interrupts the *interruptible* requests that
+are still running (their tokens so far come back with ``finish_reason="interrupted"``) while the
+others run to their end. Partial rollouts cut generation this way only where the weights are about
+to change (the end of a generation batch), never at a fixed token budget; a caller that never says
+"enough" gets every request run to its end.
 """
 
 from __future__ import annotations
@@ -66,12 +66,6 @@ class RolloutEngine(Protocol):
 
     version: int
     max_model_len: int | None
-
-    def generate_requests(
-        self, requests: Sequence[GenerationRequest], sampling: SamplingSettings
-    ) -> list[GenerationOutput]:
-        """Generate for every request (one completion each), in request order."""
-        ...
 
     def generate_until(
         self,

@@ -280,7 +280,8 @@ class PartialRolloutManager:
             s.extend(out.token_ids, out.logprobs, out.version)
             self._finish(s, "stop" if out.finish_reason == "stop" else "length")
             if group.finished:
-                self._promote_finished()
+                self._active.remove(group)
+                self._ready.append(group)
             return len(self._ready) >= num_groups
 
         outputs = self.engine.generate_until(requests, self.sampling, on_finish)
@@ -323,13 +324,13 @@ class PartialRolloutManager:
 
     # ------------------------------------------------------------------ metrics
     def _collect_metrics(
-        self, groups: list[RolloutGroup], rounds: int, tokens: int, seconds: float
+        self, groups: list[RolloutGroup], calls: int, tokens: int, seconds: float
     ) -> dict[str, float]:
         samples = [s for g in groups for s in g.samples]
         n = max(len(samples), 1)
         spans = [max(s.versions) - min(s.versions) for s in samples if s.versions]
         return {
-            "partial/engine_calls": float(rounds),
+            "partial/engine_calls": float(calls),
             "partial/tokens_generated": float(tokens),
             "partial/generate_seconds": float(seconds),
             "partial/segments_mean": sum(s.segments for s in samples) / n,

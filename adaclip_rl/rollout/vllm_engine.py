@@ -264,20 +264,6 @@ class VLLMColocateEngine:
         reason = "stop" if completion.finish_reason == "stop" else "length"
         return GenerationOutput(token_ids=token_ids, logprobs=logprobs, finish_reason=reason, version=version)
 
-    def generate_requests(
-        self, requests: Sequence[GenerationRequest], sampling: SamplingSettings
-    ) -> list[GenerationOutput]:
-        """One completion per request (own ``max_tokens`` and seed), in request order."""
-        if not requests:
-            return []
-        prompts = [{"prompt_token_ids": list(r.prompt_token_ids)} for r in requests]
-        params = [
-            self._sampling_params(sampling, r.max_tokens, r.seed if self.use_request_seeds else None)
-            for r in requests
-        ]
-        outs = self.llm.generate(prompts, sampling_params=params, use_tqdm=False)
-        return [self._to_output(o.outputs[0], self.version) for o in outs]
-
     def generate_until(
         self, requests: Sequence[GenerationRequest], sampling: SamplingSettings, on_finish: FinishCallback
     ) -> list[GenerationOutput]:

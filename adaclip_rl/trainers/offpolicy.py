@@ -68,13 +68,18 @@ logger = logging.getLogger(__name__)
 ROLLOUT_STATE_FILE = "rollout_state_{rank}.pt"
 
 
+def prefill_groups(partial_rollouts: bool, partial_prefill_groups: int | None, batch_groups: int) -> int:
+    """Groups kept in flight beyond a generation batch of ``batch_groups`` groups (0 without partial
+    rollouts; ``partial_prefill_groups``, by default one batch, with them)."""
+    if not partial_rollouts:
+        return 0
+    return partial_prefill_groups if partial_prefill_groups is not None else batch_groups
+
+
 def in_flight_sequences(args: OffPolicyGRPOConfig) -> int:
     """Sequences one rank keeps in flight: its generation batch plus the pre-filled groups."""
     batch = args.per_device_train_batch_size * args.steps_per_generation
-    if not args.partial_rollouts:
-        return batch
-    groups = batch // args.num_generations
-    prefill = args.partial_prefill_groups if args.partial_prefill_groups is not None else groups
+    prefill = prefill_groups(args.partial_rollouts, args.partial_prefill_groups, batch // args.num_generations)
     return batch + prefill * args.num_generations
 
 
@@ -275,9 +280,7 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
 
         # keep n_groups + prefill groups in flight; prefill once from the dataset, then top up from the batch
         mgr = self.rollout_manager
-        prefill = cfg.partial_prefill_groups if cfg.partial_prefill_groups is not None else n_groups
-        if not cfg.partial_rollouts:
-            prefill = 0
+        prefill = prefill_groups(cfg.partial_rollouts, cfg.partial_prefill_groups, n_groups)
         if not self._prefilled:
             self._submit_rows(self._prefill_rows(prefill, batch_rows))
             self._prefilled = True

@@ -39,11 +39,6 @@ class FakeEngine:
         lp = -(self.version + 1) / 10
         return GenerationOutput(list(toks), [lp] * len(toks), reason, self.version)
 
-    def generate_requests(
-        self, requests: Sequence[GenerationRequest], sampling: SamplingSettings
-    ) -> list[GenerationOutput]:
-        return self.generate_until(requests, sampling, lambda i, out: False)
-
     def generate_until(
         self, requests: Sequence[GenerationRequest], sampling: SamplingSettings, on_finish: FinishCallback
     ) -> list[GenerationOutput]:
