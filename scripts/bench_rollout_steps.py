@@ -42,6 +42,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from transformers import TrainerCallback
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -96,24 +98,18 @@ def _forced_trainer_class(args: argparse.Namespace):
     return ForcedLengthTrainer
 
 
-class StepClock:
-    """Trainer callback: wall time at the end of every optimizer step."""
+class StepClock(TrainerCallback):
+    """Trainer callback: wall time at the start of training and at the end of every optimizer step."""
 
-    def __new__(cls):
-        from transformers import TrainerCallback
+    def __init__(self) -> None:
+        self.ends: list[float] = []
+        self.start = time.perf_counter()
 
-        class _Clock(TrainerCallback):
-            def __init__(self) -> None:
-                self.ends: list[float] = []
-                self.start = time.perf_counter()
+    def on_train_begin(self, args, state, control, **kw):
+        self.start = time.perf_counter()
 
-            def on_train_begin(self, args, state, control, **kw):
-                self.start = time.perf_counter()
-
-            def on_step_end(self, args, state, control, **kw):
-                self.ends.append(time.perf_counter())
-
-        return _Clock()
+    def on_step_end(self, args, state, control, **kw):
+        self.ends.append(time.perf_counter())
 
 
 def one_run(mode: str, seed: int, model_dir: str, dataset: Any, args: argparse.Namespace, out_dir: Path) -> dict:
