@@ -34,16 +34,16 @@ def dataset():
     return Dataset.from_list(ArithmeticTask().sample(32, "train"))
 
 
-def make_batch(model, seed: int = 0) -> dict[str, torch.Tensor]:
-    """8 sequences, stale old log-probs (ratios spread well beyond the start bounds), more wrong
-    answers on rank 1's half so that per-micro-batch searches disagree."""
+def make_batch(model, seed: int = 0, lengths: tuple[int, ...] = (6, 2, 6, 3, 6, 4, 6, 2)) -> dict[str, torch.Tensor]:
+    """8 sequences of completion ``lengths``, stale old log-probs (ratios spread well beyond the
+    start bounds), more wrong answers on rank 1's half so that per-rank searches disagree."""
     gen = torch.Generator().manual_seed(seed)
     b, p, c = 8, 3, 6
     full = {
         "prompt_ids": torch.randint(3, 200, (b, p), generator=gen),
         "prompt_mask": torch.ones(b, p, dtype=torch.long),
         "completion_ids": torch.randint(3, 200, (b, c), generator=gen),
-        "completion_mask": (torch.arange(c) < torch.tensor([6, 2, 6, 3, 6, 4, 6, 2]).unsqueeze(1)).long(),
+        "completion_mask": (torch.arange(c) < torch.tensor(lengths).unsqueeze(1)).long(),
         "advantages": torch.tensor([1.2, 0.8, 1.5, -0.2, -1.1, -0.9, -1.4, 0.3]),
     }
     with torch.no_grad():

@@ -13,6 +13,7 @@ import sys
 import torch
 import torch.distributed as dist
 from datasets import Dataset
+from dist_bapo_scope_worker import make_batch
 
 from adaclip_rl import AdaClipGRPOConfig, AdaClipGRPOTrainer
 from adaclip_rl.losses import bapo_search
@@ -35,20 +36,8 @@ def main() -> None:
     rank, world = trainer.accelerator.process_index, trainer.accelerator.num_processes
     assert world == 2 and dist.get_backend() == "gloo"
 
-    gen = torch.Generator().manual_seed(0)  # the same full batch on every rank
-    b, p, c = 8, 3, 6
-    full = {
-        "prompt_ids": torch.randint(3, 200, (b, p), generator=gen),
-        "prompt_mask": torch.ones(b, p, dtype=torch.long),
-        "completion_ids": torch.randint(3, 200, (b, c), generator=gen),
-        "completion_mask": (torch.arange(c) < torch.tensor([6, 5, 6, 3, 6, 4, 6, 2]).unsqueeze(1)).long(),
-        # rank 0's half is mostly positive, rank 1's mostly negative: local searches would disagree
-        "advantages": torch.tensor([1.2, 0.8, 1.5, -0.2, -1.1, -0.9, -1.4, 0.3]),
-    }
-    with torch.no_grad():
-        logits = trainer.model(input_ids=torch.cat([full["prompt_ids"], full["completion_ids"]], 1)).logits
-        logps = torch.log_softmax(logits[:, p - 1 : -1], -1).gather(-1, full["completion_ids"][..., None])[..., 0]
-    full["old_per_token_logps"] = logps + 0.6 * torch.randn(b, c, generator=gen)
+    # the same full batch on every rank; rank 0's half mostly positive, rank 1's mostly negative
+    full = make_batch(trainer.model, seed=0, lengths=(6, 5, 6, 3, 6, 4, 6, 2))
     half = {k: v[rank * 4 : (rank + 1) * 4] for k, v in full.items()}
     half["num_items_in_batch"] = full["completion_mask"].sum().float()
 
