@@ -1,4 +1,4 @@
-"""Command line: ``adaclip-rl train | eval | demo``.
+"""Command line: ``adaclip-rl train | eval | demo | study``.
 
 Each subcommand lives in its own module and receives the remaining arguments, so heavy imports
 (trl, vllm) happen only for the command that needs them. ``python -m adaclip_rl.cli train ...``
@@ -14,6 +14,7 @@ COMMANDS = {
     "train": ("adaclip_rl.trainers.cli", "Train with a YAML recipe (AdaClipGRPOTrainer)."),
     "eval": ("adaclip_rl.eval.cli", "Evaluate a model on math/code benchmarks (avg@k, pass@k)."),
     "demo": ("adaclip_rl.demo", "CPU demo: GRPO vs BAPO vs Archer on a tiny model."),
+    "study": ("adaclip_rl.study.cli", "Studies on a tiny model: `study staleness` (clipping vs stale data)."),
 }
 
 
