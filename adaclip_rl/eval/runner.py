@@ -154,33 +154,10 @@ def evaluate(
     params = SamplingConfig(
         n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, ignore_eos=ignore_eos
     )
-    if ks is not None:
-        bad = [k for k in ks if not (isinstance(k, int) and 1 <= k <= n)]
-        if bad:
-            raise ValueError(f"every k must satisfy 1 <= k <= n={n}; got k={bad} (raise --n or lower --k)")
-        ks = sorted(set(ks))
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be an integer >= 1; got {limit!r}")
-    data_dir = resolve_data_dir(data_dir)
-    if data_dir is not None and not Path(data_dir).is_dir():
-        raise FileNotFoundError(f"data dir {str(data_dir)!r} does not exist")
-    if isinstance(backend, str):
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        if isinstance(model, str | os.PathLike):
-            check_model_ref(model)
-        elif backend == "vllm":
-            raise ValueError("the vllm backend needs a model path; use backend='transformers' for an in-memory model")
-    specs = _resolve(benchmarks)
-
-    # Load every benchmark's rows before touching the model (fail fast on missing files).
-    loaded = []
-    for bench, path in specs:
-        problems, source = bench.load(path=path, data_dir=data_dir, limit=limit)
-        if not problems:
-            raise ValueError(f"benchmark {bench.name!r} has no rows ({source})")
-        loaded.append((bench, problems, source))
-
+    # 1. check the arguments and load every benchmark's rows before touching the model (fail fast)
+    ks, data_dir = _check_arguments(model, backend, n, ks, limit, data_dir)
+    loaded = _load_benchmarks(_resolve(benchmarks), data_dir, limit)
+    # 2. generate and score each benchmark with one backend
     own_backend = isinstance(backend, str)
     gen: GenerationBackend = (
         make_backend(backend, model, tokenizer, **(backend_kwargs or {})) if isinstance(backend, str) else backend
@@ -210,14 +187,57 @@ def evaluate(
     finally:
         if own_backend:
             gen.close()
+    # 3. the summary table, written next to the records
     summary["total_s"] = time.perf_counter() - t_start
+    _write_summary(summary, out_path)
+    return summary
+
+
+def _check_arguments(model: Any, backend: str | GenerationBackend, n: int, ks: Sequence[int] | None,
+                     limit: int | None, data_dir: str | os.PathLike[str] | None
+                     ) -> tuple[list[int] | None, str | os.PathLike[str] | None]:
+    """Stage 1 of :func:`evaluate`: refuse bad arguments before any model is loaded; returns the
+    sorted budgets ``ks`` and the resolved ``data_dir``."""
+    if ks is not None:
+        bad = [k for k in ks if not (isinstance(k, int) and 1 <= k <= n)]
+        if bad:
+            raise ValueError(f"every k must satisfy 1 <= k <= n={n}; got k={bad} (raise --n or lower --k)")
+        ks = sorted(set(ks))
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be an integer >= 1; got {limit!r}")
+    data_dir = resolve_data_dir(data_dir)
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise FileNotFoundError(f"data dir {str(data_dir)!r} does not exist")
+    if isinstance(backend, str):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if isinstance(model, str | os.PathLike):
+            check_model_ref(model)
+        elif backend == "vllm":
+            raise ValueError("the vllm backend needs a model path; use backend='transformers' for an in-memory model")
+    return ks, data_dir
+
+
+def _load_benchmarks(specs: list[tuple[Benchmark, Path | None]], data_dir: str | os.PathLike[str] | None,
+                     limit: int | None) -> list[tuple[Benchmark, list, Any]]:
+    """Stage 1 of :func:`evaluate`: every benchmark's rows and source (a benchmark without rows is refused)."""
+    loaded = []
+    for bench, path in specs:
+        problems, source = bench.load(path=path, data_dir=data_dir, limit=limit)
+        if not problems:
+            raise ValueError(f"benchmark {bench.name!r} has no rows ({source})")
+        loaded.append((bench, problems, source))
+    return loaded
+
+
+def _write_summary(summary: dict[str, Any], out_path: Path | None) -> None:
+    """Stage 3 of :func:`evaluate`: add the table to ``summary``, write it and the JSON under ``out_path``, log it."""
     table = format_table(summary)
     summary["table"] = table
     if out_path is not None:
         (out_path / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
         (out_path / "summary.txt").write_text(table + "\n")
     logger.info("evaluation summary\n%s", table)
-    return summary
 
 
 def _resolve(benchmarks: str | Sequence[str | Benchmark]) -> list[tuple[Benchmark, Path | None]]:
@@ -243,6 +263,8 @@ def _run_one(
     ks: Sequence[int] | None,
     out_path: Path | None,
 ) -> dict[str, Any]:
+    """One benchmark, in stages: render the prompts, generate ``n`` samples each, score them,
+    compute the metrics, write the per-problem records; returns the benchmark's summary entry."""
     rendered = [bench.render_prompt(p, gen.tokenizer, chat_template) for p in problems]
     prompts = [r.text for r in rendered]
     logger.info("%s: %d problems x n=%d (%s)", bench.name, len(problems), params.n, gen.name)
@@ -268,23 +290,7 @@ def _run_one(
     records_file = None
     if out_path is not None:
         records_file = out_path / f"{bench.name}.records.jsonl"
-        with records_file.open("w", encoding="utf-8") as f:
-            for p, r, row, sc, an in zip(problems, rendered, completions, scores, answers, strict=True):
-                rec = {
-                    "benchmark": bench.name,
-                    "index": p.index,
-                    "id": p.id,
-                    "problem": p.problem,
-                    "gold": p.gold,
-                    "prompt": r.text,
-                    "samples": [c.text for c in row],
-                    "num_tokens": [c.num_tokens for c in row],
-                    "finish_reasons": [c.finish_reason for c in row],
-                    "extracted": an,
-                    "scores": sc,
-                    "num_correct": sum(is_correct(s) for s in sc),
-                }
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        _write_records(records_file, bench, problems, rendered, completions, scores, answers)
     return {
         "kind": bench.kind,
         "num_problems": len(problems),
@@ -304,6 +310,29 @@ def _run_one(
         "scoring_seconds": score_s,
         "records": str(records_file) if records_file is not None else None,
     }
+
+
+def _write_records(records_file: Path, bench: Benchmark, problems: list[Problem], rendered: list, completions: list,
+                   scores: list, answers: list) -> None:
+    """One JSON line per problem: prompt, samples, extracted answers and scores."""
+    with records_file.open("w", encoding="utf-8") as f:
+        for problem, prompt, row, row_scores, extracted in zip(problems, rendered, completions, scores, answers,
+                                                               strict=True):
+            record = {
+                "benchmark": bench.name,
+                "index": problem.index,
+                "id": problem.id,
+                "problem": problem.problem,
+                "gold": problem.gold,
+                "prompt": prompt.text,
+                "samples": [c.text for c in row],
+                "num_tokens": [c.num_tokens for c in row],
+                "finish_reasons": [c.finish_reason for c in row],
+                "extracted": extracted,
+                "scores": row_scores,
+                "num_correct": sum(is_correct(s) for s in row_scores),
+            }
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def format_table(summary: dict[str, Any]) -> str:

@@ -50,16 +50,25 @@ from .base import (
 from .distributed import all_reduce_sum, dtensor_norm_reduce_fn, norm_reduce_fn_for
 from .fixed import FixedClip
 from .quantile import QuantileClip
-from .registry import GRAD_CLIPPERS, build_grad_clipper, register_grad_clipper
+from .registry import (
+    GRAD_CLIPPER_SPECS,
+    GRAD_CLIPPERS,
+    GradClipperSpec,
+    build_grad_clipper,
+    get_grad_clipper_spec,
+    register_grad_clipper,
+)
 from .zclip import ZClip
 
 __all__ = [
     "GRAD_CLIPPERS",
+    "GRAD_CLIPPER_SPECS",
     "AdaGC",
     "AutoClip",
     "FixedClip",
     "GlobalNormClipper",
     "GradClipper",
+    "GradClipperSpec",
     "NormReduceFn",
     "QuantileClip",
     "ZClip",
@@ -67,6 +76,7 @@ __all__ = [
     "apply_coefficients_",
     "build_grad_clipper",
     "dtensor_norm_reduce_fn",
+    "get_grad_clipper_spec",
     "grad_sq_norms",
     "norm_reduce_fn_for",
     "normalize_param_name",

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._validate import check_int_at_least, is_number
+from ._validate import check_int_at_least, check_interval
 from .base import GlobalNormClipper, _as_float, check_finite_norm
 
 
@@ -50,8 +50,7 @@ class AutoClip(GlobalNormClipper):
         self, percentile: float = 10.0, window: int = 1000, *, eps: float = 1e-6, nonfinite: str = "skip"
     ) -> None:
         super().__init__(eps=eps, nonfinite=nonfinite)
-        if not (is_number(percentile) and 0.0 <= percentile <= 100.0):
-            raise ValueError(f"AutoClip: percentile must be in [0, 100]; got {percentile!r}")
+        check_interval("AutoClip", "percentile", percentile, 0, 100)
         check_int_at_least("AutoClip", "window", window, 1)
         self.percentile = float(percentile)
         self.window = window

@@ -4,26 +4,32 @@
 * :mod:`.bapo` - BAPO adaptive bound search (arXiv 2510.18927)
 * :mod:`.archer` - Archer entropy-classed clip widths and KL weights (arXiv 2507.15778)
 * :mod:`.kl` - k1/k2/k3 KL estimators
-* :mod:`.registry` - policy losses by name
+* :mod:`.registry` - policy losses by name, each with its config, field prefix and needs
 """
 
-from .archer import ArcherConfig, ArcherResult, archer_loss, archer_token_classes, entropy_thresholds
+from .archer import ArcherResult, archer_loss, archer_token_classes, entropy_thresholds
 from .bapo import BAPOConfig, BAPOResult, bapo_loss, bapo_search, bapo_select, bapo_statistics
 from .kl import KL_ESTIMATORS, kl_estimate
-from .registry import (
+from .registry import (  # ArcherConfig from the registry: TEMPORARY bridge (issue 16), see registry.py
     POLICY_LOSS_CONFIGS,
+    POLICY_LOSS_SPECS,
     POLICY_LOSSES,
+    ArcherConfig,
     GRPOClipConfig,
     PolicyLossOutput,
+    PolicyLossSpec,
     get_policy_loss,
+    get_policy_loss_spec,
     register_policy_loss,
 )
 from .surrogate import (
     AGGREGATION_MODES,
+    ClipMasks,
     aggregate_loss,
     aggregation_weights,
     clip_fractions,
     clipped_surrogate,
+    clipped_surrogate_with_masks,
 )
 
 __all__ = [
@@ -31,12 +37,15 @@ __all__ = [
     "KL_ESTIMATORS",
     "POLICY_LOSSES",
     "POLICY_LOSS_CONFIGS",
+    "POLICY_LOSS_SPECS",
     "ArcherConfig",
     "ArcherResult",
     "BAPOConfig",
     "BAPOResult",
+    "ClipMasks",
     "GRPOClipConfig",
     "PolicyLossOutput",
+    "PolicyLossSpec",
     "aggregate_loss",
     "aggregation_weights",
     "archer_loss",
@@ -47,8 +56,10 @@ __all__ = [
     "bapo_statistics",
     "clip_fractions",
     "clipped_surrogate",
+    "clipped_surrogate_with_masks",
     "entropy_thresholds",
     "get_policy_loss",
+    "get_policy_loss_spec",
     "kl_estimate",
     "register_policy_loss",
 ]

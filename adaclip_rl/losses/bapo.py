@@ -54,13 +54,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from ._validate import check_bounds, check_non_negative, check_open_unit, check_positive, check_range
+from ..checks import (
+    FieldValueError,
+    check_bounds,
+    check_choice,
+    check_dual_clip,
+    check_non_negative,
+    check_open_unit,
+    check_order,
+    check_positive,
+)
 from .surrogate import _as_2d, clipped_surrogate
 
 ReduceFn = Callable[[Tensor], Tensor]
@@ -95,37 +104,61 @@ class BAPOConfig:
             bound only while ``c + delta <= b``) or "value" (official code, lower bound first,
             last step partial: ``c = min(c + step, max)``).
         dual_clip: dual-clip constant for A<0 (verl default 3.0); None disables it.
+        scope: "update" (one search per optimizer update over the accumulation window and the
+            ranks: the paper's Algorithm 1) or "micro_batch" (one per loss call: verl). The
+            trainer reads it; the search functions here act on what they are given.
     """
 
-    target: float = 0.4
-    low_start: float = 0.6
-    low_max: float = 0.9
-    low_step: float = 0.02
-    high_start: float = 1.2
-    high_max: float = 3.0
-    high_step: float = 0.05
-    contribution: Literal["grad", "value"] = "grad"
-    dual_clip: float | None = 3.0
+    target: float = field(
+        default=0.4,
+        metadata={"help": "BAPO target rho0: share of positive-advantage contribution in (0, 1) (paper: 0.4). "
+                  "With bapo_contribution='value' it is the official code's pos/neg ratio target (> 0)."},
+    )
+    low_start: float = field(default=0.6, metadata={"help": "BAPO lower bound start a- (paper 0.6)."})
+    low_max: float = field(default=0.9, metadata={"help": "BAPO lower bound maximum b- (paper 0.9)."})
+    low_step: float = field(default=0.02, metadata={"help": "BAPO lower bound step delta2 (paper 0.02)."})
+    high_start: float = field(default=1.2, metadata={"help": "BAPO upper bound start a+ (paper 1.2)."})
+    high_max: float = field(default=3.0, metadata={"help": "BAPO upper bound maximum b+ (paper 3.0)."})
+    high_step: float = field(default=0.05, metadata={"help": "BAPO upper bound step delta1 (paper 0.05)."})
+    contribution: Literal["grad", "value"] = field(
+        default="grad",
+        metadata={"help": "'grad': the paper (gradient-carrying contribution share, upper bound first); 'value': "
+                  "the official verl recipe (effective-advantage pos/neg ratio, lower bound first)."},
+    )
+    dual_clip: float | None = field(
+        default=3.0, metadata={"help": "Dual-clip constant for A<0 under BAPO (verl default 3.0); None disables."}
+    )
+    scope: Literal["update", "micro_batch"] = field(
+        default="update",
+        metadata={"help": "'update': one bound search per optimizer update, on the statistics of every "
+                  "micro-batch of the accumulation window and every rank (the paper's Algorithm 1; costs one "
+                  "extra forward without grad of each other micro-batch when gradient_accumulation_steps > 1). "
+                  "'micro_batch': one search per loss call, reduced across ranks (the official verl recipe)."},
+    )
 
     def __post_init__(self) -> None:
-        if self.contribution not in ("grad", "value"):
-            raise ValueError(f"contribution must be 'grad' or 'value'; got {self.contribution!r}")
+        check_choice("contribution", self.contribution, ("grad", "value"))
         if self.contribution == "grad":
             check_open_unit("target", self.target)
         else:
             check_positive("target", self.target)
         check_bounds("low_start", self.low_start, "high_start", self.high_start)
         check_bounds("low_max", self.low_max, "high_max", self.high_max)
-        check_range("low_start", self.low_start, "low_max", self.low_max)
-        check_range("high_start", self.high_start, "high_max", self.high_max)
+        check_order("low_start", self.low_start, "low_max", self.low_max)
+        check_order("high_start", self.high_start, "high_max", self.high_max)
         check_non_negative("low_step", self.low_step)
         check_non_negative("high_step", self.high_step)
         for name, step, end in (("low_step", self.low_step, self.low_max), ("high_step", self.high_step, self.high_max)):
             if step and end / step > _MAX_GRID:
-                raise ValueError(f"{name} must be 0 or >= {end / _MAX_GRID:.2g} (at most {_MAX_GRID} steps up to "
-                                 f"the bound's maximum); got {step!r}")
-        if self.dual_clip is not None and not (math.isfinite(self.dual_clip) and self.dual_clip > 1.0):
-            raise ValueError(f"dual_clip must be > 1 or None; got {self.dual_clip!r}")
+                raise FieldValueError(f"{{0}} must be 0 or >= {end / _MAX_GRID:.2g} (at most {_MAX_GRID} steps up "
+                                      f"to the bound's maximum); got {step!r}", name)
+        check_dual_clip("dual_clip", self.dual_clip)
+        check_choice("scope", self.scope, ("update", "micro_batch"))
+
+    @property
+    def searches_per_update(self) -> bool:
+        """One search per optimizer update (``scope="update"``, the paper's Algorithm 1)."""
+        return self.scope == "update"
 
     @classmethod
     def official(cls, **overrides) -> BAPOConfig:
@@ -203,6 +236,10 @@ class BAPOResult:
     pos_neg_after: Tensor
     index: Tensor
     reached: Tensor
+
+    def bounds(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """``(clip_low, clip_high)`` as 0-d tensors of the ratio's ``dtype`` (what the surrogate clips with)."""
+        return self.clip_low.to(dtype), self.clip_high.to(dtype)
 
 
 _cache: dict[tuple, tuple[Tensor, ...]] = {}
@@ -502,7 +539,5 @@ def bapo_loss(
     config = config or BAPOConfig()
     if result is None:
         result = bapo_search(ratio, advantages, weights, config, reduce_fn=reduce_fn)
-    low = result.clip_low.to(ratio.dtype)
-    high = result.clip_high.to(ratio.dtype)
-    loss = clipped_surrogate(ratio, advantages, low, high, dual_clip=config.dual_clip)
+    loss = clipped_surrogate(ratio, advantages, *result.bounds(ratio.dtype), dual_clip=config.dual_clip)
     return loss, result

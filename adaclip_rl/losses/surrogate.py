@@ -18,12 +18,12 @@ Clipped tokens get zero gradient: in the clipped branch the loss is a constant i
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
-from ._validate import check_bounds, check_positive
+from ..checks import check_bounds, check_dual_clip
 
 AggregationMode = Literal["grpo", "bnpo", "dr_grpo", "dapo", "luspo"]
 AGGREGATION_MODES: tuple[str, ...] = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
@@ -31,6 +31,18 @@ AGGREGATION_MODES: tuple[str, ...] = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo"
 
 def _as_2d(advantages: Tensor) -> Tensor:
     return advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages
+
+
+class ClipMasks(NamedTuple):
+    """Tokens whose gradient the clip removed, by advantage sign: boolean, at the broadcast shape of
+    ratio and advantages (``(B, T)``, or ``(B, 1)`` when both are per sequence).
+
+    ``high``: A > 0 and r > c_high; ``low``: A < 0 and r < c_low; ``dual``: A < 0 and r > c (the
+    dual-clip cap; None without it)."""
+
+    low: Tensor
+    high: Tensor
+    dual: Tensor | None
 
 
 def clipped_surrogate(
@@ -61,11 +73,31 @@ def clipped_surrogate(
     Float bounds take TRL's autograd form exactly (parity); tensor bounds (BAPO, Archer) take
     :func:`gated_surrogate`, same values and gradients with a cheaper backward.
     """
+    return _surrogate(ratio, advantages, clip_low, clip_high, dual_clip, ratio_cap, with_masks=False)[0]
+
+
+def clipped_surrogate_with_masks(
+    ratio: Tensor,
+    advantages: Tensor,
+    clip_low: Tensor | float,
+    clip_high: Tensor | float,
+    *,
+    dual_clip: float | None = None,
+    ratio_cap: float | None = None,
+) -> tuple[Tensor, ClipMasks]:
+    """:func:`clipped_surrogate` (same values, same gradients) and its :class:`ClipMasks`, computed
+    with the loss (torchtune's ``PPOLoss`` returns its clip mask the same way): the policy losses
+    take their clip fractions from it (:func:`clip_fractions`). With ``ratio_cap`` the high mask is
+    measured on the capped ratio, as TRL measures its ``clip_ratio/high_mean``."""
+    loss, masks = _surrogate(ratio, advantages, clip_low, clip_high, dual_clip, ratio_cap, with_masks=True)
+    return loss, masks
+
+
+def _surrogate(ratio: Tensor, advantages: Tensor, clip_low: Tensor | float, clip_high: Tensor | float,
+               dual_clip: float | None, ratio_cap: float | None, *, with_masks: bool
+               ) -> tuple[Tensor, ClipMasks | None]:
     advantages = _as_2d(advantages)
-    if dual_clip is not None:
-        check_positive("dual_clip", dual_clip)
-        if dual_clip <= 1.0:
-            raise ValueError(f"dual_clip must be > 1; got {dual_clip!r}")
+    check_dual_clip("dual_clip", dual_clip)
     if isinstance(clip_low, int | float) and isinstance(clip_high, int | float):
         check_bounds("clip_low", clip_low, "clip_high", clip_high)
         clipped = torch.clamp(ratio, clip_low, clip_high)
@@ -73,13 +105,27 @@ def clipped_surrogate(
         low = torch.as_tensor(clip_low, dtype=ratio.dtype, device=ratio.device)
         high = torch.as_tensor(clip_high, dtype=ratio.dtype, device=ratio.device)
         if ratio_cap is None and not advantages.requires_grad:
-            return gated_surrogate(ratio, advantages, low, high, dual_clip)[0]
+            loss, clipped_mask = gated_surrogate(ratio, advantages, low, high, dual_clip)
+            if not with_masks:
+                return loss, None
+            is_pos, is_neg = advantages > 0, advantages < 0
+            return loss, ClipMasks(clipped_mask & is_neg, clipped_mask & is_pos,
+                                   _dual_mask(ratio.detach(), advantages, dual_clip))
         clipped = torch.minimum(torch.maximum(ratio, low), high)
     unclipped = ratio if ratio_cap is None else torch.clamp(ratio, max=ratio_cap)
     loss = -torch.min(unclipped * advantages, clipped * advantages)
     if dual_clip is not None:
         loss = torch.minimum(loss, _dual_cap(advantages, dual_clip))
-    return loss
+    if not with_masks:
+        return loss, None
+    r = unclipped.detach()
+    return loss, ClipMasks((r < clip_low) & (advantages < 0), (r > clip_high) & (advantages > 0),
+                           _dual_mask(ratio.detach(), advantages, dual_clip))
+
+
+def _dual_mask(ratio: Tensor, advantages: Tensor, dual_clip: float | None) -> Tensor | None:
+    """A < 0 and r > c: the tokens the dual-clip cap holds (no gradient)."""
+    return None if dual_clip is None else (ratio > dual_clip) & (advantages < 0)
 
 
 def _dual_cap(advantages: Tensor, dual_clip: float) -> Tensor:
@@ -147,30 +193,20 @@ class _GatedSurrogate(torch.autograd.Function):
         return grad_ratio, None, None, None, None
 
 
-def clip_fractions(
-    ratio: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    clip_low: Tensor | float,
-    clip_high: Tensor | float,
-    *,
-    dual_clip: float | None = None,
-) -> dict[str, Tensor]:
-    """Fractions of loss tokens whose gradient the clip removed, by advantage sign (0-d tensors).
+def clip_fractions(masks: ClipMasks, mask: Tensor, dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
+    """Fractions of loss tokens whose gradient the clip removed, by advantage sign (0-d tensors),
+    from the :class:`ClipMasks` the surrogate returned with the loss.
 
     ``high``: A>0 and r>c_high. ``low``: A<0 and r<c_low. ``dual``: A<0 and r>dual_clip.
-    Fractions are over all loss tokens (``mask``), so they add up to the total clip fraction.
+    Fractions are over all loss tokens (``mask``), so they add up to the total clip fraction;
+    computed in ``dtype`` (the ratio's).
     """
-    advantages = _as_2d(advantages)
-    m = mask.to(ratio.dtype)
+    m = mask.to(dtype)
     n = m.sum().clamp(min=1.0)
-    high = ((ratio > clip_high) & (advantages > 0)).to(m.dtype)
-    low = ((ratio < clip_low) & (advantages < 0)).to(m.dtype)
-    out = {"high": (high * m).sum() / n, "low": (low * m).sum() / n}
-    if dual_clip is not None:
-        dual = ((ratio > dual_clip) & (advantages < 0)).to(m.dtype)
-        out["dual"] = (dual * m).sum() / n
-    return out
+    fractions = {"high": (masks.high * m).sum() / n, "low": (masks.low * m).sum() / n}
+    if masks.dual is not None:
+        fractions["dual"] = (masks.dual * m).sum() / n
+    return fractions
 
 
 def aggregate_loss(

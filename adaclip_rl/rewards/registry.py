@@ -140,14 +140,17 @@ def build_reward_funcs(
 
 
 def _register_builtins() -> None:
+    """The built-in rewards, every one listed here (nothing registers itself when its module is imported)."""
     from adaclip_rl.rewards.code import code_accuracy
     from adaclip_rl.rewards.format import soft_overlong_penalty, think_format_reward
     from adaclip_rl.rewards.math import math_accuracy
+    from adaclip_rl.tasks.arithmetic import arithmetic_reward
 
     register_reward("math_accuracy")(math_accuracy)
     register_reward("code_accuracy")(code_accuracy)
     register_reward("think_format")(think_format_reward)
     register_reward("soft_overlong_penalty", factory=True)(soft_overlong_penalty)
+    register_reward("arithmetic_exact")(arithmetic_reward)  # the synthetic task of the CPU demo and tests
 
 
 _register_builtins()

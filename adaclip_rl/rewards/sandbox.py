@@ -728,17 +728,168 @@ def _run_in(
     leases: list[tuple[int, int]],
     groups: list[RunCgroup],
 ) -> SandboxResult:
+    """One sandboxed run, in stages: (1) the launcher's spec (uids, work directory, limits, seccomp
+    filter), (2) launch, (3) read stdout/stderr/result pipes until done, the output bound or the
+    wall-time backstop, then clean up, (4) the :class:`SandboxResult` from the launcher's report
+    and the cgroup statistics."""
+    # 1. the spec the launcher reads
     namespaces = mode == "namespaces"
     uid = leases[0][0] if leases else None
     judge_uid = leases[1][0] if leases else None
-    workdir = "/tmp/work"
     host_workdir = None
     if not namespaces:
         host_workdir = tempfile.mkdtemp(prefix="adaclip_sbx_")
-        workdir = host_workdir
         if uid is not None:
             os.chown(host_workdir, uid, uid)
-    spec = {
+    spec = _launch_spec(source, limits=limits, judge=judge, namespaces=namespaces, uid=uid, judge_uid=judge_uid,
+                        workdir=host_workdir or "/tmp/work", groups=groups)
+    # 2. launch
+    isolation = _isolation_mode(mode)
+    files = [_tempfile_with(json.dumps(spec).encode())]
+    if judge is not None:
+        files.append(_tempfile_with(json.dumps(judge).encode()))
+    stdin_file = _tempfile_with(stdin) if stdin else None
+    result_r, result_w = os.pipe()
+    argv = [_python(), "-I", "-S", _LAUNCHER, str(files[0].fileno()), str(result_w)]
+    if judge is not None:
+        argv.append(str(files[1].fileno()))
+    if namespaces:
+        argv = [shutil.which("unshare") or "unshare", *_NS_FLAGS, "--", *argv]
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=stdin_file if stdin_file is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=(result_w, *(f.fileno() for f in files)),
+            start_new_session=True,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"},
+            cwd="/",
+        )
+    except OSError as exc:
+        os.close(result_r)
+        os.close(result_w)
+        for f in files:
+            f.close()
+        if stdin_file is not None:
+            stdin_file.close()
+        if host_workdir:
+            shutil.rmtree(host_workdir, ignore_errors=True)
+        return SandboxResult(None, "", "", False, None, 0.0, isolation, error=f"launch failed: {exc}")
+    os.close(result_w)
+    for f in files:
+        f.close()
+    if stdin_file is not None:
+        stdin_file.close()
+
+    # 3. read until the launcher is done (or the output bound / wall-time backstop), then clean up
+    stdout_bytes, stderr_bytes, report = bytearray(), bytearray(), bytearray()
+    truncated = backstop = False
+    deadline = t0 + limits.wall_time_s + _BACKSTOP_GRACE_S
+    assert proc.stdout is not None and proc.stderr is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ, stdout_bytes)
+    sel.register(proc.stderr, selectors.EVENT_READ, stderr_bytes)
+    sel.register(result_r, selectors.EVENT_READ, report)
+    killed = False
+    try:
+        while sel.get_map():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                backstop = True
+                break
+            for key, _ in sel.select(timeout=min(remaining, 1.0)):
+                fd = key.fd
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                    continue
+                buf = key.data
+                if buf is report:
+                    if len(report) < (1 << 20):
+                        report += chunk
+                    continue
+                room = limits.max_output_bytes - len(stdout_bytes) - len(stderr_bytes)
+                if len(chunk) > room:
+                    buf += chunk[: max(0, room)]
+                    truncated = True
+                else:
+                    buf += chunk
+            if truncated:
+                break
+    finally:
+        if truncated or backstop:
+            _kill_session(proc, uid, judge_uid, namespaces)
+            killed = True
+        sel.close()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            _kill_session(proc, uid, judge_uid, namespaces)
+            proc.wait()
+        for f in (proc.stdout, proc.stderr):
+            f.close()
+        if not killed:
+            # drain what is left in the result pipe (normally already read)
+            with contextlib.suppress(OSError):
+                while chunk := os.read(result_r, 1 << 16):
+                    report += chunk
+        os.close(result_r)
+        if host_workdir:
+            if uid is not None:
+                _kill_uid(uid, judge_uid)
+                _remove_files_of({u for u in (uid, judge_uid) if u is not None})
+            shutil.rmtree(host_workdir, ignore_errors=True)
+    wall = time.monotonic() - t0
+
+    # 4. the result, from the launcher's report and the cgroups' statistics
+    try:
+        info = json.loads(report.decode()) if report else {}
+    except ValueError:
+        info = {}
+    error = info.get("setup_error")
+    if not info and not (truncated or backstop):
+        error = f"launcher exited with status {proc.returncode} without a result"
+    timed_out = bool(info.get("timed_out")) or backstop
+    returncode = info.get("returncode")
+    sig = info.get("signal")
+    if truncated and returncode is None:
+        sig = signal.SIGKILL
+    passed = info.get("passed") if judge is not None else None
+    if judge is not None and (timed_out or truncated or error):
+        passed = False
+    stats = [g.stats() for g in groups]
+    mib = float(1 << 20)
+    peaks = [st.memory_peak_bytes / mib if st.memory_peak_bytes is not None else None for st in stats]
+    return SandboxResult(
+        returncode=returncode,
+        stdout=stdout_bytes.decode("utf-8", errors="replace"),
+        stderr=stderr_bytes.decode("utf-8", errors="replace"),
+        timed_out=timed_out,
+        killed_signal=sig,
+        wall_s=wall,
+        isolation_mode=isolation,
+        passed=passed,
+        output_truncated=truncated,
+        error=error,
+        judge_error=info.get("judge_error"),
+        run_s=info.get("run_s", wall if (truncated or backstop) else None),
+        memory_peak_mb=peaks[0] if peaks else None,
+        judge_memory_peak_mb=peaks[1] if len(peaks) > 1 else None,
+        memory_exceeded=any(st.oom_kills > 0 for st in stats[:1]),
+        pids_exceeded=any(st.pids_limit_hits > 0 for st in stats[:1]),
+        cpu_s=sum(st.cpu_s for st in stats if st.cpu_s is not None)
+        if any(st.cpu_s is not None for st in stats)
+        else None,
+    )
+
+
+
+def _launch_spec(source: str, *, limits: SandboxLimits, judge: dict | None, namespaces: bool, uid: int | None,
+                 judge_uid: int | None, workdir: str, groups: list[RunCgroup]) -> dict[str, object]:
+    """Stage 1 of :func:`_run_in`: what the launcher needs (JSON), for one run."""
+    return {
         "namespaces": namespaces,
         "source": source,
         "entry_point": judge["entry_point"] if judge else None,
@@ -774,143 +925,6 @@ def _run_in(
             "PYTHONHASHSEED": "0",
         },
     }
-    isolation = _isolation_mode(mode)
-    files = [_tempfile_with(json.dumps(spec).encode())]
-    if judge is not None:
-        files.append(_tempfile_with(json.dumps(judge).encode()))
-    stdin_file = _tempfile_with(stdin) if stdin else None
-    res_r, res_w = os.pipe()
-    argv = [_python(), "-I", "-S", _LAUNCHER, str(files[0].fileno()), str(res_w)]
-    if judge is not None:
-        argv.append(str(files[1].fileno()))
-    if namespaces:
-        argv = [shutil.which("unshare") or "unshare", *_NS_FLAGS, "--", *argv]
-    t0 = time.monotonic()
-    try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=stdin_file if stdin_file is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            pass_fds=(res_w, *(f.fileno() for f in files)),
-            start_new_session=True,
-            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"},
-            cwd="/",
-        )
-    except OSError as exc:
-        os.close(res_r)
-        os.close(res_w)
-        for f in files:
-            f.close()
-        if stdin_file is not None:
-            stdin_file.close()
-        if host_workdir:
-            shutil.rmtree(host_workdir, ignore_errors=True)
-        return SandboxResult(None, "", "", False, None, 0.0, isolation, error=f"launch failed: {exc}")
-    os.close(res_w)
-    for f in files:
-        f.close()
-    if stdin_file is not None:
-        stdin_file.close()
-
-    out, err, res = bytearray(), bytearray(), bytearray()
-    truncated = backstop = False
-    deadline = t0 + limits.wall_time_s + _BACKSTOP_GRACE_S
-    assert proc.stdout is not None and proc.stderr is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ, out)
-    sel.register(proc.stderr, selectors.EVENT_READ, err)
-    sel.register(res_r, selectors.EVENT_READ, res)
-    killed = False
-    try:
-        while sel.get_map():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                backstop = True
-                break
-            for key, _ in sel.select(timeout=min(remaining, 1.0)):
-                fd = key.fd
-                chunk = os.read(fd, 1 << 16)
-                if not chunk:
-                    sel.unregister(key.fileobj)
-                    continue
-                buf = key.data
-                if buf is res:
-                    if len(res) < (1 << 20):
-                        res += chunk
-                    continue
-                room = limits.max_output_bytes - len(out) - len(err)
-                if len(chunk) > room:
-                    buf += chunk[: max(0, room)]
-                    truncated = True
-                else:
-                    buf += chunk
-            if truncated:
-                break
-    finally:
-        if truncated or backstop:
-            _kill_session(proc, uid, judge_uid, namespaces)
-            killed = True
-        sel.close()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            _kill_session(proc, uid, judge_uid, namespaces)
-            proc.wait()
-        for f in (proc.stdout, proc.stderr):
-            f.close()
-        if not killed:
-            # drain what is left in the result pipe (normally already read)
-            with contextlib.suppress(OSError):
-                while chunk := os.read(res_r, 1 << 16):
-                    res += chunk
-        os.close(res_r)
-        if host_workdir:
-            if uid is not None:
-                _kill_uid(uid, judge_uid)
-                _remove_files_of({u for u in (uid, judge_uid) if u is not None})
-            shutil.rmtree(host_workdir, ignore_errors=True)
-    wall = time.monotonic() - t0
-
-    try:
-        info = json.loads(res.decode()) if res else {}
-    except ValueError:
-        info = {}
-    error = info.get("setup_error")
-    if not info and not (truncated or backstop):
-        error = f"launcher exited with status {proc.returncode} without a result"
-    timed_out = bool(info.get("timed_out")) or backstop
-    returncode = info.get("returncode")
-    sig = info.get("signal")
-    if truncated and returncode is None:
-        sig = signal.SIGKILL
-    passed = info.get("passed") if judge is not None else None
-    if judge is not None and (timed_out or truncated or error):
-        passed = False
-    stats = [g.stats() for g in groups]
-    mib = float(1 << 20)
-    peaks = [st.memory_peak_bytes / mib if st.memory_peak_bytes is not None else None for st in stats]
-    return SandboxResult(
-        returncode=returncode,
-        stdout=out.decode("utf-8", errors="replace"),
-        stderr=err.decode("utf-8", errors="replace"),
-        timed_out=timed_out,
-        killed_signal=sig,
-        wall_s=wall,
-        isolation_mode=isolation,
-        passed=passed,
-        output_truncated=truncated,
-        error=error,
-        judge_error=info.get("judge_error"),
-        run_s=info.get("run_s", wall if (truncated or backstop) else None),
-        memory_peak_mb=peaks[0] if peaks else None,
-        judge_memory_peak_mb=peaks[1] if len(peaks) > 1 else None,
-        memory_exceeded=any(st.oom_kills > 0 for st in stats[:1]),
-        pids_exceeded=any(st.pids_limit_hits > 0 for st in stats[:1]),
-        cpu_s=sum(st.cpu_s for st in stats if st.cpu_s is not None)
-        if any(st.cpu_s is not None for st in stats)
-        else None,
-    )
 
 
 _WORLD_WRITABLE = ("/tmp", "/var/tmp", "/run/lock", "/dev/shm")

@@ -22,8 +22,10 @@ huggingface/trl):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
+
+from ..checks import check_choice, check_int, check_interval
 
 IS_LEVELS = ("token", "sequence", "sequence_mean")
 IS_MODES = ("truncate", "mask")
@@ -31,29 +33,6 @@ STALENESS_POLICIES = ("drop", "downweight")
 STALENESS_LEVELS = ("token", "sequence")
 REPLAY_SELECTIONS = ("uniform", "variance")
 RATIO_ANCHORS = ("proximal", "behaviour")
-
-
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}; got {value!r}")
-
-
-def _check_int(name: str, value: Any, low: int, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(
-            f"{name} must be an integer >= {low}{' or None' if allow_none else ''}; got {value!r}"
-        )
-
-
-def _check_float(name: str, value: Any, low: float, high: float, *, low_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        bracket = "(" if low_open else "["
-        close = ")" if math.isinf(high) else "]"
-        raise ValueError(f"{name} must be in {bracket}{low}, {high}{close}; got {value!r}")
 
 
 @dataclass
@@ -90,44 +69,100 @@ class RolloutConfig:
     """
 
     # --- generation lengths
-    max_completion_length: int = 512
+    max_completion_length: int = field(default=512, metadata={"help": "Maximum completion length in tokens."})
 
     # --- behaviour data
-    use_behaviour_logprobs: bool = True
+    use_behaviour_logprobs: bool = field(
+        default=True,
+        metadata={"help": "Record per-token behaviour log-probs (required by partial rollouts/replay)."},
+    )
 
     # --- partial rollouts
-    partial_rollouts: bool = False
-    partial_max_segments: int = 4
-    partial_prefill_groups: int | None = None
+    partial_rollouts: bool = field(
+        default=False,
+        metadata={
+            "help": "Interrupt generation when a generation batch has its groups; unfinished sequences carry "
+            "their tokens, behaviour log-probs and versions over to the next batch, continued by the updated "
+            "policy (APRIL / slime / AReaL). Generation and training still alternate: nothing overlaps."
+        },
+    )
+    partial_max_segments: int = field(
+        default=4,
+        metadata={"help": "Policy versions (generation batches) a completion may span (>= 1); in its last one it "
+                  "is not interrupted, so it is never truncated by this bound."},
+    )
+    partial_prefill_groups: int | None = field(
+        default=None,
+        metadata={
+            "help": "Extra prompt groups kept in flight (>= 0), so that a batch's long tail generates beside the "
+            "next batch's prompts; default: the groups of one generation batch."
+        },
+    )
 
     # --- importance correction
-    ratio_anchor: str = "proximal"
-    behaviour_is_level: str = "token"
-    behaviour_is_mode: str = "truncate"
-    behaviour_is_cap: float = 2.0
+    ratio_anchor: str = field(
+        default="proximal",
+        metadata={
+            "help": f"{list(RATIO_ANCHORS)}: 'behaviour' = the clipped ratio is pi_theta/pi_behaviour (the policy "
+            "that sampled each token; BAPO and Archer clip this ratio, verl bypass mode), behaviour weight 1; "
+            "'proximal' = clip pi_theta/pi_old (recomputed at generation time, about 1 on the first update) and "
+            "weight by the capped pi_old/pi_behaviour (AReaL decoupled PPO)."
+        },
+    )
+    behaviour_is_level: str = field(
+        default="token",
+        metadata={"help": f"Behaviour IS weight level {list(IS_LEVELS)} (sequence: exp of the summed log-ratio, "
+                  "almost always capped on long traces; sequence_mean: exp of the mean)."},
+    )
+    behaviour_is_mode: str = field(
+        default="truncate", metadata={"help": f"{list(IS_MODES)}: truncate at the cap (TIS) or zero beyond it."}
+    )
+    behaviour_is_cap: float = field(default=2.0, metadata={"help": "Behaviour IS weight cap (>= 1)."})
 
     # --- staleness
-    max_staleness: int | None = None
-    staleness_policy: str = "drop"
-    staleness_decay: float = 0.5
-    staleness_level: str = "sequence"
+    max_staleness: int | None = field(
+        default=None,
+        metadata={"help": "Max staleness in policy versions (weight pushes, one per generation batch); "
+                  "None: unbounded. Partial rollouts respect it at admission (a sequence is not interrupted if "
+                  "it would exceed it), so only replayed or resumed data can be beyond it."},
+    )
+    staleness_policy: str = field(
+        default="drop",
+        metadata={"help": f"{list(STALENESS_POLICIES)} samples beyond max_staleness (downweight: decay**excess)."},
+    )
+    staleness_decay: float = field(default=0.5, metadata={"help": "Down-weighting factor gamma in [0, 1]."})
+    staleness_level: str = field(
+        default="sequence", metadata={"help": "'sequence' (oldest token of a sample) or 'token' staleness."}
+    )
 
     # --- replay buffer
-    replay_ratio: float = 0.0
-    replay_capacity: int = 64
-    replay_max_age: int | None = 4
-    replay_selection: str = "uniform"
-    replay_filter_equal_rewards: bool = True
-    replay_max_reuse: int | None = None
+    replay_ratio: float = field(
+        default=0.0,
+        metadata={"help": "Share of each batch's groups taken from the replay buffer, in [0, 1)."},
+    )
+    replay_capacity: int = field(default=64, metadata={"help": "Replay buffer capacity in groups (>= 1)."})
+    replay_max_age: int | None = field(
+        default=4, metadata={"help": "Max age of a replayed group in policy versions (weight pushes); None: unbounded."}
+    )
+    replay_selection: str = field(
+        default="uniform",
+        metadata={"help": f"Replay selection {list(REPLAY_SELECTIONS)} (variance: by reward std)."},
+    )
+    replay_filter_equal_rewards: bool = field(
+        default=True, metadata={"help": "Do not store groups whose rewards are all equal (zero advantage)."}
+    )
+    replay_max_reuse: int | None = field(
+        default=None, metadata={"help": "Remove a group after this many replays (>= 1); None: unlimited."}
+    )
 
-    seed: int = 0
+    seed: int = field(default=0, metadata={"help": "Seed of the replay buffer's sampling."})
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field, its value and the allowed range."""
-        _check_int("max_completion_length", self.max_completion_length, 1)
+        check_int("max_completion_length", self.max_completion_length, 1)
         if self.partial_rollouts:
             if not self.use_behaviour_logprobs:
                 raise ValueError(
@@ -135,35 +170,37 @@ class RolloutConfig:
                     "mixes tokens from several policy versions and its importance ratios need the "
                     "per-token behaviour log-probs recorded at generation time"
                 )
-        _check_int("partial_max_segments", self.partial_max_segments, 1)
-        _check_int("partial_prefill_groups", self.partial_prefill_groups, 0, allow_none=True)
-        _check_choice("ratio_anchor", self.ratio_anchor, RATIO_ANCHORS)
+        check_int("partial_max_segments", self.partial_max_segments, 1)
+        check_int("partial_prefill_groups", self.partial_prefill_groups, 0, allow_none=True)
+        check_choice("ratio_anchor", self.ratio_anchor, RATIO_ANCHORS)
         if self.ratio_anchor == "behaviour" and not self.use_behaviour_logprobs:
             raise ValueError("ratio_anchor='behaviour' requires use_behaviour_logprobs=True")
-        _check_choice("behaviour_is_level", self.behaviour_is_level, IS_LEVELS)
-        _check_choice("behaviour_is_mode", self.behaviour_is_mode, IS_MODES)
-        _check_float("behaviour_is_cap", self.behaviour_is_cap, 1.0, math.inf)
-        _check_int("max_staleness", self.max_staleness, 0, allow_none=True)
-        _check_choice("staleness_policy", self.staleness_policy, STALENESS_POLICIES)
-        _check_float("staleness_decay", self.staleness_decay, 0.0, 1.0)
-        _check_choice("staleness_level", self.staleness_level, STALENESS_LEVELS)
-        if not (isinstance(self.replay_ratio, (int, float)) and 0.0 <= self.replay_ratio < 1.0):
-            raise ValueError(
-                f"replay_ratio must be in [0, 1): the share of each batch taken from the buffer, which only "
-                f"fresh groups fill; got {self.replay_ratio!r}"
-            )
+        check_choice("behaviour_is_level", self.behaviour_is_level, IS_LEVELS)
+        check_choice("behaviour_is_mode", self.behaviour_is_mode, IS_MODES)
+        check_interval("behaviour_is_cap", self.behaviour_is_cap, 1.0, math.inf)
+        check_int("max_staleness", self.max_staleness, 0, allow_none=True)
+        check_choice("staleness_policy", self.staleness_policy, STALENESS_POLICIES)
+        check_interval("staleness_decay", self.staleness_decay, 0.0, 1.0)
+        check_choice("staleness_level", self.staleness_level, STALENESS_LEVELS)
+        check_interval("replay_ratio", self.replay_ratio, 0, 1, high_open=True,
+                       why="the share of each batch taken from the buffer, which only fresh groups fill")
         if self.replay_ratio > 0 and not self.use_behaviour_logprobs:
             raise ValueError(
                 "replay_ratio > 0 requires use_behaviour_logprobs=True: replayed samples are stale and "
                 "need their behaviour log-probs for the importance correction"
             )
-        _check_int("replay_capacity", self.replay_capacity, 1)
-        _check_int("replay_max_age", self.replay_max_age, 0, allow_none=True)
-        _check_choice("replay_selection", self.replay_selection, REPLAY_SELECTIONS)
-        _check_int("replay_max_reuse", self.replay_max_reuse, 1, allow_none=True)
-        _check_int("seed", self.seed, 0)
+        check_int("replay_capacity", self.replay_capacity, 1)
+        check_int("replay_max_age", self.replay_max_age, 0, allow_none=True)
+        check_choice("replay_selection", self.replay_selection, REPLAY_SELECTIONS)
+        check_int("replay_max_reuse", self.replay_max_reuse, 1, allow_none=True)
+        check_int("seed", self.seed, 0)
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def off_policy(self) -> bool:
+        """Partial rollouts or replay are on: the off-policy trainer's rollout machinery runs."""
+        return self.partial_rollouts or self.replay_ratio > 0
+
     @property
     def max_segments(self) -> int:
         """Policy versions a completion may span (1 without partial rollouts: never interrupted)."""

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ..checks import check_choice
 from .config import IS_LEVELS, IS_MODES, STALENESS_LEVELS, STALENESS_POLICIES, RolloutConfig
 
 _MAX_LOG_RATIO = 20.0  # exp(20) ~ 5e8: keeps the raw ratio finite before truncation (verl clamps at +-20)
@@ -53,17 +54,13 @@ def token_staleness(token_versions: Tensor, current_version: int | Tensor, mask:
         current_version: the trainer's current policy version (optimizer steps).
         mask: ``(B, T)`` 0/1 or bool validity mask.
     """
-    m = mask.bool()
-    stal = (torch.as_tensor(current_version, device=token_versions.device) - token_versions.long()).clamp_min(
-        0
-    )
-    return torch.where(m, stal, torch.zeros_like(stal))
+    staleness = (torch.as_tensor(current_version, device=token_versions.device) - token_versions.long()).clamp_min(0)
+    return torch.where(mask.bool(), staleness, torch.zeros_like(staleness))
 
 
-def sequence_staleness(stal: Tensor, mask: Tensor) -> Tensor:
+def sequence_staleness(staleness: Tensor, mask: Tensor) -> Tensor:
     """Per-sample staleness = staleness of its oldest valid token, ``(B,)`` long (0 if empty)."""
-    m = mask.bool()
-    return torch.where(m, stal, torch.zeros_like(stal)).amax(dim=-1)
+    return torch.where(mask.bool(), staleness, torch.zeros_like(staleness)).amax(dim=-1)
 
 
 def importance_weights(
@@ -91,10 +88,8 @@ def importance_weights(
         ``(weights, raw_ratio, capped)``, each ``(B, T)``: the weights (0 on padding), the raw
         ratio before truncation, and a bool marking entries where the raw ratio exceeded ``cap``.
     """
-    if level not in IS_LEVELS:
-        raise ValueError(f"level must be one of {list(IS_LEVELS)}; got {level!r}")
-    if mode not in IS_MODES:
-        raise ValueError(f"mode must be one of {list(IS_MODES)}; got {mode!r}")
+    check_choice("level", level, IS_LEVELS)
+    check_choice("mode", mode, IS_MODES)
     m = mask.bool()
     diff = (logp_old.detach().float() - logp_behaviour.detach().float()).nan_to_num(0.0, 0.0, 0.0)
     diff = torch.where(m, diff, torch.zeros_like(diff))
@@ -114,7 +109,7 @@ def importance_weights(
 
 
 def staleness_weights(
-    stal: Tensor,
+    staleness: Tensor,
     mask: Tensor,
     *,
     max_staleness: int | None,
@@ -125,7 +120,7 @@ def staleness_weights(
     """Weights ``(B, T)`` float from staleness: 1 within ``max_staleness``, else 0 or decayed.
 
     Args:
-        stal: ``(B, T)`` token staleness (from :func:`token_staleness`).
+        staleness: ``(B, T)`` token staleness (from :func:`token_staleness`).
         mask: ``(B, T)`` validity mask; padding gets weight 0.
         max_staleness: allowed staleness in versions; None disables the bound (all ones).
         policy: ``"drop"`` (weight 0) or ``"downweight"`` (``decay ** excess``).
@@ -133,23 +128,20 @@ def staleness_weights(
         level: ``"sequence"`` uses the oldest token's staleness for every token of a sample;
             ``"token"`` uses each token's own.
     """
-    if policy not in STALENESS_POLICIES:
-        raise ValueError(f"policy must be one of {list(STALENESS_POLICIES)}; got {policy!r}")
-    if level not in STALENESS_LEVELS:
-        raise ValueError(f"level must be one of {list(STALENESS_LEVELS)}; got {level!r}")
-    m = mask.bool()
-    ones = m.to(torch.float32)
+    check_choice("policy", policy, STALENESS_POLICIES)
+    check_choice("level", level, STALENESS_LEVELS)
+    ones = mask.bool().to(torch.float32)
     if max_staleness is None:
         return ones
-    s = stal
+    counted = staleness
     if level == "sequence":
-        s = sequence_staleness(stal, mask).unsqueeze(-1).expand_as(stal)
-    excess = (s - max_staleness).clamp_min(0).to(torch.float32)
+        counted = sequence_staleness(staleness, mask).unsqueeze(-1).expand_as(staleness)
+    excess = (counted - max_staleness).clamp_min(0).to(torch.float32)
     if policy == "drop":
-        w = (excess == 0).to(torch.float32)
+        weights = (excess == 0).to(torch.float32)
     else:
-        w = torch.pow(torch.full_like(excess, float(decay)), excess)
-    return w * ones
+        weights = torch.pow(torch.full_like(excess, float(decay)), excess)
+    return weights * ones
 
 
 @dataclass
@@ -189,46 +181,60 @@ def behaviour_correction(
     ``rollout/staleness_max``, ``rollout/stale_frac`` (beyond ``max_staleness``),
     ``rollout/staleness_weight_mean``, ``rollout/is_weight_mean|min|max``, ``rollout/is_capped_frac``.
     """
-    m = mask.bool()
-    stal = token_staleness(token_versions, current_version, m)
-    sw = staleness_weights(
-        stal,
-        m,
+    valid = mask.bool()
+    # 1. staleness of every token, and its weight (1 within max_staleness, else 0 or decayed)
+    staleness = token_staleness(token_versions, current_version, valid)
+    stale_weights = staleness_weights(
+        staleness,
+        valid,
         max_staleness=config.max_staleness,
         policy=config.staleness_policy,
         decay=config.staleness_decay,
         level=config.staleness_level,
     )
+    # 2. importance weight pi_old / pi_behaviour (truncated or masked); 1 when the ratio is anchored on the behaviour
     if logp_old is None or config.ratio_anchor == "behaviour":
-        isw = m.to(torch.float32)
-        capped = torch.zeros_like(m)
+        is_weights = valid.to(torch.float32)
+        capped = torch.zeros_like(valid)
     else:
-        isw, _, capped = importance_weights(
+        is_weights, _, capped = importance_weights(
             logp_old,
             logp_behaviour,
-            m,
+            valid,
             cap=config.behaviour_is_cap,
             level=config.behaviour_is_level,
             mode=config.behaviour_is_mode,
         )
-    weights = isw * sw
-    n = m.sum().clamp_min(1)
-    valid_is = isw[m]
+    # 3. the loss's per-token factor, and the metrics
+    return BehaviourCorrection(
+        weights=is_weights * stale_weights,
+        is_weights=is_weights,
+        staleness_weights=stale_weights,
+        staleness=staleness,
+        metrics=_correction_metrics(staleness, stale_weights, is_weights, capped, valid, config),
+    )
+
+
+def _correction_metrics(staleness: Tensor, stale_weights: Tensor, is_weights: Tensor, capped: Tensor, valid: Tensor,
+                        config: RolloutConfig) -> dict[str, float]:
+    """The ``rollout/`` metrics of :func:`behaviour_correction` (means over valid tokens), in one host sync."""
+    n = valid.sum().clamp_min(1)
+    valid_is = is_weights[valid]
     if config.max_staleness is None:
-        stale = torch.zeros_like(m)
+        stale = torch.zeros_like(valid)
     elif config.staleness_level == "sequence":
-        stale = (sequence_staleness(stal, m) > config.max_staleness).unsqueeze(-1) & m
+        stale = (sequence_staleness(staleness, valid) > config.max_staleness).unsqueeze(-1) & valid
     else:
-        stale = (stal > config.max_staleness) & m
+        stale = (staleness > config.max_staleness) & valid
     stats = torch.stack(
         [
-            stal.sum().float() / n,
-            stal.max().float() if stal.numel() else isw.new_tensor(0.0),
+            staleness.sum().float() / n,
+            staleness.max().float() if staleness.numel() else is_weights.new_tensor(0.0),
             stale.sum().float() / n,
-            sw.sum() / n,
-            isw.sum() / n,
-            valid_is.min() if valid_is.numel() else isw.new_tensor(1.0),
-            valid_is.max() if valid_is.numel() else isw.new_tensor(1.0),
+            stale_weights.sum() / n,
+            is_weights.sum() / n,
+            valid_is.min() if valid_is.numel() else is_weights.new_tensor(1.0),
+            valid_is.max() if valid_is.numel() else is_weights.new_tensor(1.0),
             capped.sum().float() / n,
         ]
     ).tolist()  # one host sync
@@ -242,10 +248,4 @@ def behaviour_correction(
         "rollout/is_weight_max",
         "rollout/is_capped_frac",
     )
-    return BehaviourCorrection(
-        weights=weights,
-        is_weights=isw,
-        staleness_weights=sw,
-        staleness=stal,
-        metrics=dict(zip(keys, stats, strict=True)),
-    )
+    return dict(zip(keys, stats, strict=True))

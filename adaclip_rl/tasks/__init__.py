@@ -1,4 +1,7 @@
-"""Synthetic verifiable tasks and tiny offline models for tests and the CPU demo."""
+"""Synthetic verifiable tasks and tiny offline models for tests and the CPU demo.
+
+The tasks' rewards are registered by name in :mod:`adaclip_rl.rewards.registry` (``arithmetic_exact``),
+not as a side effect of importing this package."""
 
 from .arithmetic import ArithmeticTask, arithmetic_reward, parse_answer
 from .tiny_model import TinyModelSpec, build_tiny_model, build_tokenizer
@@ -12,11 +15,3 @@ __all__ = [
     "parse_answer",
 ]
 
-
-def _register_rewards() -> None:
-    from ..rewards.registry import register_reward
-
-    register_reward("arithmetic_exact")(arithmetic_reward)
-
-
-_register_rewards()

@@ -1,117 +1,168 @@
-"""``AdaClipFields``: the adaclip-rl fields shared by every trainer config (a dataclass mixin).
+"""The adaclip-rl fields shared by every trainer config, as dataclass mixins derived from the registries.
+
+Each setting is written once, where its owner is: ``BAPOConfig.target`` (default and help) is the
+source of the trainer field ``bapo_target``, ``ZClip(alpha=0.97)`` with the registry's help of
+``zclip_alpha``, ``RolloutConfig.partial_rollouts`` of ``partial_rollouts``. The mixins below get
+one field per such setting (its *twin*: prefixed name, same default, same help), added by
+:func:`with_twins` from :data:`~adaclip_rl.losses.POLICY_LOSS_SPECS`,
+:data:`~adaclip_rl.gradclip.GRAD_CLIPPER_SPECS` and :class:`~adaclip_rl.rollout.RolloutConfig`.
+A newly registered loss or clipper gets its fields without an edit here.
 
 ``AdaClipGRPOConfig`` (TRL's ``GRPOConfig``) and ``AdaClipAsyncGRPOConfig`` (TRL's
-``AsyncGRPOConfig``) both inherit them, so each field, its default and its help are written once.
-Parameters are grouped by prefix: ``bapo_*`` (BAPO bound search), ``archer_*`` (Archer token
-classes), ``grad_clip*`` (adaptive gradient clipping).
+``AsyncGRPOConfig``) inherit :class:`AdaClipFields`; ``OffPolicyGRPOConfig`` adds :class:`RolloutFields`.
+Imports no TRL (the recipe pre-check reads these fields before TRL is imported).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import Field, dataclass, field, fields
+from typing import Any, Literal
 
-from ..losses import ArcherConfig, BAPOConfig, GRPOClipConfig
+from ..gradclip import GRAD_CLIPPER_SPECS, GradClipper, GradClipperSpec, get_grad_clipper_spec
+from ..losses import POLICY_LOSS_SPECS, PolicyLossSpec, get_policy_loss_spec
+from ..rollout.config import RATIO_ANCHORS, RolloutConfig
 from . import field_checks
 
-__all__ = ["AdaClipFields"]
+__all__ = ["ROLLOUT_FIELDS_FROM_TRL", "AdaClipFields", "RolloutFields", "twins", "with_twins"]
+
+Twin = tuple[str, Any, Field]  # trainer field name, type, dataclasses.field(default=..., metadata={"help": ...})
+
+
+def _trainer_type(tp: Any) -> Any:
+    """A ``Literal[...]`` becomes ``str`` (the config checks the choice and names the field)."""
+    return str if typing.get_origin(tp) is Literal else tp
+
+
+def _twin(name: str, tp: Any, default: Any, help_text: str) -> Twin:
+    return name, _trainer_type(tp), field(default=default, metadata={"help": help_text})
+
+
+def loss_twins() -> Iterator[Twin]:
+    """A twin of every field of every registered policy loss's config (not those it takes from TRL)."""
+    for spec in POLICY_LOSS_SPECS.values():
+        hints = typing.get_type_hints(spec.config_cls)
+        for f in spec.own_fields():
+            yield _twin(spec.trainer_field(f.name), hints[f.name], f.default, f.metadata["help"])
+
+
+def clipper_twins() -> Iterator[Twin]:
+    """A twin of every constructor argument a registered gradient clipper exposes."""
+    for spec in GRAD_CLIPPER_SPECS.values():
+        if not spec.params:
+            continue
+        defaults, types = spec.param_defaults(), spec.param_types()
+        for param, help_text in spec.params.items():
+            yield _twin(spec.trainer_field(param), types[param], defaults[param], help_text)
+
+
+ROLLOUT_FIELDS_FROM_TRL = ("max_completion_length", "seed")
+"""``RolloutConfig`` fields a TRL config already has (the trainer passes its own)."""
+ROLLOUT_ANCHOR_HELP = (
+    f"{['auto', *RATIO_ANCHORS]}: as RolloutConfig.ratio_anchor; 'auto': 'behaviour' for a policy loss whose "
+    "paper clips the ratio to the sampling policy (bapo, archer), 'proximal' otherwise (grpo)."
+)
+
+
+def rollout_twins() -> Iterator[Twin]:
+    """A twin of every :class:`RolloutConfig` field, except those TRL has; ``ratio_anchor`` gets the
+    trainer's ``"auto"`` (resolved from the policy loss by :func:`field_checks.resolved_ratio_anchor`)."""
+    hints = typing.get_type_hints(RolloutConfig)
+    for f in fields(RolloutConfig):
+        if f.name in ROLLOUT_FIELDS_FROM_TRL:
+            continue
+        if f.name == "ratio_anchor":
+            yield _twin(f.name, hints[f.name], "auto", ROLLOUT_ANCHOR_HELP)
+        else:
+            yield _twin(f.name, hints[f.name], f.default, f.metadata["help"])
+
+
+def twins(*sources: Callable[[], Iterator[Twin]]) -> list[Twin]:
+    """The twins of ``sources``; a name given twice is an error (one twin per setting)."""
+    found: list[Twin] = [t for source in sources for t in source()]
+    names = [name for name, _, _ in found]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise TypeError(f"fields {duplicated} would be defined twice")
+    return found
+
+
+def with_twins(*sources: Callable[[], Iterator[Twin]]):
+    """Class decorator (below ``@dataclass``): adds the twins of ``sources`` as annotated fields."""
+
+    def deco(cls: type) -> type:
+        annotations = cls.__dict__.get("__annotations__", {})
+        for name, tp, twin in twins(*sources):
+            if name in annotations:
+                raise TypeError(f"{cls.__name__}.{name} is written by hand and derived from a registry")
+            annotations[name] = tp
+            setattr(cls, name, twin)
+        cls.__annotations__ = annotations
+        return cls
+
+    return deco
 
 
 @dataclass
+@with_twins(loss_twins, clipper_twins)
 class AdaClipFields:
     """The policy-loss and gradient-clipping fields; mixed into a TRL config (which must come after
-    it in the bases, so that TRL's fields come first and its ``__post_init__`` is reached by ``super``)."""
+    it in the bases, so that TRL's fields come first and its ``__post_init__`` is reached by ``super``).
+
+    Besides the two choices below, one field per setting of the chosen loss or clipper, grouped by
+    prefix: ``bapo_*`` (:class:`~adaclip_rl.losses.BAPOConfig`), ``archer_*``
+    (:class:`~adaclip_rl.losses.ArcherConfig`), ``dual_clip`` (grpo's), ``zclip_*``, ``adagc_*``,
+    ``autoclip_*``, ``quantile_*`` (:mod:`adaclip_rl.gradclip`).
+    """
 
     policy_loss: str = field(
         default="grpo",
         metadata={"help": "Per-token policy term: 'grpo' (PPO clip with epsilon/epsilon_high), 'bapo' "
                   "(BAPO, arXiv 2510.18927) or 'archer' (Archer, arXiv 2507.15778)."},
     )
-    dual_clip: float | None = field(
-        default=None,
-        metadata={"help": "Dual-clip constant c > 1 for negative advantages with policy_loss='grpo' (Ye et al. "
-                  "2020). None disables it. BAPO and Archer have their own (bapo_dual_clip, archer_dual_clip)."},
-    )
-    # --- BAPO (arXiv 2510.18927, Algorithm 1 and Sec. 5.1) ---
-    bapo_target: float = field(
-        default=0.4,
-        metadata={"help": "BAPO target rho0: share of positive-advantage contribution in (0, 1) (paper: 0.4). "
-                  "With bapo_contribution='value' it is the official code's pos/neg ratio target (> 0)."},
-    )
-    bapo_low_start: float = field(default=0.6, metadata={"help": "BAPO lower bound start a- (paper 0.6)."})
-    bapo_low_max: float = field(default=0.9, metadata={"help": "BAPO lower bound maximum b- (paper 0.9)."})
-    bapo_low_step: float = field(default=0.02, metadata={"help": "BAPO lower bound step delta2 (paper 0.02)."})
-    bapo_high_start: float = field(default=1.2, metadata={"help": "BAPO upper bound start a+ (paper 1.2)."})
-    bapo_high_max: float = field(default=3.0, metadata={"help": "BAPO upper bound maximum b+ (paper 3.0)."})
-    bapo_high_step: float = field(default=0.05, metadata={"help": "BAPO upper bound step delta1 (paper 0.05)."})
-    bapo_contribution: str = field(
-        default="grad",
-        metadata={"help": "'grad': the paper (gradient-carrying contribution share, upper bound first); 'value': "
-                  "the official verl recipe (effective-advantage pos/neg ratio, lower bound first)."},
-    )
-    bapo_dual_clip: float | None = field(
-        default=3.0, metadata={"help": "Dual-clip constant for A<0 under BAPO (verl default 3.0); None disables."}
-    )
-    bapo_scope: str = field(
-        default="update",
-        metadata={"help": "'update': one bound search per optimizer update, on the statistics of every "
-                  "micro-batch of the accumulation window and every rank (the paper's Algorithm 1; costs one "
-                  "extra forward without grad of each other micro-batch when gradient_accumulation_steps > 1). "
-                  "'micro_batch': one search per loss call, reduced across ranks (the official verl recipe)."},
-    )
-    # --- Archer (arXiv 2507.15778, Eq. 5 and Sec. 5.1) ---
-    archer_quantile: float = field(
-        default=0.8, metadata={"help": "Archer per-response entropy quantile rho in (0, 1) (paper 0.8)."}
-    )
-    archer_high_clip: float = field(
-        default=0.5, metadata={"help": "Archer clip width eps_r of high-entropy tokens, in (0, 1) (paper 0.5)."}
-    )
-    archer_low_clip: float = field(
-        default=0.2, metadata={"help": "Archer clip width eps_k of low-entropy tokens, in (0, 1) (paper 0.2)."}
-    )
-    archer_high_kl: float = field(
-        default=0.0, metadata={"help": "Archer KL weight beta_r of high-entropy tokens, >= 0 (paper 0.0)."}
-    )
-    archer_low_kl: float = field(
-        default=0.001, metadata={"help": "Archer KL weight beta_k of low-entropy tokens, >= 0 (paper 0.001)."}
-    )
-    archer_kl_estimator: str = field(
-        default="k3", metadata={"help": "Archer KL estimator: 'k1', 'k2' or 'k3' (official code: k3)."}
-    )
-    archer_dual_clip: float | None = field(
-        default=10.0, metadata={"help": "Dual-clip constant for A<0 under Archer (official script 10.0)."}
-    )
-    archer_kl_aggregation: str = field(
-        default="response",
-        metadata={"help": "Archer KL averaging: 'response' (per-response class means, then the mean over responses: "
-                  "paper Eq. 5 and the official one-response micro-batches) or 'token' (class means over all tokens "
-                  "of the micro-batch; long answers weigh more)."},
-    )
-    archer_entropy_source: str = field(
-        default="current",
-        metadata={"help": "Entropies that classify tokens: 'current' (policy being updated, official code) or "
-                  "'old' (policy at generation time, paper Algorithm 1; costs one extra forward per batch)."},
-    )
-    # --- adaptive gradient clipping (see adaclip_rl.gradclip) ---
     grad_clip: str = field(
         default="fixed",
         metadata={"help": "Gradient clipping: 'none', 'fixed' (TRL/transformers max_grad_norm), 'zclip', 'adagc', "
                   "'autoclip' or 'quantile'. Adaptive modes keep max_grad_norm > 0 only as the switch."},
     )
-    zclip_alpha: float = field(default=0.97, metadata={"help": "ZClip EMA factor alpha in (0, 1)."})
-    zclip_z_thresh: float = field(default=2.5, metadata={"help": "ZClip z-score threshold (> 0)."})
-    zclip_warmup_steps: int = field(default=25, metadata={"help": "ZClip warm-up steps (>= 1)."})
-    adagc_lambda_rel: float = field(default=1.04, metadata={"help": "AdaGC relative threshold lambda_rel (> 0)."})
-    adagc_beta: float = field(default=0.99, metadata={"help": "AdaGC EMA factor beta in (0, 1)."})
-    adagc_warmup_steps: int = field(default=100, metadata={"help": "AdaGC warm-up steps of global clipping."})
-    autoclip_percentile: float = field(default=10.0, metadata={"help": "AutoClip percentile in (0, 100]."})
-    autoclip_window: int = field(default=1000, metadata={"help": "AutoClip window of past norms (>= 1)."})
-    quantile_target: float = field(default=0.5, metadata={"help": "Quantile-tracking target quantile in (0, 1)."})
-    quantile_lr: float = field(default=0.05, metadata={"help": "Quantile-tracking geometric learning rate (> 0)."})
 
-    def policy_loss_config(self) -> GRPOClipConfig | BAPOConfig | ArcherConfig:
+    @property
+    def policy_loss_spec(self) -> PolicyLossSpec:
+        """The registry's :class:`~adaclip_rl.losses.PolicyLossSpec` of ``policy_loss``."""
+        return get_policy_loss_spec(self.policy_loss)
+
+    @property
+    def grad_clipper_spec(self) -> GradClipperSpec:
+        """The registry's :class:`~adaclip_rl.gradclip.GradClipperSpec` of ``grad_clip``."""
+        return get_grad_clipper_spec(self.grad_clip)
+
+    def policy_loss_config(self) -> Any:
         """The :mod:`adaclip_rl.losses` config for ``policy_loss`` (raises ValueError naming our fields)."""
-        return field_checks.policy_loss_config(self)
+        return self.policy_loss_spec.config_from(self)
 
     def grad_clipper_kwargs(self) -> dict:
         """Keyword arguments for :func:`adaclip_rl.gradclip.build_grad_clipper` (validated there)."""
-        return field_checks.grad_clipper_kwargs(self)
+        return self.grad_clipper_spec.kwargs_from(self)
+
+    def build_grad_clipper(self) -> GradClipper | None:
+        """The adaptive clipper, or None where the Trainer clips (``fixed``) or nothing does (``none``)."""
+        spec = self.grad_clipper_spec
+        return spec.build_from(self) if spec.adaptive else None
+
+    def validate_adaclip_fields(self) -> None:
+        """Refuse invalid adaclip-rl fields, naming the field, the value and the allowed range."""
+        field_checks.validate_adaclip_fields(self)
+
+
+@dataclass
+@with_twins(rollout_twins)
+class RolloutFields:
+    """The off-policy rollout fields: one twin per :class:`~adaclip_rl.rollout.RolloutConfig` field
+    (partial rollouts, behaviour importance weights, staleness, replay)."""
+
+    def rollout_config(self) -> RolloutConfig:
+        """The validated :class:`RolloutConfig` (``ratio_anchor`` resolved; TRL's
+        ``max_completion_length`` and ``seed``)."""
+        return field_checks.rollout_config(self)
+

@@ -211,12 +211,12 @@ def build_trainer(script_args: TrainScriptArguments, grpo_args, model_args, trai
     """
     from trl import get_peft_config
 
-    from .. import tasks  # noqa: F401  (registers the synthetic tasks' rewards)
     from ..rewards import build_reward_funcs
     from .grpo import AdaClipGRPOTrainer
     from .offpolicy import OffPolicyGRPOTrainer
 
-    offpolicy = getattr(grpo_args, "partial_rollouts", False) or getattr(grpo_args, "replay_ratio", 0.0) > 0
+    rollout_config = getattr(grpo_args, "rollout_config", None)  # OffPolicyGRPOConfig's rollout fields
+    offpolicy = rollout_config is not None and rollout_config().off_policy
     trainer_cls = OffPolicyGRPOTrainer if offpolicy else AdaClipGRPOTrainer
     reward_funcs, weights = build_reward_funcs(script_args.rewards)
     if grpo_args.reward_weights is None and any(w != 1.0 for w in weights):

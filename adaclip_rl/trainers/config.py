@@ -26,17 +26,15 @@ __all__ = ["CLIP_LOSS_TYPES", "AdaClipGRPOConfig"]
 class AdaClipGRPOConfig(AdaClipFields, GRPOConfig):
     r"""GRPO configuration with adaptive clipping. See :class:`trl.GRPOConfig` for the base fields.
 
-    Parameters specific to adaclip-rl are grouped by prefix: ``bapo_*`` (BAPO bound search),
-    ``archer_*`` (Archer token classes), ``grad_clip*`` (adaptive gradient clipping).
+    Parameters specific to adaclip-rl (:class:`~adaclip_rl.trainers.adaclip_fields.AdaClipFields`)
+    are grouped by prefix: ``bapo_*`` (BAPO bound search), ``archer_*`` (Archer token classes),
+    ``grad_clip`` with ``zclip_*``, ``adagc_*``, ... (adaptive gradient clipping); each is derived
+    from the setting it configures (``bapo_target`` from ``BAPOConfig.target``).
     """
 
     def __post_init__(self) -> None:
         # Our fields are checked before TRL/transformers' own post-init, so that a typo in them is
         # reported as such (and not hidden behind, e.g., "Your setup doesn't support bf16/gpu").
-        self._validate_adaclip_fields()
+        self.validate_adaclip_fields()
         super().__post_init__()
         field_checks.validate_after_trl(self)
-
-    def _validate_adaclip_fields(self) -> None:
-        """Refuse invalid adaclip-rl fields, naming the field, the value and the allowed range."""
-        field_checks.validate_adaclip_fields(self)

@@ -4,39 +4,26 @@
 pre-check of ``adaclip-rl train`` (:mod:`adaclip_rl.trainers.recipe_check`) calls the same
 functions on the YAML values before TRL is imported, so a bad value is reported in about a second.
 Every message names the field, the value and the allowed range.
+
+What each loss or clipper accepts is the registry's to say: the loss config or the clipper checks
+its arguments and :meth:`~adaclip_rl.losses.PolicyLossSpec.config_from` /
+:meth:`~adaclip_rl.gradclip.GradClipperSpec.build_from` rename them to the trainer's fields. Only
+what involves several owners at once (a TRL field and the chosen loss) is checked here.
 """
 
 from __future__ import annotations
 
-import re
 import warnings
+from dataclasses import fields
 from typing import Any
 
-from ..gradclip import GRAD_CLIPPERS
-from ..losses import POLICY_LOSSES, ArcherConfig, BAPOConfig, GRPOClipConfig
+from ..checks import check_choice
+from ..gradclip import GRAD_CLIPPER_SPECS, get_grad_clipper_spec
+from ..losses import POLICY_LOSS_SPECS, GRPOClipConfig, PolicyLossSpec, get_policy_loss_spec
 from ..rollout.config import RolloutConfig
 
 CLIP_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
-BAPO_SCOPES = ("update", "micro_batch")
-ARCHER_KL_AGGREGATIONS = ("response", "token")
-_BAPO_DEFAULTS = {
-    "bapo_target": 0.4, "bapo_low_start": 0.6, "bapo_low_max": 0.9, "bapo_low_step": 0.02, "bapo_high_start": 1.2,
-    "bapo_high_max": 3.0, "bapo_high_step": 0.05, "bapo_contribution": "grad", "bapo_dual_clip": 3.0,
-    "bapo_scope": "update",
-}
-_ARCHER_DEFAULTS = {
-    "archer_quantile": 0.8, "archer_high_clip": 0.5, "archer_low_clip": 0.2, "archer_high_kl": 0.0,
-    "archer_low_kl": 0.001, "archer_kl_estimator": "k3", "archer_dual_clip": 10.0, "archer_entropy_source": "current",
-    "archer_kl_aggregation": "response",
-}
-
-
-def _prefixed(error: ValueError, prefix: str, names: list[str]) -> ValueError:
-    """Rewrite a loss-config error so that it names the trainer config's field (``bapo_target``)."""
-    msg = str(error)
-    for name in sorted(names, key=len, reverse=True):
-        msg = re.sub(rf"(?<![\w.]){re.escape(name)}\b", prefix + name, msg)
-    return ValueError(msg)
+_TRL_EPSILON = next(f.default for f in fields(GRPOClipConfig) if f.name == "epsilon_low")  # TRL's default too
 
 
 def validate_adaclip_fields(cfg: Any) -> None:
@@ -45,56 +32,52 @@ def validate_adaclip_fields(cfg: Any) -> None:
     ``cfg`` is an :class:`~adaclip_rl.trainers.config.AdaClipGRPOConfig` or any object with its
     attributes (the recipe pre-check passes a namespace of YAML values over the defaults).
     """
-    if cfg.policy_loss not in POLICY_LOSSES:
-        raise ValueError(f"policy_loss must be one of {sorted(POLICY_LOSSES)}; got {cfg.policy_loss!r}")
-    if cfg.policy_loss != "grpo" and cfg.loss_type not in CLIP_LOSS_TYPES:
+    spec = get_policy_loss_spec(cfg.policy_loss)
+    if not spec.reproduces_trl and cfg.loss_type not in CLIP_LOSS_TYPES:
         raise ValueError(
             f"loss_type must be one of {CLIP_LOSS_TYPES} with policy_loss={cfg.policy_loss!r}; got {cfg.loss_type!r}"
         )
-    if cfg.archer_entropy_source not in ("current", "old"):
-        raise ValueError(f"archer_entropy_source must be 'current' or 'old'; got {cfg.archer_entropy_source!r}")
-    if cfg.grad_clip not in ("fixed", *GRAD_CLIPPERS):
-        raise ValueError(f"grad_clip must be one of {sorted({'fixed', *GRAD_CLIPPERS})}; got {cfg.grad_clip!r}")
-    if cfg.grad_clip not in ("none", "fixed") and not cfg.max_grad_norm > 0:
+    check_choice("grad_clip", cfg.grad_clip, sorted(GRAD_CLIPPER_SPECS))
+    clipper = get_grad_clipper_spec(cfg.grad_clip)
+    if clipper.adaptive and not cfg.max_grad_norm > 0:
         raise ValueError(f"max_grad_norm must be > 0 when grad_clip={cfg.grad_clip!r} (it switches clipping on); "
                          f"got {cfg.max_grad_norm!r}")
-    if getattr(cfg, "bapo_scope", "update") not in BAPO_SCOPES:
-        raise ValueError(f"bapo_scope must be one of {BAPO_SCOPES}; got {cfg.bapo_scope!r}")
-    if getattr(cfg, "archer_kl_aggregation", "response") not in ARCHER_KL_AGGREGATIONS:
-        raise ValueError(f"archer_kl_aggregation must be one of {ARCHER_KL_AGGREGATIONS}; got "
-                         f"{cfg.archer_kl_aggregation!r}")
-    check_fields_without_effect(cfg)
-    policy_loss_config(cfg)  # validates the policy-loss fields
-    grad_clipper_kwargs(cfg)
+    check_fields_without_effect(cfg, spec)
+    for loss in (spec, *POLICY_LOSS_SPECS.values()):  # every loss config checks its fields, the chosen one first
+        loss.config_from(cfg)
+    if clipper.adaptive:
+        clipper.build_from(cfg)  # the clipper checks its arguments
 
 
 _WARNED: set[tuple[str, ...]] = set()
 
 
-def check_fields_without_effect(cfg: Any) -> None:
-    """Settings that the chosen ``policy_loss`` would silently ignore: refused when they change the
-    loss's shape (``delta``, ``dual_clip``, ``epsilon_high`` under BAPO/Archer, whose bounds come
-    from ``bapo_*``/``archer_*``), warned once (naming them) when they only keep a non-default
-    value (``epsilon`` under BAPO/Archer; ``bapo_*`` / ``archer_*`` fields of the other loss)."""
+def check_fields_without_effect(cfg: Any, spec: PolicyLossSpec) -> None:
+    """Settings that the chosen policy loss would silently ignore: refused when they change the
+    loss's shape (``delta``, ``dual_clip``, ``epsilon_high`` for a loss that owns its ratio bounds,
+    e.g. BAPO/Archer, whose bounds come from ``bapo_*``/``archer_*``), warned once (naming them)
+    when they only keep a non-default value (``epsilon`` there; the fields of the other losses)."""
     loss = cfg.policy_loss
-    if loss in ("bapo", "archer"):
-        own = "bapo_dual_clip" if loss == "bapo" else "archer_dual_clip"
+    if spec.owns_ratio_bounds:
+        trl_clip = [s.name for s in POLICY_LOSS_SPECS.values() if not s.owns_ratio_bounds]
         refused = {
-            "delta": "the INTELLECT-2 cap of the unclipped ratio applies to policy_loss='grpo' only",
-            "dual_clip": f"use {own}",
-            "epsilon_high": f"the ratio bounds come from the {loss}_* fields",
+            "delta": f"the INTELLECT-2 cap of the unclipped ratio applies to policy_loss {trl_clip} only",
+            "dual_clip": f"use {spec.trainer_field('dual_clip')}",
+            "epsilon_high": f"the ratio bounds come from the {spec.prefix}* fields",
         }
         for name, why in refused.items():
             if getattr(cfg, name, None) is not None:
                 raise ValueError(f"{name} has no effect with policy_loss={loss!r} ({why}); got {getattr(cfg, name)!r}, "
                                  "leave it unset (None)")
     ignored = []
-    if loss in ("bapo", "archer") and getattr(cfg, "epsilon", 0.2) != 0.2:
+    if spec.owns_ratio_bounds and getattr(cfg, "epsilon", _TRL_EPSILON) != _TRL_EPSILON:
         ignored.append("epsilon")
-    defaults = {**_BAPO_DEFAULTS, **_ARCHER_DEFAULTS}
-    for name, default in defaults.items():
-        if not name.startswith(f"{loss}_") and getattr(cfg, name, default) != default:
-            ignored.append(name)
+    for other in POLICY_LOSS_SPECS.values():
+        if other is spec:
+            continue
+        for name, default in other.defaults().items():
+            if getattr(cfg, name, default) != default:
+                ignored.append(name)
     if ignored and tuple(ignored) not in _WARNED:
         _WARNED.add(tuple(ignored))
         warnings.warn(f"{', '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no effect with "
@@ -103,80 +86,47 @@ def check_fields_without_effect(cfg: Any) -> None:
 
 def validate_after_trl(cfg: Any) -> None:
     """Checks that need TRL's resolved fields (``steps_per_generation``)."""
-    if cfg.policy_loss == "bapo" and cfg.bapo_scope == "update":
-        spg, ga = cfg.steps_per_generation, cfg.gradient_accumulation_steps
-        if spg is not None and spg % ga:
+    spec = get_policy_loss_spec(cfg.policy_loss)
+    if spec.searches_per_update(spec.config_from(cfg)):
+        spg, accumulation = cfg.steps_per_generation, cfg.gradient_accumulation_steps
+        if spg is not None and spg % accumulation:
             raise ValueError(
-                f"steps_per_generation ({spg}) must be a multiple of gradient_accumulation_steps ({ga}) with "
-                "bapo_scope='update': the bound search of an update reads every micro-batch of its window, so "
-                "the window must lie within one generation batch; or set bapo_scope='micro_batch'")
+                f"steps_per_generation ({spg}) must be a multiple of gradient_accumulation_steps ({accumulation}) "
+                f"with {spec.trainer_field('scope')}='update': the search of an update reads every micro-batch of "
+                f"its window, so the window must lie within one generation batch; or set "
+                f"{spec.trainer_field('scope')}='micro_batch'")
 
-def policy_loss_config(cfg: Any) -> GRPOClipConfig | BAPOConfig | ArcherConfig:
+
+def policy_loss_config(cfg: Any) -> Any:
     """The :mod:`adaclip_rl.losses` config for ``policy_loss`` (raises ValueError naming our fields)."""
-    if cfg.policy_loss == "bapo":
-        names = ["target", "low_start", "low_max", "low_step", "high_start", "high_max", "high_step",
-                 "contribution", "dual_clip"]
-        try:
-            return BAPOConfig(**{n: getattr(cfg, f"bapo_{n}") for n in names})
-        except ValueError as e:
-            raise _prefixed(e, "bapo_", names) from None
-    if cfg.policy_loss == "archer":
-        names = ["quantile", "high_clip", "low_clip", "high_kl", "low_kl", "kl_estimator", "dual_clip",
-                 "kl_aggregation"]
-        try:
-            return ArcherConfig(**{n: getattr(cfg, f"archer_{n}") for n in names})
-        except ValueError as e:
-            raise _prefixed(e, "archer_", names) from None
-    eps_high = cfg.epsilon_high if cfg.epsilon_high is not None else cfg.epsilon
-    try:
-        return GRPOClipConfig(epsilon_low=cfg.epsilon, epsilon_high=eps_high, dual_clip=cfg.dual_clip,
-                              delta=cfg.delta)
-    except ValueError as e:
-        raise _prefixed(e, "", []) from None
+    return get_policy_loss_spec(cfg.policy_loss).config_from(cfg)
+
 
 def grad_clipper_kwargs(cfg: Any) -> dict:
     """Keyword arguments for :func:`adaclip_rl.gradclip.build_grad_clipper` (validated there)."""
-    from ..gradclip import build_grad_clipper
-
-    kwargs = {
-        "none": {},
-        "fixed": {"max_norm": cfg.max_grad_norm},
-        "zclip": {"alpha": cfg.zclip_alpha, "z_thresh": cfg.zclip_z_thresh,
-                  "warmup_steps": cfg.zclip_warmup_steps},
-        "adagc": {"lambda_rel": cfg.adagc_lambda_rel, "beta": cfg.adagc_beta,
-                  "warmup_steps": cfg.adagc_warmup_steps, "warmup_max_norm": cfg.max_grad_norm},
-        "autoclip": {"percentile": cfg.autoclip_percentile, "window": cfg.autoclip_window},
-        "quantile": {"target_quantile": cfg.quantile_target, "learning_rate": cfg.quantile_lr},
-    }[cfg.grad_clip]
-    if cfg.grad_clip not in ("none", "fixed"):
-        prefix = {"zclip": "zclip_", "adagc": "adagc_", "autoclip": "autoclip_", "quantile": "quantile_"}[
-            cfg.grad_clip]
-        ours = {"target_quantile": "quantile_target", "learning_rate": "quantile_lr"}
-        try:
-            build_grad_clipper(cfg.grad_clip, **kwargs)
-        except ValueError as e:
-            msg = str(e)
-            for k in sorted(kwargs, key=len, reverse=True):
-                msg = re.sub(rf"(?<![\w.]){re.escape(k)}\b", ours.get(k, prefix + k), msg)
-            raise ValueError(msg) from None
-    return kwargs
+    return get_grad_clipper_spec(cfg.grad_clip).kwargs_from(cfg)
 
 
 def resolved_ratio_anchor(cfg: Any) -> str:
-    """``ratio_anchor`` with ``"auto"`` resolved: ``"behaviour"`` for BAPO and Archer (both papers
-    clip the ratio to the policy that sampled the tokens), ``"proximal"`` otherwise."""
+    """``ratio_anchor`` with ``"auto"`` resolved: ``"behaviour"`` for a loss whose paper clips the
+    ratio to the policy that sampled the tokens (BAPO, Archer), ``"proximal"`` otherwise."""
     anchor = getattr(cfg, "ratio_anchor", "auto")
     if anchor == "auto":
-        behaviour = cfg.policy_loss in ("bapo", "archer") and getattr(cfg, "use_behaviour_logprobs", True)
-        return "behaviour" if behaviour else "proximal"
+        behaviour = get_policy_loss_spec(cfg.policy_loss).anchors_to_behaviour
+        return "behaviour" if behaviour and getattr(cfg, "use_behaviour_logprobs", True) else "proximal"
     return anchor
+
+
+def rollout_config(cfg: Any) -> RolloutConfig:
+    """The :class:`RolloutConfig` of a trainer config (or a namespace of its fields), ``ratio_anchor`` resolved."""
+    return RolloutConfig.from_object(cfg, ratio_anchor=resolved_ratio_anchor(cfg))
 
 
 def validate_rollout_fields(cfg: Any) -> None:
     """Refuse off-policy rollout settings (:class:`RolloutConfig` fields) that cannot work together
     with the vLLM settings of ``cfg`` (an ``OffPolicyGRPOConfig`` or a namespace of its fields)."""
-    rollout = RolloutConfig.from_object(cfg, ratio_anchor=resolved_ratio_anchor(cfg))
-    if rollout.partial_rollouts or rollout.replay_ratio > 0:
+    rollout = rollout_config(cfg)
+    if rollout.off_policy:
         what = "partial_rollouts=True" if rollout.partial_rollouts else f"replay_ratio={rollout.replay_ratio}"
         if not cfg.use_vllm:
             raise ValueError(f"{what} requires use_vllm=True: behaviour log-probs come from vLLM")

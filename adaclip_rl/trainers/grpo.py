@@ -13,8 +13,10 @@ Only three things are overridden:
 * ``_clip_grad_norm`` - adaptive gradient clipping (:mod:`adaclip_rl.gradclip`) when configured.
 * checkpoint save/load - adds ``adaclip_state.json`` (gradient-clipper state) next to TRL's files.
 
-BAPO's statistics vector is all-reduced (SUM) once per loss call, so every rank picks the same
-bounds; the search runs per micro-batch, like the official verl recipe.
+What the policy loss needs (reference log-probs, old-policy entropies, per-token loss weights, a
+search per optimizer update, the log-ratio clamp) is read from its registry entry
+(:class:`~adaclip_rl.losses.PolicyLossSpec`), never from its name. BAPO's statistics vector is
+all-reduced (SUM) once per search, so every rank picks the same bounds.
 """
 
 from __future__ import annotations
@@ -28,15 +30,8 @@ import torch
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
-from ..gradclip import build_grad_clipper, norm_reduce_fn_for
-from ..losses import (
-    aggregate_loss,
-    aggregation_weights,
-    bapo_select,
-    bapo_statistics,
-    get_policy_loss,
-    kl_estimate,
-)
+from ..gradclip import grad_sq_norms, norm_reduce_fn_for
+from ..losses import aggregate_loss, aggregation_weights, kl_estimate
 from .config import CLIP_LOSS_TYPES, AdaClipGRPOConfig
 
 logger = logging.getLogger(__name__)
@@ -72,57 +67,60 @@ class AdaClipGRPOTrainer(GRPOTrainer):
             args = AdaClipGRPOConfig(output_dir="adaclip-grpo")
         elif not isinstance(args, AdaClipGRPOConfig):
             raise TypeError(f"args must be an AdaClipGRPOConfig; got {type(args).__name__}")
+        self.loss_spec = args.policy_loss_spec
         self.loss_config = args.policy_loss_config()
-        self.policy_loss_fn = get_policy_loss(args.policy_loss)
-        # Archer's KL needs reference log-probs; TRL loads the reference model and computes them only
-        # when beta != 0. Switch that on without adding TRL's own KL term (kept in self.kl_beta).
+        self.policy_loss_fn = self.loss_spec.fn
+        self.grad_clipper_spec = args.grad_clipper_spec
+        # A KL to the initial model (Archer's) needs reference log-probs; TRL loads the reference model
+        # and computes them only when beta != 0. Switch that on without adding TRL's own KL term (kept
+        # in self.kl_beta).
         self.kl_beta = args.beta
-        needs_ref = args.policy_loss == "archer" and self.loss_config.uses_kl and args.beta == 0.0
+        needs_ref = self.loss_spec.needs_ref_logps(self.loss_config) and args.beta == 0.0
         if needs_ref:
             args.beta = 1.0
-        self._archer_needs_ref = needs_ref
+        self._loss_needs_ref = needs_ref
         try:
             super().__init__(model, reward_funcs, args, *a, **kw)
         finally:
             args.beta = self.kl_beta
         # TRL keeps args.beta in self.beta; any TRL path reading it must see no KL of its own
         self.beta = self.kl_beta
-        self._bapo_window: tuple[tuple[int, int], Any] | None = None
-        self.grad_clipper = build_grad_clipper(args.grad_clip, **args.grad_clipper_kwargs()) \
-            if args.grad_clip not in ("none", "fixed") else None
+        self._bapo_window: tuple[tuple[int, int], Any] | None = None  # (window, search result) of this update
+        self.grad_clipper = args.build_grad_clipper()
 
     # ------------------------------------------------------------------ loss
     def _reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
         return self.accelerator.reduce(t, reduction="sum") if self.accelerator.num_processes > 1 else t
 
     def _generate_and_score_completions(self, inputs):
-        if self._archer_needs_ref:  # TRL computes ref_per_token_logps only when self.beta != 0
+        if self._loss_needs_ref:  # TRL computes ref_per_token_logps only when self.beta != 0
             self.beta = 1.0
             try:
-                out = super()._generate_and_score_completions(inputs)
+                batch = super()._generate_and_score_completions(inputs)
             finally:
                 self.beta = self.kl_beta
         else:
-            out = super()._generate_and_score_completions(inputs)
-        if self.args.policy_loss == "archer" and self.args.archer_entropy_source == "old":
-            # paper Algorithm 1: classify tokens by the entropies of the policy that generated them
-            input_ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
-            attention_mask = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
+            batch = super()._generate_and_score_completions(inputs)
+        if self.loss_spec.needs_old_entropies(self.loss_config):
+            # Archer's Algorithm 1: classify tokens by the entropies of the policy that generated them
+            input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+            attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
             with torch.no_grad():
                 _, entropies, _ = self._get_per_token_logps_and_entropies(
-                    self.model, input_ids, attention_mask, out["completion_ids"].size(1),
+                    self.model, input_ids, attention_mask, batch["completion_ids"].size(1),
                     batch_size=self.args.per_device_train_batch_size, compute_entropy=True,
-                    **{k: out.get(k) for k in _MM_KEYS if k in out},
+                    **{k: batch.get(k) for k in _MM_KEYS if k in batch},
                 )
-            out["old_per_token_entropies"] = entropies
-        return out
+            batch["old_per_token_entropies"] = entropies
+        return batch
 
     def _loss_inputs(self, model, inputs, mode: str, compute_entropy: bool = True, aux: bool = True) -> _LossInputs:
         """Everything TRL 1.16's ``_compute_loss`` computes before the policy term, in its order:
         log-probs and entropies, entropy mask, advantages, old log-probs, off-policy sequence mask,
         token or sequence importance ratio. Padding never reaches ``exp`` (old/ref log-probs are
-        replaced by the current ones there), and for ``bapo``/``archer`` the log-ratio is clamped
-        to [-20, 20] as in verl (so ``inf * 0`` cannot turn into NaN)."""
+        replaced by the current ones there), and for a loss that asks for it (BAPO, Archer:
+        ``clamps_log_ratio``) the log-ratio is clamped to [-20, 20] as in verl (so ``inf * 0``
+        cannot turn into NaN)."""
         prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
@@ -153,7 +151,7 @@ class AdaClipGRPOTrainer(GRPOTrainer):
                 mask=mask, off_policy_threshold=self.off_policy_mask_threshold,
             )
         log_ratio = per_token_logps - old_per_token_logps
-        if self.args.policy_loss != "grpo":  # verl: r = exp(clamp(logp - old, -20, 20))
+        if self.loss_spec.clamps_log_ratio:  # verl: r = exp(clamp(logp - old, -20, 20))
             log_ratio = log_ratio.clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
         if self.importance_sampling_level == "token":
             log_weights = log_ratio
@@ -175,8 +173,9 @@ class AdaClipGRPOTrainer(GRPOTrainer):
         if self.loss_type == "dapo":
             w = aggregation_weights(li.mask, "dapo", num_tokens=self._dapo_num_tokens(inputs, mode))
         else:
-            ga = self.current_gradient_accumulation_steps if mode == "train" else 1.0
-            w = aggregation_weights(li.mask, self.loss_type, max_completion_length=self.max_completion_length) / ga
+            accumulation_steps = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+            w = aggregation_weights(li.mask, self.loss_type,
+                                    max_completion_length=self.max_completion_length) / accumulation_steps
         return self._apply_token_factors(w, li, inputs)
 
     def _apply_token_factors(self, x: torch.Tensor, li: _LossInputs, inputs) -> torch.Tensor:
@@ -196,33 +195,36 @@ class AdaClipGRPOTrainer(GRPOTrainer):
             num_tokens = num_tokens * self.current_gradient_accumulation_steps / self.args.steps_per_generation
         return num_tokens
 
-    def _bapo_window_result(self, model, inputs, li: _LossInputs, weights: torch.Tensor, mode: str):
-        """One BAPO search per optimizer update (``bapo_scope="update"``, the paper's Algorithm 1).
+    def _update_search_result(self, model, inputs, li: _LossInputs, weights: torch.Tensor, mode: str):
+        """One search per optimizer update (the loss spec's ``statistics``/``select``; BAPO with
+        ``bapo_scope="update"``, the paper's Algorithm 1).
 
         At the first micro-batch of an accumulation window, the statistics of this micro-batch and
         of the window's other micro-batches (TRL's buffered slices, forwarded once without grad:
         the parameters do not change inside the window) are summed and all-reduced across ranks in
         one collective; every micro-batch of the window then uses those bounds. Returns None when
         the per-call search is already the per-update one (one micro-batch per update, or eval)."""
-        ga = self.current_gradient_accumulation_steps
-        if mode != "train" or self.args.bapo_scope != "update" or ga <= 1:
+        accumulation_steps = self.current_gradient_accumulation_steps
+        if mode != "train" or not self.loss_spec.searches_per_update(self.loss_config) or accumulation_steps <= 1:
             return None
-        pos = self._step % ga
+        pos = self._step % accumulation_steps
         window = (self.state.global_step, self._step - pos)
         if self._bapo_window is not None and self._bapo_window[0] == window:
             return self._bapo_window[1]
         spg = self.args.steps_per_generation
         first = (self._step - pos) % spg
-        stats = bapo_statistics(li.ratio, li.advantages, weights, self.loss_config)
+        statistics, select = self.loss_spec.statistics, self.loss_spec.select
+        stats = statistics(li.ratio, li.advantages, weights, self.loss_config)
         with torch.no_grad():
-            for k in range(ga):
+            for k in range(accumulation_steps):
                 if k == pos:
                     continue
-                mb = self._buffered_inputs[(first + k) % spg]
-                lk = self._loss_inputs(model, mb, mode, compute_entropy=self.top_entropy_quantile < 1.0, aux=False)
-                stats = stats + bapo_statistics(lk.ratio, lk.advantages, self._loss_weights(lk, mb, mode),
-                                                self.loss_config)
-        result = bapo_select(self._reduce_sum(stats), self.loss_config)
+                micro_batch = self._buffered_inputs[(first + k) % spg]
+                other = self._loss_inputs(model, micro_batch, mode, compute_entropy=self.top_entropy_quantile < 1.0,
+                                          aux=False)
+                stats = stats + statistics(other.ratio, other.advantages,
+                                           self._loss_weights(other, micro_batch, mode), self.loss_config)
+        result = select(self._reduce_sum(stats), self.loss_config)
         self._bapo_window = (window, result)
         return result
 
@@ -242,19 +244,19 @@ class AdaClipGRPOTrainer(GRPOTrainer):
 
         # ---- the policy term: adaclip_rl.losses ----
         extra: dict[str, Any] = {}
-        if self.args.policy_loss == "bapo":
+        if self.loss_spec.needs_loss_weights:
             extra["weights"] = self._loss_weights(li, inputs, mode)
-            extra["bapo_result"] = self._bapo_window_result(model, inputs, li, extra["weights"], mode)
+            extra["search_result"] = self._update_search_result(model, inputs, li, extra["weights"], mode)
         class_entropy = inputs.get("old_per_token_entropies", entropies)
-        out = self.policy_loss_fn(
+        loss_out = self.policy_loss_fn(
             ratio, advantages, mask, config=self.loss_config, logp=per_token_logps, ref_logp=ref_logps,
             entropy=class_entropy.detach(), reduce_fn=self._reduce_sum, **extra,
         )
-        per_token_loss = self._apply_token_factors(out.per_token_loss, li, inputs)
+        per_token_loss = self._apply_token_factors(loss_out.per_token_loss, li, inputs)
         if per_token_kl is not None:
             per_token_loss = per_token_loss + self.kl_beta * per_token_kl
 
-        ga = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        accumulation_steps = self.current_gradient_accumulation_steps if mode == "train" else 1.0
         if self.loss_type == "dapo":
             loss = aggregate_loss(per_token_loss, mask, "dapo", num_tokens=self._dapo_num_tokens(inputs, mode))
             policy_loss = loss.detach()
@@ -262,14 +264,14 @@ class AdaClipGRPOTrainer(GRPOTrainer):
             loss = aggregate_loss(per_token_loss, mask, self.loss_type,
                                   max_completion_length=self.max_completion_length)
             policy_loss = loss.detach()
-            loss = loss / ga
-        if out.extra_loss is not None:  # Archer's KL: a mean over the micro-batch's responses
-            loss = loss + out.extra_loss / ga
+            loss = loss / accumulation_steps
+        if loss_out.extra_loss is not None:  # Archer's KL: a mean over the micro-batch's responses
+            loss = loss + loss_out.extra_loss / accumulation_steps
         loss = self._add_entropy_bonus(loss, entropies, mask, li.entropy_mask, policy_loss, mode)
         if self.aux_loss_enabled:
-            loss = loss + self.router_aux_loss_coef * li.aux_loss / ga
+            loss = loss + self.router_aux_loss_coef * li.aux_loss / accumulation_steps
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(li.aux_loss).mean().item())
-        self._log_loss_metrics(mode, mask, advantages, ratio, entropies, per_token_kl, out.metrics)
+        self._log_loss_metrics(mode, mask, ratio, entropies, per_token_kl, loss_out)
         return loss
 
     def _add_entropy_bonus(self, loss, entropies, mask, entropy_mask, policy_loss, mode):
@@ -277,8 +279,8 @@ class AdaClipGRPOTrainer(GRPOTrainer):
         if not self._entropy_bonus_enabled:
             return loss
         effective_mask = mask if entropy_mask is None else mask * entropy_mask
-        ga = self.current_gradient_accumulation_steps if mode == "train" else 1.0
-        entropy_loss = (entropies * effective_mask).sum() / effective_mask.sum().clamp(min=1.0) / ga
+        accumulation_steps = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        entropy_loss = (entropies * effective_mask).sum() / effective_mask.sum().clamp(min=1.0) / accumulation_steps
         if self.use_adaptive_entropy:
             coef = self.entropy_coef if self._last_world_entropy <= self.args.entropy_target else 0.0
         else:
@@ -304,9 +306,12 @@ class AdaClipGRPOTrainer(GRPOTrainer):
         return loss
 
     @torch.no_grad()
-    def _log_loss_metrics(self, mode, mask, advantages, ratio, entropies, per_token_kl, loss_metrics):
-        """TRL's loss metrics plus the policy loss's own, reduced across ranks in one collective."""
+    def _log_loss_metrics(self, mode, mask, ratio, entropies, per_token_kl, loss_out):
+        """TRL's loss metrics plus the policy loss's own, reduced across ranks in one collective.
+        TRL's ``clip_ratio/*`` (for the loss that reproduces TRL's) come from the clip masks the
+        surrogate returned with the loss."""
         m = mask.float()
+        masks = loss_out.clip_masks
         seq = ratio.shape[1] == 1
 
         def sums(x):  # (sum, count) over loss tokens, or over sequences for sequence-level ratios
@@ -324,16 +329,13 @@ class AdaClipGRPOTrainer(GRPOTrainer):
         if per_token_kl is not None:
             add("kl", per_token_kl)
         add("entropy", entropies)
-        low_eps, high_eps = self.epsilon_low, self.epsilon_high
-        if self.args.policy_loss == "grpo":
-            if self.args.delta is not None:  # TRL measures the clip on the delta-capped ratio
-                ratio = ratio.clamp(max=self.args.delta)
-            is_low = ((ratio < 1 - low_eps) & (advantages < 0)).float()
-            is_high = ((ratio > 1 + high_eps) & (advantages > 0)).float()
+        if self.loss_spec.reproduces_trl and masks is not None:
+            is_low, is_high = masks.low.float(), masks.high.float()  # high: on the delta-capped ratio, as TRL
             add("clip_ratio/low_mean", is_low)
             add("clip_ratio/high_mean", is_high)
             add("clip_ratio/region_mean", ((is_low + is_high) > 0).float())
         # our metrics are already global (BAPO bounds) or local means; average local means over ranks
+        loss_metrics = loss_out.metrics
         local = [v.detach().float().reshape(()) for v in loss_metrics.values()]
         vec = torch.stack([*values, *local]) if values or local else None
         n = self.accelerator.num_processes
@@ -351,7 +353,7 @@ class AdaClipGRPOTrainer(GRPOTrainer):
     # ------------------------------------------------------- gradient clipping
     def _clip_grad_norm(self, model):
         """Adaptive clipping (``grad_clip``); returns the pre-clip global norm, like transformers."""
-        if self.args.grad_clip == "fixed":
+        if self.grad_clipper_spec.trainer_clips:
             return super()._clip_grad_norm(model)
         if self.is_deepspeed_enabled:
             raise NotImplementedError(
@@ -361,8 +363,6 @@ class AdaClipGRPOTrainer(GRPOTrainer):
         params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         reduce_fn = norm_reduce_fn_for(model, params)
         if self.grad_clipper is None:  # "none": measure, do not clip
-            from ..gradclip import grad_sq_norms
-
             sq = grad_sq_norms([p for _, p in params])
             if reduce_fn is not None:
                 sq = reduce_fn(sq)

@@ -152,13 +152,11 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
         with _vllm_max_num_seqs_at_least(in_flight_sequences(args)):
             super().__init__(model, reward_funcs, args, *a, **kw)
         self.rollout_cfg = args.rollout_config()
-        self.offpolicy_enabled = self.use_vllm and (
-            self.rollout_cfg.partial_rollouts or self.rollout_cfg.replay_ratio > 0
-        )
+        self.offpolicy_enabled = self.use_vllm and self.rollout_cfg.off_policy
         self.rollout_engine = None
         self.rollout_manager: PartialRolloutManager | None = None
         self.replay_buffer: ReplayBuffer | None = None
-        self._stash: list[BehaviourSample] | None = None
+        self._pending_samples: list[BehaviourSample] | None = None  # generated, handed to TRL by _rollout_func
         self._last_rewards: torch.Tensor | None = None
         self._prefill_cursor = 0  # position in the seeded, rank-strided prefill order
         self._prefilled = False
@@ -184,14 +182,14 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
             self.rollout_engine, self.rollout_cfg, sampling, rank=self.accelerator.process_index
         )
         if self.rollout_cfg.replay_ratio > 0:
-            c = self.rollout_cfg
+            cfg = self.rollout_cfg
             self.replay_buffer = ReplayBuffer(
-                c.replay_capacity,
-                c.replay_max_age,
-                c.replay_selection,
-                c.replay_filter_equal_rewards,
-                c.replay_max_reuse,
-                seed=c.seed,
+                cfg.replay_capacity,
+                cfg.replay_max_age,
+                cfg.replay_selection,
+                cfg.replay_filter_equal_rewards,
+                cfg.replay_max_reuse,
+                seed=cfg.seed,
             )
         self.rollout_func = self._rollout_func
 
@@ -210,11 +208,11 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
 
     # ------------------------------------------------------------------ generation
     def _rollout_func(self, prompts: list, trainer: Any) -> dict[str, list]:
-        """TRL ``rollout_func``: hand over the stashed completions (train) or generate (eval)."""
-        if self._stash is not None:
-            samples, self._stash = self._stash, None
+        """TRL ``rollout_func``: hand over the completions generated beforehand (train) or generate (eval)."""
+        if self._pending_samples is not None:
+            samples, self._pending_samples = self._pending_samples, None
             if len(samples) != len(prompts):
-                raise RuntimeError(f"{len(samples)} stashed completions for {len(prompts)} prompts")
+                raise RuntimeError(f"{len(samples)} pending completions for {len(prompts)} prompts")
         else:  # evaluation: synchronous (one segment), full length
             prompt_ids, _, _ = self._tokenize_prompts(prompts)
             mgr = PartialRolloutManager(
@@ -257,15 +255,40 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
+        """TRL's step, in named stages: (1) the batch's groups (finished partial rollouts and replayed
+        groups), (2) TRL scores them (rewards, advantages, proximal log-probs), (3) the behaviour
+        correction goes into the batch, (4) fresh groups go to the replay buffer, (5) metrics."""
         if not self.offpolicy_enabled:
             return super()._generate_and_score_completions(inputs)
         self._sync_rollout_engine()
         if not self.model.training:
-            self._stash = None
+            self._pending_samples = None
             return super()._generate_and_score_completions(inputs)
-
-        cfg, g = self.rollout_cfg, self.num_generations
         version = self.rollout_engine.version  # weight pushes so far
+        fresh, replayed = self._collect_groups(inputs, version)
+        groups = [(grp.samples, grp.meta["row"]) for grp in fresh] + [(rg.samples, rg.meta["row"]) for rg in replayed]
+        rows = [dict(row) for _, row in groups for _ in range(self.num_generations)]
+        samples = [s for group_samples, _ in groups for s in group_samples]
+        self._pending_samples = list(samples)
+        batch = super()._generate_and_score_completions(rows)
+        versions = pad_versions([s.versions for s in samples], width=batch["completion_ids"].size(1))
+        correction = self._apply_behaviour_correction(batch, versions, version)
+        self._store_for_replay(fresh, batch, len(rows))
+        metrics = dict(correction.metrics)
+        metrics.update(self.rollout_manager.metrics())
+        metrics["partial/prompts_deferred"] = float(len(self._deferred_rows))
+        metrics["partial/prompts_skipped"] = float(self._prompts_skipped)
+        if self.replay_buffer is not None:
+            metrics.update(self.replay_buffer.metrics(version))
+            metrics["replay/sampled"] = float(len(replayed))
+        self._log_rollout_metrics(metrics)
+        return batch
+
+    def _collect_groups(self, inputs: list[dict], version: int) -> tuple[list, list[ReplayGroup]]:
+        """Stage 1: the generation batch's groups: ``round(replay_ratio * groups)`` from the replay
+        buffer, the rest finished by the partial-rollout pool (kept at the batch's groups plus the
+        pre-filled ones: pre-filled once from the dataset, then topped up from the batch's rows)."""
+        cfg, g = self.rollout_cfg, self.num_generations
         if len(inputs) % g:
             raise ValueError(
                 f"the local generation batch ({len(inputs)} rows) must hold whole groups of num_generations={g}: "
@@ -277,57 +300,35 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
         if self.replay_buffer is not None:
             replayed = self.replay_buffer.sample(round(cfg.replay_ratio * n_groups), version)
         n_fresh = n_groups - len(replayed)
-
-        # keep n_groups + prefill groups in flight; prefill once from the dataset, then top up from the batch
-        mgr = self.rollout_manager
+        pool = self.rollout_manager
         prefill = prefill_groups(cfg.partial_rollouts, cfg.partial_prefill_groups, n_groups)
         if not self._prefilled:
             self._submit_rows(self._prefill_rows(prefill, batch_rows))
             self._prefilled = True
-        need = max(0, n_fresh + prefill - mgr.num_in_flight)
+        need = max(0, n_fresh + prefill - pool.num_in_flight)
         take, self._deferred_rows, skipped = top_up_rows(self._deferred_rows, batch_rows, need, keep=n_groups)
         self._prompts_skipped += skipped
         self._submit_rows(take)
-        fresh = mgr.collect(n_fresh)
+        fresh = pool.collect(n_fresh)
         if len(fresh) < n_fresh:  # cannot happen with the accounting above; fail loudly rather than mis-shape
             raise RuntimeError(f"partial rollouts returned {len(fresh)} groups, {n_fresh} needed")
+        return fresh, replayed
 
-        groups = [(grp.samples, grp.meta["row"]) for grp in fresh] + [
-            (rg.samples, rg.meta["row"]) for rg in replayed
-        ]
-        rows = [dict(row) for _, row in groups for _ in range(g)]
-        self._stash = [s for samples, _ in groups for s in samples]
-        out = super()._generate_and_score_completions(rows)
+    def _store_for_replay(self, fresh: list, batch: dict[str, Any], n_rows: int) -> None:
+        """Stage 4: fresh groups go to the replay buffer with their (weighted) rewards and advantages."""
+        if self.replay_buffer is None or self._last_rewards is None:
+            return
+        g = self.num_generations
+        rewards = (self._last_rewards * self.reward_weights.to(self._last_rewards.device).unsqueeze(0)).nansum(1)
+        start = self.accelerator.process_index * n_rows
+        rewards = rewards[start : start + n_rows].tolist()
+        advantages = batch["advantages"].reshape(n_rows, -1)[:, 0].tolist()
+        for j, grp in enumerate(fresh):
+            rows = slice(j * g, (j + 1) * g)
+            self.replay_buffer.add(ReplayGroup(grp.samples, rewards[rows], advantages[rows], meta=grp.meta))
 
-        # ---- behaviour correction into the loss
-        samples = [s for samples, _ in groups for s in samples]
-        versions = pad_versions([s.versions for s in samples], width=out["completion_ids"].size(1))
-        corr = self._apply_behaviour_correction(out, versions, version)
-
-        # ---- store fresh groups in the replay buffer with their rewards and advantages
-        if self.replay_buffer is not None and self._last_rewards is not None:
-            rewards = (
-                self._last_rewards * self.reward_weights.to(self._last_rewards.device).unsqueeze(0)
-            ).nansum(1)
-            start = self.accelerator.process_index * len(rows)
-            rewards = rewards[start : start + len(rows)].tolist()
-            adv = out["advantages"].reshape(len(rows), -1)[:, 0].tolist()
-            for j, grp in enumerate(fresh):
-                sl = slice(j * g, (j + 1) * g)
-                self.replay_buffer.add(ReplayGroup(grp.samples, rewards[sl], adv[sl], meta=grp.meta))
-
-        metrics = dict(corr.metrics)
-        metrics.update(mgr.metrics())
-        metrics["partial/prompts_deferred"] = float(len(self._deferred_rows))
-        metrics["partial/prompts_skipped"] = float(self._prompts_skipped)
-        if self.replay_buffer is not None:
-            metrics.update(self.replay_buffer.metrics(version))
-            metrics["replay/sampled"] = float(len(replayed))
-        self._log_rollout_metrics(metrics)
-        return out
-
-    def _apply_behaviour_correction(self, out: dict[str, Any], versions: torch.Tensor, version: int):
-        """Anchor the loss's ratio and weight the loss for stale data, in TRL's batch ``out``.
+    def _apply_behaviour_correction(self, batch: dict[str, Any], versions: torch.Tensor, version: int):
+        """Stage 3: anchor the loss's ratio and weight the loss for stale data, in TRL's ``batch``.
 
         ``ratio_anchor="behaviour"`` (default for BAPO and Archer): ``old_per_token_logps`` :=
         the behaviour log-probs, so the ratio the loss clips - and BAPO's bound search sees - is
@@ -337,23 +338,24 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
         time - about 1 on the first update after a partial rollout or a replay, so BAPO's bounds
         then barely matter - and the staleness lives in the truncated weight
         ``pi_old / pi_behaviour``, which the loss (and BAPO's statistic) multiplies in."""
-        mask = out["completion_mask"] if "tool_mask" not in out else out["completion_mask"] * out["tool_mask"]
+        mask = batch["completion_mask"] if "tool_mask" not in batch else batch["completion_mask"] * batch["tool_mask"]
         versions = versions.to(mask.device)
-        behaviour = out["sampling_per_token_logps"]
-        old = out.get("old_per_token_logps")
+        behaviour = batch["sampling_per_token_logps"]
+        old = batch.get("old_per_token_logps")
         cfg = self.rollout_cfg
-        corr = behaviour_correction(old, behaviour, versions, version, mask, cfg)
+        correction = behaviour_correction(old, behaviour, versions, version, mask, cfg)
         if cfg.ratio_anchor == "behaviour":
-            out["old_per_token_logps"] = (
+            batch["old_per_token_logps"] = (
                 torch.where(torch.isnan(behaviour), old, behaviour)
                 if old is not None
                 else behaviour.nan_to_num(0.0)
             )
-        out["importance_sampling_ratio"] = corr.weights
-        out["behaviour_versions"] = versions
-        return corr
+        batch["importance_sampling_ratio"] = correction.weights
+        batch["behaviour_versions"] = versions
+        return correction
 
     def _log_rollout_metrics(self, metrics: dict[str, float]) -> None:
+        """Stage 5: rollout metrics, reduced across ranks (max for ``*_max``, min for ``*_min``, else mean)."""
         keys = sorted(metrics)
         vec = torch.tensor([metrics[k] for k in keys], dtype=torch.float32, device=self.accelerator.device)
         if self.accelerator.num_processes > 1:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adaclip_rl.losses import aggregate_loss, clip_fractions, clipped_surrogate
+from adaclip_rl.losses import aggregate_loss, clip_fractions, clipped_surrogate, clipped_surrogate_with_masks
 
 
 def _leaf(values):
@@ -60,10 +60,13 @@ def test_clip_fractions_by_sign():
     r = torch.tensor([[0.5, 1.5, 0.5, 1.5, 4.0, 1.0]])
     adv = torch.tensor([[1.0, 1.0, -1.0, -1.0, -1.0, 0.0]])
     mask = torch.tensor([[1, 1, 1, 1, 1, 0]])
-    fr = clip_fractions(r, adv, mask, 0.8, 1.2, dual_clip=3.0)
-    assert fr["high"].item() == pytest.approx(1 / 5)
-    assert fr["low"].item() == pytest.approx(1 / 5)
-    assert fr["dual"].item() == pytest.approx(1 / 5)
+    for low, high in ((0.8, 1.2), (torch.tensor(0.8), torch.tensor(1.2))):  # TRL's form and the gated one
+        loss, masks = clipped_surrogate_with_masks(r.clone().requires_grad_(), adv, low, high, dual_clip=3.0)
+        assert torch.equal(loss, clipped_surrogate(r, adv, low, high, dual_clip=3.0))  # same loss, masks on top
+        fr = clip_fractions(masks, mask)
+        assert fr["high"].item() == pytest.approx(1 / 5)
+        assert fr["low"].item() == pytest.approx(1 / 5)
+        assert fr["dual"].item() == pytest.approx(1 / 5)
 
 
 LOSS = [[1.0, 2.0, 3.0, 100.0], [4.0, 5.0, 100.0, 100.0]]

@@ -98,6 +98,7 @@ def main() -> None:
     result = {}
     for scope in ("update", "micro_batch"):
         trainer.args.bapo_scope = scope
+        trainer.loss_config = trainer.args.policy_loss_config()  # the trainer reads the scope from its loss config
         bounds, grads = one_update(trainer, micro)
         for g in grads.values():
             dist.all_reduce(g)

@@ -51,7 +51,7 @@ def test_defaults_do_not_warn(tmp_path):
 @pytest.mark.parametrize(
     ("kw", "match"),
     [
-        ({"bapo_scope": "epoch"}, r"bapo_scope must be one of \('update', 'micro_batch'\); got 'epoch'"),
+        ({"bapo_scope": "epoch"}, r"bapo_scope must be one of \['update', 'micro_batch'\]; got 'epoch'"),
         ({"archer_kl_aggregation": "sum"}, r"archer_kl_aggregation must be one of"),
         ({"gradient_accumulation_steps": 2, "steps_per_generation": 3},
          r"steps_per_generation \(3\) must be a multiple of gradient_accumulation_steps \(2\)"),
