@@ -88,7 +88,8 @@ def test_bapo_scope_update_two_ranks_two_micro_batches_equal_one_process_on_the_
     grads = torch.load(str(out) + ".update.grads.pt", weights_only=True)
     assert grads.keys() == ref_grads.keys()
     for name, g in ref_grads.items():
-        torch.testing.assert_close(grads[name], g, rtol=1e-5, atol=1e-6, msg=name)
+        # measured: max |diff| 6e-8 on gradients up to 0.14 (float32 sums in another order)
+        torch.testing.assert_close(grads[name], g, rtol=1e-6, atol=1e-7, msg=name)
     # per micro-batch searches (verl) pick other bounds somewhere, so the update scope is what aligns them
     micro = [tuple(mb[:2]) for rank in result["micro_batch"]["bounds"] for mb in rank]
     assert any(m != pytest.approx((c_low, c_high)) for m in micro)
