@@ -187,7 +187,8 @@ def test_loss_and_gradient_equal_plain_autograd_reference(estimator, high_kl, ag
 
 
 def test_thresholds_equal_nanquantile_on_random_masks_ties_and_shapes():
-    """Scattered (not prefix) masks, heavy ties, rows shorter than the kept width, empty rows."""
+    """Scattered (not prefix) masks (bool, float, integer), heavy ties, signed values and signed zeros,
+    rows shorter than the kept width, empty rows."""
     gen = torch.Generator().manual_seed(21)
     for trial in range(300):
         b, t = (int(x) for x in torch.randint(1, 9, (2,), generator=gen))
@@ -195,13 +196,21 @@ def test_thresholds_equal_nanquantile_on_random_masks_ties_and_shapes():
         entropy = torch.rand(b, t, generator=gen)
         if trial % 3 == 0:
             entropy = (4 * entropy).floor()  # ties
-        mask = torch.rand(b, t, generator=gen) < torch.rand(b, 1, generator=gen)
+        elif trial % 3 == 1:  # signed values (the selection runs on int32 order keys), with -0.0 next to 0.0
+            entropy = torch.randn(b, t, generator=gen).mul_(1e3 if trial % 2 else 1e-3)
+            entropy[..., ::4] = -0.0
+            entropy[..., 1::4] = 0.0
+        mask = (mask_f := (torch.rand(b, t, generator=gen) < 0.5).float()) if trial % 7 == 0 else None
+        if mask is None:
+            mask = torch.rand(b, t, generator=gen) < torch.rand(b, 1, generator=gen)
+        elif trial % 2:  # float and integer 0/1 masks as the trainer passes them
+            mask = mask_f.long()
         if trial % 5 == 0:
             mask[0] = False
         q = float(0.01 + 0.98 * torch.rand(1, generator=gen))
-        ref = torch.nanquantile(entropy.masked_fill(~mask, float("nan")), q, dim=-1)
+        ref = torch.nanquantile(entropy.masked_fill(~mask.bool(), float("nan")), q, dim=-1)
         got = entropy_thresholds(entropy, mask, q)
-        assert torch.allclose(got, ref, equal_nan=True, atol=1e-6), (trial, got, ref)
+        assert torch.allclose(got, ref, equal_nan=True, rtol=1e-6, atol=1e-6), (trial, got, ref)
 
 
 @pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
