@@ -1,0 +1,445 @@
+"""``AdaClipAsyncGRPOTrainer``: TRL's asynchronous GRPO with the policy term from :mod:`adaclip_rl.losses`.
+
+TRL 1.16's ``trl.experimental.async_grpo.AsyncGRPOTrainer`` trains while a rollout worker process
+generates with a separate vLLM server; weights go to the server every ``weight_sync_steps``
+optimizer steps, and samples older than ``max_staleness`` versions are dropped. Its loss is a
+plain clip written inline in ``compute_loss``. This subclass changes:
+
+* ``compute_loss`` - TRL's unpack-and-forward of the packed (prefix-tree) batch, unchanged; then the
+  per-token policy term from the registry (``grpo`` / ``bapo`` / ``archer``) on the ratio
+  ``r = exp(log pi_theta - log mu)`` to the **behaviour** log-probs ``mu`` the worker recorded per
+  token (the ratio BAPO, arXiv 2510.18927 Eq. 5, and Archer, arXiv 2507.15778 Eq. 5, clip under
+  off-policy data), aggregated as TRL does (sum over the micro-batch's tokens / tokens per rank /
+  gradient-accumulation steps). ``policy_loss="grpo"`` reproduces TRL's loss (parity test).
+* BAPO's bound search runs once per optimizer update on the statistics of every micro-batch of the
+  update and every rank, all-reduced in one collective (``bapo_scope="update"``), or once per
+  micro-batch (``"micro_batch"``).
+* Archer's KL to the frozen initial model: a frozen copy forwards the same packed batch.
+* ``_clip_grad_norm`` - the adaptive gradient clippers (:mod:`adaclip_rl.gradclip`); their state
+  goes into checkpoints (``adaclip_state.json``).
+* Per-token policy versions (:mod:`adaclip_rl.rollout.async_versions`) reach the loss and are
+  logged as ``staleness/*``.
+* CPU: the FA3 tree-attention kernel is replaced by a PyTorch one (:func:`cpu_tree_attention`), the
+  peak-FLOPs lookup (CUDA only) is skipped, and weights reach the server through
+  :class:`~adaclip_rl.rollout.async_weights.SharedFileWeightTransfer` (``weight_transfer="shared_file"``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from contextlib import ExitStack
+from typing import Any, NamedTuple
+from unittest import mock
+
+import numpy as np
+import torch
+import trl.experimental.async_grpo.async_grpo_trainer as agt
+from transformers import AttentionInterface
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from trl.trainer.utils import add_fused_lm_head, create_model_from_path, pad
+
+from ..gradclip import build_grad_clipper, grad_sq_norms, norm_reduce_fn_for
+from ..losses.registry import get_policy_loss_spec
+from ..rollout.async_versions import ServerCheckedRolloutWorker, VersionedRolloutWorker
+from ..rollout.async_weights import SharedFileWeightTransfer
+from .async_config import AdaClipAsyncGRPOConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["AdaClipAsyncGRPOTrainer", "cpu_tree_attention", "set_plain_response_template"]
+
+ADACLIP_STATE_FILE = "adaclip_state.json"
+_LOG_RATIO_CLAMP = 20.0  # verl: r = exp(clamp(logp - old, -20, 20)) (BAPO and Archer official code)
+
+
+def cpu_tree_attention(module, query, key, value, attention_mask, *, tree_kv_index, tree_cu_seqlens_q,
+                       tree_cu_seqlens_k, tree_max_seqlen_q=None, tree_max_seqlen_k=None, scaling=None,
+                       sliding_window=None, softcap=None, **kwargs):
+    """PyTorch version of TRL's tree attention (``packing.tree_attention``, FA3 varlen) for CPU.
+
+    Segment ``s`` (queries ``cu_q[s]:cu_q[s+1]`` of the packed row) attends to the keys/values
+    gathered along its root-to-segment path (``tree_kv_index[cu_k[s]:cu_k[s+1]]``), causally with
+    flash-attention's bottom-right alignment (the last query sees every key of its path).
+    ``query``/``key``/``value``: ``(1, H, N, D)``; returns ``((1, N, H, D), None)``.
+    """
+    q = query.transpose(1, 2)[0]  # (N, Hq, D)
+    k = key.transpose(1, 2)[0].index_select(0, tree_kv_index)
+    v = value.transpose(1, 2)[0].index_select(0, tree_kv_index)
+    if q.shape[1] != k.shape[1]:  # grouped-query attention
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+    scale = scaling if scaling is not None else q.shape[-1] ** -0.5
+    cu_q, cu_k = tree_cu_seqlens_q.tolist(), tree_cu_seqlens_k.tolist()
+    outs = []
+    for s in range(len(cu_q) - 1):
+        qs, ks, vs = q[cu_q[s]:cu_q[s + 1]], k[cu_k[s]:cu_k[s + 1]], v[cu_k[s]:cu_k[s + 1]]
+        nq, nk = qs.shape[0], ks.shape[0]
+        qpos = torch.arange(nq, device=q.device)[:, None] + (nk - nq)
+        kpos = torch.arange(nk, device=q.device)[None, :]
+        allowed = kpos <= qpos
+        if sliding_window:
+            allowed = allowed & (kpos > qpos - sliding_window)
+        scores = torch.einsum("qhd,khd->hqk", qs, ks) * scale
+        if softcap:
+            scores = softcap * torch.tanh(scores / softcap)
+        probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+        outs.append(torch.einsum("hqk,khd->qhd", probs.to(vs.dtype), vs))
+    return torch.cat(outs).unsqueeze(0), None
+
+
+# Response parsing for a chat template that renders only the messages' text (``{{ content }}``):
+# the completion is everything up to the end-of-text token.
+_PLAIN_RESPONSE_TEMPLATE = {
+    "defaults": {"role": "assistant"},
+    "start_anchor": "",
+    "fields": {"content": {"close_pattern": r"<\|endoftext\|>\s*|$", "content": "text"}},
+}
+PLAIN_CHAT_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
+
+
+def set_plain_response_template(tokenizer, chat_template: str = PLAIN_CHAT_TEMPLATE):
+    """Give a home-made tokenizer (the tiny task model's) a chat template that renders the prompt's
+    text as is and the response template TRL's rollout worker needs to parse completions."""
+    tokenizer.chat_template = chat_template
+    tokenizer.response_template = dict(_PLAIN_RESPONSE_TEMPLATE)
+    return tokenizer
+
+
+def _peak_flops_cpu_safe(accelerator, dtype):
+    """TRL's peak-FLOPs lookup calls ``torch.cuda.get_device_name``; None (no MFU metric) off CUDA."""
+    if accelerator.device.type != "cuda":
+        return None
+    from trl.trainer.utils import get_peak_flops_per_device
+
+    return get_peak_flops_per_device(accelerator, dtype)
+
+
+class _LastSampleQueue:
+    """The rollout queue, remembering the sample handed out last (TRL's dataset drops its extra fields)."""
+
+    def __init__(self, queue) -> None:
+        self._queue = queue
+        self.last = None
+
+    def get(self, *args, **kwargs):
+        self.last = self._queue.get(*args, **kwargs)
+        return self.last
+
+    def __getattr__(self, name):
+        return getattr(self._queue, name)
+
+
+class _VersionedQueueDataset(agt.RolloutQueueDataset):
+    """TRL's ``RolloutQueueDataset`` that also yields each sample's ``token_versions``."""
+
+    def __init__(self, rollout_queue, *args, **kwargs) -> None:
+        super().__init__(_LastSampleQueue(rollout_queue), *args, **kwargs)
+
+    def __iter__(self):
+        for item in super().__iter__():
+            sample = self.queue.last
+            versions = getattr(sample, "token_versions", None)
+            if versions is None:  # TRL's one version per group: a lower bound for every token
+                versions = np.where(np.asarray(sample.completion_mask) > 0, sample.model_version, -1)
+            item["token_versions"] = np.asarray(versions, dtype=np.int64)
+            yield item
+
+
+class _VersionedCollator(agt.DataCollatorForRollout):
+    """TRL's collator plus ``token_versions``, one per loss term in ``TreeRow.pack``'s order."""
+
+    def torch_call(self, examples: list[Any]) -> dict[str, Any]:
+        batch = super().torch_call(examples)
+        (rows,) = examples
+        per_row = []
+        for row in rows:
+            versions: list[int] = []
+            for sample in row.samples:
+                mask, tv = sample["completion_mask"], sample["token_versions"]
+                versions.extend(int(tv[p]) for p in range(1, len(mask)) if mask[p])
+            per_row.append(torch.tensor(versions, dtype=torch.long))
+        batch["token_versions"] = pad(per_row, padding_value=-1)
+        return batch
+
+
+class _Packed(NamedTuple):
+    """One micro-batch after TRL's unpacking, with the loss terms laid out as ``(B, T)`` rows."""
+
+    log_probs: torch.Tensor  # (M,) current policy, with grad
+    entropy: torch.Tensor | None  # (M,)
+    old_log_probs: torch.Tensor  # (M,) behaviour log-probs recorded by the rollout worker
+    advantages: torch.Tensor  # (M,)
+    segment_id: torch.Tensor  # (M,) sample of each loss term
+    position: torch.Tensor  # (M,) index of the term within its sample
+    shape: tuple[int, int]  # (B samples, T longest sample)
+    model_inputs: dict[str, Any]
+    aux_loss: torch.Tensor | None
+    tokens_per_rank: torch.Tensor
+    token_versions: torch.Tensor | None
+
+
+class AdaClipAsyncGRPOTrainer(agt.AsyncGRPOTrainer):
+    """Asynchronous GRPO with adaptive clipping. Same constructor as TRL's ``AsyncGRPOTrainer``
+    (``model`` is a model id or directory); ``args`` must be an :class:`AdaClipAsyncGRPOConfig`."""
+
+    def __init__(self, model: str, reward_funcs=None, args: AdaClipAsyncGRPOConfig | None = None, *a: Any,
+                 rollout_worker=None, weight_transfer=None, **kw: Any):
+        if args is None:
+            args = AdaClipAsyncGRPOConfig(output_dir="adaclip-async-grpo")
+        elif not isinstance(args, AdaClipAsyncGRPOConfig):
+            raise TypeError(f"args must be an AdaClipAsyncGRPOConfig; got {type(args).__name__}")
+        self.loss_spec = get_policy_loss_spec(args.policy_loss)
+        self.loss_config = args.policy_loss_config()
+        self._shared_file_transfer = None
+        if weight_transfer is None and args.resolved_weight_transfer() == "shared_file":
+            weight_transfer = self._shared_file_transfer = SharedFileWeightTransfer(
+                args.vllm_server_base_url, weights_dir=args.weight_transfer_dir,
+                pause_mode=args.weight_transfer_pause_mode, timeout=float(args.weight_sync_timeout))
+        worker_cls = VersionedRolloutWorker if args.record_token_versions else ServerCheckedRolloutWorker
+        with ExitStack() as stack:
+            stack.enter_context(mock.patch.object(agt, "get_peak_flops_per_device", _peak_flops_cpu_safe))
+            stack.enter_context(mock.patch.object(agt, "AsyncRolloutWorker", worker_cls))
+            super().__init__(model, reward_funcs, args, *a, rollout_worker=rollout_worker,
+                             weight_transfer=weight_transfer, **kw)
+        if self.accelerator.device.type != "cuda":  # TRL registered the FA3 kernel; CPU has none
+            AttentionInterface.register(agt.TREE_ATTENTION, cpu_tree_attention)
+        if self._shared_file_transfer is not None:
+            self._shared_file_transfer.aliases = self._tied_aliases()
+            self._shared_file_transfer.version_fn = lambda: self.model_version
+        self.ref_model = None
+        if self.loss_spec.needs_ref_logps(self.loss_config):  # Archer's KL to the frozen initial model
+            init_kwargs = dict(args.model_init_kwargs or {})
+            init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+            init_kwargs.setdefault("dtype", args.dtype)
+            ref = create_model_from_path(model, device_map=None, attn_implementation=agt.TREE_ATTENTION,
+                                         **init_kwargs)
+            add_fused_lm_head(ref, temperature=self.temperature, outputs=("log_probs",))
+            self.ref_model = ref.requires_grad_(False).eval().to(self.accelerator.device)
+        self.grad_clipper = (build_grad_clipper(args.grad_clip, **args.grad_clipper_kwargs())
+                             if args.grad_clip not in ("none", "fixed") else None)
+        self._window: list[dict[str, Any]] = []
+        self._window_pos = 0
+        self._window_search = None
+
+    def _tied_aliases(self) -> dict[str, str]:
+        """``{alias: streamed name}`` for parameters shared under two names (a tied LM head), which
+        vLLM keeps as separate layers and must receive under both."""
+        model = self.accelerator.unwrap_model(self.model)
+        names: dict[int, list[str]] = {}
+        for name, p in model.named_parameters(remove_duplicate=False):
+            names.setdefault(id(p), []).append(name.removeprefix("module."))
+        return {alias: group[0] for group in names.values() if len(group) > 1 for alias in group[1:]}
+
+    # ------------------------------------------------------------------ data
+    def get_train_dataloader(self):
+        with mock.patch.object(agt, "RolloutQueueDataset", _VersionedQueueDataset), \
+                mock.patch.object(agt, "DataCollatorForRollout", _VersionedCollator):
+            return super().get_train_dataloader()
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if "token_versions" not in self._signature_columns:
+            self._signature_columns.append("token_versions")
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The micro-batches of one optimizer update, kept for BAPO's once-per-update search."""
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self._window, self._window_pos, self._window_search = list(batches), 0, None
+        return batches, num_items
+
+    # ------------------------------------------------------------------ loss
+    def _reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.reduce(t, reduction="sum") if self.accelerator.num_processes > 1 else t
+
+    def _forward_packed(self, model, inputs, *, with_entropy: bool = True) -> _Packed:
+        """TRL 1.16's unpacking and forward of a packed micro-batch (``AsyncGRPOTrainer.compute_loss``)."""
+        mask_bool = inputs["attention_mask"].bool()
+        selected = inputs["token_index"] >= 0
+        model_inputs: dict[str, Any] = {
+            "input_ids": inputs["input_ids"][mask_bool].unsqueeze(0),
+            "position_ids": inputs["position_ids"][mask_bool].unsqueeze(0),
+            "shift_labels": inputs["shift_labels"][mask_bool].unsqueeze(0),
+        }
+        for key in ("tree_kv_index", "tree_cu_seqlens_q", "tree_cu_seqlens_k"):
+            model_inputs[key] = inputs[key][inputs[key] >= 0]
+        model_inputs["tree_max_seqlen_q"], model_inputs["tree_max_seqlen_k"] = inputs["tree_max_seqlens"][0].tolist()
+        token_index = inputs["token_index"][selected]
+        router_kwargs = {"output_router_logits": True} if self.aux_loss_enabled else {}
+        outputs = model(**model_inputs, fused_lm_head=True, **router_kwargs)
+        log_probs = outputs.log_probs.flatten()[token_index]
+        entropy = outputs.entropy.flatten()[token_index] if with_entropy and outputs.entropy is not None else None
+        segment_id = inputs["segment_id"][selected]
+        n_seq = int(segment_id.max()) + 1 if segment_id.numel() else 1
+        counts = torch.bincount(segment_id, minlength=n_seq)
+        starts = counts.cumsum(0) - counts  # TreeRow.pack lists each sample's terms contiguously
+        position = torch.arange(segment_id.numel(), device=segment_id.device) - starts[segment_id]
+        tokens_per_rank = (inputs["global_n_tokens"][0] / self.accelerator.num_processes).clamp(min=1.0)
+        versions = inputs["token_versions"][selected] if "token_versions" in inputs else None
+        return _Packed(log_probs, entropy, inputs["old_log_probs"][selected], inputs["advantages"][selected],
+                       segment_id, position, (n_seq, int(counts.max()) if counts.numel() else 0), model_inputs,
+                       outputs.aux_loss if self.aux_loss_enabled else None, tokens_per_rank.to(torch.float32),
+                       versions)
+
+    @staticmethod
+    def _rows(p: _Packed, x: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        """Flat loss terms ``(M,)`` -> ``(B, T)`` rows, one per sample (``fill`` after its end)."""
+        return x.new_full(p.shape, fill).index_put((p.segment_id, p.position), x)
+
+    def _log_ratio(self, p: _Packed) -> torch.Tensor:
+        log_ratio = p.log_probs - p.old_log_probs
+        if self.loss_spec.clamps_log_ratio:
+            log_ratio = log_ratio.clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
+        return log_ratio
+
+    def _grad_accum(self, mode: str) -> float:
+        return float(self.current_gradient_accumulation_steps) if mode == "train" else 1.0
+
+    def _loss_weights(self, p: _Packed, mask: torch.Tensor, mode: str) -> torch.Tensor:
+        """Weight of each token's loss in the aggregated loss: 1 / tokens per rank / accumulation steps."""
+        return mask / p.tokens_per_rank / self._grad_accum(mode)
+
+    def _update_search(self, model, p: _Packed, ratio: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
+                       mode: str):
+        """The search result shared by every micro-batch of the optimizer update (statistics of all of
+        them, summed, then all-reduced across ranks once), or None for a per-call search."""
+        spec = self.loss_spec
+        if mode != "train" or not spec.searches_per_update(self.loss_config) or len(self._window) <= 1:
+            return None
+        if self._window_pos > 0 and self._window_search is not None:
+            return self._window_search
+        stats = spec.statistics(ratio.detach(), adv, self._loss_weights(p, mask, mode), self.loss_config)
+        with torch.no_grad():
+            for mb in self._window[1:]:
+                q = self._forward_packed(model, self._prepare_inputs(mb), with_entropy=False)
+                m = self._rows(q, torch.ones_like(q.log_probs))
+                stats = stats + spec.statistics(torch.exp(self._rows(q, self._log_ratio(q))), self._rows(q, q.advantages),
+                                                self._loss_weights(q, m, mode), self.loss_config)
+        self._window_search = spec.select(self._reduce_sum(stats), self.loss_config)
+        return self._window_search
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if model.training else "eval"
+        forward_start = time.time()
+        p = self._forward_packed(model, inputs)
+        self._last_forward_time_s = time.time() - forward_start
+        spec, cfg = self.loss_spec, self.loss_config
+
+        # ---- the policy term: adaclip_rl.losses, on (B, T) rows of this rank's samples ----
+        log_ratio = self._log_ratio(p)
+        ratio = torch.exp(self._rows(p, log_ratio))  # 1 after each sample's end
+        adv = self._rows(p, p.advantages)
+        mask = self._rows(p, torch.ones_like(p.log_probs))
+        ref_logp = None
+        if self.ref_model is not None:
+            with torch.no_grad():
+                ref_out = self.ref_model(**p.model_inputs, fused_lm_head=True)
+            ref_logp = self._rows(p, ref_out.log_probs.flatten()[inputs["token_index"][inputs["token_index"] >= 0]])
+        entropy = self._rows(p, p.entropy.detach()) if (spec.needs_entropy and p.entropy is not None) else None
+        search = self._update_search(model, p, ratio, adv, mask, mode)
+        out = spec.fn(
+            ratio, adv, mask, config=cfg, logp=self._rows(p, p.log_probs), ref_logp=ref_logp, entropy=entropy,
+            reduce_fn=self._reduce_sum, weights=self._loss_weights(p, mask, mode) if spec.needs_loss_weights else None,
+            search_result=search,
+        )
+        if mode == "train":
+            self._window_pos += 1
+        per_token_loss = out.per_token_loss[p.segment_id, p.position]  # (M,), TRL's order
+
+        # ---- TRL's aggregation: token sum / tokens per rank / accumulation steps ----
+        ga = self._grad_accum(mode)
+        loss = per_token_loss.sum() / p.tokens_per_rank / ga
+        if out.extra_loss is not None:  # Archer's KL: a mean over the micro-batch's responses
+            loss = loss + out.extra_loss / ga
+        if self.aux_loss_enabled:
+            loss = loss + self.router_aux_loss_coef * p.aux_loss / ga
+        self._log_metrics(mode, p, log_ratio, out.metrics)
+
+        # ---- TRL's per-step accounting (throughput metrics) ----
+        n_forward_tokens = float(inputs["global_n_forward_tokens"][0])
+        mean_seq_len = float(inputs["mean_seq_len"][0])
+        self._step_forward_tokens += n_forward_tokens
+        self._step_trained_tokens += float(inputs["global_n_tokens"][0])
+        self._step_seq_len_weighted += mean_seq_len * n_forward_tokens
+        self._step_samples += n_forward_tokens / mean_seq_len
+        self._step_forward_s += self._last_forward_time_s
+        return loss
+
+    @torch.no_grad()
+    def _log_metrics(self, mode: str, p: _Packed, log_ratio: torch.Tensor, loss_metrics: dict) -> None:
+        """TRL's ``ratio``, ``kl`` (k3 to the behaviour policy) and ``entropy``, the policy loss's own
+        metrics (averaged over ranks) and per-token staleness, in one collective."""
+        r = torch.exp(log_ratio)
+        local = [r.sum(), ((r - 1) - log_ratio).sum(),
+                 p.entropy.sum() if p.entropy is not None else r.new_zeros(()),
+                 r.new_tensor(float(r.numel()))]
+        local += [v.detach().float().reshape(()) for v in loss_metrics.values()]
+        vec = self._reduce_sum(torch.stack(local))
+        n = self.accelerator.num_processes
+        count = max(vec[3].item(), 1.0)
+        vals = vec.tolist()
+        m = self._metrics[mode]
+        m["ratio"].append(vals[0] / count)
+        m["kl"].append(vals[1] / count)
+        m["entropy"].append(vals[2] / count)
+        for key, value in zip(loss_metrics, vals[4:], strict=True):
+            m[key].append(value / n)
+        if p.token_versions is not None and p.token_versions.numel():
+            tv = p.token_versions.float()
+            seg_min = tv.new_full((p.shape[0],), float("inf")).scatter_reduce(0, p.segment_id, tv, "amin")
+            seg_max = tv.new_full((p.shape[0],), -float("inf")).scatter_reduce(0, p.segment_id, tv, "amax")
+            mixed = ((seg_max > seg_min) & torch.isfinite(seg_min)).float().sum()
+            stats = torch.stack([tv.sum(), tv.new_tensor(float(tv.numel())), -tv.min(), tv.max(), mixed,
+                                 tv.new_tensor(float(p.shape[0]))])
+            gathered = self.accelerator.gather(stats.unsqueeze(0)).reshape(-1, 6)
+            if self.accelerator.is_main_process:
+                version = float(self.model_version)
+                total, cnt = gathered[:, 0].sum().item(), gathered[:, 1].sum().item()
+                m["staleness/token_mean"].append(version - total / max(cnt, 1.0))
+                m["staleness/token_max"].append(version + gathered[:, 2].max().item())
+                m["staleness/token_min"].append(version - gathered[:, 3].max().item())
+                m["staleness/mixed_version_samples_frac"].append(
+                    gathered[:, 4].sum().item() / max(gathered[:, 5].sum().item(), 1.0))
+
+    # ------------------------------------------------------- gradient clipping
+    def _clip_grad_norm(self, model):
+        """Adaptive clipping (``grad_clip``) on the accumulated gradient; returns the pre-clip global norm."""
+        if self.args.grad_clip == "fixed":
+            return super()._clip_grad_norm(model)
+        self.accelerator.unscale_gradients()
+        params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        reduce_fn = norm_reduce_fn_for(model, params)
+        if self.grad_clipper is None:  # "none": measure, do not clip
+            sq = grad_sq_norms([p for _, p in params])
+            if reduce_fn is not None:
+                sq = reduce_fn(sq)
+            return sq.sum().sqrt()
+        norm = self.grad_clipper.clip_(params, norm_reduce_fn=reduce_fn)
+        for key, value in self.grad_clipper.metrics().items():
+            self._metrics["train"][f"gradclip/{key}"].append(float(value))
+        return norm
+
+    # ----------------------------------------------------------- checkpoints
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            state = {"grad_clipper": self.grad_clipper.state_dict() if self.grad_clipper is not None else None,
+                     "model_version": self.model_version}
+            with open(os.path.join(folder, ADACLIP_STATE_FILE), "w") as f:
+                json.dump(state, f)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        path = os.path.join(checkpoint, ADACLIP_STATE_FILE)
+        if not os.path.exists(path):
+            logger.warning("checkpoint %s has no %s: adaptive state starts fresh", checkpoint, ADACLIP_STATE_FILE)
+            return
+        with open(path) as f:
+            state = json.load(f)
+        if self.grad_clipper is not None and state.get("grad_clipper") is not None:
+            self.grad_clipper.load_state_dict(state["grad_clipper"])
