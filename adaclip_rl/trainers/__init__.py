@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {
+    "AdaClipAsyncGRPOConfig": ".async_config",
+    "AdaClipAsyncGRPOTrainer": ".async_grpo",
     "AdaClipGRPOConfig": ".config",
     "AdaClipGRPOTrainer": ".grpo",
     "OffPolicyGRPOConfig": ".offpolicy_config",

@@ -17,7 +17,7 @@ from ..losses.registry import get_policy_loss_spec
 from . import field_checks
 from .adaclip_fields import AdaClipFields
 
-__all__ = ["WEIGHT_TRANSFERS", "AdaClipAsyncGRPOConfig"]
+__all__ = ["WEIGHT_TRANSFERS", "AdaClipAsyncGRPOConfig", "AsyncModelArguments"]
 
 WEIGHT_TRANSFERS = ("auto", "nccl", "shared_file")
 PAUSE_MODES = ("keep", "wait")
@@ -112,3 +112,13 @@ class AdaClipAsyncGRPOConfig(AdaClipFields, AsyncGRPOConfig):
         import torch
 
         return "nccl" if torch.cuda.is_available() else "shared_file"
+
+
+@dataclass
+class AsyncModelArguments:
+    """The model of ``adaclip-rl train`` with ``trainer: async`` (TRL's ``ModelConfig`` would clash
+    with ``AsyncGRPOConfig.dtype``; the model is loaded by the trainer from its path)."""
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Model id or directory; also the model name the vLLM server serves."}
+    )

@@ -49,7 +49,7 @@ from .async_config import AdaClipAsyncGRPOConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AdaClipAsyncGRPOTrainer", "cpu_tree_attention", "set_plain_response_template"]
+__all__ = ["AdaClipAsyncGRPOTrainer", "build_async_trainer", "conversational_prompts", "cpu_tree_attention", "set_plain_response_template"]
 
 ADACLIP_STATE_FILE = "adaclip_state.json"
 _LOG_RATIO_CLAMP = 20.0  # verl: r = exp(clamp(logp - old, -20, 20)) (BAPO and Archer official code)
@@ -106,6 +106,29 @@ def set_plain_response_template(tokenizer, chat_template: str = PLAIN_CHAT_TEMPL
     tokenizer.chat_template = chat_template
     tokenizer.response_template = dict(_PLAIN_RESPONSE_TEMPLATE)
     return tokenizer
+
+
+def conversational_prompts(dataset):
+    """``dataset`` with plain-text prompts wrapped as one user message: TRL's rollout worker renders
+    every prompt through the chat template, so it needs conversational prompts."""
+    if len(dataset) and isinstance(dataset[0]["prompt"], str):
+        return dataset.map(lambda row: {"prompt": [{"role": "user", "content": row["prompt"]}]})
+    return dataset
+
+
+def build_async_trainer(rewards, args: AdaClipAsyncGRPOConfig, model: str | None, train_dataset, **kwargs):
+    """The trainer of ``adaclip-rl train`` with ``trainer: async``: rewards by name
+    (:mod:`adaclip_rl.rewards` registry; weights other than 1 are refused, TRL's asynchronous GRPO
+    sums the rewards), plain-text prompts wrapped as user messages."""
+    from ..rewards import build_reward_funcs
+
+    if model is None:
+        raise ValueError("model_name_or_path is required")
+    reward_funcs, weights = build_reward_funcs(rewards)
+    if any(w != 1.0 for w in weights):
+        raise ValueError(f"reward weights {weights} are not supported with trainer: async (TRL's asynchronous GRPO "
+                         "sums the rewards with weight 1)")
+    return AdaClipAsyncGRPOTrainer(model, reward_funcs, args, conversational_prompts(train_dataset), **kwargs)
 
 
 def _peak_flops_cpu_safe(accelerator, dtype):

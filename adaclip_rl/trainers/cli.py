@@ -4,7 +4,8 @@ The YAML is one flat mapping, read by ``trl.TrlParser`` into three dataclasses:
 :class:`TrainScriptArguments` (data and rewards), :class:`~adaclip_rl.trainers.offpolicy.OffPolicyGRPOConfig`
 (every TRL GRPO field, ours, and the off-policy rollout fields) and ``trl.ModelConfig`` (model
 path, dtype, LoRA). Partial rollouts or replay select ``OffPolicyGRPOTrainer``; otherwise
-``AdaClipGRPOTrainer``. Command-line flags override the
+``AdaClipGRPOTrainer``; ``trainer: async`` selects ``AdaClipAsyncGRPOTrainer`` (generation on a separate
+vLLM server, fields of ``AdaClipAsyncGRPOConfig`` instead). Command-line flags override the
 YAML. A missing recipe file, malformed YAML, an unknown key or an out-of-range value ends the
 command with one line naming the file or the field and exit status 2, before any model is loaded.
 The terminal shows a progress bar per run and a one-line summary at the end; every logged metrics
@@ -56,6 +57,11 @@ class TrainScriptArguments:
         metadata={"help": "Wrap templated prompts as a user message (the tokenizer's chat template applies)."},
     )
     system_prompt: str | None = field(default=None, metadata={"help": "Optional system message."})
+    trainer: str = field(
+        default="sync",
+        metadata={"help": "'sync' (AdaClipGRPOTrainer, or OffPolicyGRPOTrainer with partial rollouts/replay) or "
+                  "'async' (AdaClipAsyncGRPOTrainer: TRL's asynchronous GRPO with a separate vLLM server)."},
+    )
     task: str | None = field(
         default=None,
         metadata={"help": "Synthetic verifiable task instead of a dataset: 'arithmetic' (multi-digit addition)."},
@@ -99,15 +105,21 @@ class TrainScriptArguments:
             raise ValueError(f"set only one of dataset_name ({self.dataset_name!r}) and task ({self.task!r})")
         if self.task is not None and self.task != "arithmetic":
             raise ValueError(f"task must be 'arithmetic'; got {self.task!r}")
+        if self.trainer not in ("sync", "async"):
+            raise ValueError(f"trainer must be 'sync' or 'async'; got {self.trainer!r}")
         if self.task_size < 1:
             raise ValueError(f"task_size must be >= 1; got {self.task_size}")
         if isinstance(self.rewards, str):
             self.rewards = [self.rewards]
 
 
-def make_parser():
+def make_parser(trainer: str = "sync"):
     from trl import ModelConfig, TrlParser
 
+    if trainer == "async":  # TRL's AsyncGRPOConfig has its own dtype: the model is only a path
+        from .async_config import AdaClipAsyncGRPOConfig, AsyncModelArguments
+
+        return TrlParser((TrainScriptArguments, AdaClipAsyncGRPOConfig, AsyncModelArguments), prog=PROG)
     from .offpolicy_config import OffPolicyGRPOConfig
 
     # OffPolicyGRPOConfig = AdaClipGRPOConfig + the off-policy rollout fields (all default off)
@@ -146,14 +158,15 @@ def parse_recipe(argv: list[str] | None = None):
     adaclip-rl values are found before TRL is imported (:mod:`.recipe_check`).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    path = None
+    path, trainer = None, "sync"
     if "--config" in argv:
         i = argv.index("--config")
         if i + 1 >= len(argv):
             raise RecipeError("--config needs a recipe file")
         path = argv[i + 1]
         recipe = read_recipe(path)
-        if not {"-h", "--help"} & set(argv):
+        trainer = str(recipe.get("trainer", "sync"))
+        if not {"-h", "--help"} & set(argv) and trainer != "async":  # async fields: checked by its config
             from .recipe_check import precheck
 
             try:
@@ -161,7 +174,7 @@ def parse_recipe(argv: list[str] | None = None):
             except ValueError as e:
                 raise RecipeError(f"recipe {path!r}: {' '.join(str(e).split())}") from None
     try:
-        return make_parser().parse_args_and_config(argv)
+        return make_parser(trainer).parse_args_and_config(argv)
     except (ValueError, TypeError) as e:
         msg = " ".join(str(e).split())
         raise RecipeError(f"recipe {path!r}: {msg}" if path is not None else msg) from None
@@ -209,6 +222,15 @@ def build_trainer(script_args: TrainScriptArguments, grpo_args, model_args, trai
     Its terminal output is a progress bar (``progress_desc`` labels it), not a dict per step; the
     logged metrics go to ``<output_dir>/metrics.jsonl`` and the ``report_to`` sinks.
     """
+    if script_args.trainer == "async":
+        from .async_grpo import build_async_trainer
+        from .console_callbacks import use_console_callbacks
+
+        trainer = build_async_trainer(script_args.rewards, grpo_args, model_args.model_name_or_path,
+                                      train_dataset if train_dataset is not None else load_train_dataset(script_args),
+                                      **kwargs)
+        use_console_callbacks(trainer, desc=progress_desc)
+        return trainer
     from trl import get_peft_config
 
     from ..rewards import build_reward_funcs

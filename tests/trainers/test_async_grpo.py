@@ -100,6 +100,20 @@ def test_config_refuses_invalid_values(tmp_path):
         _args(tmp_path, "http://x", max_staleness=-1)
 
 
+def test_recipe_selects_async_trainer(tmp_path):
+    from adaclip_rl.trainers.cli import RecipeError, parse_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("trainer: async\ntask: arithmetic\nmodel_name_or_path: m\npolicy_loss: bapo\n"
+                      "max_staleness: 1\nweight_transfer: shared_file\nbf16: false\noutput_dir: o\nreport_to: []\n")
+    script, args, _ = parse_recipe(["--config", str(recipe)])
+    assert script.trainer == "async" and type(args) is AdaClipAsyncGRPOConfig
+    assert args.policy_loss == "bapo" and args.max_staleness == 1
+    recipe.write_text(recipe.read_text().replace("bapo\n", "bapo\nbapo_target: 3.0\n"))
+    with pytest.raises(RecipeError, match="bapo_target"):
+        parse_recipe(["--config", str(recipe)])
+
+
 def test_version_spans_expand_per_token():
     spans = [{"version": "3", "start": 0, "end": 2}, {"version": "4", "start": 2, "end": 5}]
     assert expand_version_spans(spans, 5, default=0) == [3, 3, 4, 4, 4]
