@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's main command: set up .venv on a fresh machine if needed, then run the CPU demo
-# (tiny model, warm start, GRPO vs BAPO vs Archer, evaluation, results table, plot).
-# Extra arguments go to `adaclip-rl demo` (e.g. --seeds 0,1,2).
+# (tiny model, scratchpad-addition warm start, on-policy GRPO vs GRPO / BAPO / Archer on stale data
+# (16 optimizer steps per generation batch), 3 seeds, held-out evaluation, results table, plot).
+# Extra arguments go to `adaclip-rl demo` (e.g. --seeds 0,1,2 --level s8).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
