@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import queue
 import time
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -112,6 +113,10 @@ def test_recipe_selects_async_trainer(tmp_path):
     recipe.write_text(recipe.read_text().replace("bapo\n", "bapo\nbapo_target: 3.0\n"))
     with pytest.raises(RecipeError, match="bapo_target"):
         parse_recipe(["--config", str(recipe)])
+    shipped = Path(__file__).resolve().parents[2] / "configs" / "recipes" / "bapo_7b_async.yaml"
+    script, args, model = parse_recipe(["--config", str(shipped), "--bf16", "false"])  # bf16: GPU recipe
+    assert (script.trainer, args.policy_loss, args.weight_transfer) == ("async", "bapo", "nccl")
+    assert model.model_name_or_path and args.max_staleness == 8
 
 
 def test_version_spans_expand_per_token():
