@@ -7,14 +7,13 @@
 * :mod:`.registry` - policy losses by name, each with its config, field prefix and needs
 """
 
-from .archer import ArcherResult, archer_loss, archer_token_classes, entropy_thresholds
+from .archer import ArcherConfig, ArcherResult, archer_loss, archer_token_classes, entropy_thresholds
 from .bapo import BAPOConfig, BAPOResult, bapo_loss, bapo_search, bapo_select, bapo_statistics
 from .kl import KL_ESTIMATORS, kl_estimate
-from .registry import (  # ArcherConfig from the registry: TEMPORARY bridge (issue 16), see registry.py
+from .registry import (
     POLICY_LOSS_CONFIGS,
     POLICY_LOSS_SPECS,
     POLICY_LOSSES,
-    ArcherConfig,
     GRPOClipConfig,
     PolicyLossOutput,
     PolicyLossSpec,

@@ -21,12 +21,12 @@ micro-batch instead.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from ._validate import check_non_negative, check_open_unit
+from ..checks import check_choice, check_dual_clip, check_non_negative, check_open_unit
 from .kl import KL_ESTIMATORS, KLEstimator, kl_value_and_grad
 from .surrogate import gated_surrogate
 
@@ -49,16 +49,42 @@ class ArcherConfig:
         kl_aggregation: "response" (per-response class means, averaged over responses: Eq. 5
             and the official one-response micro-batches) or "token" (class means over all
             tokens of the micro-batch).
+        entropy_source: "current" (entropies of the policy being updated: official code) or
+            "old" (of the policy that generated the batch: paper Algorithm 1). The trainer reads it.
     """
 
-    quantile: float = 0.8
-    high_clip: float = 0.5
-    low_clip: float = 0.2
-    high_kl: float = 0.0
-    low_kl: float = 0.001
-    kl_estimator: KLEstimator = "k3"
-    dual_clip: float | None = 10.0
-    kl_aggregation: str = "response"
+    quantile: float = field(
+        default=0.8, metadata={"help": "Archer per-response entropy quantile rho in (0, 1) (paper 0.8)."}
+    )
+    high_clip: float = field(
+        default=0.5, metadata={"help": "Archer clip width eps_r of high-entropy tokens, in (0, 1) (paper 0.5)."}
+    )
+    low_clip: float = field(
+        default=0.2, metadata={"help": "Archer clip width eps_k of low-entropy tokens, in (0, 1) (paper 0.2)."}
+    )
+    high_kl: float = field(
+        default=0.0, metadata={"help": "Archer KL weight beta_r of high-entropy tokens, >= 0 (paper 0.0)."}
+    )
+    low_kl: float = field(
+        default=0.001, metadata={"help": "Archer KL weight beta_k of low-entropy tokens, >= 0 (paper 0.001)."}
+    )
+    kl_estimator: KLEstimator = field(
+        default="k3", metadata={"help": "Archer KL estimator: 'k1', 'k2' or 'k3' (official code: k3)."}
+    )
+    dual_clip: float | None = field(
+        default=10.0, metadata={"help": "Dual-clip constant for A<0 under Archer (official script 10.0)."}
+    )
+    kl_aggregation: str = field(
+        default="response",
+        metadata={"help": "Archer KL averaging: 'response' (per-response class means, then the mean over responses: "
+                  "paper Eq. 5 and the official one-response micro-batches) or 'token' (class means over all tokens "
+                  "of the micro-batch; long answers weigh more)."},
+    )
+    entropy_source: str = field(
+        default="current",
+        metadata={"help": "Entropies that classify tokens: 'current' (policy being updated, official code) or "
+                  "'old' (policy at generation time, paper Algorithm 1; costs one extra forward per batch)."},
+    )
 
     def __post_init__(self) -> None:
         check_open_unit("quantile", self.quantile)
@@ -66,12 +92,10 @@ class ArcherConfig:
         check_open_unit("low_clip", self.low_clip)
         check_non_negative("high_kl", self.high_kl)
         check_non_negative("low_kl", self.low_kl)
-        if self.kl_estimator not in KL_ESTIMATORS:
-            raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}; got {self.kl_estimator!r}")
-        if self.dual_clip is not None and not (math.isfinite(self.dual_clip) and self.dual_clip > 1.0):
-            raise ValueError(f"dual_clip must be > 1 or None; got {self.dual_clip!r}")
-        if self.kl_aggregation not in ("response", "token"):
-            raise ValueError(f"kl_aggregation must be 'response' or 'token'; got {self.kl_aggregation!r}")
+        check_choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
+        check_dual_clip("dual_clip", self.dual_clip)
+        check_choice("kl_aggregation", self.kl_aggregation, ("response", "token"))
+        check_choice("entropy_source", self.entropy_source, ("current", "old"))
 
     @property
     def uses_kl(self) -> bool:

@@ -261,48 +261,6 @@ def bapo_policy_loss(
     return PolicyLossOutput(loss, metrics=metrics, details=bounds, clip_masks=masks)
 
 
-# TEMPORARY (issue 16, until ArcherConfig in archer.py carries its own help and entropy_source):
-# ArcherConfig's fields with their help, plus entropy_source, defaults copied from ArcherConfig.
-_ARCHER_HELP = {
-    "quantile": "Archer per-response entropy quantile rho in (0, 1) (paper 0.8).",
-    "high_clip": "Archer clip width eps_r of high-entropy tokens, in (0, 1) (paper 0.5).",
-    "low_clip": "Archer clip width eps_k of low-entropy tokens, in (0, 1) (paper 0.2).",
-    "high_kl": "Archer KL weight beta_r of high-entropy tokens, >= 0 (paper 0.0).",
-    "low_kl": "Archer KL weight beta_k of low-entropy tokens, >= 0 (paper 0.001).",
-    "kl_estimator": "Archer KL estimator: 'k1', 'k2' or 'k3' (official code: k3).",
-    "dual_clip": "Dual-clip constant for A<0 under Archer (official script 10.0).",
-    "kl_aggregation": "Archer KL averaging: 'response' (per-response class means, then the mean over responses: "
-                      "paper Eq. 5 and the official one-response micro-batches) or 'token' (class means over all "
-                      "tokens of the micro-batch; long answers weigh more).",
-}
-if "help" not in next(iter(fields(ArcherConfig))).metadata:
-    import typing as _typing
-    from dataclasses import make_dataclass as _make_dataclass
-
-    _archer_base_post_init = ArcherConfig.__post_init__
-
-    def _archer_post_init(self) -> None:
-        from ..checks import check_choice
-        from .kl import KL_ESTIMATORS
-
-        check_choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
-        check_dual_clip("dual_clip", self.dual_clip)
-        check_choice("kl_aggregation", self.kl_aggregation, ("response", "token"))
-        _archer_base_post_init(self)
-        check_choice("entropy_source", self.entropy_source, ("current", "old"))
-
-    _hints = _typing.get_type_hints(ArcherConfig)
-    ArcherConfig = _make_dataclass(  # noqa: F811
-        "ArcherConfig",
-        [(f.name, _hints[f.name], field(default=f.default, metadata={"help": _ARCHER_HELP[f.name]}))
-         for f in fields(ArcherConfig)]
-        + [("entropy_source", str, field(default="current", metadata={"help": (
-            "Entropies that classify tokens: 'current' (policy being updated, official code) or 'old' (policy at "
-            "generation time, paper Algorithm 1; costs one extra forward per batch).")}))],
-        bases=(ArcherConfig,), frozen=True, namespace={"__post_init__": _archer_post_init},
-    )
-
-
 @register_policy_loss(
     "archer", ArcherConfig, owns_ratio_bounds=True, clamps_log_ratio=True, anchors_to_behaviour=True,
     needs_entropy=True, needs_ref_logps=lambda config: config.uses_kl,
