@@ -269,3 +269,25 @@ def test_killed_server_errors_then_resume_from_checkpoint(server, tiny_model_dir
     assert resumed.state.global_step == 4
     assert resumed.model_version > 2  # continued the version count (checkpoint at version 2, then more syncs)
     assert resumed.grad_clipper.state_dict()["num_updates"] == 4  # 1 restored + 3 after the resume
+
+
+def test_bapo_searches_once_per_update(tiny_model_dir, tokenizer, tmp_path):
+    """bapo_scope='update': every micro-batch of an optimizer update uses the bounds searched on all
+    of them (paper Algorithm 1); 'micro_batch' searches each one alone."""
+    bounds = {}
+    for scope in ("update", "micro_batch"):
+        args = AdaClipAsyncGRPOConfig(output_dir=str(tmp_path / scope), report_to=[], bf16=False, dtype="float32",
+                                      token_budget=0, policy_loss="bapo", bapo_scope=scope,
+                                      gradient_accumulation_steps=2, max_steps=1)
+        trainer = AdaClipAsyncGRPOTrainer(tiny_model_dir, digit_fraction_reward, args, _dataset(8), tokenizer,
+                                          rollout_worker=_StubWorker(), weight_transfer=_NoTransfer())
+        trainer.model.train()
+        trainer.current_gradient_accumulation_steps = 2
+        window = [_packed_batch(tokenizer, seed=1), _packed_batch(tokenizer, seed=7)]
+        trainer._window, trainer._window_pos, trainer._window_search = list(window), 0, None
+        for batch in window:
+            trainer.compute_loss(trainer.model, dict(batch))
+        m = trainer._metrics["train"]
+        bounds[scope] = list(zip(m["bapo/clip_low"], m["bapo/clip_high"], strict=True))
+    assert bounds["update"][0] == bounds["update"][1]
+    assert bounds["micro_batch"][0] != bounds["micro_batch"][1]  # the two micro-batches alone disagree
