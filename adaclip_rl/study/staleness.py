@@ -81,7 +81,12 @@ METHODS: dict[str, Method] = {
                    ("--policy_loss", "grpo", "--epsilon", "0.2", "--epsilon_high", "0.28")),
     "bapo": Method("bapo", "BAPO (paper defaults)", ("--policy_loss", "bapo")),
     "archer": Method("archer", "Archer (paper defaults)", ("--policy_loss", "archer")),
+    # ablation for the replay level: GRPO's clip on the ratio to the behaviour policy (what BAPO and
+    # Archer clip there by default) instead of the decoupled proximal ratio + truncated IS weight
+    "grpo_bh": Method("grpo_bh", "GRPO clip [0.8, 1.2], ratio to behaviour (ablation)",
+                      ("--policy_loss", "grpo", "--epsilon", "0.2", "--ratio_anchor", "behaviour")),
 }
+DEFAULT_METHODS = ("grpo", "dapo", "bapo", "archer")
 LEVELS: dict[str, Level] = {
     "s1": Level("s1", 1),
     "s2": Level("s2", 2),
@@ -97,7 +102,7 @@ class StudyConfig:
     """What one invocation trains. ``quick`` is a smoke run of every stage (its numbers mean nothing)."""
 
     out: str = "runs/study"
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     levels: list[str] = field(default_factory=lambda: list(LEVELS))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     max_steps: int = 128
@@ -305,34 +310,41 @@ def summarize(runs: list[dict[str, Any]], k: int) -> dict[str, dict[str, dict[st
 
 def degradation(summary: dict[str, Any], low: str = "s1", high: str | None = None) -> dict[str, Any]:
     """Per method: does held-out avg@k / training entropy at the highest staleness fall below level ``low``
-    by more than 2 seed sd (the pooled sd of the two cells)?"""
+    by more than 2 seed sd (the pooled sd of the two cells)? ``by_level``: the same check for every level."""
     out: dict[str, Any] = {}
     for method, by_level in summary.items():
         steps = [lv for lv in by_level if lv in LEVELS and LEVELS[lv].replay_ratio == 0]
         top = high or max(steps, key=lambda lv: LEVELS[lv].steps_per_generation, default=None)
         if low not in by_level or top is None or top == low:
             continue
-        res = {"from": low, "to": top}
-        for metric in ("avg@k", "entropy_last"):
-            a, b = by_level[low].get(metric), by_level[top].get(metric)
-            if a is None or b is None:
-                continue
-            pooled = math.sqrt((a["sd"] ** 2 + b["sd"] ** 2) / 2)
-            drop = a["mean"] - b["mean"]
-            res[metric] = {"drop": drop, "pooled_sd": pooled, "n": min(a["n"], b["n"]),
-                           "degrades": bool(min(a["n"], b["n"]) > 1 and drop > 2 * pooled)}
-        out[method] = res
+        def compare(level: str, by_level: dict[str, Any] = by_level) -> dict[str, Any]:
+            res: dict[str, Any] = {}
+            for metric in ("avg@k", "entropy_last"):
+                a, b = by_level[low].get(metric), by_level[level].get(metric)
+                if a is None or b is None:
+                    continue
+                pooled = math.sqrt((a["sd"] ** 2 + b["sd"] ** 2) / 2)
+                drop = a["mean"] - b["mean"]
+                res[metric] = {"drop": drop, "pooled_sd": pooled, "n": min(a["n"], b["n"]),
+                               "degrades": bool(min(a["n"], b["n"]) > 1 and drop > 2 * pooled)}
+            return res
+
+        out[method] = {"from": low, "to": top, **compare(top),
+                       "by_level": {lv: compare(lv) for lv in by_level if lv != low}}
     return out
 
 
-def _fmt(cell: dict[str, Any] | None, digits: int = 3) -> str:
+def _fmt(cell: dict[str, Any] | None, digits: int = 3, n_seeds: int | None = None) -> str:
     if cell is None:
         return "-"
-    return f"{cell['mean']:.{digits}f} ± {cell['sd']:.{digits}f}"
+    short = f" (n={cell['n']})" if n_seeds is not None and cell["n"] < n_seeds else ""
+    return f"{cell['mean']:.{digits}f} ± {cell['sd']:.{digits}f}{short}"
 
 
-def table_markdown(summary: dict[str, Any], methods: list[str], levels: list[str], k: int) -> str:
-    """Markdown tables (held-out avg@k; training entropy) with mean ± sd over seeds per method and level."""
+def table_markdown(summary: dict[str, Any], methods: list[str], levels: list[str], k: int,
+                   n_seeds: int | None = None) -> str:
+    """Markdown tables (held-out avg@k; training entropy) with mean ± sd over seeds per method and level;
+    a cell with fewer than ``n_seeds`` runs says so (``(n=2)``)."""
     lines = []
     for metric, title, digits in (("avg@k", f"held-out avg@{k}", 3), ("entropy_last", "entropy (nats/token, last "
                                   "quarter of training)", 3), ("clipfrac_pos", "clip fraction A>0 above c_high "
@@ -345,14 +357,14 @@ def table_markdown(summary: dict[str, Any], methods: list[str], levels: list[str
         for m in methods:
             if m not in summary:
                 continue
-            cells = [_fmt(summary[m].get(lv, {}).get(metric), digits) for lv in present]
+            cells = [_fmt(summary[m].get(lv, {}).get(metric), digits, n_seeds) for lv in present]
             lines.append(f"| {METHODS[m].label} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- plot
-COLORS = {"grpo": "tab:blue", "dapo": "tab:orange", "bapo": "tab:red", "archer": "tab:green"}
+COLORS = {"grpo": "tab:blue", "dapo": "tab:orange", "bapo": "tab:red", "archer": "tab:green", "grpo_bh": "tab:purple"}
 
 
 def _smooth(points: list[list[float]], window: int) -> tuple[list[float], list[float]]:
@@ -440,7 +452,7 @@ def report(cfg: StudyConfig, prep: dict[str, Any], wall_seconds: float, stem: st
         "load_average": os.getloadavg(), "threads": cfg.threads,
     }
     (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
-    (out / f"{stem}.md").write_text(table_markdown(summary, cfg.methods, cfg.levels, cfg.k))
+    (out / f"{stem}.md").write_text(table_markdown(summary, cfg.methods, cfg.levels, cfg.k, len(cfg.seeds)))
     if cfg.plot and runs:
         plot(runs, summary, out / f"{stem}.png", cfg.k)
     return result
@@ -480,14 +492,15 @@ def run_study(cfg: StudyConfig, progress: bool = True, deadline_s: float | None 
     return report(cfg, prep, time.perf_counter() - t_start, stem=stem)
 
 
-QUICK = {"methods": list(METHODS), "levels": ["s1", "s4"], "seeds": [0], "max_steps": 4, "warm_steps": 40,
+QUICK = {"methods": list(DEFAULT_METHODS), "levels": ["s1", "s4"], "seeds": [0], "max_steps": 4, "warm_steps": 40,
          "n_test": 16, "k": 2}
 
 
 def parse_args(argv: list[str] | None) -> StudyConfig:
     ap = argparse.ArgumentParser(prog="adaclip-rl study staleness", description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="runs/study", help="output directory (runs already there are skipped)")
-    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {list(METHODS)}")
+    ap.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                    help=f"comma-separated, from {list(METHODS)} (grpo_bh: an ablation for the replay level)")
     ap.add_argument("--levels", default=",".join(LEVELS), help=f"comma-separated, from {list(LEVELS)}")
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated RL seeds")
     ap.add_argument("--max-steps", type=int, default=128, help="optimizer steps per run (same for all)")

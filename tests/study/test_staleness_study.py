@@ -10,7 +10,15 @@ import time
 
 import pytest
 
-from adaclip_rl.study.staleness import LEVELS, METHODS, StudyConfig, degradation, grad_spikes, summarize
+from adaclip_rl.study.staleness import (
+    DEFAULT_METHODS,
+    LEVELS,
+    METHODS,
+    StudyConfig,
+    degradation,
+    grad_spikes,
+    summarize,
+)
 
 
 def test_grad_spikes_counts_steps_above_three_times_the_trailing_median():
@@ -38,6 +46,7 @@ def test_summary_is_mean_and_sample_sd_and_degradation_uses_two_pooled_sd():
     assert math.isclose(deg["bapo"]["avg@k"]["pooled_sd"], math.sqrt((0.02**2 + 0.04**2) / 2))
     assert not deg["bapo"]["avg@k"]["degrades"]
     assert not deg["grpo"]["entropy_last"]["degrades"]  # equal entropies
+    assert deg["grpo"]["by_level"]["s16"] == {k: deg["grpo"][k] for k in ("avg@k", "entropy_last")}
 
 
 def test_one_seed_never_counts_as_a_degradation():
@@ -70,14 +79,14 @@ def test_quick_study_writes_well_formed_outputs_and_resumes(tmp_path, capsys):
     assert main(["study", "staleness", "--quick", "--out", str(out)]) == 0
     result = json.loads((out / "staleness.json").read_text())
     cells = {(r["method"], r["level"]) for r in result["runs"]}
-    assert cells == {(m, lv) for m in METHODS for lv in ("s1", "s4")}
+    assert cells == {(m, lv) for m in DEFAULT_METHODS for lv in ("s1", "s4")}
     for r in result["runs"]:
         assert r["steps"] == 4 and 0.0 <= r["after"]["avg@2"] <= 1.0 and math.isfinite(r["entropy_last"])
-    for m in METHODS:
+    for m in DEFAULT_METHODS:
         for lv in ("s1", "s4"):
             acc = result["summary"][m][lv]["avg@k"]
             assert acc["n"] == 1 and acc["sd"] == 0.0
-    assert set(result["degradation"]) == set(METHODS)
+    assert set(result["degradation"]) == set(DEFAULT_METHODS)
     assert (out / "staleness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (out / "staleness.md").read_text()
     assert "| GRPO clip [0.8, 1.2] |" in table and "| s1 | s4 |" in table
