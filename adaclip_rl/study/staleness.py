@@ -9,6 +9,8 @@ it with the same budget (optimizer steps, samples per step, learning rate, seeds
 * ``bapo``: BAPO with the paper's defaults (rho0 = 0.4, c_high 1.2..3.0, c_low 0.6..0.9; arXiv 2510.18927);
 * ``archer``: Archer with the paper's defaults (80th entropy percentile per response, clip 1 +/- 0.5
   for high-entropy tokens, 1 +/- 0.2 and k3 KL 0.001 for the others; arXiv 2507.15778 Eq. 5);
+* ``grpo_bh`` (not in the default set; an ablation for the replay level): GRPO [0.8, 1.2] with its
+  ratio to the behaviour policy, as BAPO and Archer clip there by default (``ratio_anchor``);
 
 at several staleness levels: ``s<n>`` = ``n`` optimizer steps per generation batch (TRL's
 ``steps_per_generation``: one batch of ``64 n`` samples feeds ``n`` steps of 64, so step ``i`` of
