@@ -42,8 +42,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="adaclip-rl demo", description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="runs/demo", help="output directory (finished runs there are reused)")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated: grpo, dapo, bapo, archer")
-    ap.add_argument("--level", default="s16", choices=[lv for lv in LEVELS if lv != "replay"],
-                    help="staleness level of the compared runs: s<n> = n optimizer steps per generation batch")
+    ap.add_argument("--level", default="s16", choices=list(LEVELS),
+                    help="staleness level of the compared runs: s<n> = n optimizer steps per generation batch; "
+                         "replay = 50%% replayed groups (needs vLLM; the level where GRPO degrades in the study)")
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated RL seeds, e.g. 0,1,2")
     ap.add_argument("--warm-steps", type=int, default=400, help="supervised warm-start steps")
     ap.add_argument("--rl-steps", type=int, default=128, help="RL optimizer steps per run (same for every run)")
@@ -90,17 +91,18 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     prepare(cfg)  # the warm start; run_study reuses it
+    what = "50% replayed groups" if args.level == "replay" else f"{args.level[1:]} optimizer steps per generation batch"
     print(f"[2/3] RL from the warm start, {args.rl_steps} steps each: GRPO on-policy (s1), then "
-          f"{', '.join(args.methods)} at {args.level} ({args.level[1:]} optimizer steps per generation batch) "
-          f"x seeds {args.seeds}")
+          f"{', '.join(args.methods)} at {args.level} ({what}) x seeds {args.seeds}")
     result = run_study(cfg, stem="results")
     print("[3/3] results (mean ± sd over seeds)")
     print(Path(args.out, "results.md").read_text().split("\n\n**entropy")[0])
     for method, res in result["degradation"].items():
-        acc = res.get("avg@k")
-        if acc:
-            print(f"{method}: held-out avg@{args.k} {res['from']} -> {res['to']}: {-acc['drop']:+.3f} "
-                  f"(pooled seed sd {acc['pooled_sd']:.3f})")
+        for level, cmp in res["by_level"].items():
+            acc = cmp.get("avg@k")
+            if acc:
+                print(f"{method}: held-out avg@{args.k} {res['from']} -> {level}: {-acc['drop']:+.3f} "
+                      f"(pooled seed sd {acc['pooled_sd']:.3f})")
     out = Path(args.out)
     print(f"results: {out / 'results.json'}, {out / 'results.md'}"
           + ("" if args.no_plot else f", plot {out / 'results.png'}")

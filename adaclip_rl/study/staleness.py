@@ -317,7 +317,7 @@ def degradation(summary: dict[str, Any], low: str = "s1", high: str | None = Non
     for method, by_level in summary.items():
         steps = [lv for lv in by_level if lv in LEVELS and LEVELS[lv].replay_ratio == 0]
         top = high or max(steps, key=lambda lv: LEVELS[lv].steps_per_generation, default=None)
-        if low not in by_level or top is None or top == low:
+        if low not in by_level:
             continue
         def compare(level: str, by_level: dict[str, Any] = by_level) -> dict[str, Any]:
             res: dict[str, Any] = {}
@@ -331,7 +331,8 @@ def degradation(summary: dict[str, Any], low: str = "s1", high: str | None = Non
                                "degrades": bool(min(a["n"], b["n"]) > 1 and drop > 2 * pooled)}
             return res
 
-        out[method] = {"from": low, "to": top, **compare(top),
+        has_top = top is not None and top != low
+        out[method] = {"from": low, "to": top if has_top else None, **(compare(top) if has_top else {}),
                        "by_level": {lv: compare(lv) for lv in by_level if lv != low}}
     return out
 
