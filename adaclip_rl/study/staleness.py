@@ -387,21 +387,26 @@ def plot(runs: list[dict[str, Any]], summary: dict[str, Any], path: Path, k: int
                         key=lambda lv: LEVELS[lv].steps_per_generation)
     for ax, metric, title in ((axes[0, 0], "avg@k", f"held-out avg@{k} after RL"),
                               (axes[0, 1], "entropy_last", "entropy, nats/token (last quarter of training)")):
-        for m, by_level in summary.items():
+        x_replay = 2 * max((LEVELS[lv].steps_per_generation for lv in spg_levels), default=1)
+        for i, (m, by_level) in enumerate(summary.items()):
             lvs = [lv for lv in spg_levels if metric in by_level.get(lv, {})]
-            if not lvs:
-                continue
-            xs = [LEVELS[lv].steps_per_generation for lv in lvs]
-            mu = [by_level[lv][metric]["mean"] for lv in lvs]
-            sd = [by_level[lv][metric]["sd"] for lv in lvs]
-            ax.plot(xs, mu, "o-", color=COLORS[m], label=METHODS[m].label)
-            ax.fill_between(xs, [a - b for a, b in zip(mu, sd, strict=True)],
-                            [a + b for a, b in zip(mu, sd, strict=True)], color=COLORS[m], alpha=0.15)
+            if lvs:
+                xs = [LEVELS[lv].steps_per_generation for lv in lvs]
+                mu = [by_level[lv][metric]["mean"] for lv in lvs]
+                sd = [by_level[lv][metric]["sd"] for lv in lvs]
+                ax.plot(xs, mu, "o-", color=COLORS[m], label=METHODS[m].label)
+                ax.fill_between(xs, [a - b for a, b in zip(mu, sd, strict=True)],
+                                [a + b for a, b in zip(mu, sd, strict=True)], color=COLORS[m], alpha=0.15)
             if "replay" in by_level and metric in by_level["replay"]:
-                c = by_level["replay"][metric]
-                ax.errorbar([max(xs) * 1.6], [c["mean"]], yerr=[c["sd"]], fmt="s", color=COLORS[m], capsize=3)
+                c = by_level["replay"][metric]  # side by side, so equal cells stay visible
+                ax.errorbar([x_replay * 1.08**i], [c["mean"]], yerr=[c["sd"]], fmt="s", color=COLORS[m], capsize=3,
+                            label=None if lvs else METHODS[m].label)
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("optimizer steps per generation batch (square: replay 50%, 1 step/generation)")
+        ticks = [LEVELS[lv].steps_per_generation for lv in spg_levels]
+        has_replay = any("replay" in by_level for by_level in summary.values())
+        ax.set_xticks(ticks + ([x_replay] if has_replay else []),
+                      [str(t) for t in ticks] + (["replay"] if has_replay else []))
+        ax.set_xlabel("optimizer steps per generation batch (squares: 50% replay, 1 step per generation)")
         ax.set_title(title + " — mean ± sd over seeds")
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
