@@ -7,6 +7,9 @@ therefore runs every verification in a small pool of **worker processes**
 (``python -m adaclip_rl.rewards._math_worker``): inside a worker, Math-Verify's own alarms work;
 around it the parent enforces a hard per-item deadline and kills/restarts a worker that
 overruns or crashes. Such an item scores ``0.0`` and is counted (:func:`math_verify_stats`).
+The pool, its deadlines and the counters live in :mod:`adaclip_rl.rewards.math_pool`; this module
+holds answer extraction/normalisation, :func:`verify_math_answers` and the TRL reward
+:func:`math_accuracy` (and re-exports the pool's public names).
 
 Scoring (per item):
 
@@ -24,25 +27,27 @@ Scoring (per item):
 
 from __future__ import annotations
 
-import atexit
-import collections
-import json
 import logging
 import math as _pymath
-import os
 import re
-import selectors
-import subprocess
-import sys
 import threading
-import time
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from adaclip_rl.rewards._text import completion_text
+from adaclip_rl.rewards.math_pool import (
+    _count,
+    _default_workers,
+    _get_pool,
+    _hard_deadline,  # noqa: F401 - old location; patching it here no longer reaches the pool
+    math_verify_stats,
+    reset_math_verify_stats,
+    shutdown_math_workers,
+)
 
 logger = logging.getLogger(__name__)
+
+_WARNED_GOLDS_LOCK = threading.Lock()
+_WARNED_GOLDS: set[str] = set()
 
 __all__ = [
     "extract_boxed_answer",
@@ -79,26 +84,26 @@ def extract_boxed_answer(text: str) -> str | None:
     last: str | None = None
     pos = 0
     while True:
-        m = _BOXED_RE.search(text, pos)
-        if m is None:
+        match = _BOXED_RE.search(text, pos)
+        if match is None:
             break
-        start = m.end()
+        start = match.end()
         if start < len(text) and text[start] == "{":
             end = _matching_brace(text, start)
             if end is None:  # unbalanced: skip this occurrence
-                pos = m.end()
+                pos = match.end()
                 continue
             last = text[start + 1 : end].strip()
             pos = end + 1  # boxes nested inside this one belong to it
         else:
             # brace-less ``\boxed 5``: needs whitespace after the command, takes the next token
-            had_space = m.group(0) != m.group(0).rstrip()
-            tok = re.match(r"[^\s$]+", text[start:])
-            if had_space and tok is not None:
-                last = tok.group(0)
-                pos = start + tok.end()
+            had_space = match.group(0) != match.group(0).rstrip()
+            token = re.match(r"[^\s$]+", text[start:])
+            if had_space and token is not None:
+                last = token.group(0)
+                pos = start + token.end()
             else:
-                pos = m.end()
+                pos = match.end()
     return last
 
 
@@ -108,13 +113,13 @@ def _matching_brace(text: str, open_idx: int) -> int | None:
     i = open_idx
     n = len(text)
     while i < n:
-        c = text[i]
-        if c == "\\" and i + 1 < n and text[i + 1] in "{}":
+        char = text[i]
+        if char == "\\" and i + 1 < n and text[i + 1] in "{}":
             i += 2
             continue
-        if c == "{":
+        if char == "{":
             depth += 1
-        elif c == "}":
+        elif char == "}":
             depth -= 1
             if depth == 0:
                 return i
@@ -130,10 +135,10 @@ def clean_boxed(content: str) -> str:
     (``\boxed{104.}``) and a whole-content bold/roman wrapper (``\textbf{(073)}``)."""
     content = content.strip()
     for _ in range(3):
-        m = _BOLD_RE.match(content)
-        if m is None or _matching_brace(content, content.index("{")) != len(content) - 1:
+        match = _BOLD_RE.match(content)
+        if match is None or _matching_brace(content, content.index("{")) != len(content) - 1:
             break
-        content = m.group(1).strip()
+        content = match.group(1).strip()
     while content.endswith((".", ",", ";")) and not content.endswith("\\."):
         content = content[:-1].rstrip()
     return content
@@ -180,253 +185,6 @@ def normalize_gold(gold: Any) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------
-# Statistics
-# --------------------------------------------------------------------------------------------
-
-_STATS_LOCK = threading.Lock()
-_STATS: collections.Counter[str] = collections.Counter()
-_WARNED_GOLDS: set[str] = set()
-
-
-def _count(status: str, n: int = 1) -> None:
-    with _STATS_LOCK:
-        _STATS[status] += n
-
-
-def math_verify_stats() -> dict[str, int]:
-    """Counters since import (or the last reset), by outcome.
-
-    Keys: ``items`` (all scored items), ``correct``, ``incorrect``, ``no_answer`` (nothing
-    parsable in the prediction; scored 0), ``gold_unparsable`` (scored None), ``timeout``
-    (the hard per-item deadline fired; scored 0, worker restarted), ``crash`` (a worker died;
-    scored 0), ``error`` (an exception inside Math-Verify; scored 0).
-    """
-    with _STATS_LOCK:
-        return dict(_STATS)
-
-
-def reset_math_verify_stats() -> None:
-    """Zero the counters of :func:`math_verify_stats`."""
-    with _STATS_LOCK:
-        _STATS.clear()
-
-
-# --------------------------------------------------------------------------------------------
-# Worker-process pool
-# --------------------------------------------------------------------------------------------
-
-_PKG_ROOT = str(Path(__file__).resolve().parents[2])
-_STARTUP_TIMEOUT_S = 120.0
-
-
-class _Worker:
-    """One ``_math_worker`` subprocess speaking JSON lines over stdin/stdout."""
-
-    def __init__(self) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PKG_ROOT, env.get("PYTHONPATH", "")) if p)
-        env.setdefault("OMP_NUM_THREADS", "1")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "adaclip_rl.rewards._math_worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            cwd=_PKG_ROOT,
-            env=env,
-            close_fds=True,
-        )
-        assert self.proc.stdout is not None and self.proc.stdin is not None
-        self.fd = self.proc.stdout.fileno()
-        os.set_blocking(self.fd, False)
-        self.buf = b""
-        self.ready = False
-        self.started = time.monotonic()
-        self.job: int | None = None
-        self.deadline = 0.0
-
-    def send(self, job: int, pred: str, gold: str, timeout_s: int) -> None:
-        line = json.dumps({"i": job, "p": pred, "g": gold, "t": timeout_s}) + "\n"
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(line.encode())
-        self.proc.stdin.flush()
-
-    def read_lines(self) -> list[dict[str, Any]] | None:
-        """Non-blocking read; None on EOF (the worker died)."""
-        try:
-            chunk = os.read(self.fd, 1 << 16)
-        except BlockingIOError:
-            return []
-        if not chunk:
-            return None
-        self.buf += chunk
-        *lines, self.buf = self.buf.split(b"\n")
-        out = []
-        for ln in lines:
-            if ln.strip():
-                try:
-                    out.append(json.loads(ln))
-                except json.JSONDecodeError:
-                    logger.debug("math worker sent a non-JSON line: %r", ln[:200])
-        return out
-
-    def kill(self) -> None:
-        try:
-            self.proc.kill()
-        except OSError:
-            pass
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:  # pragma: no cover - kill cannot be ignored
-            pass
-        for f in (self.proc.stdin, self.proc.stdout):
-            try:
-                if f is not None:
-                    f.close()
-            except OSError:
-                pass
-
-
-def _hard_deadline(t_int: int) -> float:
-    """Parent-side bound for one item: gold (up to 3 wrappings) + prediction (up to 2 parses) +
-    verify, each bounded by ``t_int`` inside the worker, plus slack. Only an item stuck where
-    ``signal.alarm`` cannot interrupt it (C code) ever reaches it."""
-    return 6.0 * t_int + 2.0
-
-
-class _MathPool:
-    """A fixed number of verification workers; one batch at a time (a lock serialises callers)."""
-
-    def __init__(self, n_workers: int) -> None:
-        self.n_workers = n_workers
-        self.workers: list[_Worker] = []
-        self.lock = threading.Lock()
-        self.pid = os.getpid()
-
-    def _ensure(self) -> None:
-        self.workers = [w for w in self.workers if w.proc.poll() is None]
-        while len(self.workers) < self.n_workers:
-            self.workers.append(_Worker())
-
-    def close(self) -> None:
-        for w in self.workers:
-            w.kill()
-        self.workers = []
-
-    def run(
-        self, preds: Sequence[str], golds: Sequence[str], timeout_s: float
-    ) -> list[tuple[float | None, str]]:
-        t_int = max(1, int(_pymath.ceil(timeout_s)))
-        hard = _hard_deadline(t_int)
-        n = len(preds)
-        results: list[tuple[float | None, str] | None] = [None] * n
-        pending = collections.deque(range(n))
-        with self.lock:
-            self._ensure()
-            sel = selectors.DefaultSelector()
-            try:
-                for w in self.workers:
-                    sel.register(w.fd, selectors.EVENT_READ, w)
-                while pending or any(w.job is not None for w in self.workers):
-                    now = time.monotonic()
-                    for w in self.workers:
-                        if w.ready and w.job is None and pending:
-                            job = pending.popleft()
-                            try:
-                                w.send(job, preds[job], golds[job], t_int)
-                            except (BrokenPipeError, OSError):
-                                pending.appendleft(job)
-                                self._replace(sel, w)
-                                break
-                            w.job, w.deadline = job, now + hard
-                    waits = [w.deadline - now for w in self.workers if w.job is not None]
-                    waits += [w.started + _STARTUP_TIMEOUT_S - now for w in self.workers if not w.ready]
-                    timeout = max(0.0, min(waits)) if waits else 1.0
-                    for key, _ in sel.select(timeout=min(timeout, 1.0)):
-                        w = key.data
-                        lines = w.read_lines()
-                        if lines is None:  # EOF: the worker died
-                            if w.job is not None:
-                                results[w.job] = (0.0, "crash")
-                                w.job = None
-                            elif not w.ready:
-                                raise RuntimeError(
-                                    "math-verify worker failed to start "
-                                    f"(exit code {w.proc.poll()}); is math-verify installed?"
-                                )
-                            self._replace(sel, w)
-                            continue
-                        for msg in lines:
-                            if "ready" in msg:
-                                w.ready = True
-                            elif w.job is not None and msg.get("i") == w.job:
-                                score = msg.get("s")
-                                results[w.job] = (
-                                    None if score is None else float(score),
-                                    str(msg.get("e", "ok")),
-                                )
-                                w.job = None
-                    now = time.monotonic()
-                    for w in list(self.workers):
-                        if w.job is not None and now > w.deadline:
-                            results[w.job] = (0.0, "timeout")
-                            w.job = None
-                            self._replace(sel, w)
-                        elif not w.ready and now > w.started + _STARTUP_TIMEOUT_S:
-                            raise RuntimeError(
-                                f"math-verify worker did not start within {_STARTUP_TIMEOUT_S:.0f} s"
-                            )
-            except BaseException:
-                self.close()
-                raise
-            finally:
-                sel.close()
-        return [r if r is not None else (0.0, "crash") for r in results]
-
-    def _replace(self, sel: selectors.BaseSelector, w: _Worker) -> None:
-        try:
-            sel.unregister(w.fd)
-        except (KeyError, ValueError):
-            pass
-        w.kill()
-        idx = self.workers.index(w)
-        new = _Worker()
-        self.workers[idx] = new
-        sel.register(new.fd, selectors.EVENT_READ, new)
-
-
-_POOLS: dict[int, _MathPool] = {}
-_POOLS_LOCK = threading.Lock()
-
-
-def _get_pool(n_workers: int) -> _MathPool:
-    with _POOLS_LOCK:
-        pool = _POOLS.get(n_workers)
-        if pool is None or pool.pid != os.getpid():  # a forked child must not reuse parent pipes
-            pool = _POOLS[n_workers] = _MathPool(n_workers)
-        return pool
-
-
-def shutdown_math_workers() -> None:
-    """Stop all verification worker processes (they restart on the next call)."""
-    with _POOLS_LOCK:
-        for pool in _POOLS.values():
-            if pool.pid == os.getpid():
-                with pool.lock:
-                    pool.close()
-        _POOLS.clear()
-
-
-atexit.register(shutdown_math_workers)
-
-
-def _default_workers() -> int:
-    env = os.environ.get("ADACLIP_MATH_WORKERS")
-    if env:
-        return max(1, int(env))
-    return max(1, min(4, os.cpu_count() or 1))
-
-
-# --------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------
 
@@ -465,21 +223,21 @@ def verify_math_answers(
         return []
     gold_strs: list[str | None] = [normalize_gold(g) for g in golds]
     scores: list[float | None] = [None] * n
-    todo = [i for i in range(n) if gold_strs[i] is not None]
+    todo_idx = [i for i in range(n) if gold_strs[i] is not None]
     for i in range(n):
         if gold_strs[i] is None:
             _count("gold_unparsable")
             _report_bad_gold(golds[i])
-    if todo:
+    if todo_idx:
         workers = max_workers if max_workers is not None else _default_workers()
         if workers < 1:
             raise ValueError(f"max_workers must be >= 1, got {workers}")
-        workers = min(workers, len(todo))
+        workers = min(workers, len(todo_idx))
         pool = _get_pool(workers)
-        preds = [completion_text(predictions[i]) for i in todo]
-        gs = [gold_strs[i] for i in todo]
-        out = pool.run(preds, gs, timeout_s)  # type: ignore[arg-type]
-        for i, (score, status) in zip(todo, out, strict=True):
+        todo_preds = [completion_text(predictions[i]) for i in todo_idx]
+        todo_golds = [gold_strs[i] for i in todo_idx]
+        pool_results = pool.run(todo_preds, todo_golds, timeout_s)  # type: ignore[arg-type]
+        for i, (score, status) in zip(todo_idx, pool_results, strict=True):
             scores[i] = score
             if status != "ok":
                 _count(status)
@@ -495,7 +253,7 @@ def verify_math_answers(
 
 def _report_bad_gold(gold: Any) -> None:
     key = repr(gold)[:200]
-    with _STATS_LOCK:
+    with _WARNED_GOLDS_LOCK:
         first = key not in _WARNED_GOLDS
         if first and len(_WARNED_GOLDS) < 10_000:
             _WARNED_GOLDS.add(key)
