@@ -102,9 +102,6 @@ class AdaClipAsyncGRPOConfig(AdaClipFields, AsyncGRPOConfig):
         """The :mod:`adaclip_rl.losses` config for ``policy_loss``, built by the registry's spec."""
         return get_policy_loss_spec(self.policy_loss).config_from(_AsyncFieldView(self))
 
-    def grad_clipper_kwargs(self) -> dict:
-        return field_checks.grad_clipper_kwargs(_AsyncFieldView(self))
-
     def resolved_weight_transfer(self) -> str:
         """``weight_transfer`` with ``"auto"`` resolved (``"nccl"`` when CUDA is available)."""
         if self.weight_transfer != "auto":

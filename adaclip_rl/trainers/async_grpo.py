@@ -26,9 +26,7 @@ plain clip written inline in ``compute_loss``. This subclass changes:
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from contextlib import ExitStack
 from typing import Any, NamedTuple
@@ -38,20 +36,18 @@ import numpy as np
 import torch
 import trl.experimental.async_grpo.async_grpo_trainer as agt
 from transformers import AttentionInterface
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl.trainer.utils import add_fused_lm_head, create_model_from_path, pad
 
-from ..gradclip import build_grad_clipper, grad_sq_norms, norm_reduce_fn_for
 from ..losses.registry import get_policy_loss_spec
 from ..rollout.async_versions import ServerCheckedRolloutWorker, VersionedRolloutWorker
 from ..rollout.async_weights import SharedFileWeightTransfer
+from .adaptive_state import AdaptiveGradClipMixin
 from .async_config import AdaClipAsyncGRPOConfig
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["AdaClipAsyncGRPOTrainer", "build_async_trainer", "conversational_prompts", "cpu_tree_attention", "set_plain_response_template"]
 
-ADACLIP_STATE_FILE = "adaclip_state.json"
 _LOG_RATIO_CLAMP = 20.0  # verl: r = exp(clamp(logp - old, -20, 20)) (BAPO and Archer official code)
 
 
@@ -204,7 +200,7 @@ class _Packed(NamedTuple):
     token_versions: torch.Tensor | None
 
 
-class AdaClipAsyncGRPOTrainer(agt.AsyncGRPOTrainer):
+class AdaClipAsyncGRPOTrainer(AdaptiveGradClipMixin, agt.AsyncGRPOTrainer):
     """Asynchronous GRPO with adaptive clipping. Same constructor as TRL's ``AsyncGRPOTrainer``
     (``model`` is a model id or directory); ``args`` must be an :class:`AdaClipAsyncGRPOConfig`."""
 
@@ -241,8 +237,8 @@ class AdaClipAsyncGRPOTrainer(agt.AsyncGRPOTrainer):
                                          **init_kwargs)
             add_fused_lm_head(ref, temperature=self.temperature, outputs=("log_probs",))
             self.ref_model = ref.requires_grad_(False).eval().to(self.accelerator.device)
-        self.grad_clipper = (build_grad_clipper(args.grad_clip, **args.grad_clipper_kwargs())
-                             if args.grad_clip not in ("none", "fixed") else None)
+        self.grad_clipper_spec = args.grad_clipper_spec
+        self.grad_clipper = args.build_grad_clipper()
         self._window: list[dict[str, Any]] = []
         self._window_pos = 0
         self._window_search = None
@@ -426,43 +422,6 @@ class AdaClipAsyncGRPOTrainer(agt.AsyncGRPOTrainer):
                 m["staleness/mixed_version_samples_frac"].append(
                     gathered[:, 4].sum().item() / max(gathered[:, 5].sum().item(), 1.0))
 
-    # ------------------------------------------------------- gradient clipping
-    def _clip_grad_norm(self, model):
-        """Adaptive clipping (``grad_clip``) on the accumulated gradient; returns the pre-clip global norm."""
-        if self.args.grad_clip == "fixed":
-            return super()._clip_grad_norm(model)
-        self.accelerator.unscale_gradients()
-        params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        reduce_fn = norm_reduce_fn_for(model, params)
-        if self.grad_clipper is None:  # "none": measure, do not clip
-            sq = grad_sq_norms([p for _, p in params])
-            if reduce_fn is not None:
-                sq = reduce_fn(sq)
-            return sq.sum().sqrt()
-        norm = self.grad_clipper.clip_(params, norm_reduce_fn=reduce_fn)
-        for key, value in self.grad_clipper.metrics().items():
-            self._metrics["train"][f"gradclip/{key}"].append(float(value))
-        return norm
-
     # ----------------------------------------------------------- checkpoints
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        if self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            state = {"grad_clipper": self.grad_clipper.state_dict() if self.grad_clipper is not None else None,
-                     "model_version": self.model_version}
-            with open(os.path.join(folder, ADACLIP_STATE_FILE), "w") as f:
-                json.dump(state, f)
-
-    def _load_optimizer_and_scheduler(self, checkpoint):
-        super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is None:
-            return
-        path = os.path.join(checkpoint, ADACLIP_STATE_FILE)
-        if not os.path.exists(path):
-            logger.warning("checkpoint %s has no %s: adaptive state starts fresh", checkpoint, ADACLIP_STATE_FILE)
-            return
-        with open(path) as f:
-            state = json.load(f)
-        if self.grad_clipper is not None and state.get("grad_clipper") is not None:
-            self.grad_clipper.load_state_dict(state["grad_clipper"])
+    def adaclip_state_dict(self) -> dict[str, Any]:
+        return {**super().adaclip_state_dict(), "model_version": self.model_version}

@@ -97,16 +97,6 @@ def validate_after_trl(cfg: Any) -> None:
                 f"{spec.trainer_field('scope')}='micro_batch'")
 
 
-def policy_loss_config(cfg: Any) -> Any:
-    """The :mod:`adaclip_rl.losses` config for ``policy_loss`` (raises ValueError naming our fields)."""
-    return get_policy_loss_spec(cfg.policy_loss).config_from(cfg)
-
-
-def grad_clipper_kwargs(cfg: Any) -> dict:
-    """Keyword arguments for :func:`adaclip_rl.gradclip.build_grad_clipper` (validated there)."""
-    return get_grad_clipper_spec(cfg.grad_clip).kwargs_from(cfg)
-
-
 def resolved_ratio_anchor(cfg: Any) -> str:
     """``ratio_anchor`` with ``"auto"`` resolved: ``"behaviour"`` for a loss whose paper clips the
     ratio to the policy that sampled the tokens (BAPO, Archer), ``"proximal"`` otherwise."""

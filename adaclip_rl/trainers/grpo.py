@@ -21,17 +21,14 @@ all-reduced (SUM) once per search, so every rank picks the same bounds.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from typing import Any, NamedTuple
 
 import torch
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
-from ..gradclip import grad_sq_norms, norm_reduce_fn_for
 from ..losses import aggregate_loss, aggregation_weights, kl_estimate
+from .adaptive_state import AdaptiveGradClipMixin
 from .config import CLIP_LOSS_TYPES, AdaClipGRPOConfig
 
 logger = logging.getLogger(__name__)
@@ -51,14 +48,13 @@ class _LossInputs(NamedTuple):
     ratio: torch.Tensor
     ref_logps: torch.Tensor | None
 
-ADACLIP_STATE_FILE = "adaclip_state.json"
 _MM_KEYS = (
     "pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes", "num_tiles",
     "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids",
 )
 
 
-class AdaClipGRPOTrainer(GRPOTrainer):
+class AdaClipGRPOTrainer(AdaptiveGradClipMixin, GRPOTrainer):
     """GRPO with adaptive clipping. Same constructor as :class:`trl.GRPOTrainer`; ``args`` must be an
     :class:`AdaClipGRPOConfig` (a plain ``GRPOConfig`` is upgraded with ``policy_loss="grpo"``)."""
 
@@ -349,51 +345,3 @@ class AdaClipGRPOTrainer(GRPOTrainer):
         for j, key in enumerate(loss_metrics):
             value = vals[base + j] / n
             self._metrics[mode][key].append(value)
-
-    # ------------------------------------------------------- gradient clipping
-    def _clip_grad_norm(self, model):
-        """Adaptive clipping (``grad_clip``); returns the pre-clip global norm, like transformers."""
-        if self.grad_clipper_spec.trainer_clips:
-            return super()._clip_grad_norm(model)
-        if self.is_deepspeed_enabled:
-            raise NotImplementedError(
-                "grad_clip other than 'fixed' is not supported under DeepSpeed (the engine clips inside its step); "
-                "see docs/gradient_clipping.md for the lagged-threshold path")
-        self.accelerator.unscale_gradients()
-        params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        reduce_fn = norm_reduce_fn_for(model, params)
-        if self.grad_clipper is None:  # "none": measure, do not clip
-            sq = grad_sq_norms([p for _, p in params])
-            if reduce_fn is not None:
-                sq = reduce_fn(sq)
-            return sq.sum().sqrt()
-        norm = self.grad_clipper.clip_(params, norm_reduce_fn=reduce_fn)
-        for key, value in self.grad_clipper.metrics().items():
-            self._metrics["train"][f"gradclip/{key}"].append(float(value))
-        return norm
-
-    # ----------------------------------------------------------- checkpoints
-    def adaclip_state_dict(self) -> dict[str, Any]:
-        """Adaptive state that must survive a resume (TRL saves its entropy controller itself)."""
-        return {"grad_clipper": self.grad_clipper.state_dict() if self.grad_clipper is not None else None}
-
-    def load_adaclip_state_dict(self, state: dict[str, Any]) -> None:
-        if self.grad_clipper is not None and state.get("grad_clipper") is not None:
-            self.grad_clipper.load_state_dict(state["grad_clipper"])
-
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        if self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            with open(os.path.join(folder, ADACLIP_STATE_FILE), "w") as f:
-                json.dump(self.adaclip_state_dict(), f)
-
-    def _load_optimizer_and_scheduler(self, checkpoint):
-        super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is not None:
-            path = os.path.join(checkpoint, ADACLIP_STATE_FILE)
-            if os.path.exists(path):
-                with open(path) as f:
-                    self.load_adaclip_state_dict(json.load(f))
-            else:
-                logger.warning("checkpoint %s has no %s: adaptive state starts fresh", checkpoint, ADACLIP_STATE_FILE)

@@ -1,0 +1,80 @@
+"""Adaptive gradient clipping and its checkpoint state, shared by every adaclip-rl trainer.
+
+:class:`AdaptiveGradClipMixin` goes in front of a ``transformers.Trainer`` subclass (TRL's
+``GRPOTrainer`` or ``AsyncGRPOTrainer``). The trainer sets ``self.grad_clipper_spec`` (the registry's
+:class:`~adaclip_rl.gradclip.GradClipperSpec` of ``grad_clip``) and ``self.grad_clipper`` (the
+built clipper, ``None`` for ``fixed`` and ``none``) in its constructor; the mixin then
+
+* replaces ``_clip_grad_norm``: ``fixed`` is the Trainer's own clip, ``none`` measures the global
+  norm without clipping, an adaptive clipper clips the accumulated gradient and logs ``gradclip/*``;
+* writes the adaptive state (:meth:`adaclip_state_dict`) to ``adaclip_state.json`` in every
+  checkpoint and restores it on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from ..gradclip import grad_sq_norms, norm_reduce_fn_for
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ADACLIP_STATE_FILE", "AdaptiveGradClipMixin"]
+
+ADACLIP_STATE_FILE = "adaclip_state.json"
+
+
+class AdaptiveGradClipMixin:
+    """``_clip_grad_norm`` by the registry's clipper and checkpointed adaptive state (see module doc)."""
+
+    def _clip_grad_norm(self, model):
+        """Adaptive clipping (``grad_clip``); returns the pre-clip global norm, like transformers."""
+        if self.grad_clipper_spec.trainer_clips:
+            return super()._clip_grad_norm(model)
+        if getattr(self, "is_deepspeed_enabled", False):
+            raise NotImplementedError(
+                "grad_clip other than 'fixed' is not supported under DeepSpeed (the engine clips inside its step); "
+                "see docs/gradient_clipping.md for the lagged-threshold path")
+        self.accelerator.unscale_gradients()
+        params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        reduce_fn = norm_reduce_fn_for(model, params)
+        if self.grad_clipper is None:  # "none": measure, do not clip
+            sq = grad_sq_norms([p for _, p in params])
+            if reduce_fn is not None:
+                sq = reduce_fn(sq)
+            return sq.sum().sqrt()
+        norm = self.grad_clipper.clip_(params, norm_reduce_fn=reduce_fn)
+        for key, value in self.grad_clipper.metrics().items():
+            self._metrics["train"][f"gradclip/{key}"].append(float(value))
+        return norm
+
+    def adaclip_state_dict(self) -> dict[str, Any]:
+        """Adaptive state that must survive a resume (TRL saves its entropy controller itself)."""
+        return {"grad_clipper": self.grad_clipper.state_dict() if self.grad_clipper is not None else None}
+
+    def load_adaclip_state_dict(self, state: dict[str, Any]) -> None:
+        if self.grad_clipper is not None and state.get("grad_clipper") is not None:
+            self.grad_clipper.load_state_dict(state["grad_clipper"])
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            with open(os.path.join(folder, ADACLIP_STATE_FILE), "w") as f:
+                json.dump(self.adaclip_state_dict(), f)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        path = os.path.join(checkpoint, ADACLIP_STATE_FILE)
+        if os.path.exists(path):
+            with open(path) as f:
+                self.load_adaclip_state_dict(json.load(f))
+        else:
+            logger.warning("checkpoint %s has no %s: adaptive state starts fresh", checkpoint, ADACLIP_STATE_FILE)
