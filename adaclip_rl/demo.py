@@ -74,7 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     from .study.staleness import StudyConfig, prepare, run_study
-    from .tasks import scratchpad  # noqa: F401  (registers the scratchpad_exact reward)
 
     hf_logging.set_verbosity_error()
     cells = [REFERENCE] + [(m, args.level) for m in args.methods if (m, args.level) != REFERENCE]

@@ -91,7 +91,7 @@ def test_wheel_ships_the_data_and_the_demo_recipe(wheel: Path) -> None:
         names = set(zf.namelist())
     for file in ("aime24.jsonl", "amc23.jsonl", "math500.jsonl", "gsm8k_test.jsonl", "humaneval.jsonl", "README.md"):
         assert f"adaclip_rl/data/benchmarks/{file}" in names
-    assert "adaclip_rl/data/recipes/cpu_demo.yaml" in names
+    assert {"adaclip_rl/data/recipes/staleness_study.yaml", "adaclip_rl/data/recipes/arithmetic_grpo.yaml"} <= names
 
 
 @pytest.mark.slow
@@ -128,9 +128,9 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_outside_the_checkout(wheel: P
         "s, g, m = parse_recipe(['--config', str(DEMO_RECIPE)])\n"
         "from adaclip_rl.eval.benchmarks import get_benchmark\n"
         "rows, _ = get_benchmark('humaneval').load(data_dir='bundled')\n"
-        "print(g.policy_loss, s.task, len(rows), DEMO_RECIPE.is_relative_to(BENCHMARK_DIR.parent))"))
+        "print(g.policy_loss, ','.join(s.rewards), len(rows), DEMO_RECIPE.is_relative_to(BENCHMARK_DIR.parent))"))
     assert loader.returncode == 0, loader.stderr[-3000:]
-    assert loader.stdout.split() == ["grpo", "arithmetic", "164", "True"]
+    assert loader.stdout.split() == ["grpo", "scratchpad_exact", "164", "True"]
     demo = run(str(venv / "bin" / "adaclip-rl"), "demo", "--quick", "--out", "demo-out", "--no-plot", timeout=900)
     assert demo.returncode == 0, demo.stderr[-3000:]
     lines = demo.stdout.splitlines()

@@ -145,12 +145,14 @@ def _register_builtins() -> None:
     from adaclip_rl.rewards.format import soft_overlong_penalty, think_format_reward
     from adaclip_rl.rewards.math import math_accuracy
     from adaclip_rl.tasks.arithmetic import arithmetic_reward
+    from adaclip_rl.tasks.scratchpad import scratchpad_reward
 
     register_reward("math_accuracy")(math_accuracy)
     register_reward("code_accuracy")(code_accuracy)
     register_reward("think_format")(think_format_reward)
     register_reward("soft_overlong_penalty", factory=True)(soft_overlong_penalty)
-    register_reward("arithmetic_exact")(arithmetic_reward)  # the synthetic task of the CPU demo and tests
+    register_reward("arithmetic_exact")(arithmetic_reward)  # the synthetic task of the tests
+    register_reward("scratchpad_exact")(scratchpad_reward)  # the synthetic task of the demo and staleness study
 
 
 _register_builtins()

@@ -39,9 +39,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data import DEMO_RECIPE
+
 logger = logging.getLogger(__name__)
 
-STUDY_RECIPE = Path(__file__).resolve().parents[1] / "data" / "recipes" / "staleness_study.yaml"
+STUDY_RECIPE = DEMO_RECIPE  # the study's base recipe is the demo's
 SPIKE_FACTOR = 3.0  # a grad-norm spike: a step whose pre-clip norm exceeds 3x the median of the previous 20
 SPIKE_WINDOW = 20
 
@@ -549,7 +551,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     from transformers.utils import logging as hf_logging
 
-    from ..tasks import scratchpad  # noqa: F401  (registers the scratchpad_exact reward)
 
     hf_logging.set_verbosity_error()
     cfg = parse_args(argv)

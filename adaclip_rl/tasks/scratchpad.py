@@ -146,12 +146,3 @@ def evaluate_scratchpad(model, tokenizer, problems: list[dict[str, str]], *, k: 
         "greedy": greedy_acc,
         "mean_completion_tokens": sum(lengths) / len(lengths),
     }
-
-
-def _register_reward() -> None:
-    from ..rewards.registry import register_reward
-
-    register_reward("scratchpad_exact")(scratchpad_reward)
-
-
-_register_reward()

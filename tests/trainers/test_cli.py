@@ -12,7 +12,7 @@ import yaml
 
 from adaclip_rl.console import METRICS_FILE, read_metrics
 from adaclip_rl.data import BENCHMARK_DIR as DATA_DIR
-from adaclip_rl.data import DEMO_RECIPE
+from adaclip_rl.data import RECIPE_DIR
 from adaclip_rl.losses import POLICY_LOSS_SPECS
 from adaclip_rl.trainers.cli import RecipeError, make_parser, parse_recipe, read_recipe
 from adaclip_rl.trainers.recipe_check import NO_LITERAL_DEFAULT, PARSER_CLASSES, class_fields
@@ -109,7 +109,7 @@ def test_train_help_names_the_command(child_env, tmp_path):
     assert out.stdout.startswith("usage: adaclip-rl train ")
 
 
-@pytest.mark.parametrize("recipe", sorted([*(REPO / "configs" / "recipes").glob("*.yaml"), DEMO_RECIPE]),
+@pytest.mark.parametrize("recipe", sorted([*(REPO / "configs" / "recipes").glob("*.yaml"), *RECIPE_DIR.glob("*.yaml")]),
                          ids=lambda p: p.name)
 def test_shipped_recipes_parse(recipe):
     trainer = read_recipe(recipe).get("trainer", "sync")  # 'trainer: async' recipes parse into the async config

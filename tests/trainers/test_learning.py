@@ -13,12 +13,12 @@ from __future__ import annotations
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from adaclip_rl.data import DEMO_RECIPE
+from adaclip_rl.data import ARITHMETIC_RECIPE
 from adaclip_rl.tasks import ArithmeticTask, build_tiny_model
 from adaclip_rl.tasks.warmstart import WarmStartConfig, evaluate_accuracy, warm_start
 from adaclip_rl.trainers.cli import build_trainer, make_parser
 
-RECIPE = DEMO_RECIPE
+RECIPE = ARITHMETIC_RECIPE
 WARM_STEPS = 650
 RL_STEPS = 300
 MARGIN = 0.08  # absolute rise of held-out avg@4 required
