@@ -38,7 +38,6 @@ from adaclip_rl.rewards.math_pool import (
     _count,
     _default_workers,
     _get_pool,
-    _hard_deadline,  # noqa: F401 - old location; patching it here no longer reaches the pool
     math_verify_stats,
     reset_math_verify_stats,
     shutdown_math_workers,

@@ -9,7 +9,7 @@ import threading
 import pytest
 from rewards_helpers import load_jsonl
 
-from adaclip_rl.rewards import math as math_reward
+from adaclip_rl.rewards import math_pool
 from adaclip_rl.rewards.math import (
     clean_boxed,
     extract_boxed_answer,
@@ -218,7 +218,7 @@ def test_hard_timeout_and_crash_recovery(monkeypatch: pytest.MonkeyPatch) -> Non
     both items score 0 and are counted; the rest of the batch is unaffected."""
     shutdown_math_workers()
     monkeypatch.setenv("ADACLIP_MATH_WORKER_FAULTS", "1")
-    monkeypatch.setattr(math_reward, "_hard_deadline", lambda t: 2.0)
+    monkeypatch.setattr(math_pool, "_hard_deadline", lambda t: 2.0)
     reset_math_verify_stats()
     try:
         preds = ["<<adaclip-fault:hang>>", r"\boxed{2}", "<<adaclip-fault:crash>>", r"\boxed{4}"]
