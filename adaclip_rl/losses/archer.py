@@ -135,8 +135,16 @@ def entropy_thresholds(entropy: Tensor, mask: Tensor, quantile: float = 0.8) -> 
     element), padding being the smallest key.
     """
     check_open_unit("quantile", quantile)
-    h = entropy.detach().float().contiguous()
-    valid = mask if mask.dtype == torch.bool else mask != 0
+    return _entropy_thresholds(entropy.detach().float().contiguous(), mask, _valid(mask), quantile)
+
+
+def _valid(mask: Tensor) -> Tensor:
+    """Boolean view of a 0/1 mask of any dtype (no copy when already boolean)."""
+    return mask if mask.dtype == torch.bool else mask != 0
+
+
+def _entropy_thresholds(h: Tensor, mask: Tensor, valid: Tensor, quantile: float) -> Tensor:
+    """:func:`entropy_thresholds` on float32 entropies ``h`` with ``valid = mask != 0`` given."""
     t = h.size(-1)
     if t == 0:
         return h.new_full(h.shape[:-1], float("nan"))
@@ -175,9 +183,10 @@ def archer_token_classes(
         ``(high, low, tau)``: boolean ``(B, T)`` masks (disjoint, union = mask) and ``(B,)``
         thresholds. The high class holds about ``(1 - rho)`` of each response's valid tokens.
     """
-    tau = entropy_thresholds(entropy, mask, quantile)
-    valid = mask if mask.dtype == torch.bool else mask != 0
-    above = entropy.detach().float() > tau.unsqueeze(-1)  # NaN threshold -> False
+    check_open_unit("quantile", quantile)
+    h, valid = entropy.detach().float().contiguous(), _valid(mask)
+    tau = _entropy_thresholds(h, mask, valid, quantile)
+    above = h > tau.unsqueeze(-1)  # NaN threshold -> False
     high = above & valid
     low = valid & ~above
     return high, low, tau
@@ -279,9 +288,9 @@ def archer_loss(
                 s_low, s_high = 1.0 / (rows_low.clamp(min=1.0) * b), 1.0 / (rows_high.clamp(min=1.0) * b)
             else:
                 s_low, s_high = inv_low.expand(rows_low.shape), inv_high.expand(rows_high.shape)
-            # per-response class sums of the KL as batched dots (no full-size products)
-            kl_rows_high = torch.bmm(kl.unsqueeze(-2), high_f.unsqueeze(-1)).reshape(-1)
-            kl_rows_low = torch.bmm(kl.unsqueeze(-2), mask_f.unsqueeze(-1)).reshape(-1) - kl_rows_high
+            # per-response class sums of the KL as row dots (vecdot: ~10x faster than bmm on CPU here)
+            kl_rows_high = torch.linalg.vecdot(kl, high_f)
+            kl_rows_low = torch.linalg.vecdot(kl, mask_f) - kl_rows_high
             kl_low, kl_high = _dot(kl_rows_low, s_low), _dot(kl_rows_high, s_high)
             kl_value = config.low_kl * kl_low + config.high_kl * kl_high
             # d kl_value / d logp = dkl * w: w = beta_k s_low_i on low tokens, beta_r s_high_i on high ones

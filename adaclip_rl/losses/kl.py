@@ -71,14 +71,14 @@ def kl_value_and_grad(
     if estimator == "k3" and value_clamp is not None and log_ratio_clamp is not None \
             and _k3(-log_ratio_clamp) >= value_clamp and _k3(log_ratio_clamp) >= value_clamp:
         # verl low_var_kl: wherever the log-ratio clamp is active the value clamp is too (k3 >= 0), so
-        # one mask - value below the clamp - gives the gradient of both: 10 passes instead of 16
+        # one mask - value at or above the clamp - zeroes the gradient of both
         e = torch.exp(d.clamp_(-log_ratio_clamp, log_ratio_clamp))
         value = torch.sub(e, d, out=d).sub_(1)  # exp(d) - d - 1, in d's buffer
-        # 1 where the value clamp is inactive, 0 where it is active (float ops: boolean masks are
-        # several times slower on CPU); at value == clamp exactly (measure zero) 0
-        inside = torch.rsub(value, value_clamp).clamp_(min=0.0).sign_()
+        # 1 - exp(d) where the value clamp is inactive, 0 where it is active (masked_fill_ with the
+        # boolean mask: half the time of a float 0/1 mask built and multiplied in on CPU)
+        grad = e.neg_().add_(1).masked_fill_(value >= value_clamp, 0.0)
         value.clamp_(max=value_clamp)
-        return value, e.sub_(1).mul_(inside).neg_()  # (1 - exp(d)) where the clamp is inactive
+        return value, grad
     if log_ratio_clamp is not None:
         inside = (d.abs() <= log_ratio_clamp).to(d.dtype)
         d = d.clamp(-log_ratio_clamp, log_ratio_clamp)
