@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ..checks import check_choice, check_dual_clip, check_non_negative, check_open_unit
 from .kl import KL_ESTIMATORS, KLEstimator, kl_value_and_grad
-from .surrogate import gated_surrogate
+from .surrogate import _as_2d, gated_surrogate
 
 _LOG_RATIO_CLAMP = 20.0  # verl low_var_kl: log-ratio clamped to [-20, 20] ...
 _KL_VALUE_CLAMP = 10.0  # ... and the k3 value to [-10, 10] (the official Archer run's kl_loss_type)
@@ -206,6 +206,8 @@ class ArcherResult:
     clipfrac_high: Tensor
     clipfrac_low: Tensor
     tau_mean: Tensor
+    clipfrac_pos: Tensor | None = None
+    clipfrac_neg: Tensor | None = None
 
 
 class _ScalarWithGrad(torch.autograd.Function):
@@ -274,6 +276,11 @@ def archer_loss(
         zero = ratio.new_zeros(())
         clipfrac_high = (clipped & high).count_nonzero() * inv_high
         clipfrac_low = (clipped & low).count_nonzero() * inv_low
+        # by advantage sign over all loss tokens (a clipped token has A != 0): A>0 above 1+eps_t, A<0 below 1-eps_t
+        clipped_valid = clipped & (high | low)
+        n_clipped = clipped_valid.count_nonzero()
+        n_clipped_pos = (clipped_valid & (_as_2d(advantages.detach()) > 0)).count_nonzero()
+        inv_all = 1.0 / (n_high + n_low).clamp(min=1.0)
         if config.uses_kl:
             if logp is None or ref_logp is None:
                 raise ValueError("logp and ref_logp are required when low_kl or high_kl > 0")
@@ -308,6 +315,8 @@ def archer_loss(
             clipfrac_high=clipfrac_high,
             clipfrac_low=clipfrac_low,
             tau_mean=torch.nanmean(tau) if tau.numel() else zero,
+            clipfrac_pos=n_clipped_pos * inv_all,
+            clipfrac_neg=(n_clipped - n_clipped_pos) * inv_all,
         )
     if config.uses_kl:
         if torch.is_grad_enabled() and logp.requires_grad:

@@ -265,8 +265,8 @@ def bapo_policy_loss(
     "archer", ArcherConfig, owns_ratio_bounds=True, clamps_log_ratio=True, anchors_to_behaviour=True,
     needs_entropy=True, needs_ref_logps=lambda config: config.uses_kl,
     needs_old_entropies=lambda config: config.entropy_source == "old",
-    metrics=("archer/high_frac", "archer/clipfrac_high", "archer/clipfrac_low", "archer/kl_low", "archer/kl_high",
-             "archer/entropy_threshold"),
+    metrics=("archer/high_frac", "archer/clipfrac_high", "archer/clipfrac_low", "archer/clipfrac_pos",
+             "archer/clipfrac_neg", "archer/kl_low", "archer/kl_high", "archer/entropy_threshold"),
 )
 def archer_policy_loss(
     ratio, advantages, mask, *, config: ArcherConfig, entropy=None, logp=None, ref_logp=None, **_: Any
@@ -279,6 +279,8 @@ def archer_policy_loss(
         "archer/high_frac": classes.high_frac,
         "archer/clipfrac_high": classes.clipfrac_high,
         "archer/clipfrac_low": classes.clipfrac_low,
+        "archer/clipfrac_pos": classes.clipfrac_pos,
+        "archer/clipfrac_neg": classes.clipfrac_neg,
         "archer/kl_low": classes.kl_low,
         "archer/kl_high": classes.kl_high,
         "archer/entropy_threshold": classes.tau_mean,

@@ -214,10 +214,10 @@ def summarize_history(history: list[dict[str, Any]]) -> dict[str, Any]:
         "entropy_first": _mean(_series(history[: max(1, n // 10)], "entropy")),
         "reward_last": tail_mean("reward"),
         # clip fractions by advantage sign: "pos" = A>0 tokens above the upper bound, "neg" = A<0 below the lower
-        "clipfrac_pos": tail_mean("clipfrac/high", "bapo/clipfrac_high"),
-        "clipfrac_neg": tail_mean("clipfrac/low", "bapo/clipfrac_low"),
+        "clipfrac_pos": tail_mean("clipfrac/high", "bapo/clipfrac_high", "archer/clipfrac_pos"),
+        "clipfrac_neg": tail_mean("clipfrac/low", "bapo/clipfrac_low", "archer/clipfrac_neg"),
         "clipfrac_dual": tail_mean("clipfrac/dual", "bapo/clipfrac_dual"),
-        # Archer logs its clip fractions by entropy class instead (high- / low-entropy tokens)
+        # Archer also logs its clip fractions by entropy class (high- / low-entropy tokens)
         "archer_clipfrac_high_entropy": tail_mean("archer/clipfrac_high"),
         "archer_clipfrac_low_entropy": tail_mean("archer/clipfrac_low"),
         "bapo_clip_low": _mean(_series(history, "bapo/clip_low")),
@@ -231,7 +231,8 @@ def summarize_history(history: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 CURVE_KEYS = ("reward", "entropy", "grad_norm", "clipfrac/high", "clipfrac/low", "bapo/clip_low", "bapo/clip_high",
-              "bapo/clipfrac_high", "bapo/clipfrac_low", "archer/clipfrac_high", "archer/clipfrac_low")
+              "bapo/clipfrac_high", "bapo/clipfrac_low", "archer/clipfrac_high", "archer/clipfrac_low",
+              "archer/clipfrac_pos", "archer/clipfrac_neg")
 
 
 def train_run(cfg: StudyConfig, method: str, level: str, seed: int, prep: dict[str, Any],

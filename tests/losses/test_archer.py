@@ -273,3 +273,32 @@ def test_extreme_log_prob_gaps_on_padding_give_finite_kl():
                          logp=logp, ref_logp=ref)
     res.kl_term.backward()
     assert torch.isfinite(res.kl_term) and torch.isfinite(logp.grad).all()
+
+
+@pytest.mark.parametrize("adv_shape", ["B", "B1", "BT"])
+def test_clip_fractions_by_advantage_sign_match_brute_force(adv_shape):
+    """``clipfrac_pos`` / ``clipfrac_neg``: share of loss tokens with A>0 and r above 1+eps_t, and
+    with A<0 and r below 1-eps_t, eps_t the token's class width (counted token by token here)."""
+    gen = torch.Generator().manual_seed(3)
+    b, t = 12, 30
+    entropy = torch.rand(b, t, generator=gen) * 2
+    mask = (torch.arange(t) < torch.randint(1, t + 1, (b, 1), generator=gen)).float()
+    ratio = torch.exp(0.6 * torch.randn(b, t, generator=gen))
+    adv_bt = torch.randn(b, t, generator=gen)
+    adv = {"B": adv_bt[:, 0], "B1": adv_bt[:, :1], "BT": adv_bt}[adv_shape]
+    adv_full = adv.reshape(b, -1).expand(b, t)
+    cfg = ArcherConfig(low_kl=0.0)
+    _, res = archer_loss(ratio, adv, mask, entropy, cfg)
+    pos = neg = 0
+    for i in range(b):
+        for j in range(t):
+            if mask[i, j] == 0:
+                continue
+            eps = cfg.high_clip if res.high[i, j] else cfg.low_clip
+            a, r = adv_full[i, j].item(), ratio[i, j].item()
+            pos += a > 0 and r > 1 + eps
+            neg += a < 0 and r < 1 - eps
+    n = int(mask.sum())
+    assert pos > 0 and neg > 0
+    assert res.clipfrac_pos.item() == pytest.approx(pos / n, abs=1e-7)
+    assert res.clipfrac_neg.item() == pytest.approx(neg / n, abs=1e-7)
