@@ -86,6 +86,7 @@ def _summarise(mode: str, seed: int, clock: StepClock, history: list[dict], args
 
 
 def run_sync(seed: int, model_dir: str, dataset: Any, args: argparse.Namespace, out: Path) -> dict:
+    from adaclip_rl.rollout.vllm_engine import release_trainer_engines
     from adaclip_rl.tasks.arithmetic import arithmetic_reward
     from adaclip_rl.trainers.offpolicy import OffPolicyGRPOTrainer
     from adaclip_rl.trainers.offpolicy_config import OffPolicyGRPOConfig
@@ -108,13 +109,9 @@ def run_sync(seed: int, model_dir: str, dataset: Any, args: argparse.Namespace, 
     trainer.remove_callback(ProgressCallback)
     trainer.train()
     result = _summarise("sync", seed, clock, trainer.state.log_history, args)
-    trainer.rollout_engine.llm = None
-    trainer.vllm_generation.llm = None
+    release_trainer_engines(trainer)
     del trainer
     gc.collect()
-    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
-
-    cleanup_dist_env_and_memory()
     return result
 
 

@@ -115,6 +115,7 @@ class StepClock(TrainerCallback):
 def one_run(mode: str, seed: int, model_dir: str, dataset: Any, args: argparse.Namespace, out_dir: Path) -> dict:
     import gc
 
+    from adaclip_rl.rollout.vllm_engine import release_trainer_engines
     from adaclip_rl.trainers.offpolicy import OffPolicyGRPOTrainer
     from adaclip_rl.trainers.offpolicy_config import OffPolicyGRPOConfig
 
@@ -163,13 +164,9 @@ def one_run(mode: str, seed: int, model_dir: str, dataset: Any, args: argparse.N
         "reward_last5": statistics.fmean(rewards[-5:]), "target_reached": reached,
         "version_span_max": max(h.get("partial/version_span_max", 0.0) for h in history),
     }
-    trainer.rollout_engine.llm = None
-    trainer.vllm_generation.llm = None
+    release_trainer_engines(trainer)
     del trainer
     gc.collect()
-    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
-
-    cleanup_dist_env_and_memory()
     return result
 
 

@@ -49,6 +49,7 @@ processed log-probs for evaluation or for fixed-policy rollouts.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import os
@@ -89,6 +90,19 @@ def prepare_colocate_env(kv_cache_gib: int | None = 1) -> None:
             with socket.socket() as s:
                 s.bind(("", 0))
                 os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+
+
+def release_trainer_engines(trainer: Any) -> None:
+    """Drop a trainer's in-process vLLM engines (TRL's colocated ``vllm_generation`` and our
+    ``rollout_engine``) and tear down the process group vLLM initialised, so that another engine can
+    start in this process (one colocated engine at a time). The caller drops its trainer afterwards."""
+    for holder in (getattr(trainer, "vllm_generation", None), getattr(trainer, "rollout_engine", None)):
+        if holder is not None:
+            holder.llm = None
+    gc.collect()
+    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+    cleanup_dist_env_and_memory()
 
 
 def _ties_word_embeddings(model: torch.nn.Module) -> bool:

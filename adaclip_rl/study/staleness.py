@@ -265,15 +265,11 @@ def train_run(cfg: StudyConfig, method: str, level: str, seed: int, prep: dict[s
                                 seed=1000 + seed)
     history = [h for h in trainer.state.log_history if "loss" in h and "step" in h]
     if lv.uses_vllm:  # free the colocated engine before the next run
-        trainer.vllm_generation.llm = None
-        if getattr(trainer, "rollout_engine", None) is not None:
-            trainer.rollout_engine.llm = None
+        from ..rollout.vllm_engine import release_trainer_engines
+
+        release_trainer_engines(trainer)
     del trainer
     gc.collect()
-    if lv.uses_vllm:
-        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
-
-        cleanup_dist_env_and_memory()
     curves = {key: [[h["step"], h[key]] for h in history if isinstance(h.get(key), int | float)]
               for key in CURVE_KEYS}
     return {"method": method, "level": level, "seed": seed, "steps_per_generation": lv.steps_per_generation,

@@ -17,6 +17,28 @@ from dataclasses import dataclass
 _LEADING_INT = re.compile(r"\s*(\d+)")
 
 
+def is_heldout_pair(a: int, b: int, heldout_every: int) -> bool:
+    """Whether operand pair ``(a, b)`` belongs to the held-out split (a fixed hash, every task alike)."""
+    return ((a * 7919 + b * 104729) % 1000003) % heldout_every == 0
+
+
+def sample_operand_pairs(n: int, split: str, seed: int, digits: int, heldout_every: int) -> list[tuple[int, int]]:
+    """``n`` operand pairs in ``[0, 10**digits)`` from ``split`` ("train" or "test"), drawn with ``seed``."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
+    if n < 0:
+        raise ValueError(f"n must be >= 0; got {n}")
+    rng = random.Random(seed)
+    hi = 10**digits - 1
+    want_heldout = split == "test"
+    pairs: list[tuple[int, int]] = []
+    while len(pairs) < n:
+        a, b = rng.randint(0, hi), rng.randint(0, hi)
+        if is_heldout_pair(a, b, heldout_every) == want_heldout:
+            pairs.append((a, b))
+    return pairs
+
+
 @dataclass(frozen=True)
 class ArithmeticTask:
     """Addition of two ``digits``-digit numbers (leading zeros not written).
@@ -37,23 +59,13 @@ class ArithmeticTask:
         if self.heldout_every < 2:
             raise ValueError(f"heldout_every must be >= 2; got {self.heldout_every}")
 
-    def _is_heldout(self, a: int, b: int) -> bool:
-        return ((a * 7919 + b * 104729) % 1000003) % self.heldout_every == 0
-
     def sample(self, n: int, split: str = "train", seed: int = 0) -> list[dict[str, str]]:
         """``n`` problems from ``split`` ("train" or "test"): dicts with ``prompt`` and ``answer``."""
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
-        rng = random.Random(seed)
-        hi = 10**self.digits - 1
-        want_heldout = split == "test"
-        out: list[dict[str, str]] = []
-        while len(out) < n:
-            a, b = rng.randint(0, hi), rng.randint(0, hi)
-            if self._is_heldout(a, b) == want_heldout:
-                answer = str(a + b)[::-1] if self.reverse_answer else str(a + b)
-                out.append({"prompt": f"{a}+{b}=", "answer": answer})
-        return out
+        problems = []
+        for a, b in sample_operand_pairs(n, split, seed, self.digits, self.heldout_every):
+            answer = str(a + b)[::-1] if self.reverse_answer else str(a + b)
+            problems.append({"prompt": f"{a}+{b}=", "answer": answer})
+        return problems
 
     def corpus(self, n: int = 2000, seed: int = 0) -> list[str]:
         """Text the tokenizer is trained on: full problems with answers."""
@@ -66,7 +78,8 @@ def parse_answer(completion: str) -> str | None:
     return m.group(1) if m else None
 
 
-def _text(completion) -> str:
+def plain_completion_text(completion) -> str:
+    """The text of a TRL completion: a string, or the last message of a conversation."""
     if isinstance(completion, list):  # conversational: [{"role": "assistant", "content": ...}]
         return completion[-1]["content"] if completion else ""
     return completion
@@ -74,4 +87,4 @@ def _text(completion) -> str:
 
 def arithmetic_reward(completions: list, answer: list[str], **kwargs) -> list[float]:
     """TRL reward function: 1.0 when the completion's leading integer equals ``answer``."""
-    return [float(parse_answer(_text(c)) == a) for c, a in zip(completions, answer, strict=True)]
+    return [float(parse_answer(plain_completion_text(c)) == a) for c, a in zip(completions, answer, strict=True)]

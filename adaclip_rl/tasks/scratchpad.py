@@ -18,10 +18,11 @@ stopped early, so the tiny model makes scratchpad errors that RL can remove.
 
 from __future__ import annotations
 
-import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from .arithmetic import plain_completion_text, sample_operand_pairs
 
 _FINAL = re.compile(r">\s*(\d+)")
 
@@ -44,9 +45,6 @@ class ScratchpadAdditionTask:
         if self.heldout_every < 2:
             raise ValueError(f"heldout_every must be >= 2; got {self.heldout_every}")
 
-    def _is_heldout(self, a: int, b: int) -> bool:
-        return ((a * 7919 + b * 104729) % 1000003) % self.heldout_every == 0
-
     @staticmethod
     def solution(a: int, b: int) -> tuple[str, str]:
         """``(worked solution, answer)`` for ``a + b``: the completion text and the reversed sum."""
@@ -65,20 +63,11 @@ class ScratchpadAdditionTask:
     def sample(self, n: int, split: str = "train", seed: int = 0) -> list[dict[str, str]]:
         """``n`` problems from ``split`` ("train" or "test"): ``prompt``, ``answer`` (reversed sum) and
         ``solution`` (the worked completion the warm start imitates)."""
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
-        if n < 0:
-            raise ValueError(f"n must be >= 0; got {n}")
-        rng = random.Random(seed)
-        hi = 10**self.digits - 1
-        want_heldout = split == "test"
-        out: list[dict[str, str]] = []
-        while len(out) < n:
-            a, b = rng.randint(0, hi), rng.randint(0, hi)
-            if self._is_heldout(a, b) == want_heldout:
-                sol, answer = self.solution(a, b)
-                out.append({"prompt": f"{a}+{b}=", "answer": answer, "solution": sol})
-        return out
+        problems = []
+        for a, b in sample_operand_pairs(n, split, seed, self.digits, self.heldout_every):
+            sol, answer = self.solution(a, b)
+            problems.append({"prompt": f"{a}+{b}=", "answer": answer, "solution": sol})
+        return problems
 
     def corpus(self, n: int = 2000, seed: int = 0) -> list[str]:
         """Text the tokenizer is trained on: full problems with worked solutions."""
@@ -95,15 +84,9 @@ def parse_final(completion: str) -> str | None:
     return hits[-1] if hits else None
 
 
-def _text(completion) -> str:
-    if isinstance(completion, list):  # conversational: [{"role": "assistant", "content": ...}]
-        return completion[-1]["content"] if completion else ""
-    return completion
-
-
 def scratchpad_reward(completions: list, answer: list[str], **kwargs) -> list[float]:
     """TRL reward function: 1.0 when the completion's final answer (after the last ``>``) equals ``answer``."""
-    return [float(parse_final(_text(c)) == a) for c, a in zip(completions, answer, strict=True)]
+    return [float(parse_final(plain_completion_text(c)) == a) for c, a in zip(completions, answer, strict=True)]
 
 
 class _SolutionView:

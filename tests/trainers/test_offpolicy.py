@@ -3,7 +3,6 @@ partial rollouts and replay enabled, including a checkpoint save / resume of the
 
 from __future__ import annotations
 
-import gc
 import math
 
 import pytest
@@ -81,13 +80,9 @@ def eos_model_dir(tiny_model_dir, tmp_path_factory):
 
 def _release(trainer) -> None:
     """Free the trainer's in-process vLLM engine so that the next one can start (one engine at a time)."""
-    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+    from adaclip_rl.rollout.vllm_engine import release_trainer_engines
 
-    trainer.rollout_engine.llm = None
-    trainer.vllm_generation.llm = None
-    del trainer
-    gc.collect()
-    cleanup_dist_env_and_memory()
+    release_trainer_engines(trainer)
 
 
 @pytest.mark.vllm

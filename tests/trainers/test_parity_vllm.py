@@ -10,8 +10,6 @@ TRL's in each mode (the mode only changes how TRL builds the ratio; ``_compute_l
 
 from __future__ import annotations
 
-import gc
-
 import pytest
 import torch
 from conftest import digit_reward
@@ -42,9 +40,7 @@ def test_grpo_matches_stock_trl_with_vllm_importance_sampling_from_a_real_engine
     tiny_model_dir, arithmetic_dataset, tmp_path
 ):
     pytest.importorskip("vllm")
-    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
-
-    from adaclip_rl.rollout.vllm_engine import prepare_colocate_env
+    from adaclip_rl.rollout.vllm_engine import prepare_colocate_env, release_trainer_engines
 
     prepare_colocate_env()
     vllm_kw = dict(use_vllm=True, vllm_mode="colocate", vllm_importance_sampling_correction=True,
@@ -80,7 +76,4 @@ def test_grpo_matches_stock_trl_with_vllm_importance_sampling_from_a_real_engine
                 assert torch.allclose(grads_o[name], g, rtol=1e-5, atol=1e-7), (mode, name)
         assert seen_effect, "vLLM's log-probs equalled the trainer's everywhere: the IS branch was not exercised"
     finally:
-        stock.vllm_generation.llm = None
-        del stock
-        gc.collect()
-        cleanup_dist_env_and_memory()
+        release_trainer_engines(stock)
