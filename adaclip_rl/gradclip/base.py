@@ -118,7 +118,7 @@ def grad_sq_norms(params: Sequence[Tensor]) -> Tensor:
     if not params:
         return torch.zeros(0, dtype=torch.float32)
     device = _local(params[0]).device
-    out = torch.zeros(len(params), dtype=torch.float32, device=device)
+    sq_norms = torch.zeros(len(params), dtype=torch.float32, device=device)
     groups: dict[torch.device, tuple[list[int], list[Tensor]]] = {}
     for i, p in enumerate(params):
         if p.grad is None:
@@ -130,8 +130,8 @@ def grad_sq_norms(params: Sequence[Tensor]) -> Tensor:
     for dev, (idx, grads) in groups.items():
         norms = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32))
         index = torch.tensor(idx, dtype=torch.long, device=dev)
-        out.index_copy_(0, index.to(device), norms.square().to(device))
-    return out
+        sq_norms.index_copy_(0, index.to(device), norms.square().to(device))
+    return sq_norms
 
 
 @torch.no_grad()
@@ -392,13 +392,13 @@ class GradClipper(ABC):
         (global clippers), ``z``/``mu``/``sigma`` (ZClip), ``frac_tensors_clipped``/``max_ratio``
         (AdaGC). The trainer adds the ``gradclip/`` prefix.
         """
-        out = {"warmup": float(self.in_warmup), **self._last}
-        out.update(
+        metrics = {"warmup": float(self.in_warmup), **self._last}
+        metrics.update(
             updates=float(self.num_updates),
             clipped_steps=float(self.num_clipped),
             nonfinite_steps=float(self.num_nonfinite),
         )
-        return out
+        return metrics
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config_repr()})"

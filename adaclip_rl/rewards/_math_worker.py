@@ -43,7 +43,7 @@ def _inject_fault(pred: str) -> None:
 def main() -> None:
     """Serve verification requests from stdin until EOF."""
     # Keep the protocol stream clean: anything printed by libraries goes to stderr.
-    out = os.fdopen(os.dup(1), "w", buffering=1)
+    protocol_stream = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
 
@@ -83,7 +83,7 @@ def main() -> None:
         return parse(pred, extraction_config=pred_cfg, parsing_timeout=t)
 
     faults = os.environ.get("ADACLIP_MATH_WORKER_FAULTS") == "1"
-    out.write(json.dumps({"ready": True}) + "\n")
+    protocol_stream.write(json.dumps({"ready": True}) + "\n")
     for line in sys.stdin:
         if not line.strip():
             continue
@@ -94,17 +94,17 @@ def main() -> None:
         try:
             g = parse_gold(gold, t)
             if not g:
-                res = {"i": i, "s": None, "e": "gold_unparsable"}
+                reply = {"i": i, "s": None, "e": "gold_unparsable"}
             else:
                 p = parse_pred(pred, t)
                 if not p:
-                    res = {"i": i, "s": 0.0, "e": "no_answer"}
+                    reply = {"i": i, "s": 0.0, "e": "no_answer"}
                 else:
                     ok = verify(g, p, timeout_seconds=t)
-                    res = {"i": i, "s": 1.0 if ok else 0.0, "e": "ok"}
+                    reply = {"i": i, "s": 1.0 if ok else 0.0, "e": "ok"}
         except Exception as exc:  # noqa: BLE001 - a bad item must not kill the worker
-            res = {"i": i, "s": 0.0, "e": "error", "msg": f"{type(exc).__name__}: {exc}"[:300]}
-        out.write(json.dumps(res) + "\n")
+            reply = {"i": i, "s": 0.0, "e": "error", "msg": f"{type(exc).__name__}: {exc}"[:300]}
+        protocol_stream.write(json.dumps(reply) + "\n")
 
 
 if __name__ == "__main__":

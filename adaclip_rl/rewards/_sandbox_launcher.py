@@ -201,12 +201,12 @@ def _dec(x: object, depth: int = 0) -> object:
         items = [_dec(v, depth + 1) for v in x[1]]
         return {"l": list, "t": tuple, "F": frozenset, "S": set}[tag](items)
     if tag == "d" and type(x[1]) is list:
-        out = {}
+        decoded = {}
         for kv in x[1]:
             if type(kv) is not list or len(kv) != 2:
                 raise ValueError("malformed dict item")
-            out[_dec(kv[0], depth + 1)] = _dec(kv[1], depth + 1)
-        return out
+            decoded[_dec(kv[0], depth + 1)] = _dec(kv[1], depth + 1)
+        return decoded
     raise ValueError(f"malformed value tag {tag!r}")
 
 

@@ -60,12 +60,12 @@ def _version_number(label: Any, default: int) -> int:
 def expand_version_spans(spans: list[dict[str, Any]] | None, n: int, default: int) -> list[int]:
     """One version per generated token from vLLM's ``[{version, start, end}]`` spans (``default`` where
     a token is not covered or the label is not a number)."""
-    out = [default] * n
+    versions = [default] * n
     for span in spans or []:
         v = _version_number(span.get("version"), default)
         for i in range(max(0, int(span["start"])), min(n, int(span["end"]))):
-            out[i] = v
-    return out
+            versions[i] = v
+    return versions
 
 
 class VersionedRolloutLoop(_AsyncRolloutLoop):
@@ -109,14 +109,15 @@ class VersionedRolloutLoop(_AsyncRolloutLoop):
     async def _score_group(self, group: RolloutGroup) -> list[RolloutSample]:
         samples = await super()._score_group(group)
         rows = [seq for seqs in group.completions_sequences for seq in seqs]  # super's order, one sample per row
-        out = []
+        versioned_samples = []
         for sample, seq in zip(samples, rows, strict=True):
             versions = getattr(seq, "token_versions", None)
             if versions is None:  # multi-turn row that does not map 1:1: the group's lower bound
                 versions = np.where(sample.completion_mask > 0, group.model_version, -1)
             values = {f.name: getattr(sample, f.name) for f in fields(RolloutSample)}
-            out.append(VersionedRolloutSample(**values, token_versions=np.asarray(versions, dtype=np.int64)))
-        return out
+            token_versions = np.asarray(versions, dtype=np.int64)
+            versioned_samples.append(VersionedRolloutSample(**values, token_versions=token_versions))
+        return versioned_samples
 
 
 class ServerCheckedRolloutWorker(AsyncRolloutWorker):

@@ -134,7 +134,7 @@ def collate_behaviour(
             completion_mask[i, :lc] = 1
             logprobs[i, :lc] = torch.tensor(s.logprobs, dtype=torch.float32)
             versions[i, :lc] = torch.tensor(s.versions, dtype=torch.long)
-    out = {
+    batch = {
         "prompt_ids": prompt_ids,
         "prompt_mask": prompt_mask,
         "completion_ids": completion_ids,
@@ -146,16 +146,16 @@ def collate_behaviour(
         "segments": torch.tensor([s.segments for s in samples], dtype=torch.long),
     }
     if device is not None:
-        out = {k: v.to(device) for k, v in out.items()}
-    return out
+        batch = {k: v.to(device) for k, v in batch.items()}
+    return batch
 
 
 def pad_versions(versions: Sequence[Sequence[int]], width: int | None = None, fill: int = -1) -> torch.Tensor:
     """Right-pad per-token versions into a ``(B, T)`` long tensor (``fill`` on padding)."""
     t = width if width is not None else max((len(v) for v in versions), default=0)
-    out = torch.full((len(versions), t), fill, dtype=torch.long)
+    padded = torch.full((len(versions), t), fill, dtype=torch.long)
     for i, v in enumerate(versions):
         n = min(len(v), t)
         if n:
-            out[i, :n] = torch.tensor(list(v)[:n], dtype=torch.long)
-    return out
+            padded[i, :n] = torch.tensor(list(v)[:n], dtype=torch.long)
+    return padded

@@ -275,10 +275,10 @@ class PartialRolloutManager:
         if not requests:
             return 0
 
-        def on_finish(i: int, out: GenerationOutput) -> bool:
+        def on_finish(i: int, output: GenerationOutput) -> bool:
             group, s = todo[i]
-            s.extend(out.token_ids, out.logprobs, out.version)
-            self._finish(s, "stop" if out.finish_reason == "stop" else "length")
+            s.extend(output.token_ids, output.logprobs, output.version)
+            self._finish(s, "stop" if output.finish_reason == "stop" else "length")
             if group.finished:
                 self._active.remove(group)
                 self._ready.append(group)
@@ -287,12 +287,12 @@ class PartialRolloutManager:
         outputs = self.engine.generate_until(requests, self.sampling, on_finish)
         if len(outputs) != len(requests):
             raise RuntimeError(f"engine returned {len(outputs)} outputs for {len(requests)} requests")
-        for (_, s), out in zip(todo, outputs, strict=True):
-            if out.finish_reason == "interrupted":
-                s.extend(out.token_ids, out.logprobs, out.version)
+        for (_, s), output in zip(todo, outputs, strict=True):
+            if output.finish_reason == "interrupted":
+                s.extend(output.token_ids, output.logprobs, output.version)
                 self._totals["interrupted"] += 1
         self._totals["calls"] += 1
-        tokens = sum(len(out.token_ids) for out in outputs)
+        tokens = sum(len(output.token_ids) for output in outputs)
         self._totals["tokens"] += tokens
         return tokens
 
@@ -318,9 +318,9 @@ class PartialRolloutManager:
             tokens += self._generate(num_groups)
             calls += 1
         self._ready = deque(sorted(self._ready, key=lambda g: (g.submitted_version or 0, g.gid)))
-        out = [self._ready.popleft() for _ in range(min(num_groups, len(self._ready)))]
-        self._last = self._collect_metrics(out, calls, tokens, time.perf_counter() - t0)
-        return out
+        groups = [self._ready.popleft() for _ in range(min(num_groups, len(self._ready)))]
+        self._last = self._collect_metrics(groups, calls, tokens, time.perf_counter() - t0)
+        return groups
 
     # ------------------------------------------------------------------ metrics
     def _collect_metrics(

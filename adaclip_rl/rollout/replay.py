@@ -213,8 +213,8 @@ class ReplayBuffer:
             self._last_sampled = 0
             return []
         idx = self._select(k)
-        out = [self._groups[i] for i in idx]
-        for g in out:
+        sampled_groups = [self._groups[i] for i in idx]
+        for g in sampled_groups:
             g.uses += 1
         if self.max_reuse is not None:
             before = len(self._groups)
@@ -222,7 +222,7 @@ class ReplayBuffer:
             self._counters["retired"] += before - len(self._groups)
         self._counters["sampled"] += k
         self._last_sampled = k
-        return out
+        return sampled_groups
 
     # ------------------------------------------------------------------ metrics
     def metrics(self, current_version: int) -> dict[str, float]:

@@ -116,8 +116,8 @@ def build_tiny_model(
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
     spec = spec or TinyModelSpec()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    model_dir = Path(out_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(texts, vocab_size=spec.vocab_size)
     config = Qwen2Config(
         vocab_size=len(tokenizer),
@@ -140,7 +140,7 @@ def build_tiny_model(
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
     )
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    (out / "adaclip_tiny_spec.json").write_text(json.dumps(asdict(spec), indent=2))
-    return out
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    (model_dir / "adaclip_tiny_spec.json").write_text(json.dumps(asdict(spec), indent=2))
+    return model_dir

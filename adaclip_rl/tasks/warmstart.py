@@ -69,10 +69,10 @@ def warm_start(model_dir: str | Path, out_dir: str | Path, task: ArithmeticTask,
         opt.step()
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
-    out = Path(out_dir)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    saved_dir = Path(out_dir)
+    model.save_pretrained(saved_dir)
+    tokenizer.save_pretrained(saved_dir)
+    return saved_dir
 
 
 @torch.no_grad()
@@ -81,7 +81,7 @@ def sample_answers(model, tokenizer, prompts: list[str], *, k: int, temperature:
     """``k`` sampled completions per prompt (greedy when ``temperature == 0``)."""
     model.eval()
     torch.manual_seed(seed)
-    out: list[list[str]] = []
+    samples_per_prompt: list[list[str]] = []
     for i in range(0, len(prompts), batch_size):
         chunk = prompts[i : i + batch_size]
         enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -91,8 +91,8 @@ def sample_answers(model, tokenizer, prompts: list[str], *, k: int, temperature:
             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         )
         texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-        out += [texts[j * k : (j + 1) * k] for j in range(len(chunk))]
-    return out
+        samples_per_prompt += [texts[j * k : (j + 1) * k] for j in range(len(chunk))]
+    return samples_per_prompt
 
 
 def evaluate_accuracy(model, tokenizer, problems: list[dict[str, str]], *, k: int = 4, temperature: float = 1.0,
