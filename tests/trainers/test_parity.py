@@ -10,7 +10,7 @@ import inspect
 import pytest
 import torch
 import trl
-from conftest import digit_reward
+from conftest import assert_same_loss_and_grads, digit_reward
 from trl import GRPOConfig, GRPOTrainer
 
 from adaclip_rl import AdaClipGRPOConfig, AdaClipGRPOTrainer
@@ -46,15 +46,6 @@ def _batch(model, seed: int) -> dict[str, torch.Tensor]:
     }
 
 
-def _loss_and_grads(trainer, inputs):
-    trainer.model.train()
-    trainer.model.zero_grad()
-    trainer.current_gradient_accumulation_steps = 2
-    loss = trainer._compute_loss(trainer.model, inputs)
-    loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
-
-
 @pytest.mark.parametrize("beta", [0.0, 0.04])
 @pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo", "luspo"])
 def test_grpo_policy_loss_matches_stock_trl(tiny_model_dir, arithmetic_dataset, tmp_path, loss_type, beta):
@@ -64,12 +55,7 @@ def test_grpo_policy_loss_matches_stock_trl(tiny_model_dir, arithmetic_dataset, 
     ours = AdaClipGRPOTrainer(model=tiny_model_dir, reward_funcs=[digit_reward], train_dataset=arithmetic_dataset,
                               args=AdaClipGRPOConfig(output_dir=str(tmp_path / "ours"), policy_loss="grpo", **kw))
     inputs = _batch(stock.model, seed=len(loss_type) * 10 + int(beta * 100))
-    loss_s, grads_s = _loss_and_grads(stock, inputs)
-    loss_o, grads_o = _loss_and_grads(ours, inputs)
-    assert torch.allclose(loss_o, loss_s, rtol=1e-6, atol=1e-7), (loss_o, loss_s)
-    assert grads_s.keys() == grads_o.keys() and len(grads_s) > 0
-    for name, g in grads_s.items():
-        assert torch.allclose(grads_o[name], g, rtol=1e-5, atol=1e-7), name
+    assert_same_loss_and_grads(stock, ours, inputs, grad_accum_steps=2)
     # clipping really happened on this batch, and the shared metrics agree
     assert ours._metrics["train"]["clip_ratio/region_mean"][-1] > 0
     for key in ("clip_ratio/low_mean", "clip_ratio/high_mean", "entropy") + (("kl",) if beta else ()):
@@ -115,12 +101,7 @@ def test_grpo_policy_loss_matches_stock_trl_in_every_mirrored_branch(tiny_model_
     for tr in (stock, ours):
         tr._last_world_entropy = 1.0  # the adaptive controller applies its coefficient (entropy <= target)
     for step in range(2):  # two micro-batches: the adaptive controller updates at the window's end
-        loss_s, grads_s = _loss_and_grads(stock, inputs)
-        loss_o, grads_o = _loss_and_grads(ours, inputs)
-        assert torch.allclose(loss_o, loss_s, rtol=1e-6, atol=1e-7), (step, loss_o, loss_s)
-        assert grads_s.keys() == grads_o.keys() and len(grads_s) > 0
-        for name, g in grads_s.items():
-            assert torch.allclose(grads_o[name], g, rtol=1e-5, atol=1e-7), (step, name)
+        assert_same_loss_and_grads(stock, ours, inputs, grad_accum_steps=2, tag=step)
     assert ours.entropy_coef == stock.entropy_coef
     for key in set(stock._metrics["train"]) & {"clip_ratio/low_mean", "clip_ratio/high_mean", "entropy", "kl",
                                                 "policy_loss", "entropy_coef"}:

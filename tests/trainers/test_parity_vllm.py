@@ -11,8 +11,7 @@ TRL's in each mode (the mode only changes how TRL builds the ratio; ``_compute_l
 from __future__ import annotations
 
 import pytest
-import torch
-from conftest import digit_reward
+from conftest import assert_same_loss_and_grads, digit_reward
 from trl import GRPOConfig, GRPOTrainer
 
 from adaclip_rl import AdaClipGRPOConfig, AdaClipGRPOTrainer
@@ -23,15 +22,6 @@ COMMON = dict(
     gradient_accumulation_steps=1, logging_steps=1, seed=0, temperature=1.0,
 )
 MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
-
-
-def _loss_and_grads(trainer, inputs):
-    trainer.model.train()
-    trainer.model.zero_grad()
-    trainer.current_gradient_accumulation_steps = 1  # set by Trainer.training_step; here we call _compute_loss
-    loss = trainer._compute_loss(trainer.model, inputs)
-    loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
 
 
 @pytest.mark.vllm
@@ -68,12 +58,7 @@ def test_grpo_matches_stock_trl_with_vllm_importance_sampling_from_a_real_engine
             # the engine's log-probs differ from the trainer's, so the correction is not the identity
             valid = ratio[inputs["completion_mask"].bool()] if ratio.shape[1] > 1 else ratio
             seen_effect |= bool(((valid - 1).abs() > 1e-4).any())
-            loss_s, grads_s = _loss_and_grads(stock, inputs)
-            loss_o, grads_o = _loss_and_grads(ours, inputs)
-            assert torch.allclose(loss_o, loss_s, rtol=1e-6, atol=1e-7), (mode, loss_o, loss_s)
-            assert grads_s.keys() == grads_o.keys() and len(grads_s) > 0
-            for name, g in grads_s.items():
-                assert torch.allclose(grads_o[name], g, rtol=1e-5, atol=1e-7), (mode, name)
+            assert_same_loss_and_grads(stock, ours, inputs, tag=mode)
         assert seen_effect, "vLLM's log-probs equalled the trainer's everywhere: the IS branch was not exercised"
     finally:
         release_trainer_engines(stock)
