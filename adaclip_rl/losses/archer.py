@@ -205,9 +205,9 @@ class ArcherResult:
     high_frac: Tensor
     clipfrac_high: Tensor
     clipfrac_low: Tensor
+    clipfrac_pos: Tensor
+    clipfrac_neg: Tensor
     tau_mean: Tensor
-    clipfrac_pos: Tensor | None = None
-    clipfrac_neg: Tensor | None = None
 
 
 class _ScalarWithGrad(torch.autograd.Function):

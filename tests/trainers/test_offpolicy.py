@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from adaclip_rl.rollout.vllm_engine import release_trainer_engines
 from adaclip_rl.trainers.offpolicy import OffPolicyGRPOConfig
 
 
@@ -76,13 +77,6 @@ def eos_model_dir(tiny_model_dir, tmp_path_factory):
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return str(out)
-
-
-def _release(trainer) -> None:
-    """Free the trainer's in-process vLLM engine so that the next one can start (one engine at a time)."""
-    from adaclip_rl.rollout.vllm_engine import release_trainer_engines
-
-    release_trainer_engines(trainer)
 
 
 @pytest.mark.vllm
@@ -167,7 +161,7 @@ def test_bapo_partial_rollouts_and_replay_train_and_resume(tmp_path, eos_model_d
     ckpt = tmp_path / "out" / "checkpoint-2"
     saved = torch.load(ckpt / "rollout_state_0.pt", weights_only=True)
     assert saved["replay"]["groups"] and saved["partial"] is not None
-    _release(trainer)
+    release_trainer_engines(trainer)  # the next test starts its own engine
 
     # resume from checkpoint-2: the rollout state is restored exactly before training continues.
     # (The resumed run anchors the ratio on the proximal policy, the first run on the behaviour
@@ -188,7 +182,7 @@ def test_bapo_partial_rollouts_and_replay_train_and_resume(tmp_path, eos_model_d
     trainer.train(resume_from_checkpoint=str(ckpt))
     assert restored["replay"] == saved["replay"] and restored["partial"] == saved["partial"]
     assert trainer.state.global_step == 4
-    _release(trainer)
+    release_trainer_engines(trainer)  # the next test starts its own engine
 
 
 @pytest.mark.parametrize(
