@@ -47,7 +47,10 @@ def main() -> None:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
 
-    from adaclip_rl.rewards.math import clean_boxed, extract_boxed_answer
+    from sympy import FiniteSet
+
+    from adaclip_rl.rewards._text import strip_reasoning
+    from adaclip_rl.rewards.math import clean_boxed, extract_all_boxed
 
     parse, verify, gold_cfg, pred_cfg = _setup()
     gold_cache: collections.OrderedDict[str, Any] = collections.OrderedDict()
@@ -73,14 +76,28 @@ def main() -> None:
         return parsed
 
     def parse_pred(pred: str, t: int) -> Any:
-        boxed = extract_boxed_answer(pred)
-        if boxed is not None:
-            boxed = clean_boxed(boxed)
-        if boxed:
-            parsed = parse(f"\\boxed{{{boxed}}}", extraction_config=pred_cfg, parsing_timeout=t)
-            if parsed:
-                return parsed
-        return parse(pred, extraction_config=pred_cfg, parsing_timeout=t)
+        # complete <think>...</think> pairs are cut first (lighteval's remove_reasoning_tags)
+        text = strip_reasoning(pred)
+        boxes = list(dict.fromkeys(c for c in (clean_boxed(b) for b in extract_all_boxed(text)) if c))
+        if not boxes:
+            return parse(text, extraction_config=pred_cfg, parsing_timeout=t)
+        last = parse(f"\\boxed{{{boxes[-1]}}}", extraction_config=pred_cfg, parsing_timeout=t)
+        if len(boxes) > 1:
+            # Every box counts, as in Math-Verify: boxes holding different values are read as the
+            # set of them (math_verify/parser.py extract_latex: several parsed groups -> FiniteSet,
+            # nested FiniteSets flattened); boxes repeating one value (073, (073)) are that value.
+            values: dict[str, Any] = {}
+            for box in boxes:
+                got = parse(f"\\boxed{{{box}}}", extraction_config=pred_cfg, parsing_timeout=t)
+                value = next((x for x in got if not isinstance(x, str)), None)
+                if value is not None:
+                    for v in value.args if isinstance(value, FiniteSet) else (value,):
+                        values.setdefault(str(v), v)
+            if len(values) > 1:
+                return [FiniteSet(*values.values())]
+        if last:
+            return last
+        return parse(text, extraction_config=pred_cfg, parsing_timeout=t)
 
     faults = os.environ.get("ADACLIP_MATH_WORKER_FAULTS") == "1"
     protocol_stream.write(json.dumps({"ready": True}) + "\n")

@@ -111,3 +111,26 @@ def _opener(line: str) -> tuple[str, int, str] | None:
         if "`" not in info and len(info.split()) <= 1:
             return "`", k, info
     return None
+
+
+REASONING_TAGS: tuple[tuple[str, str], ...] = (("<think>", "</think>"),)
+
+
+def strip_reasoning(text: str, tag_pairs: tuple[tuple[str, str], ...] = REASONING_TAGS) -> str:
+    """Remove every complete reasoning block (``<think>...</think>``) from ``text``.
+
+    The same rule as lighteval's ``remove_reasoning_tags``
+    (``src/lighteval/utils/utils.py``, applied to every response by ``Pipeline._post_process_outputs``
+    when ``--remove-reasoning-tags`` is on, its default): repeatedly cut from the first start tag to
+    the first end tag after it; an unclosed ``<think>`` (a truncated reasoning) is left as it is, so
+    a box inside it still counts, as in lighteval.
+    """
+    result = text
+    for start_tag, end_tag in tag_pairs:
+        while start_tag in result and end_tag in result:
+            start = result.find(start_tag)
+            end = result.find(end_tag, start)
+            if start == -1 or end == -1:
+                break
+            result = result[:start] + result[end + len(end_tag):]
+    return result

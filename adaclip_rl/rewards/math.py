@@ -50,6 +50,7 @@ _WARNED_GOLDS: set[str] = set()
 
 __all__ = [
     "extract_boxed_answer",
+    "extract_all_boxed",
     "gsm8k_gold",
     "normalize_gold",
     "clean_boxed",
@@ -78,9 +79,20 @@ def extract_boxed_answer(text: str) -> str | None:
     Returns:
         The stripped content, or ``None`` when ``text`` holds no complete box.
     """
+    boxes = extract_all_boxed(text)
+    return boxes[-1] if boxes else None
+
+
+def extract_all_boxed(text: str) -> list[str]:
+    """Contents of every complete top-level ``\\boxed{...}`` / ``\\fbox{...}`` in ``text``, in order.
+
+    Same matching rules as :func:`extract_boxed_answer` (which returns the last item). The scorer
+    uses the whole list: a completion whose boxes hold different answers (``x=\\boxed{1}`` or
+    ``x=\\boxed{-2}``) is read as the set of them, as Math-Verify reads it.
+    """
     if not text or "\\boxed" not in text and "\\fbox" not in text:
-        return None
-    last: str | None = None
+        return []
+    found: list[str] = []
     pos = 0
     while True:
         match = _BOXED_RE.search(text, pos)
@@ -92,18 +104,18 @@ def extract_boxed_answer(text: str) -> str | None:
             if end is None:  # unbalanced: skip this occurrence
                 pos = match.end()
                 continue
-            last = text[start + 1 : end].strip()
+            found.append(text[start + 1 : end].strip())
             pos = end + 1  # boxes nested inside this one belong to it
         else:
-            # brace-less ``\boxed 5``: needs whitespace after the command, takes the next token
+            # brace-less ``\\boxed 5``: needs whitespace after the command, takes the next token
             had_space = match.group(0) != match.group(0).rstrip()
             token = re.match(r"[^\s$]+", text[start:])
             if had_space and token is not None:
-                last = token.group(0)
+                found.append(token.group(0))
                 pos = start + token.end()
             else:
                 pos = match.end()
-    return last
+    return found
 
 
 def _matching_brace(text: str, open_idx: int) -> int | None:

@@ -238,3 +238,22 @@ def test_input_validation() -> None:
     with pytest.raises(ValueError, match="timeout_s"):
         verify_math_answers(["a"], ["1"], timeout_s=0)
     assert verify_math_answers([], []) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "gold", "expected"),
+    [
+        # every box counts (Math-Verify reads several boxes as the set of them)
+        (r"so $x=\boxed{1}$ or $x=\boxed{-2}$", "1,-2", 1.0),
+        (r"x=\boxed{1} or x=\boxed{-2}", r"-2, 1", 1.0),
+        (r"first \boxed{3}. Wait, that is wrong: \boxed{5}", "5", 0.0),
+        (r"\boxed{073} ... so $d = \boxed{\textbf{(073)}}$", "73", 1.0),  # one value spelled twice
+        # complete <think> pairs are cut before extraction (lighteval remove_reasoning_tags)
+        (r"<think>maybe \boxed{7}</think> The answer is \boxed{8}", "8", 1.0),
+        (r"<think>maybe \boxed{7}</think> The answer is \boxed{8}", "7", 0.0),
+        (r"<think>it is 12</think> I cannot tell.", "12", 0.0),
+        (r"<think>unclosed reasoning \boxed{9}", "9", 1.0),  # no pair: kept, as lighteval keeps it
+    ],
+)
+def test_all_boxes_after_reasoning(text: str, gold: str, expected: float) -> None:
+    assert verify_math_answers([text], [gold], max_workers=WORKERS) == [expected]
