@@ -6,7 +6,10 @@ prompt string, ``params.n`` completions with their text (generated part only, sp
 removed) and their generated token count (the EOS token included when the sample stopped on it).
 
 Sampling is exactly what :class:`SamplingConfig` says, in both backends: temperature, top-p,
-``max_new_tokens``, ``n`` samples per prompt, a seed. No top-k, repetition penalty or other
+``max_new_tokens``, ``n`` samples per prompt, stop strings, a seed. Seeds are per problem in
+both backends (prompt ``i`` of a call uses ``seed + i`` in vLLM; sample ``j`` of prompt ``i`` has
+its own generator seeded from ``(seed, i, j)`` in transformers), so a problem's samples do not
+change with ``--limit`` or the batch size. No top-k, repetition penalty or other
 defaults from a model's ``generation_config.json`` leak in (Qwen models ship ``top_k=20`` and
 ``repetition_penalty=1.05`` there, which would silently change the protocol).
 ``temperature == 0`` means greedy decoding (the ``n`` samples are then identical).
@@ -41,9 +44,14 @@ class SamplingConfig:
         temperature: softmax temperature (>= 0; 0 = greedy).
         top_p: nucleus mass in (0, 1].
         max_new_tokens: generation budget per completion (>= 1).
-        seed: base seed; prompt ``i`` is sampled with seed ``seed + i`` in vLLM, batch ``b`` with
-            ``seed + b`` in transformers (the two backends do not produce identical samples).
+        seed: base seed; prompt ``i`` is sampled with seed ``seed + i`` in vLLM and sample ``j``
+            of prompt ``i`` with its own generator seeded from ``(seed, i, j)`` in transformers
+            (per problem in both, so samples do not depend on ``--limit`` or the batch size; the
+            two backends do not produce identical samples).
         ignore_eos: keep generating past EOS up to ``max_new_tokens`` (throughput benchmarks).
+        stop: stop strings; generation of a sample ends at the first one, which is not part of
+            the returned text (``finish_reason="stop"``). A string that is one special token of
+            the tokenizer (``<|im_end|>``) stops on that token id.
     """
 
     n: int = 1
@@ -52,8 +60,12 @@ class SamplingConfig:
     max_new_tokens: int = 4096
     seed: int = 0
     ignore_eos: bool = False
+    stop: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.stop, str) or not all(isinstance(x, str) and x for x in self.stop):
+            raise ValueError(f"stop must be a sequence of non-empty strings; got {self.stop!r}")
+        object.__setattr__(self, "stop", tuple(self.stop))
         if not isinstance(self.n, int) or self.n < 1:
             raise ValueError(f"n must be an integer >= 1; got {self.n!r}")
         if not (isinstance(self.temperature, int | float) and math.isfinite(self.temperature)) or self.temperature < 0:
@@ -121,6 +133,62 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
     return [
         list(tokenizer(p, add_special_tokens=_wants_special_tokens(tokenizer, p))["input_ids"]) for p in prompts
     ]
+
+
+def split_stop(tokenizer: Any, stop: Sequence[str]) -> tuple[list[str], list[int]]:
+    """Split stop strings into plain strings and the ids of those that are one special token."""
+    strings: list[str] = []
+    ids: list[int] = []
+    special = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    special |= {str(t) for t in (getattr(tokenizer, "added_tokens_encoder", {}) or {})}
+    for s in stop:
+        tid = tokenizer.convert_tokens_to_ids(s) if s in special else None
+        if isinstance(tid, int) and tid >= 0 and tid != getattr(tokenizer, "unk_token_id", None):
+            ids.append(tid)
+        else:
+            strings.append(s)
+    return strings, ids
+
+
+def cut_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """``text`` cut before the earliest stop string, and whether one was found."""
+    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+    return (text, False) if cut < 0 else (text[:cut], True)
+
+
+def _row_seed(seed: int, prompt_index: int, sample_index: int) -> int:
+    return ((seed * 1_000_003 + prompt_index) * 1_000_003 + sample_index) % (1 << 63)
+
+
+class _RowSampler:
+    """Logits processor that samples each row with its own ``torch.Generator`` (temperature and
+    nucleus top-p as vLLM applies them) and returns a one-hot score, so that greedy decoding
+    picks the sampled token. A row's token depends only on its logits and its generator, never
+    on which other rows share the batch."""
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float) -> None:
+        import torch
+
+        self.gens = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+        self.temperature = temperature
+        self.top_p = top_p
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        probs = torch.softmax(scores.double() / self.temperature, dim=-1)
+        sorted_p, order = torch.sort(probs, dim=-1, descending=True)
+        if self.top_p < 1.0:  # keep the smallest prefix whose mass reaches top_p
+            sorted_p = sorted_p * ((torch.cumsum(sorted_p, dim=-1) - sorted_p) < self.top_p)
+        cum = torch.cumsum(sorted_p, dim=-1)
+        u = torch.tensor([torch.rand(1, generator=g, dtype=torch.float64).item() for g in self.gens],
+                         dtype=torch.float64, device=cum.device)
+        # inverse CDF: the first token whose cumulative mass exceeds u * total (never a removed one)
+        k = torch.searchsorted(cum, (u * cum[:, -1]).unsqueeze(1), right=True).clamp(max=cum.shape[-1] - 1)
+        chosen = order.gather(1, k)
+        out = torch.full_like(scores, float("-inf"))
+        out.scatter_(1, chosen, 0.0)
+        return out
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
@@ -203,78 +271,83 @@ class TransformersBackend(GenerationBackend):
         }
 
     def generate(self, prompts: Sequence[str], params: SamplingConfig) -> list[list[Completion]]:
-        """See :class:`GenerationBackend`; prompts are batched by length (longest first)."""
+        """See :class:`GenerationBackend`; prompts are batched by length (longest first), a
+        prompt's ``n`` samples always in one batch (so a batch may exceed ``batch_size`` when
+        ``n`` does). Sample ``j`` of prompt ``i`` draws from its own generator seeded from
+        ``(seed, i, j)``: samples do not depend on the batch size or on the other prompts."""
         import torch
         from tqdm.auto import tqdm
-        from transformers import GenerationConfig
+        from transformers import GenerationConfig, LogitsProcessorList
 
         model, tok = self.model, self.tokenizer
         if not prompts:
             return []
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        eos = _eos_ids(model, tok)
+        stop_strings, stop_ids = split_stop(tok, params.stop)
+        eos = _eos_ids(model, tok) | set(stop_ids)
         ids = encode_prompts(tok, prompts)
         order = sorted(range(len(prompts)), key=lambda i: -len(ids[i]))
         n_gen = 1 if params.greedy else params.n  # greedy samples are identical; generate once
         per_batch = max(1, self.batch_size // n_gen)
-        # Explicit neutral values: a None would be filled from the model's generation_config.
-        sampling: dict[str, Any] = (
-            {"do_sample": False}
-            if params.greedy
-            else {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": 0,
-                  "min_p": 0.0, "typical_p": 1.0}
-        )
+        # Decoding is greedy over the scores of _RowSampler (which samples); explicit neutral
+        # values, since a None would be filled from the model's generation_config.
         gen_cfg = GenerationConfig(
             max_new_tokens=params.max_new_tokens,
             min_new_tokens=params.max_new_tokens if params.ignore_eos else None,
             repetition_penalty=1.0,
             no_repeat_ngram_size=0,
-            **sampling,
-            num_return_sequences=n_gen,
+            do_sample=False,
+            num_return_sequences=1,
             pad_token_id=pad_id,
             eos_token_id=sorted(eos) or None,
             bos_token_id=getattr(tok, "bos_token_id", None),
+            stop_strings=stop_strings or None,
         )
         results: list[list[Completion]] = [[] for _ in prompts]
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
-        rng_devices = [device] if device.type == "cuda" else []
         batches = [order[i : i + per_batch] for i in range(0, len(order), per_batch)]
         try:
-            with torch.random.fork_rng(devices=rng_devices), torch.inference_mode():
-                for b, batch in enumerate(
-                    tqdm(batches, desc="generate (transformers)", disable=not self.progress, leave=False)
-                ):
-                    torch.manual_seed(params.seed + b)
+            with torch.inference_mode():
+                for batch in tqdm(batches, desc="generate (transformers)", disable=not self.progress, leave=False):
+                    rows = [(i, j) for i in batch for j in range(n_gen)]
                     width = max(len(ids[i]) for i in batch)
-                    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-                    attn = torch.zeros((len(batch), width), dtype=torch.long)
-                    for r, i in enumerate(batch):  # left padding
+                    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+                    attn = torch.zeros((len(rows), width), dtype=torch.long)
+                    for r, (i, _) in enumerate(rows):  # left padding
                         L = len(ids[i])
                         if L:
                             input_ids[r, width - L :] = torch.tensor(ids[i])
                             attn[r, width - L :] = 1
+                    processors = LogitsProcessorList()
+                    if not params.greedy:
+                        processors.append(_RowSampler([_row_seed(params.seed, i, j) for i, j in rows],
+                                                      params.temperature, params.top_p))
+                    extra = {"tokenizer": tok} if stop_strings else {}
                     out = model.generate(
                         input_ids=input_ids.to(device),
                         attention_mask=attn.to(device),
                         generation_config=gen_cfg,
+                        logits_processor=processors,
+                        **extra,
                     )
                     gen = out[:, width:].tolist()
-                    for r, i in enumerate(batch):
-                        for j in range(n_gen):
-                            results[i].append(self._completion(gen[r * n_gen + j], eos, params.ignore_eos))
+                    for r, (i, _) in enumerate(rows):
+                        results[i].append(self._completion(gen[r], eos, params.ignore_eos, stop_strings))
         finally:
             model.train(was_training)
         if n_gen != params.n:
             results = [[c] * params.n for (c,) in results]
         return results
 
-    def _completion(self, toks: list[int], eos: set[int], ignore_eos: bool) -> Completion:
-        stop = None if ignore_eos else next((k for k, t in enumerate(toks) if t in eos), None)
-        num = len(toks) if stop is None else stop + 1
+    def _completion(self, toks: list[int], eos: set[int], ignore_eos: bool, stop: Sequence[str] = ()) -> Completion:
+        stop_at = None if ignore_eos else next((k for k, t in enumerate(toks) if t in eos), None)
+        num = len(toks) if stop_at is None else stop_at + 1
         text = self.tokenizer.decode(toks[:num], skip_special_tokens=True)
-        return Completion(text=text, num_tokens=num, finish_reason="length" if stop is None else "stop")
+        text, hit = cut_stop(text, stop)
+        finish = "stop" if (stop_at is not None or hit) else "length"
+        return Completion(text=text, num_tokens=num, finish_reason=finish)
 
     def close(self) -> None:
         """Drop a model this backend loaded itself (an in-memory model is left alone)."""
@@ -422,6 +495,7 @@ class VLLMBackend(GenerationBackend):
                 f"the engine's max_model_len={self.max_model_len}; raise max_model_len or shorten the prompts"
             )
         n_gen = 1 if params.greedy else params.n  # vLLM refuses n > 1 with greedy sampling
+        stop_strings, stop_ids = split_stop(self.tokenizer, params.stop)
         sps = [
             SamplingParams(
                 n=n_gen,
@@ -432,6 +506,8 @@ class VLLMBackend(GenerationBackend):
                 seed=params.seed + i,
                 ignore_eos=params.ignore_eos,
                 skip_special_tokens=True,
+                stop=stop_strings or None,
+                stop_token_ids=stop_ids or None,
             )
             for i in range(len(prompts))
         ]

@@ -11,16 +11,21 @@ JSON-lines file with the same fields replaces the Hub source, either per benchma
 named by :attr:`Benchmark.local_file`; ``"bundled"`` names the offline copies shipped in
 :mod:`adaclip_rl.data` (MATH-500, AIME 2024, AMC 2023, GSM8K test, HumanEval).
 
-Prompts (Qwen2.5-Math / DeepSeek-R1 / open-r1 convention for math)::
+Default math prompt (the DeepSeek-R1 model card's "usage recommendations"; the ``open-r1``
+protocol of :mod:`adaclip_rl.eval.protocols` uses lighteval's own prompt instead)::
 
     {problem}
     Please reason step by step, and put your final answer within \\boxed{}.
 
 sent as the single user message of the tokenizer's chat template when it has one (``chat=None``
-means "if available"). HumanEval without a chat template is plain prompt completion (the model
-continues the function signature and docstring, as in Chen et al. 2021); with a chat template the
-model is asked to return the whole function in a fenced code block. The HumanEval checker accepts
-either a body that continues the prompt or a full program.
+means "if available"), after an optional system message. HumanEval without a chat template is
+plain prompt completion scored as the official harness (openai/human-eval) scores it: the model
+continues the signature and docstring, generation stops at the Codex paper's stop sequences
+(Chen et al. 2021, sec. 3.3: ``\\nclass``, ``\\ndef``, ``\\n#``, ``\\nif``, ``\\nprint``), which are
+passed to the engine and cut again before scoring, and the program is ``prompt + completion``
+(no code-fence extraction), run against the tests with the official 3 s limit
+(``human_eval/evaluation.py``, ``timeout=3.0``). With a chat template the model is asked for the
+whole function in a fenced code block, and the function is extracted from the fence.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from adaclip_rl.data import resolve_data_dir
+from adaclip_rl.eval.answers import answer_key
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +51,18 @@ CODE_CHAT_TEMPLATE = (
     "in a single ```python code block.\n\n```python\n{problem}```"
 )
 CODE_COMPLETION_TEMPLATE = "{problem}"
+HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
+HUMANEVAL_TIMEOUT_S = 3.0
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """``text`` up to the earliest occurrence of any stop string (the stop string excluded)."""
+    cut = len(text)
+    for s in stop:
+        i = text.find(s) if s else -1
+        if 0 <= i < cut:
+            cut = i
+    return text[:cut]
 
 
 @dataclass(frozen=True)
@@ -107,6 +125,9 @@ class Benchmark:
         gold_parser: raw gold value -> answer string.
         template: user-message template with a ``{problem}`` slot.
         completion_template: template used when no chat template is applied (code: the raw prompt).
+        completion_stop: stop strings of completion mode (no chat template), passed to the engine
+            and cut again before scoring (HumanEval: the Codex stop sequences).
+        timeout_s: code: per-problem time limit of the test run (HumanEval: 3 s, as official).
     """
 
     name: str
@@ -122,6 +143,8 @@ class Benchmark:
     gold_parser: Callable[[Any], str] = format_number_answer
     template: str = MATH_TEMPLATE
     completion_template: str | None = None
+    completion_stop: tuple[str, ...] = ()
+    timeout_s: float | None = None
     description: str = ""
 
     # ------------------------------------------------------------------ loading
@@ -213,7 +236,15 @@ class Benchmark:
         )
 
     # ------------------------------------------------------------------ prompting
-    def render_prompt(self, problem: Problem, tokenizer: Any = None, chat: bool | None = None) -> RenderedPrompt:
+    def render_prompt(
+        self,
+        problem: Problem,
+        tokenizer: Any = None,
+        chat: bool | None = None,
+        *,
+        template: str | None = None,
+        system_prompt: str | None = None,
+    ) -> RenderedPrompt:
         """Build the generation prompt for ``problem``.
 
         Args:
@@ -222,37 +253,58 @@ class Benchmark:
                 ``add_generation_prompt=True``); may be None (plain text).
             chat: True = require a chat template, False = never, None = use one when the
                 tokenizer has it.
+            template: user-message template with a ``{problem}`` slot replacing the benchmark's
+                own (a protocol's prompt); None = :attr:`template`.
+            system_prompt: system message put before the user message (chat only; in plain text
+                it is prepended followed by a blank line).
         """
         has_chat = tokenizer is not None and getattr(tokenizer, "chat_template", None) is not None
         if chat and not has_chat:
             raise ValueError(f"chat template requested but the tokenizer has none ({type(tokenizer).__name__})")
         use_chat = has_chat if chat is None else chat
         if use_chat:
-            content = self.template.format(problem=problem.problem)
-            text = tokenizer.apply_chat_template(
-                [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
-            )
-            return RenderedPrompt(text=text, template=self.template.format(problem="{problem}"), chat=True)
-        tmpl = self.completion_template or self.template
-        return RenderedPrompt(
-            text=tmpl.format(problem=problem.problem), template=tmpl.format(problem="{problem}"), chat=False
-        )
+            tmpl = template or self.template
+            content = tmpl.format(problem=problem.problem)
+            messages = [{"role": "user", "content": content}]
+            if system_prompt:
+                messages.insert(0, {"role": "system", "content": system_prompt})
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return RenderedPrompt(text=text, template=tmpl.format(problem="{problem}"), chat=True)
+        tmpl = template or self.completion_template or self.template
+        text = tmpl.format(problem=problem.problem)
+        if system_prompt:
+            text = f"{system_prompt}\n\n{text}"
+        return RenderedPrompt(text=text, template=tmpl.format(problem="{problem}"), chat=False)
+
+    def stop_strings(self, chat: bool) -> tuple[str, ...]:
+        """The benchmark's own stop strings for this prompt mode (completion mode only)."""
+        return () if chat else self.completion_stop
 
     # ------------------------------------------------------------------ scoring
     def score(
-        self, problems: Sequence[Problem], samples: Sequence[Sequence[str]]
+        self,
+        problems: Sequence[Problem],
+        samples: Sequence[Sequence[str]],
+        *,
+        chat: bool = False,
+        timeout_s: float | None = None,
     ) -> tuple[list[list[float | None]], list[list[str | None]]]:
         """Verify every sample.
 
         Args:
             problems: the rows (length P).
             samples: ``samples[p][j]`` completion text (generated part only), shape (P, n).
+            chat: whether the prompts went through a chat template (code: chat mode extracts
+                the function from a fenced block; completion mode cuts at
+                :attr:`completion_stop` and runs ``prompt + completion`` as the official
+                HumanEval harness does).
+            timeout_s: code: per-problem time limit (default :attr:`timeout_s`).
 
         Returns:
             ``(scores, answers)`` of shape (P, n). Math: score 1.0/0.0 from Math-Verify, ``None``
             when the gold answer cannot be parsed; answer = the majority-vote key of
-            :func:`vote_answer` (last ``\\boxed{}`` content, tidied). Code: score from the unit
-            tests; answer = None (no majority vote for code).
+            :func:`vote_answer`. Code: score from the unit tests; answer = None (no majority
+            vote for code).
         """
         if len(problems) != len(samples):
             raise ValueError(f"{len(problems)} problems but {len(samples)} sample lists")
@@ -265,18 +317,52 @@ class Benchmark:
             flat_scores = verify_math_answers(flat, [p.gold for p in owner])
             flat_answers: list[str | None] = [vote_answer(t) for t in flat]
         else:
+            flat_scores = self._score_code(flat, owner, chat, timeout_s)
+            flat_answers = [None] * len(flat)
+        return _unflatten(flat_scores, shape), _unflatten(flat_answers, shape)
+
+    def _score_code(
+        self, texts: list[str], owner: list[Problem], chat: bool, timeout_s: float | None
+    ) -> list[float | None]:
+        from adaclip_rl.rewards.sandbox import SandboxLimits
+
+        limit = timeout_s if timeout_s is not None else self.timeout_s
+        limits = None if limit is None else SandboxLimits(cpu_time_s=limit, wall_time_s=limit)
+        if chat:
             from adaclip_rl.rewards.code import code_accuracy
 
-            flat_scores = list(
+            return list(
                 code_accuracy(
-                    flat,
+                    texts,
                     test=[p.extra["test"] for p in owner],
                     entry_point=[p.extra["entry_point"] for p in owner],
                     prompt=[p.problem for p in owner],
+                    sandbox_limits=limits,
                 )
             )
-            flat_answers = [None] * len(flat)
-        return _unflatten(flat_scores, shape), _unflatten(flat_answers, shape)
+        import concurrent.futures
+
+        from adaclip_rl.rewards.sandbox import _max_parallel, run_python_function_tests
+
+        def one(i: int) -> float:
+            p = owner[i]
+            # human_eval/execution.py: prompt + completion + test + check(entry_point)
+            program = p.problem + cut_at_stop(texts[i], self.completion_stop) + "\n"
+            try:
+                res = run_python_function_tests(
+                    program, entry_point=p.extra["entry_point"], test=p.extra["test"], prompt=p.problem,
+                    limits=limits,
+                )
+            except Exception:  # noqa: BLE001 - a broken row costs that sample only
+                logger.exception("%s: sample %d could not be judged; scored 0", self.name, i)
+                return 0.0
+            return 1.0 if res.passed else 0.0
+
+        if not texts:
+            return []
+        workers = max(1, min(len(texts), _max_parallel()))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="humaneval") as pool:
+            return list(pool.map(one, range(len(texts))))
 
     def gold_completion(self, problem: Problem) -> str:
         """A completion that must score 1.0 (used by tests and sanity checks)."""
@@ -288,49 +374,38 @@ class Benchmark:
 _GSM8K_MARK = re.compile(r"####\s*([^\n]+)")
 _ANSWER_IS = re.compile(r"answer\s*(?:is|:)\s*:?\s*([^\n]+)", re.IGNORECASE)
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?(?![\w])")
-_VOTE_DROP = re.compile(r"\s+|\\left|\\right|\\!|\\,|\\;|\\ ")
-
-
-def _tidy_vote_key(answer: str) -> str:
-    from adaclip_rl.rewards.math import clean_boxed
-
-    key = answer.strip()
-    for _ in range(2):  # "$\\frac{1}{2}$." -> "\\frac{1}{2}"
-        key = clean_boxed(key).strip("$").strip()
-    key = _VOTE_DROP.sub("", key).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", key):
-        key = key.replace(",", "")
-    return key
-
-
 def vote_answer(text: str) -> str | None:
     """The final answer of a math completion as a majority-vote key (not a verdict).
 
-    The last ``\\boxed{}`` content when there is one (what the prompt asks for and what the
-    verifier reads first). Without a box the verifier still scores the sample from free text, so
-    that such a sample also votes a heuristic key is used: the text after the last ``####``, else
-    after the last "answer is" / "answer:", else the last number. Keys are tidied so that
-    spellings of one answer meet: whitespace, ``\\left``/``\\right`` and thin spaces dropped,
-    ``\\dfrac``/``\\tfrac`` -> ``\\frac``, surrounding ``$`` and a final period removed,
-    thousands separators removed from plain numbers.
+    Complete ``<think>...</think>`` pairs are cut first (as the scorer does). Then the boxes:
+    one distinct box value gives its key; several (``x=\\boxed{1}`` or ``x=\\boxed{-2}``, read by
+    the scorer as a set) give their sorted distinct keys joined by ``,``. Without a box the
+    verifier still scores the sample from free text, so that such a sample also votes a heuristic
+    key is used: the text after the last ``####``, else after the last "answer is" / "answer:",
+    else the last number. Keys come from :func:`adaclip_rl.eval.answers.answer_key`, so that
+    spellings of one answer (``\\$18``, ``18.00``, ``18\\text{ dollars}``; ``0.5`` and
+    ``\\frac{1}{2}``; ``025`` and ``25``; ``90^\\circ`` and ``90``) share one key.
 
     Returns:
         The key, or ``None`` when the text holds no recognisable answer (the sample then does not
         vote).
     """
-    from adaclip_rl.rewards.math import extract_boxed_answer
+    from adaclip_rl.rewards._text import strip_reasoning
+    from adaclip_rl.rewards.math import clean_boxed, extract_all_boxed
 
-    boxed = extract_boxed_answer(text)
-    if boxed is not None:
-        return _tidy_vote_key(boxed) or None
+    text = strip_reasoning(text)
+    keys = [answer_key(clean_boxed(b)) for b in extract_all_boxed(text)]
+    distinct = list(dict.fromkeys(k for k in keys if k))
+    if distinct:
+        return distinct[0] if len(distinct) == 1 else ",".join(sorted(distinct))
     for pattern in (_GSM8K_MARK, _ANSWER_IS):
         found = pattern.findall(text)
         if found:
-            key = _tidy_vote_key(re.split(r"\.\s", found[-1], maxsplit=1)[0])
+            key = answer_key(re.split(r"\.\s", found[-1], maxsplit=1)[0])
             if key:
                 return key
     numbers = _NUMBER.findall(text)
-    return _tidy_vote_key(numbers[-1]) if numbers else None
+    return answer_key(numbers[-1]) if numbers else None
 
 
 def _unflatten(flat: Sequence[Any], shape: Sequence[int]) -> list[list[Any]]:
@@ -499,6 +574,8 @@ for _b in (
         gold_parser=str,
         template=CODE_CHAT_TEMPLATE,
         completion_template=CODE_COMPLETION_TEMPLATE,
+        completion_stop=HUMANEVAL_STOP,
+        timeout_s=HUMANEVAL_TIMEOUT_S,
         description="OpenAI HumanEval, 164 Python functions with unit tests",
     ),
 ):

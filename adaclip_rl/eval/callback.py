@@ -2,8 +2,9 @@
 
 Every ``eval_every`` optimizer steps the policy being trained is evaluated in memory (no
 checkpoint written) with the transformers backend on a small fixed subset (the first ``limit``
-rows) of each benchmark, and ``eval/<benchmark>/avg@<n>`` (plus ``pass@k`` for ``k`` in ``ks``)
-goes into the trainer's logs (``state.log_history`` and every reporting integration)::
+rows) of each benchmark, and ``eval/<benchmark>/avg@<n>`` with its standard error
+``eval/<benchmark>/avg@<n>_se`` (plus ``pass@k`` and ``pass@k_se`` for ``k`` in ``ks``, and the
+share of samples cut at the budget, ``truncated_fraction``) goes into the trainer's logs (``state.log_history`` and every reporting integration)::
 
     cb = PeriodicEvalCallback(["math500"], eval_every=50, limit=64, n=4, data_dir="bundled")
     cb.attach(trainer)   # trainer.add_callback(cb) and a handle for logging
@@ -24,8 +25,9 @@ from typing import Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from adaclip_rl.data import resolve_data_dir
-from adaclip_rl.eval.backends import TransformersBackend
+from adaclip_rl.eval.backends import SamplingConfig, TransformersBackend
 from adaclip_rl.eval.benchmarks import parse_benchmark_specs
+from adaclip_rl.eval.protocols import resolve_settings
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +39,11 @@ class PeriodicEvalCallback(TrainerCallback):
         benchmarks: names or ``name=path.jsonl`` items (validated at construction).
         eval_every: evaluate when ``global_step % eval_every == 0`` (>= 1).
         limit: first ``limit`` rows of each benchmark.
-        n, temperature, top_p, max_new_tokens, seed: sampling protocol (see ``evaluate``).
+        protocol: a preset of :mod:`adaclip_rl.eval.protocols` (None: the quick defaults n=1,
+            T=0.6, top_p=0.95, 512 tokens - fine for watching a trend, not a published protocol).
+        n, temperature, top_p, max_new_tokens, truncated_zero: explicit settings overriding the
+            preset (None = the preset's / the quick default).
+        seed: sampling seed (see ``evaluate``).
         ks: pass@k budgets to log besides ``avg@n`` (each <= n).
         data_dir: directory of local JSON-lines files replacing the Hub ("bundled": the shipped copies).
         tokenizer: the policy's tokenizer (default: the trainer's ``processing_class``).
@@ -52,10 +58,12 @@ class PeriodicEvalCallback(TrainerCallback):
         *,
         eval_every: int = 100,
         limit: int | None = 32,
-        n: int = 1,
-        temperature: float = 0.6,
-        top_p: float = 0.95,
-        max_new_tokens: int = 512,
+        protocol: str | None = None,
+        n: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        max_new_tokens: int | None = None,
+        truncated_zero: bool | None = None,
         seed: int = 0,
         ks: Sequence[int] = (),
         data_dir: str | os.PathLike[str] | None = None,
@@ -66,14 +74,25 @@ class PeriodicEvalCallback(TrainerCallback):
     ) -> None:
         if not isinstance(eval_every, int) or eval_every < 1:
             raise ValueError(f"eval_every must be an integer >= 1; got {eval_every!r}")
-        bad = [k for k in ks if not 1 <= k <= n]
-        if bad:
-            raise ValueError(f"ks must be in [1, n={n}]; got {bad}")
         self.specs = parse_benchmark_specs(benchmarks)
+        if protocol is None:
+            defaults = {"n": 1, "temperature": 0.6, "top_p": 0.95, "max_new_tokens": 512}
+            n, temperature, top_p, max_new_tokens = (
+                v if v is not None else defaults[k]
+                for k, v in (("n", n), ("temperature", temperature), ("top_p", top_p),
+                             ("max_new_tokens", max_new_tokens))
+            )
+        self.sampling = {"protocol": protocol, "n": n, "temperature": temperature, "top_p": top_p,
+                         "max_new_tokens": max_new_tokens, "truncated_zero": truncated_zero, "seed": seed}
+        given = {k: v for k, v in self.sampling.items() if k not in ("protocol", "seed")}
+        for bench, _ in self.specs:  # refuse bad settings now, not at the first evaluation
+            st = resolve_settings(bench.name, protocol, given)
+            SamplingConfig(n=st.n, temperature=st.temperature, top_p=st.top_p, max_new_tokens=st.max_new_tokens)
+            bad = [k for k in ks if not 1 <= k <= st.n]
+            if bad:
+                raise ValueError(f"ks must be in [1, n={st.n}] ({bench.name}); got {bad}")
         self.eval_every = eval_every
         self.limit = limit
-        self.sampling = {"n": n, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens,
-                         "seed": seed}
         self.ks = tuple(ks)
         self.data_dir = data_dir = resolve_data_dir(data_dir)
         self.tokenizer = tokenizer
@@ -113,13 +132,14 @@ class PeriodicEvalCallback(TrainerCallback):
             ks=list(self.ks) or None,
             **self.sampling,
         )
-        n = self.sampling["n"]
         metrics: dict[str, float] = {}
         for name, entry in summary["benchmarks"].items():
             m = entry["metrics"]
-            metrics[f"eval/{name}/avg@{n}"] = m[f"avg@{n}"]
-            for k in self.ks:
-                metrics[f"eval/{name}/pass@{k}"] = m[f"pass@{k}"]
+            n = entry["settings"]["n"]
+            for key in (f"avg@{n}", *(f"pass@{k}" for k in self.ks)):
+                metrics[f"eval/{name}/{key}"] = m[key]
+                metrics[f"eval/{name}/{key}_se"] = m[f"{key}_se"]
+            metrics[f"eval/{name}/truncated_fraction"] = entry["generation"]["truncated_fraction"]
             metrics[f"eval/{name}/tokens_per_s"] = entry["generation"]["tokens_per_s"] or 0.0
         return metrics
 

@@ -2,8 +2,12 @@
 
 Example::
 
-    adaclip-rl eval --model out/checkpoint-500 --benchmarks aime24,math500 --n 16 \\
-        --temperature 0.6 --top-p 0.95 --max-new-tokens 32768 --out results/eval/ckpt500
+    adaclip-rl eval --model out/checkpoint-500 --benchmarks aime24,math500 --protocol open-r1 \\
+        --out results/eval/ckpt500
+
+``--protocol`` (``r1``, ``open-r1``, ``qwen-math``, ``dapo``, ``archer``) sets the sampling, ``n``
+per benchmark, the budget, stop strings, system prompt and prompt template of a published
+protocol (see docs/evaluation.md); each explicit flag overrides the preset for every benchmark.
 
 Every argument is checked (benchmark names and files, ``k <= n``, sampling values, the model
 path) before any model is loaded; a bad one prints ``adaclip-rl eval: error: ...`` and exits 2.
@@ -21,6 +25,7 @@ from pathlib import Path
 from adaclip_rl.data import resolve_data_dir
 from adaclip_rl.eval.backends import BACKENDS, SamplingConfig
 from adaclip_rl.eval.benchmarks import BENCHMARKS, parse_benchmark_specs
+from adaclip_rl.eval.protocols import PROTOCOLS, resolve_settings
 from adaclip_rl.eval.runner import check_model_ref, evaluate
 
 PROG = "adaclip-rl eval"
@@ -36,11 +41,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, help="model directory (or Hub id)")
     p.add_argument("--benchmarks", required=True, help="comma-separated names, e.g. aime24,math500")
-    p.add_argument("--n", type=int, default=1, help="samples per problem (default 1)")
+    p.add_argument("--protocol", choices=tuple(PROTOCOLS), default=None,
+                   help="preset of a published evaluation protocol (sampling, n per benchmark, budget, stop strings, "
+                        "system prompt, prompt template); explicit flags override it")
+    p.add_argument("--n", type=int, default=None, help="samples per problem (default: the preset's, else 1)")
     p.add_argument("--k", default=None, help="comma-separated budgets for pass@k/maj@k in the table (each <= n)")
-    p.add_argument("--temperature", type=float, default=0.6, help="sampling temperature, 0 = greedy (default 0.6)")
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus top-p in (0, 1] (default 0.95)")
-    p.add_argument("--max-new-tokens", type=int, default=4096, help="generation budget per sample (default 4096)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="sampling temperature, 0 = greedy (default: the preset's, else 0.6)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus top-p in (0, 1] (default: the preset's, else 0.95)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="generation budget per sample (default: the preset's, else 4096)")
+    p.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                   help="stop string (repeat for several; replaces the preset's)")
+    p.add_argument("--system-prompt", default=None, help="system message (replaces the preset's)")
+    p.add_argument("--prompt-template", default=None, help="user-message template with a {problem} slot")
+    p.add_argument("--truncated-zero", action=argparse.BooleanOptionalAction, default=None,
+                   help="score samples that hit --max-new-tokens 0 (default: the preset's, else off)")
+    p.add_argument("--code-timeout", type=float, default=None,
+                   help="per-problem test time limit of code benchmarks, s (default: HumanEval's official 3)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--backend", choices=BACKENDS, default="vllm", help="generation backend (default vllm)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N problems of each benchmark")
@@ -78,19 +96,28 @@ def validate(args: argparse.Namespace) -> list[int] | None:
     """
     specs = parse_benchmark_specs(args.benchmarks)
     ks = _parse_ks(args.k)
-    if ks is not None:
+    if ks is not None and args.n is not None:
         bad = [k for k in ks if not 1 <= k <= args.n]
         if bad:
             raise ValueError(f"--k {','.join(map(str, bad))} exceeds --n {args.n} (need 1 <= k <= n)")
-    try:
-        SamplingConfig(
-            n=args.n, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed
-        )
-    except ValueError as exc:
-        msg = str(exc)
-        for field, flag in (("max_new_tokens", "--max-new-tokens"), ("top_p", "--top-p")):
-            msg = msg.replace(field, flag)
-        raise ValueError(re.sub(r"^(n|temperature|seed) ", r"--\1 ", msg)) from None
+    for bench, _ in specs:
+        st = resolve_settings(bench.name, args.protocol, overrides(args))
+        try:
+            SamplingConfig(n=st.n, temperature=st.temperature, top_p=st.top_p, max_new_tokens=st.max_new_tokens,
+                           seed=args.seed, stop=st.stop)
+        except ValueError as exc:
+            msg = str(exc)
+            for field, flag in (("max_new_tokens", "--max-new-tokens"), ("top_p", "--top-p")):
+                msg = msg.replace(field, flag)
+            raise ValueError(re.sub(r"^(n|temperature|seed|stop) ", r"--\1 ", msg)) from None
+        if ks is not None:
+            bad = [k for k in ks if not 1 <= k <= st.n]
+            if bad:
+                raise ValueError(f"--k {','.join(map(str, bad))} exceeds n={st.n} of {bench.name} (need 1 <= k <= n)")
+    if args.prompt_template is not None and "{problem}" not in args.prompt_template:
+        raise ValueError(f"--prompt-template must hold a {{problem}} slot; got {args.prompt_template!r}")
+    if args.code_timeout is not None and not args.code_timeout > 0:
+        raise ValueError(f"--code-timeout must be > 0; got {args.code_timeout}")
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1; got {args.limit}")
     if args.batch_size < 1:
@@ -104,6 +131,14 @@ def validate(args: argparse.Namespace) -> list[int] | None:
                 bench.find_local_file(args.data_dir)
     check_model_ref(args.model)
     return ks
+
+
+def overrides(args: argparse.Namespace) -> dict[str, object]:
+    """The explicit sampling/prompt flags as :func:`~adaclip_rl.eval.protocols.resolve_settings`
+    overrides (None = not given)."""
+    return {"n": args.n, "temperature": args.temperature, "top_p": args.top_p,
+            "max_new_tokens": args.max_new_tokens, "stop": args.stop, "system_prompt": args.system_prompt,
+            "template": args.prompt_template, "truncated_zero": args.truncated_zero}
 
 
 def _default_out(model: str) -> str:
@@ -135,10 +170,16 @@ def main(argv: list[str] | None = None) -> int:
         args.model,
         args.benchmarks,
         backend=args.backend,
+        protocol=args.protocol,
         n=args.n,
         temperature=args.temperature,
         top_p=args.top_p,
         max_new_tokens=args.max_new_tokens,
+        stop=args.stop,
+        system_prompt=args.system_prompt,
+        prompt_template=args.prompt_template,
+        truncated_zero=args.truncated_zero,
+        code_timeout_s=args.code_timeout,
         seed=args.seed,
         limit=args.limit,
         out_dir=out,

@@ -14,6 +14,7 @@ input fails in well under a second. Outputs, when ``out_dir`` is given:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -31,13 +32,14 @@ from adaclip_rl.eval.backends import (
     GenerationBackend,
     SamplingConfig,
     make_backend,
-    sampling_dict,
 )
-from adaclip_rl.eval.benchmarks import Benchmark, Problem, parse_benchmark_specs
+from adaclip_rl.eval.benchmarks import Benchmark, Problem, cut_at_stop, parse_benchmark_specs
 from adaclip_rl.eval.metrics import compute_metrics, default_ks, is_correct
+from adaclip_rl.eval.protocols import BenchSettings, Protocol, get_protocol, resolve_settings
 
 logger = logging.getLogger(__name__)
 
+TRUNCATION_WARN_FRACTION = 0.05
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -106,10 +108,15 @@ def evaluate(
     *,
     backend: str | GenerationBackend = "vllm",
     tokenizer: Any = None,
-    n: int = 1,
-    temperature: float = 0.6,
-    top_p: float = 0.95,
-    max_new_tokens: int = 4096,
+    protocol: str | Protocol | None = None,
+    n: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    max_new_tokens: int | None = None,
+    stop: Sequence[str] | None = None,
+    system_prompt: str | None = None,
+    prompt_template: str | None = None,
+    truncated_zero: bool | None = None,
     seed: int = 0,
     limit: int | None = None,
     out_dir: str | os.PathLike[str] | None = None,
@@ -118,6 +125,8 @@ def evaluate(
     ks: Sequence[int] | None = None,
     backend_kwargs: dict[str, Any] | None = None,
     ignore_eos: bool = False,
+    code_timeout_s: float | None = None,
+    truncation_warn_fraction: float = TRUNCATION_WARN_FRACTION,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on ``benchmarks`` and return the summary dict.
 
@@ -129,34 +138,58 @@ def evaluate(
         backend: ``"vllm"``, ``"transformers"`` or a :class:`GenerationBackend` instance (not
             closed here when passed in).
         tokenizer: tokenizer for a backend built here (required with an in-memory model).
-        n, temperature, top_p, max_new_tokens, seed: sampling protocol (see
-            :class:`SamplingConfig`); common protocols: R1/open-r1 T=0.6, top_p=0.95; DAPO T=1.0,
-            top_p=0.7; Archer T=0.8, top_p=1.0.
+        protocol: a preset of :mod:`adaclip_rl.eval.protocols` (``"r1"``, ``"open-r1"``,
+            ``"qwen-math"``, ``"dapo"``, ``"archer"``) giving every setting below per benchmark;
+            None = the plain defaults (n=1, T=0.6, top_p=0.95, 4096 tokens, the benchmark's
+            prompt).
+        n, temperature, top_p, max_new_tokens, stop, system_prompt, prompt_template,
+            truncated_zero: explicit settings; each one that is not None overrides the preset's
+            value for every benchmark (see :class:`~adaclip_rl.eval.protocols.BenchSettings`).
+            ``truncated_zero`` scores samples that hit ``max_new_tokens`` 0.
+        seed: base sampling seed (per problem; see :class:`SamplingConfig`).
         limit: evaluate the first ``limit`` rows of each benchmark.
         out_dir: where records and the summary are written (nothing written when None).
         data_dir: directory with local JSON-lines files replacing the Hub sources.
         chat_template: True/False to force, None = use the tokenizer's chat template if it has one.
-        ks: budgets for maj@k and the table (each in ``[1, n]``); pass@k is always computed for
-            every ``k <= n``.
+        ks: budgets for maj@k and the table (each in ``[1, n]`` of every benchmark); pass@k is
+            always computed for every ``k <= n``.
         backend_kwargs: extra arguments of the backend built here (``batch_size``,
             ``max_model_len``...).
         ignore_eos: generate exactly ``max_new_tokens`` per sample (throughput measurements).
+        code_timeout_s: per-problem test time limit for code benchmarks (default: the
+            benchmark's own, 3 s for HumanEval as in openai/human-eval).
+        truncation_warn_fraction: log a warning when more than this share of a benchmark's
+            samples stopped at ``max_new_tokens`` (the budget is then too small for the model).
 
     Returns:
         ``{"model", "backend", "protocol", "benchmarks": {name: {...}}, "versions", ...}``; each
-        benchmark entry holds ``metrics`` (``avg@n``, ``pass@k`` for all k, ``maj@k``), the
-        dataset ``source``, prompt template, generation timing and tokens/s.
+        benchmark entry holds its resolved ``settings``, ``metrics`` (``avg@n``, ``pass@k`` for
+        all k, ``maj@k``, each with ``<name>_se``), the dataset ``source``, prompt template,
+        generation timing, tokens/s and the truncated fraction.
 
     Raises:
         ValueError / FileNotFoundError: on bad input, before any model is loaded.
     """
     t_start = time.perf_counter()
-    params = SamplingConfig(
-        n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, ignore_eos=ignore_eos
-    )
+    overrides = {"n": n, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens,
+                 "stop": stop, "system_prompt": system_prompt, "template": prompt_template,
+                 "truncated_zero": truncated_zero}
+    preset = get_protocol(protocol) if isinstance(protocol, str) else protocol
     # 1. check the arguments and load every benchmark's rows before touching the model (fail fast)
-    ks, data_dir = _check_arguments(model, backend, n, ks, limit, data_dir)
-    loaded = _load_benchmarks(_resolve(benchmarks), data_dir, limit)
+    _check_arguments(model, backend, None, None, limit, data_dir)
+    loaded = _load_benchmarks(_resolve(benchmarks), resolve_data_dir(data_dir), limit)
+    plans = []
+    for bench, problems, source in loaded:
+        settings = resolve_settings(bench.name, preset, overrides)
+        params = SamplingConfig(n=settings.n, temperature=settings.temperature, top_p=settings.top_p,
+                                max_new_tokens=settings.max_new_tokens, seed=seed, ignore_eos=ignore_eos,
+                                stop=settings.stop)
+        if settings.template is not None and "{problem}" not in settings.template:
+            raise ValueError(f"prompt template must hold a {{problem}} slot; got {settings.template!r}")
+        plans.append((bench, problems, source, settings, params))
+    ks, data_dir = _check_arguments(model, backend, min(p[4].n for p in plans), ks, limit, data_dir)
+    if ks is None and len({p[4].n for p in plans}) == 1:
+        ks = default_ks(plans[0][4].n)
     # 2. generate and score each benchmark with one backend
     own_backend = isinstance(backend, str)
     gen: GenerationBackend = (
@@ -169,7 +202,15 @@ def evaluate(
         "model": _model_name(model),
         "backend": None,
         "protocol": {
-            **sampling_dict(params), "chat_template": chat_template, "ks": ks or default_ks(n), "limit": limit
+            "preset": preset.name if preset is not None else None,
+            "preset_source": preset.source if preset is not None else None,
+            "overrides": {k: v for k, v in overrides.items() if v is not None},
+            **_common_settings([p[3] for p in plans]),
+            "seed": seed,
+            "ignore_eos": ignore_eos,
+            "chat_template": chat_template,
+            "ks": ks,
+            "limit": limit,
         },
         "benchmarks": {},
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -177,11 +218,12 @@ def evaluate(
     }
     try:
         t0 = time.perf_counter()
-        gen.start(params)
+        gen.start(plans[0][4])
         summary["startup_s"] = time.perf_counter() - t0
-        for bench, problems, source in loaded:
+        for bench, problems, source, settings, params in plans:
             summary["benchmarks"][bench.name] = _run_one(
-                gen, bench, problems, source, params, chat_template, ks, out_path
+                gen, bench, problems, source, settings, params, chat_template, ks, out_path,
+                code_timeout_s, truncation_warn_fraction,
             )
         summary["backend"] = gen.describe()
     finally:
@@ -193,12 +235,21 @@ def evaluate(
     return summary
 
 
-def _check_arguments(model: Any, backend: str | GenerationBackend, n: int, ks: Sequence[int] | None,
+def _common_settings(all_settings: list[BenchSettings]) -> dict[str, Any]:
+    """Each setting's value when every benchmark has the same one, else ``"per benchmark"``."""
+    out: dict[str, Any] = {}
+    for key in BenchSettings.__dataclass_fields__:
+        vals = [getattr(s, key) for s in all_settings]
+        out[key] = vals[0] if all(v == vals[0] for v in vals) else "per benchmark"
+    return out
+
+
+def _check_arguments(model: Any, backend: str | GenerationBackend, n: int | None, ks: Sequence[int] | None,
                      limit: int | None, data_dir: str | os.PathLike[str] | None
                      ) -> tuple[list[int] | None, str | os.PathLike[str] | None]:
     """Stage 1 of :func:`evaluate`: refuse bad arguments before any model is loaded; returns the
     sorted budgets ``ks`` and the resolved ``data_dir``."""
-    if ks is not None:
+    if ks is not None and n is not None:
         bad = [k for k in ks if not (isinstance(k, int) and 1 <= k <= n)]
         if bad:
             raise ValueError(f"every k must satisfy 1 <= k <= n={n}; got k={bad} (raise --n or lower --k)")
@@ -258,14 +309,21 @@ def _run_one(
     bench: Benchmark,
     problems: list[Problem],
     source: dict[str, Any],
+    settings: BenchSettings,
     params: SamplingConfig,
     chat_template: bool | None,
     ks: Sequence[int] | None,
     out_path: Path | None,
+    code_timeout_s: float | None = None,
+    truncation_warn_fraction: float = TRUNCATION_WARN_FRACTION,
 ) -> dict[str, Any]:
     """One benchmark, in stages: render the prompts, generate ``n`` samples each, score them,
     compute the metrics, write the per-problem records; returns the benchmark's summary entry."""
-    rendered = [bench.render_prompt(p, gen.tokenizer, chat_template) for p in problems]
+    rendered = [bench.render_prompt(p, gen.tokenizer, chat_template, template=settings.template,
+                                    system_prompt=settings.system_prompt) for p in problems]
+    chat = rendered[0].chat
+    stop = tuple(dict.fromkeys((*params.stop, *bench.stop_strings(chat))))
+    params = dataclasses.replace(params, stop=stop)
     prompts = [r.text for r in rendered]
     logger.info("%s: %d problems x n=%d (%s)", bench.name, len(problems), params.n, gen.name)
     t0 = time.perf_counter()
@@ -276,9 +334,13 @@ def _run_one(
             f"backend {gen.name!r} returned {[len(c) for c in completions][:8]}... completions; "
             f"expected {len(prompts)} lists of n={params.n}"
         )
-    texts = [[c.text for c in row] for row in completions]
+    texts = [[cut_at_stop(c.text, stop) for c in row] for row in completions]
     t1 = time.perf_counter()
-    scores, answers = bench.score(problems, texts)
+    scores, answers = bench.score(problems, texts, chat=chat, timeout_s=code_timeout_s)
+    truncated_mask = [[c.finish_reason == "length" for c in row] for row in completions]
+    if settings.truncated_zero:  # a sample cut at the budget scores 0 whatever its text says
+        scores = [[0.0 if cut and s is not None else s for s, cut in zip(row, mrow, strict=True)]
+                  for row, mrow in zip(scores, truncated_mask, strict=True)]
     score_s = time.perf_counter() - t1
     gold_unparsable = sum(1 for row in scores if any(s is None for s in row))
     if gold_unparsable:
@@ -286,18 +348,29 @@ def _run_one(
     metrics = compute_metrics(scores, answers if bench.kind == "math" else None, ks)
     tokens = sum(c.num_tokens for row in completions for c in row)
     n_samples = len(problems) * params.n
-    truncated = sum(1 for row in completions for c in row if c.finish_reason == "length")
+    truncated = sum(sum(m) for m in truncated_mask)
+    if not params.ignore_eos and truncated / n_samples > truncation_warn_fraction:
+        logger.warning(
+            "%s: %.1f%% of the samples hit max_new_tokens=%d (more than %.0f%%): the budget is too small for "
+            "this model, and a cut-off sample is %s; raise --max-new-tokens or use a protocol preset",
+            bench.name, 100 * truncated / n_samples, params.max_new_tokens, 100 * truncation_warn_fraction,
+            "scored 0 (truncated_zero)" if settings.truncated_zero else "still scored from its text",
+        )
     records_file = None
     if out_path is not None:
         records_file = out_path / f"{bench.name}.records.jsonl"
-        _write_records(records_file, bench, problems, rendered, completions, scores, answers)
+        _write_records(records_file, bench, problems, rendered, completions, texts, scores, answers)
     return {
         "kind": bench.kind,
         "num_problems": len(problems),
         "source": source,
+        "settings": {**dataclasses.asdict(settings), "stop": list(stop), "seed": params.seed,
+                     "template": rendered[0].template, "chat": chat,
+                     "code_timeout_s": (code_timeout_s if code_timeout_s is not None else bench.timeout_s)
+                     if bench.kind == "code" else None},
         "prompt_template": rendered[0].template,
-        "chat_template": rendered[0].chat,
-        "chat_template_sha256": _chat_template_sha(gen.tokenizer) if rendered[0].chat else None,
+        "chat_template": chat,
+        "chat_template_sha256": _chat_template_sha(gen.tokenizer) if chat else None,
         "metrics": metrics,
         "gold_unparsable": gold_unparsable,
         "generation": {
@@ -313,11 +386,12 @@ def _run_one(
 
 
 def _write_records(records_file: Path, bench: Benchmark, problems: list[Problem], rendered: list, completions: list,
-                   scores: list, answers: list) -> None:
-    """One JSON line per problem: prompt, samples, extracted answers and scores."""
+                   texts: list, scores: list, answers: list) -> None:
+    """One JSON line per problem: prompt, samples (cut at the stop strings), extracted answers and scores."""
     with records_file.open("w", encoding="utf-8") as f:
-        for problem, prompt, row, row_scores, extracted in zip(problems, rendered, completions, scores, answers,
-                                                               strict=True):
+        for problem, prompt, row, row_texts, row_scores, extracted in zip(
+            problems, rendered, completions, texts, scores, answers, strict=True
+        ):
             record = {
                 "benchmark": bench.name,
                 "index": problem.index,
@@ -325,7 +399,7 @@ def _write_records(records_file: Path, bench: Benchmark, problems: list[Problem]
                 "problem": problem.problem,
                 "gold": problem.gold,
                 "prompt": prompt.text,
-                "samples": [c.text for c in row],
+                "samples": row_texts,
                 "num_tokens": [c.num_tokens for c in row],
                 "finish_reasons": [c.finish_reason for c in row],
                 "extracted": extracted,
@@ -335,21 +409,38 @@ def _write_records(records_file: Path, bench: Benchmark, problems: list[Problem]
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
+def _pct(m: dict[str, float], name: str) -> str:
+    if name not in m:
+        return "-"
+    se = m.get(f"{name}_se")
+    if se is None or se != se:  # NaN with one problem
+        return f"{100 * m[name]:.1f}"
+    return f"{100 * m[name]:.1f}\u00b1{100 * se:.1f}"
+
+
 def format_table(summary: dict[str, Any]) -> str:
-    """Plain-text table of a summary: one row per benchmark, avg@n, pass@k, maj@k (in %), tok/s,
-    then the protocol: model, backend, sampling (n, T, top_p, max_new_tokens, seed, limit) and, per
-    benchmark, the dataset source (file sha256 or Hub revision) and the prompt template."""
+    """Plain-text table of a summary: one row per benchmark with its ``n``, avg@n, pass@k and
+    maj@k in % each with its standard error (``47.3±2.1``), the share of samples cut at the
+    budget and tok/s; then the protocol (preset, model, backend, sampling) and, per benchmark,
+    its settings, the dataset source (file sha256 or Hub revision) and the prompt template."""
     proto = summary["protocol"]
-    n = proto["n"]
-    ks = list(proto.get("ks") or default_ks(n))
-    cols = [f"avg@{n}"] + [f"pass@{k}" for k in ks] + [f"maj@{k}" for k in ks]
-    header = ["benchmark", "problems", *cols, "tok/s"]
+    entries = summary["benchmarks"]
+    ks_all: set[int] = set()
+    for entry in entries.values():
+        n_b = _bench_n(entry, proto)
+        ks_all.update(k for k in (proto.get("ks") or default_ks(n_b)) if k <= n_b)
+    ks = sorted(ks_all)
+    cols = [f"pass@{k}" for k in ks] + [f"maj@{k}" for k in ks]
+    header = ["benchmark", "problems", "n", "avg@n", *cols, "trunc%", "tok/s"]
     rows = [header]
-    for name, entry in summary["benchmarks"].items():
+    for name, entry in entries.items():
         m = entry["metrics"]
-        cells = [name, str(entry["num_problems"])]
-        cells += [f"{100 * m[c]:.1f}" if c in m else "-" for c in cols]
-        tps = entry["generation"]["tokens_per_s"]
+        n_b = _bench_n(entry, proto)
+        cells = [name, str(entry["num_problems"]), str(n_b), _pct(m, f"avg@{n_b}")]
+        cells += [_pct(m, c) for c in cols]
+        gen = entry["generation"]
+        cells.append(f"{100 * gen.get('truncated_fraction', 0.0):.1f}")
+        tps = gen["tokens_per_s"]
         cells.append(f"{tps:.0f}" if tps is not None else "-")
         rows.append(cells)
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
@@ -358,14 +449,26 @@ def format_table(summary: dict[str, Any]) -> str:
     lines.insert(1, "-" * len(lines[0]))
     backend = summary.get("backend") or {}
     limit = proto.get("limit")
+    lines.append("(% with the standard error over problems; see docs/evaluation.md)")
     lines.append(
-        f"model={summary['model']}  backend={backend.get('name')}  n={n}  T={proto['temperature']}  "
-        f"top_p={proto['top_p']}  max_new_tokens={proto['max_new_tokens']}  seed={proto['seed']}"
-        + (f"  limit={limit}" if limit is not None else "")
+        f"protocol={proto.get('preset') or 'none'}  model={summary['model']}  backend={backend.get('name')}  "
+        f"seed={proto['seed']}" + (f"  limit={limit}" if limit is not None else "")
     )
-    for name, entry in summary["benchmarks"].items():
+    for name, entry in entries.items():
+        st = entry.get("settings") or {}
+        lines.append(
+            f"{name}: n={st.get('n')} T={st.get('temperature')} top_p={st.get('top_p')} "
+            f"max_new_tokens={st.get('max_new_tokens')} stop={st.get('stop')} "
+            f"truncated_zero={st.get('truncated_zero')}"
+            + (f" system={st.get('system_prompt')!r}" if st.get("system_prompt") else "")
+        )
         lines.append(f"{name}: {describe_source(entry['source'])}; {describe_prompt(entry)}")
     return "\n".join(lines)
+
+
+def _bench_n(entry: dict[str, Any], proto: dict[str, Any]) -> int:
+    st = entry.get("settings") or {}
+    return int(st.get("n") or proto["n"])
 
 
 def describe_source(source: dict[str, Any]) -> str:

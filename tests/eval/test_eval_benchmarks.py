@@ -139,10 +139,10 @@ def test_hub_source_arguments_and_protocol(monkeypatch: pytest.MonkeyPatch, data
     ("text", "key"),
     [
         ("so the result is \\boxed{104.}", "104"),  # last box, final period dropped
-        ("first \\boxed{3} then \\boxed{\\dfrac{1}{2}}", "\\frac{1}{2}"),
+        ("first \\boxed{3} then \\boxed{\\dfrac{1}{2}}", "1/2,3"),  # every box: the set of values
         ("\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}", "(3,\\frac{\\pi}{2})"),
         ("\\boxed{1,234}", "1234"),
-        ("The answer is $\\frac{1}{2}$.", "\\frac{1}{2}"),  # no box: "answer is" ...
+        ("The answer is $\\frac{1}{2}$.", "1/2"),  # no box: "answer is" ...
         ("Answer: 17. Because 17 is prime.", "17"),
         ("3 eggs...\n#### 1,000", "1000"),  # ... GSM8K marker ...
         ("$180 + 24 = 204$. -sepehr2010", "204"),  # ... last number (not inside a word)

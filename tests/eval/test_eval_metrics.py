@@ -94,7 +94,8 @@ def test_compute_metrics_keys_and_validation() -> None:
     scores = [[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]]
     answers = [["a", "b", "b", "c"], ["x"] * 4]
     m = compute_metrics(scores, answers)
-    assert set(m) == {"avg@4", "pass@1", "pass@2", "pass@3", "pass@4", "maj@1", "maj@2", "maj@4"}
+    names = {"avg@4", "pass@1", "pass@2", "pass@3", "pass@4", "maj@1", "maj@2", "maj@4"}
+    assert set(m) == names | {f"{x}_se" for x in names}  # every metric with its standard error
     assert m["avg@4"] == pytest.approx(0.625)
     assert m["pass@4"] == 1.0
     assert m["maj@1"] == 1.0 and m["maj@4"] == 0.5

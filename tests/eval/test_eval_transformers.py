@@ -78,7 +78,9 @@ def test_cli_end_to_end_transformers(tiny_model_dir: Path, data_dir: Path, tmp_p
     printed = capsys.readouterr().out
     assert "math500" in printed and "pass@2" in printed and "backend=transformers" in printed
     # the terminal table records the protocol: sampling, dataset file hash and prompt template
-    assert "n=2  T=0.7  top_p=0.9  max_new_tokens=16  seed=3  limit=3" in printed
+    assert "protocol=none  model=" in printed and "seed=3  limit=3" in printed
+    assert "math500: n=2 T=0.7 top_p=0.9 max_new_tokens=16 stop=[] truncated_zero=False" in printed
+    assert "humaneval: n=2 T=0.7 top_p=0.9 max_new_tokens=16 stop=[] truncated_zero=False" in printed  # chat mode
     sha = sha256_file(data_dir / "gsm8k_test.jsonl")[:12]
     assert f"gsm8k: file {data_dir / 'gsm8k_test.jsonl'} sha256={sha} (1319 rows); prompt: chat template" in printed
     assert "Please reason step by step" in printed
