@@ -82,7 +82,9 @@ class BenchSettings:
     truncated_zero: bool = False
 
 
-HUMANEVAL_GREEDY = {"n": 1, "temperature": 0.0, "top_p": 1.0}
+# HumanEval keeps its own prompt (completion mode, or the fenced-function chat prompt) and stop
+# sequences; a math preset's template, system prompt and chat stop strings do not apply.
+HUMANEVAL_GREEDY = {"n": 1, "temperature": 0.0, "top_p": 1.0, "template": None, "system_prompt": None, "stop": ()}
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,9 @@ def test_periodic_eval_logs_into_trainer(tiny_model_dir: Path, data_dir: Path, t
     for h in evals:
         assert 0.0 <= h["eval/gsm8k/avg@2"] <= 1.0 and 0.0 <= h["eval/gsm8k/pass@2"] <= 1.0
         assert h["eval/gsm8k/tokens_per_s"] > 0
+        # each logged metric comes with its standard error over the 3 problems, and the cut-off share
+        assert h["eval/gsm8k/avg@2_se"] >= 0.0 and h["eval/gsm8k/pass@2_se"] >= 0.0
+        assert 0.0 <= h["eval/gsm8k/truncated_fraction"] <= 1.0
     losses = [h for h in trainer.state.log_history if "loss" in h]
     assert [h["step"] for h in losses] == [1, 2, 3, 4, 5]  # training logs untouched
     assert [h["step"] for h in cb.history] == [2, 4, 5]
@@ -71,6 +74,12 @@ def test_callback_validates_at_construction(data_dir: Path) -> None:
         PeriodicEvalCallback("gsm9k", data_dir=data_dir)
     with pytest.raises(ValueError, match="ks must be"):
         PeriodicEvalCallback("gsm8k", n=2, ks=[4], data_dir=data_dir)
+    with pytest.raises(ValueError, match="top_p"):
+        PeriodicEvalCallback("gsm8k", top_p=0.0, data_dir=data_dir)
+    with pytest.raises(ValueError, match="unknown protocol"):
+        PeriodicEvalCallback("gsm8k", protocol="r2", data_dir=data_dir)
+    cb = PeriodicEvalCallback("gsm8k", protocol="dapo", limit=2, data_dir=data_dir)
+    assert cb.sampling["protocol"] == "dapo" and cb.sampling["n"] is None  # the preset decides
     with pytest.raises(FileNotFoundError, match="aime25"):
         PeriodicEvalCallback("aime25", data_dir=data_dir)
 

@@ -37,6 +37,34 @@ def test_shapes_token_counts_and_seeding(backend: TransformersBackend) -> None:
     assert len({c.text for c in out[0]}) > 1
 
 
+def test_samples_are_per_problem_under_limit_and_batch_size(tiny_model_dir: Path) -> None:
+    """Issue 30: a problem's samples do not depend on --limit (which prompts come along) or on the
+    batch size (how rows are grouped): each sample has its own seeded generator, as vLLM seeds
+    per problem. (Before, the seed was per length-sorted batch, so both changed the samples.)"""
+    params = SamplingConfig(n=3, temperature=1.0, top_p=0.9, max_new_tokens=10, seed=11)
+    texts = {}
+    for batch_size, prompts in ((16, PROMPTS), (3, PROMPTS), (1, PROMPTS), (4, PROMPTS[:2]), (2, PROMPTS[:1])):
+        b = TransformersBackend(str(tiny_model_dir), batch_size=batch_size, progress=False)
+        out = b.generate(prompts, params)
+        for i, row in enumerate(out):
+            texts.setdefault(i, []).append([c.text for c in row])
+    for i, runs in texts.items():
+        assert all(r == runs[0] for r in runs), (i, runs)
+    assert len({t for r in texts[0] for t in r}) > 1  # still n different samples per problem
+
+
+def test_stop_strings_end_generation(backend: TransformersBackend) -> None:
+    params = SamplingConfig(n=1, temperature=1.0, max_new_tokens=24, seed=5)
+    free = backend.generate(PROMPTS[:1], params)[0][0]
+    text = free.text
+    ks = [k for k in range(3, len(text) - 2) if text.find(text[k : k + 2]) == k and text[k : k + 2].strip()]
+    assert ks, f"no usable stop string in the sampled text {text!r}"
+    stop = text[ks[0] : ks[0] + 2]
+    cut = backend.generate(PROMPTS[:1], SamplingConfig(**{**params.__dict__, "stop": (stop,)}))[0][0]
+    assert cut.text == text[: ks[0]] and cut.finish_reason == "stop"
+    assert cut.num_tokens < free.num_tokens or free.finish_reason == "stop"  # the engine stopped early
+
+
 def test_greedy_and_ignore_eos(backend: TransformersBackend) -> None:
     greedy = backend.generate(PROMPTS, SamplingConfig(n=2, temperature=0.0, max_new_tokens=6))
     assert all(r[0] == r[1] for r in greedy)
