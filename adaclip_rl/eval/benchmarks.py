@@ -288,6 +288,7 @@ class Benchmark:
         *,
         chat: bool = False,
         timeout_s: float | None = None,
+        scorer: str = "adaclip",
     ) -> tuple[list[list[float | None]], list[list[str | None]]]:
         """Verify every sample.
 
@@ -299,6 +300,8 @@ class Benchmark:
                 :attr:`completion_stop` and runs ``prompt + completion`` as the official
                 HumanEval harness does).
             timeout_s: code: per-problem time limit (default :attr:`timeout_s`).
+            scorer: math: ``"adaclip"`` or ``"lighteval"`` (see
+                :func:`adaclip_rl.rewards.math.verify_math_answers`).
 
         Returns:
             ``(scores, answers)`` of shape (P, n). Math: score 1.0/0.0 from Math-Verify, ``None``
@@ -314,7 +317,7 @@ class Benchmark:
         if self.kind == "math":
             from adaclip_rl.rewards.math import verify_math_answers
 
-            flat_scores = verify_math_answers(flat, [p.gold for p in owner])
+            flat_scores = verify_math_answers(flat, [p.gold for p in owner], scorer=scorer)
             flat_answers: list[str | None] = [vote_answer(t) for t in flat]
         else:
             flat_scores = self._score_code(flat, owner, chat, timeout_s)

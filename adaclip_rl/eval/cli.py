@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-template", default=None, help="user-message template with a {problem} slot")
     p.add_argument("--truncated-zero", action=argparse.BooleanOptionalAction, default=None,
                    help="score samples that hit --max-new-tokens 0 (default: the preset's, else off)")
+    p.add_argument("--scorer", choices=("adaclip", "lighteval"), default=None,
+                   help="math answer check: adaclip (boxed-first, every box) or lighteval (its extractive match, "
+                        "as open-r1 runs it); default: the preset's, else adaclip")
     p.add_argument("--code-timeout", type=float, default=None,
                    help="per-problem test time limit of code benchmarks, s (default: HumanEval's official 3)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
@@ -138,7 +141,7 @@ def overrides(args: argparse.Namespace) -> dict[str, object]:
     overrides (None = not given)."""
     return {"n": args.n, "temperature": args.temperature, "top_p": args.top_p,
             "max_new_tokens": args.max_new_tokens, "stop": args.stop, "system_prompt": args.system_prompt,
-            "template": args.prompt_template, "truncated_zero": args.truncated_zero}
+            "template": args.prompt_template, "truncated_zero": args.truncated_zero, "scorer": args.scorer}
 
 
 def _default_out(model: str) -> str:
@@ -179,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         system_prompt=args.system_prompt,
         prompt_template=args.prompt_template,
         truncated_zero=args.truncated_zero,
+        scorer=args.scorer,
         code_timeout_s=args.code_timeout,
         seed=args.seed,
         limit=args.limit,

@@ -18,7 +18,7 @@ Sources (see docs/evaluation.md for the table and what each source leaves open):
   evaluation results": lighteval with vLLM, ``max_new_tokens=32768, temperature=0.6,
   top_p=0.95``; ``n`` = 64 (AIME 2024), 4 (MATH-500); the prompt of lighteval at the commit
   open-r1 pins (``d3da6b9``: ``src/lighteval/tasks/default_prompts.py``, ``aime_prompt_fn`` and
-  ``math_500``).
+  ``math_500``) and lighteval's scoring (``scorer="lighteval"``).
 * ``qwen-math`` - QwenLM/Qwen2.5-Math ``evaluation/sh/eval.sh`` (``--temperature 0 --top_p 1
   --n_sampling 1``) and ``evaluation/utils.py`` prompt ``qwen25-math-cot`` (the system prompt
   "Please reason step by step, and put your final answer within \\boxed{}.", the problem as the
@@ -70,6 +70,9 @@ class BenchSettings:
         system_prompt: system message of the chat template (None = none).
         template: user-message template with a ``{problem}`` slot (None = the benchmark's own).
         truncated_zero: score samples that hit ``max_new_tokens`` 0.
+        scorer: math answer checking, ``"adaclip"`` (boxed-first, every box, tidied golds) or
+            ``"lighteval"`` (lighteval's extractive match as open-r1 runs it); see
+            :func:`adaclip_rl.rewards.math.verify_math_answers`.
     """
 
     n: int = 1
@@ -80,6 +83,13 @@ class BenchSettings:
     system_prompt: str | None = None
     template: str | None = None
     truncated_zero: bool = False
+    scorer: str = "adaclip"
+
+    def __post_init__(self) -> None:
+        from adaclip_rl.rewards.math import SCORERS
+
+        if self.scorer not in SCORERS:
+            raise ValueError(f"scorer must be one of {', '.join(SCORERS)}; got {self.scorer!r}")
 
 
 # HumanEval keeps its own prompt (completion mode, or the fenced-function chat prompt) and stop
@@ -123,7 +133,8 @@ PROTOCOLS: dict[str, Protocol] = {
         Protocol(
             "open-r1",
             "huggingface/open-r1 README (lighteval vLLM, generation_parameters) + lighteval@d3da6b9 prompts",
-            BenchSettings(n=1, temperature=0.6, top_p=0.95, max_new_tokens=32768, template=LIGHTEVAL_MATH_TEMPLATE),
+            BenchSettings(n=1, temperature=0.6, top_p=0.95, max_new_tokens=32768, template=LIGHTEVAL_MATH_TEMPLATE,
+                          scorer="lighteval"),
             _math_n(aime=64, amc=64, math500=4, gsm8k=1),
         ),
         Protocol(

@@ -117,6 +117,7 @@ def evaluate(
     system_prompt: str | None = None,
     prompt_template: str | None = None,
     truncated_zero: bool | None = None,
+    scorer: str | None = None,
     seed: int = 0,
     limit: int | None = None,
     out_dir: str | os.PathLike[str] | None = None,
@@ -145,7 +146,8 @@ def evaluate(
         n, temperature, top_p, max_new_tokens, stop, system_prompt, prompt_template,
             truncated_zero: explicit settings; each one that is not None overrides the preset's
             value for every benchmark (see :class:`~adaclip_rl.eval.protocols.BenchSettings`).
-            ``truncated_zero`` scores samples that hit ``max_new_tokens`` 0.
+            ``truncated_zero`` scores samples that hit ``max_new_tokens`` 0; ``scorer`` picks
+            the math answer check (``"adaclip"`` / ``"lighteval"``).
         seed: base sampling seed (per problem; see :class:`SamplingConfig`).
         limit: evaluate the first ``limit`` rows of each benchmark.
         out_dir: where records and the summary are written (nothing written when None).
@@ -173,7 +175,7 @@ def evaluate(
     t_start = time.perf_counter()
     overrides = {"n": n, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens,
                  "stop": stop, "system_prompt": system_prompt, "template": prompt_template,
-                 "truncated_zero": truncated_zero}
+                 "truncated_zero": truncated_zero, "scorer": scorer}
     preset = get_protocol(protocol) if isinstance(protocol, str) else protocol
     # 1. check the arguments and load every benchmark's rows before touching the model (fail fast)
     _check_arguments(model, backend, None, None, limit, data_dir)
@@ -336,7 +338,7 @@ def _run_one(
         )
     texts = [[cut_at_stop(c.text, stop) for c in row] for row in completions]
     t1 = time.perf_counter()
-    scores, answers = bench.score(problems, texts, chat=chat, timeout_s=code_timeout_s)
+    scores, answers = bench.score(problems, texts, chat=chat, timeout_s=code_timeout_s, scorer=settings.scorer)
     truncated_mask = [[c.finish_reason == "length" for c in row] for row in completions]
     if settings.truncated_zero:  # a sample cut at the budget scores 0 whatever its text says
         scores = [[0.0 if cut and s is not None else s for s, cut in zip(row, mrow, strict=True)]
@@ -459,7 +461,7 @@ def format_table(summary: dict[str, Any]) -> str:
         lines.append(
             f"{name}: n={st.get('n')} T={st.get('temperature')} top_p={st.get('top_p')} "
             f"max_new_tokens={st.get('max_new_tokens')} stop={st.get('stop')} "
-            f"truncated_zero={st.get('truncated_zero')}"
+            f"truncated_zero={st.get('truncated_zero')} scorer={st.get('scorer')}"
             + (f" system={st.get('system_prompt')!r}" if st.get("system_prompt") else "")
         )
         lines.append(f"{name}: {describe_source(entry['source'])}; {describe_prompt(entry)}")

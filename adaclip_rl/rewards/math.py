@@ -66,6 +66,8 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\b\s*")
+LIGHTEVAL_MARK = "\x1flighteval\x1f"  # gold prefix: score this item as lighteval's extractive match does
+SCORERS = ("adaclip", "lighteval")
 
 
 def extract_boxed_answer(text: str) -> str | None:
@@ -206,6 +208,7 @@ def verify_math_answers(
     *,
     timeout_s: float = 5.0,
     max_workers: int | None = None,
+    scorer: str = "adaclip",
 ) -> list[float | None]:
     """Score model outputs against gold answers with Math-Verify, in worker processes.
 
@@ -218,6 +221,11 @@ def verify_math_answers(
             ``6 * timeout_s + 2`` s on one item and scores the item 0.
         max_workers: worker processes (default ``min(4, cpu_count)`` or ``$ADACLIP_MATH_WORKERS``).
             Workers persist between calls; concurrent callers are serialised per pool.
+        scorer: ``"adaclip"`` (default: complete ``<think>`` pairs cut, every box read - one
+            value, or the set of several -, box contents tidied, golds wrapped so that lists and
+            intervals parse) or ``"lighteval"`` (lighteval 0.13's extractive-match metric as
+            open-r1 runs it: Math-Verify on the whole text with ``[Expr, Latex]`` targets, the raw
+            gold, precision 6; see docs/evaluation.md for where the two differ).
 
     Returns:
         One score per item: ``1.0`` correct, ``0.0`` wrong / no answer / timeout / crash,
@@ -229,6 +237,8 @@ def verify_math_answers(
         raise ValueError(f"predictions and golds differ in length: {len(predictions)} vs {len(golds)}")
     if not timeout_s > 0:
         raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+    if scorer not in SCORERS:
+        raise ValueError(f"scorer must be one of {SCORERS}; got {scorer!r}")
     n = len(predictions)
     if n == 0:
         return []
@@ -246,7 +256,8 @@ def verify_math_answers(
         workers = min(workers, len(todo_idx))
         pool = _get_pool(workers)
         todo_preds = [completion_text(predictions[i]) for i in todo_idx]
-        todo_golds = [gold_strs[i] for i in todo_idx]
+        mark = LIGHTEVAL_MARK if scorer == "lighteval" else ""
+        todo_golds = [mark + str(gold_strs[i]) for i in todo_idx]
         pool_results = pool.run(todo_preds, todo_golds, timeout_s)  # type: ignore[arg-type]
         for i, (score, status) in zip(todo_idx, pool_results, strict=True):
             scores[i] = score

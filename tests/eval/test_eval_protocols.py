@@ -78,8 +78,8 @@ def test_open_r1_preset_sets_every_setting_per_benchmark(data_dir: Path, tmp_pat
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["protocol"]["preset"] == "open-r1" and saved["protocol"]["n"] == "per benchmark"
     st = saved["benchmarks"]["aime24"]["settings"]
-    assert (st["n"], st["temperature"], st["top_p"], st["max_new_tokens"], st["truncated_zero"]) == (
-        64, 0.6, 0.95, 32768, False)
+    assert (st["n"], st["temperature"], st["top_p"], st["max_new_tokens"], st["truncated_zero"], st["scorer"]) == (
+        64, 0.6, 0.95, 32768, False, "lighteval")
     assert "avg@64" in summary["benchmarks"]["aime24"]["metrics"]
     assert "avg@4" in summary["benchmarks"]["math500"]["metrics"]
 
