@@ -143,7 +143,7 @@ def split_stop(tokenizer: Any, stop: Sequence[str]) -> tuple[list[str], list[int
     special |= {str(t) for t in (getattr(tokenizer, "added_tokens_encoder", {}) or {})}
     for s in stop:
         tid = tokenizer.convert_tokens_to_ids(s) if s in special else None
-        if isinstance(tid, int) and tid >= 0 and tid != getattr(tokenizer, "unk_token_id", None):
+        if isinstance(tid, int) and tid >= 0 and list(tokenizer.encode(s, add_special_tokens=False)) == [tid]:
             ids.append(tid)
         else:
             strings.append(s)

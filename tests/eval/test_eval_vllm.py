@@ -160,7 +160,26 @@ def test_cli_default_backend_is_vllm(vllm_backend: VLLMBackend, tiny_model_dir: 
     for name in ("aime24", "math500"):
         entry = summary["benchmarks"][name]
         assert entry["num_problems"] == 2 and entry["chat_template"] is True
-        assert set(entry["metrics"]) == {"avg@4", "pass@1", "pass@2", "pass@3", "pass@4", "maj@1", "maj@2", "maj@4"}
+        names = {"avg@4", "pass@1", "pass@2", "pass@3", "pass@4", "maj@1", "maj@2", "maj@4"}
+        assert set(entry["metrics"]) == names | {f"{x}_se" for x in names}
         records = [json.loads(x) for x in (out / f"{name}.records.jsonl").read_text().splitlines()]
         assert len(records) == 2
         assert all(len(r["samples"]) == len(r["extracted"]) == len(r["scores"]) == 4 for r in records)
+
+
+def test_stop_strings_end_generation_in_vllm(vllm_backend: VLLMBackend) -> None:
+    """Issue 30: stop strings reach the engine (the text ends before the first one, finish 'stop');
+    a stop string that is one special token becomes a stop token id."""
+    from adaclip_rl.eval.backends import split_stop
+
+    params = SamplingConfig(n=1, temperature=1.0, max_new_tokens=24, seed=5)
+    free = vllm_backend.generate(["Janet has 3 ducks."], params)[0][0]
+    text = free.text
+    ks = [k for k in range(3, len(text) - 2) if text.find(text[k : k + 2]) == k and text[k : k + 2].strip()]
+    assert ks, f"no usable stop string in the sampled text {text!r}"
+    stop = text[ks[0] : ks[0] + 2]
+    cut = vllm_backend.generate(["Janet has 3 ducks."], SamplingConfig(**{**params.__dict__, "stop": (stop,)}))[0][0]
+    assert cut.text == text[: ks[0]] and cut.finish_reason == "stop" and cut.num_tokens <= free.num_tokens
+    tok = vllm_backend.tokenizer
+    eos = tok.eos_token
+    assert split_stop(tok, (eos, "\nclass")) == (["\nclass"], [tok.eos_token_id])
