@@ -6,9 +6,11 @@ input fails in well under a second. Outputs, when ``out_dir`` is given:
 
 * ``<out_dir>/<benchmark>.records.jsonl``: one JSON object per problem with the prompt, the
   samples, their token counts and finish reasons, the extracted answers and the scores;
-* ``<out_dir>/summary.json``: metrics plus the protocol (model, backend, dataset source with its
-  revision or local file sha256, n, temperature, top_p, max tokens, prompt template and chat
-  template hash, seed), timings and generated tokens/s;
+* ``<out_dir>/summary.json``: metrics with their standard errors plus the protocol (preset and
+  its source, explicit overrides, and per benchmark every resolved setting: n, temperature,
+  top_p, max tokens, stop strings, system prompt, prompt template, truncated_zero, scorer, seed;
+  model, backend, dataset source with its revision or local file sha256, chat template hash),
+  timings, generated tokens/s and the share of samples cut at the budget;
 * ``<out_dir>/summary.txt``: the same table that is printed.
 """
 
