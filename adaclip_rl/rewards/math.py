@@ -13,9 +13,14 @@ holds answer extraction/normalisation, :func:`verify_math_answers` and the TRL r
 
 Scoring (per item):
 
-* the prediction is read **boxed-first**: the content of the last ``\\boxed{...}`` / ``\\fbox{...}``
-  (balanced braces) is parsed; without a box, Math-Verify's default extraction (final-answer
-  patterns, then the last LaTeX/expression in the text) is used;
+* complete ``<think>...</think>`` pairs are cut first (lighteval's ``remove_reasoning_tags``
+  rule; an unclosed ``<think>`` stays);
+* the prediction is read **boxed-first**, every box counting: when all complete
+  ``\\boxed{...}`` / ``\\fbox{...}`` (balanced braces) hold one value, that box is parsed (tidied by
+  :func:`clean_boxed`); when they hold different values, Math-Verify's own reading of the text
+  decides (boxes joined in one answer become the set of them, separate answers the rightmost);
+  without a box, Math-Verify's default extraction (final-answer patterns, then the last
+  LaTeX/expression in the text) is used;
 * the gold answer is parsed once per worker (cached). Golds may be bare answers (``\\frac{1}{2}``,
   ``18``, ``x \\in [-2,7]``), full solutions containing a ``\\boxed{}``, GSM8K answers
   (``"... #### 42"``) or numbers (``27.0``); they are wrapped in ``$...$`` (then ``\\boxed{}``)
@@ -213,7 +218,7 @@ def verify_math_answers(
     """Score model outputs against gold answers with Math-Verify, in worker processes.
 
     Args:
-        predictions: model outputs (free text; the last ``\\boxed{}`` is read first).
+        predictions: model outputs (free text; boxes are read first, see the module docstring).
         golds: gold answers, one per prediction (bare answers, boxed solutions, GSM8K
             ``#### N`` fields or numbers; see :func:`normalize_gold`).
         timeout_s: Math-Verify's own parse/verify timeout inside the worker (rounded up to whole
