@@ -699,14 +699,16 @@ def _run(
     groups: list[RunCgroup] = []
     try:
         if cgroups is not None:
-            cg_limits = CgroupLimits(
-                memory_bytes=int(limits.memory_mb) << 20,
-                pids=int(limits.max_processes),
-                cpu_cores=float(limits.cpu_cores),
-            )
-            groups.append(cgroups.create(cg_limits))
+            judge_mb = judge_memory_mb(limits.memory_mb) if judge is not None else 0
+
+            def cg_limits(mb: int) -> CgroupLimits:
+                return CgroupLimits(
+                    memory_bytes=mb << 20, pids=int(limits.max_processes), cpu_cores=float(limits.cpu_cores)
+                )
+
+            groups.append(cgroups.create(cg_limits(int(limits.memory_mb) - judge_mb)))
             if judge is not None:
-                groups.append(cgroups.create(cg_limits, suffix="j"))
+                groups.append(cgroups.create(cg_limits(judge_mb), suffix="j"))
         return _run_in(
             source, stdin=stdin, limits=limits, judge=judge, mode=mode, leases=leases, groups=groups
         )
@@ -886,6 +888,25 @@ def _run_in(
 
 
 
+def judge_memory_mb(memory_mb: int) -> int:
+    """The judge's share of a function-test run's memory budget, MiB (the candidate gets the rest).
+
+    A quarter of ``memory_mb``, at least 16 MiB: the candidate's and the judge's cgroups together
+    never hold more than ``memory_mb``. Measured judge peaks on HumanEval are under 4 MiB.
+    """
+    return max(16, int(memory_mb) // 4)
+
+
+def judge_frame_max(memory_mb: int) -> int:
+    """Largest reply frame (bytes) the judge accepts from the candidate: 1/64 of its budget.
+
+    Parsing JSON can cost up to about 20 times the frame in Python objects (``[[],[],...]``: 3
+    bytes of frame per 64-byte list), plus the frame and its text; 1/64 keeps the worst case
+    under half the judge's budget. A longer reply is a sticky failure, never an allocation.
+    """
+    return max(64 << 10, (judge_memory_mb(memory_mb) << 20) // 64)
+
+
 def _launch_spec(source: str, *, limits: SandboxLimits, judge: dict | None, namespaces: bool, uid: int | None,
                  judge_uid: int | None, workdir: str, groups: list[RunCgroup]) -> dict[str, object]:
     """Stage 1 of :func:`_run_in`: what the launcher needs (JSON), for one run."""
@@ -900,6 +921,7 @@ def _launch_spec(source: str, *, limits: SandboxLimits, judge: dict | None, name
         "workdir": workdir,
         "judge_workdir": "/tmp/judge" if namespaces else "/",
         "seccomp": _seccomp_filter(fallback=not namespaces).hex(),
+        "judge_frame_max": judge_frame_max(limits.memory_mb),
         "keyctl_nr": _keyctl_nr(),
         "expose_paths": not namespaces,
         "cgroup_procs": groups[0].procs_files if groups else [],
