@@ -1,17 +1,26 @@
 """The sandbox's seccomp-BPF filter, compiled here (stdlib only) and loaded by the launcher.
 
-A **denylist** with default *allow*: the syscalls a test program never needs and that widen the
-kernel attack surface or leak state between runs get an error (``EPERM``, or ``ENOSYS`` /
-``EACCES`` where noted); every other syscall runs as usual. An allowlist would be tighter, but
-CPython's syscall set changes with glibc and Python versions, and every gap would show up as a
-spurious reward failure.
+A **denylist** with default *allow*, plus argument rules: the syscalls a test program never
+needs and that widen the kernel attack surface, reach a machine-wide pool or leak state between
+runs get an error (``EPERM``, or ``ENOSYS`` / ``EACCES`` where noted); every other syscall runs
+as usual. Why a denylist, and what it does not promise, is in ``docs/sandbox.md`` ("Threat
+model, class by class").
 
 Denied (``EPERM``):
 
 * kernel keyrings: ``keyctl``, ``add_key``, ``request_key`` (keys of a uid outlive the run);
 * attack surface: ``io_uring_*``, ``userfaultfd``, ``bpf``, ``perf_event_open``, ``memfd_secret``;
+* machine-wide pools: Linux AIO (``io_setup`` & co: ``fs.aio-max-nr`` is one pool for the
+  whole machine), user namespaces (below), inotify instances (per-uid), keys (above);
 * file watches (host activity through read-only binds, per-uid quotas): ``inotify_*``,
-  ``fanotify_*``;
+  ``fanotify_*``, and ``fcntl`` with ``F_NOTIFY`` (dnotify) or ``F_SETLEASE``;
+* the page cache of host files, as a window on the host and a channel between runs: the
+  residency probes ``mincore``, ``cachestat`` and ``preadv2``/``pwritev2`` with ``RWF_NOWAIT``
+  (or any flag but ``HIPRI``, ``DSYNC``, ``SYNC``, ``APPEND``, ``NOAPPEND``); the evictions
+  ``posix_fadvise(DONTNEED | NOREUSE)`` and ``madvise(MADV_PAGEOUT | MADV_COLD |
+  MADV_COLLAPSE)``; KSM (``MADV_MERGEABLE``, ``prctl(PR_SET_MEMORY_MERGE)``) and memory poisoning;
+* huge pages from the machine's hugetlb pool, which the memory cgroup does not charge:
+  ``mmap(MAP_HUGETLB)``, ``memfd_create(MFD_HUGETLB)``, ``shmget(SHM_HUGETLB)``;
 * mounts and namespaces: ``mount``, ``umount2``, the new mount API, ``pivot_root``, ``chroot``,
   ``unshare``, ``setns``, and ``clone`` with any ``CLONE_NEW*`` flag;
 * other processes: ``ptrace``, ``process_vm_readv/writev``, ``process_madvise``,
@@ -22,16 +31,18 @@ Denied (``EPERM``):
 * ``personality`` with any persona but ``0`` (query) and ``0xffffffff``.
 
 Special errors: ``clone3`` gets ``ENOSYS`` (its flags live in memory a filter cannot read; glibc
-falls back to ``clone``, which is checked); ``socket`` for any family but ``AF_UNIX`` gets
-``EACCES`` (no network, no netlink); a foreign ABI (i386 ``int 0x80``, x32) gets ``ENOSYS`` for
-every call. In the fallback mode (no IPC namespace) SysV IPC and POSIX message queues are denied
-too. The filter never kills: a denied call is an ``OSError`` for the program.
+falls back to ``clone``, which is checked); ``socket`` and ``socketpair`` for any family but
+``AF_UNIX`` get ``EACCES`` (no network, no netlink, no TIPC or other module-loaded family); a
+foreign ABI (i386 ``int 0x80``, x32) gets ``ENOSYS`` for every call. In the fallback mode (no IPC
+namespace) every System V IPC and POSIX message-queue call is denied too, so neither the
+objects a run would leave nor the host's own objects are reachable. The filter never kills: a
+denied call is an ``OSError`` for the program.
 
 Why not libseccomp (``pyseccomp``)? The launcher runs ``python -I -S`` inside the sandbox and
-must not import third-party code, so the filter is compiled in the trainer either way; a ~150
-instruction denylist with three argument rules is small enough to compile and review here, and
-needs no extra dependency. The tests check it against the system's syscall headers and run every
-denied call under it as root.
+must not import third-party code, so the filter is compiled in the trainer either way; a ~250
+instruction denylist with a dozen argument rules is small enough to compile and review here,
+and needs no extra dependency. The tests check it against the system's syscall headers and run
+every denied call under it as root.
 """
 
 from __future__ import annotations

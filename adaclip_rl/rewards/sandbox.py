@@ -19,30 +19,37 @@ Each run gets, from the outside in:
   :mod:`adaclip_rl.rewards._cgroup`): the run as a whole, all its processes, its memfd, shared
   memory and tmpfs files and its kernel memory (inodes, pipes) included, stays within
   ``memory_mb``, ``max_processes`` and ``cpu_cores``; the OOM killer picks inside the run. The
-  judge has a sibling group. The per-run peak is reported (``memory_peak_mb``); the groups are
-  removed after the run. Required by default (``resource_control="require"``).
+  judge has a sibling group holding its share of ``memory_mb`` (:func:`judge_memory_mb`, a
+  quarter), the candidate's group the rest, so the two together never exceed ``memory_mb``; the
+  judge refuses a reply frame larger than 1/64 of its share (:func:`judge_frame_max`). The
+  per-run peak is reported (``memory_peak_mb``); the groups are removed after the run. Required by default (``resource_control="require"``).
 * **An unprivileged uid/gid leased per run** (``setresuid``/``setresgid``, no supplementary
   groups, ``no_new_privs``), set *after* the resource limits, so the program cannot raise its
   limits, signal other processes or read root-only files. Uids come from a pool and are held by
   a machine-wide lock while the run lives, so no two live sandboxes, of this trainer or another,
   ever share one (``RLIMIT_NPROC``, per uid, is then per run); consecutive runs get different
   uids. Each sandboxed process joins a fresh anonymous session keyring.
-* **A seccomp filter** (:mod:`adaclip_rl.rewards._seccomp`): keyrings, io_uring, userfaultfd,
-  bpf, perf, inotify/fanotify, mount and namespace calls, ptrace and other cross-process calls,
-  module/kexec loading and system-state calls get ``EPERM``; sockets other than ``AF_UNIX`` get
-  ``EACCES``. A denied call is an error for the program, never a kill.
+* **A seccomp filter** (:mod:`adaclip_rl.rewards._seccomp`): keyrings, io_uring, Linux AIO,
+  userfaultfd, bpf, perf, inotify/fanotify/dnotify/leases, page-cache probes and evictions,
+  huge pages, mount and namespace calls, ptrace and other cross-process calls, module/kexec
+  loading and system-state calls get ``EPERM``; sockets and socket pairs other than ``AF_UNIX``
+  get ``EACCES``. A denied call is an error for the program, never a kill.
 * **Resource limits**: CPU time, address space, file size, process count, open files, no core
-  dumps; a wall-clock timeout enforced by the launcher and, as a backstop, by the parent
-  (which kills the whole session); stdout+stderr capped at ``max_output_bytes`` (the run is
-  killed when it exceeds the cap).
+  dumps, and no real-time or raised scheduling priority (``RLIMIT_NICE``, ``RLIMIT_RTPRIO``,
+  ``RLIMIT_RTTIME`` are 0, whatever the trainer has); a wall-clock timeout enforced by the
+  launcher and, as a backstop, by the parent (which kills the whole session); stdout+stderr
+  capped at ``max_output_bytes`` (the run is killed when it exceeds the cap).
 * **A fresh working directory** (``/tmp/work`` inside the private tmpfs, or a ``mkdtemp`` dir
   removed afterwards in fallback mode, where files the sandbox uids left in world-writable
   directories are deleted too) and a **scrubbed environment** (``PATH``, ``HOME``,
   ``LANG``, ``TMPDIR`` only: nothing from the parent's environment leaks).
 
-Nothing a run leaves in the kernel reaches a later run: its processes, IPC objects and files
-die with its namespaces, keyrings cannot be created (seccomp), and its uid is not reused by the
-next run.
+What a run leaves in the kernel and a later run could read: its processes, IPC objects and files
+die with its namespaces, keyrings cannot be created (seccomp), its uid is not reused by the next
+run, machine-wide pools (AIO, huge pages) are closed to it, and the page cache of the host's
+files can neither be evicted nor probed by a call. Not closed: the *time* a first read of a
+host file takes shows whether an earlier run (or the host) read it; ``docs/sandbox.md`` lists
+this and the other things not promised, class by class.
 
 Fallback (no namespaces, e.g. an unprivileged container) runs **only when asked for by name**
 (``configure_sandbox(mode="fallback")``): ``auto`` refuses with :class:`SandboxUnavailable`
@@ -148,7 +155,8 @@ class SandboxLimits:
         default=1024,
         metadata={
             "help": "Memory budget, MiB: RLIMIT_AS per process and, with cgroups, the whole run's "
-            "memory (all processes, memfd/shmem/tmpfs files, kernel memory). The judge has its own."
+            "memory (all processes, memfd/shmem/tmpfs files, kernel memory); in function tests the "
+            "judge's share (a quarter, at least 16 MiB) comes out of it."
         },
     )
     file_size_mb: int = field(
