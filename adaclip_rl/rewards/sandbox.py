@@ -115,6 +115,7 @@ __all__ = [
 
 _LAUNCHER = str(Path(__file__).resolve().with_name("_sandbox_launcher.py"))
 _NS_FLAGS = ["--fork", "--pid", "--kill-child", "--mount-proc", "--net", "--ipc", "--uts"]
+_USERNS_FLAGS = ["--user", "--map-root-user"]  # without root: the caller is uid 0 of a fresh user ns
 _BACKSTOP_GRACE_S = 5.0
 
 
@@ -546,7 +547,8 @@ def _cgroups() -> CgroupSupport | None:
                 "per-run cgroups are required (resource_control='require') but not available: "
                 + "; ".join(f"{c}: {why}" for c, why in reasons.items())
                 + ". Fix: run as root with the cgroup controllers mounted writable, or a delegated "
-                "cgroup v2 subtree; or accept rlimit-only limits with "
+                "cgroup v2 subtree (without root: start the trainer with systemd-run --user --scope -p "
+                "Delegate=yes, in a leaf of it); or accept rlimit-only limits with "
                 "configure_sandbox(resource_control='auto' or 'off')"
             )
         if reasons:
@@ -560,17 +562,42 @@ def _cgroups() -> CgroupSupport | None:
 
 
 def _isolation_mode(mode: str) -> str:
-    if mode == "namespaces":
-        parts = ["namespaces(pid,net,mount,ipc,uts)"]
+    if mode == "namespaces" and _is_root():
+        parts = ["namespaces(pid,net,mount,ipc,uts)", "setuid"]
+    elif mode == "namespaces":
+        parts = ["namespaces(user,pid,net,mount,ipc,uts)", "no-caps"]
     else:
         parts = [f"fallback(missing:{','.join(FALLBACK_MISSING)})", "subreaper"]
-    if _is_root():
-        parts.append("setuid")
-    parts.append("rlimits" if _is_root() else "rlimits(no-nproc)")
+        if _is_root():
+            parts.append("setuid")
+    parts.append("rlimits" if _is_root() or mode == "namespaces" else "rlimits(no-nproc)")
     parts.append("seccomp")
     cg = _CGROUPS if _cfg_resource_control() != "off" else None
     parts.append(cg.describe() if cg is not None else "no-cgroup")
     return "+".join(parts)
+
+
+def _userns_problem() -> str | None:
+    """Why this kernel refuses an unprivileged user namespace (None: it allows one).
+
+    Reads the switches distributions use: ``user.max_user_namespaces`` (0: off),
+    Debian's ``kernel.unprivileged_userns_clone`` (0: off) and Ubuntu's
+    ``kernel.apparmor_restrict_unprivileged_userns`` (1: needs an AppArmor profile).
+    """
+    checks = (
+        ("/proc/sys/user/max_user_namespaces", "0", "user.max_user_namespaces=0"),
+        ("/proc/sys/kernel/unprivileged_userns_clone", "0", "kernel.unprivileged_userns_clone=0"),
+        (
+            "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
+            "1",
+            "kernel.apparmor_restrict_unprivileged_userns=1",
+        ),
+    )
+    for path, bad, text in checks:
+        with contextlib.suppress(OSError), open(path) as f:
+            if f.read().strip() == bad:
+                return f"unprivileged user namespaces are off ({text})"
+    return None
 
 
 def _resolve_mode() -> str:
@@ -587,8 +614,14 @@ def _resolve_mode() -> str:
             return _MODE
         wanted = _cfg_mode()
         mode = "namespaces" if wanted == "auto" else wanted
-        if mode == "namespaces" and (not _is_root() or shutil.which("unshare") is None):
-            why = "not running as root" if not _is_root() else "the unshare binary (util-linux) is missing"
+        problem = None
+        if mode == "namespaces" and shutil.which("unshare") is None:
+            problem = "the unshare binary (util-linux) is missing"
+        elif mode == "namespaces" and not _is_root():
+            problem = _userns_problem()
+            problem = f"not running as root, and {problem}" if problem else None
+        if problem is not None:
+            why = problem
             raise SandboxUnavailable(
                 f"the namespace sandbox cannot run here ({why}). To score with the weaker "
                 f"fallback sandbox (missing: {', '.join(FALLBACK_MISSING)}; the program can read "
@@ -764,7 +797,8 @@ def _run_in(
     if judge is not None:
         argv.append(str(files[1].fileno()))
     if namespaces:
-        argv = [shutil.which("unshare") or "unshare", *_NS_FLAGS, "--", *argv]
+        userns = _USERNS_FLAGS if not _is_root() else []
+        argv = [shutil.which("unshare") or "unshare", *userns, *_NS_FLAGS, "--", *argv]
     t0 = time.monotonic()
     try:
         proc = subprocess.Popen(
@@ -932,6 +966,7 @@ def _launch_spec(source: str, *, limits: SandboxLimits, judge: dict | None, name
         "judge_frame_max": judge_frame_max(limits.memory_mb),
         "keyctl_nr": _keyctl_nr(),
         "expose_paths": not namespaces,
+        "userns": namespaces and not _is_root(),
         "cgroup_procs": groups[0].procs_files if groups else [],
         "judge_cgroup_procs": groups[1].procs_files if len(groups) > 1 else [],
         "limits": {
@@ -942,7 +977,11 @@ def _launch_spec(source: str, *, limits: SandboxLimits, judge: dict | None, name
             "max_processes": int(limits.max_processes),
             # with a pids cgroup, that is the limit that bites (and is reported); RLIMIT_NPROC,
             # one above, stays as the backstop
-            "nproc": int(limits.max_processes) + (1 if any("pids" in g.dirs for g in groups) else 0),
+            # in a user namespace (no uid per run) the launcher, and the judge, share the run's
+            # uid 0 there: they count too
+            "nproc": int(limits.max_processes)
+            + (1 if any("pids" in g.dirs for g in groups) else 0)
+            + ((2 if judge else 1) if namespaces and not _is_root() else 0),
             "max_open_files": int(limits.max_open_files),
             "disk_mb": int(limits.disk_mb),
             "max_inodes": int(limits.max_inodes),
