@@ -2,7 +2,9 @@
 
 Started by :mod:`adaclip_rl.rewards.sandbox` as ``python -I -S _sandbox_launcher.py SPEC_FD
 RESULT_FD [JUDGE_FD]``, normally as PID 1 of fresh PID, network, mount, IPC and UTS namespaces
-(``unshare --fork --pid --kill-child --mount-proc --net --ipc --uts``), still root. It
+(``unshare --fork --pid --kill-child --mount-proc --net --ipc --uts``), still root (without root:
+uid 0 of a fresh user namespace, ``--user --map-root-user``; the children then drop every
+capability instead of the uid). It
 
 1. reads the run specification (JSON) from ``SPEC_FD``;
 2. in namespace mode, builds a minimal root on a private size-limited tmpfs (read-only binds of

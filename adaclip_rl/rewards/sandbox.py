@@ -2,8 +2,10 @@
 
 Each run gets, from the outside in:
 
-* **Namespaces** (when running as root and ``unshare`` works; ``isolation_mode`` starts with
-  ``namespaces``): ``unshare --fork --pid --kill-child --mount-proc --net --ipc --uts`` starts the
+* **Namespaces** (when ``unshare`` works, as root or, without root, in an unprivileged user
+  namespace: ``--user --map-root-user``, where the sandboxed processes drop every capability
+  instead of the uid; ``isolation_mode`` starts with ``namespaces``):
+  ``unshare --fork --pid --kill-child --mount-proc --net --ipc --uts`` starts the
   trusted launcher (:mod:`adaclip_rl.rewards._sandbox_launcher`) as PID 1 of a new PID namespace,
   with an empty network namespace (no interface is up: nothing, not even the host's
   ``127.0.0.1``, is reachable) and a private mount namespace. There the launcher builds a
@@ -57,8 +59,9 @@ saying what is missing. In the fallback the launcher runs in its own session as 
 subreaper; the seccomp filter also refuses System V IPC and POSIX message queues; the leased uid
 is still used when running as root (the interpreter's import path stays reachable through
 directory fds opened before the uid drop, so correct programs run) and every process of that uid
-is killed at the end. Without root there is no uid drop and no cgroup (``isolation_mode`` says
-so) and ``RLIMIT_NPROC`` is not applied, because it would count the user's other processes.
+is killed at the end. In the fallback without root there is no uid drop and no cgroup
+(``isolation_mode`` says so) and ``RLIMIT_NPROC`` is not applied, because it would count the
+user's other processes (in a user namespace it counts the run's own).
 ``isolation_mode`` lists what the fallback lacks (``fallback(missing:private-root,...)``): it
 does not hide the host's world-readable files, so prefer the namespace mode for training on data
 whose tests sit on the same machine.
