@@ -347,8 +347,9 @@ def _confine(
         # namespace made for this run (counted per namespace)
         nproc = int(lim.get("nproc", lim["max_processes"]))
         pairs.append((resource.RLIMIT_NPROC, (nproc, nproc)))
-    if not spec["namespaces"]:  # no IPC namespace: POSIX message queues (per uid) would persist
-        pairs.append((resource.RLIMIT_MSGQUEUE, (0, 0)))
+    # POSIX message queues: none. Without an IPC namespace they would persist; in a user
+    # namespace their bytes count against the caller's own uid (a pool shared with the user)
+    pairs.append((resource.RLIMIT_MSGQUEUE, (0, 0)))
     for which, val in pairs:
         resource.setrlimit(which, val)
     if lim.get("nice"):

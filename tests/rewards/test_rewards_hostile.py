@@ -879,8 +879,8 @@ def test_page_cache_carries_no_bit_across_runs(mode: str) -> None:
 
 def test_machine_wide_pools_stay_closed(mode: str) -> None:
     """Class 3: kernel pools shared by the whole machine (or, without an IPC namespace, by the
-    host): AIO contexts (``fs.aio-max-nr``), user namespaces, inotify instances, keys, and in
-    the fallback the host's own System V objects. One run must not take from them or reach
+    host): AIO contexts (``fs.aio-max-nr``), user namespaces, inotify instances, keys, POSIX
+    message queues, and in the fallback the host's own System V objects. One run must not take from them or reach
     them: each allocation is refused and the machine's AIO count does not move."""
     nr = sbx_nr()
     libc = ctypes.CDLL(None, use_errno=True)
@@ -912,6 +912,11 @@ def test_machine_wide_pools_stay_closed(mode: str) -> None:
             libc.shmat.restype = ctypes.c_void_p
             ctypes.set_errno(0)
             out["shmat_host"] = 0 if libc.shmat({shm_id}, None, 0) not in (None, 2**64 - 1) else ctypes.get_errno()
+            ctypes.set_errno(0)
+            mq = libc.mq_open(b"/adaclip_pool", 0o102, 0o600, None)  # O_RDWR | O_CREAT
+            out["mq_open"] = 0 if mq >= 0 else ctypes.get_errno()
+            if mq >= 0:
+                libc.mq_unlink(b"/adaclip_pool")
             out["msgsnd_host"] = call({nr["msgsnd"]}, {msg_id}, ctypes.create_string_buffer(b"\\1\\0\\0\\0\\0\\0\\0\\0x"), 1, 0o4000)
             print(json.dumps(out), flush=True)
             """
@@ -924,6 +929,8 @@ def test_machine_wide_pools_stay_closed(mode: str) -> None:
     assert out["aio_contexts"] == 0 and out["io_setup"] == errno.EPERM, out
     assert aio_after == aio_before
     assert out["userns"] == out["inotify"] == out["add_key"] == errno.EPERM, out
+    # POSIX message queues: refused by the filter in the fallback, by RLIMIT_MSGQUEUE=0 otherwise
+    assert out["mq_open"] == (errno.EPERM if mode == "fallback" else errno.EMFILE), out
     if mode == "fallback":  # the host's IPC namespace: its objects are refused by the filter
         assert out["shmat_host"] == out["msgsnd_host"] == errno.EPERM, out
     else:  # a private IPC namespace: the host's ids do not exist there
