@@ -128,8 +128,9 @@ class RunCgroup:
 class CgroupSupport:
     """The hierarchies this process can create per-run groups in (see :func:`detect_cgroups`)."""
 
-    def __init__(self, hiers: dict[str, _Hier]) -> None:
+    def __init__(self, hiers: dict[str, _Hier], kmem_accounted: bool = True) -> None:
         self.hiers = hiers
+        self.kmem_accounted = kmem_accounted
         self._seq = itertools.count()
         self._lock = threading.Lock()
 
@@ -137,7 +138,11 @@ class CgroupSupport:
         """E.g. ``cgroup-v1(memory,pids,cpu,cpuacct)``; ``no-cgroup`` when empty."""
         parts = []
         for version in (2, 1):
-            names = [c for c, h in self.hiers.items() if h.version == version]
+            names = [
+                c if c != "memory" or self.kmem_accounted else "memory(no-kmem)"
+                for c, h in self.hiers.items()
+                if h.version == version
+            ]
             if names:
                 parts.append(f"cgroup-v{version}({','.join(names)})")
         return "+".join(parts) or "no-cgroup"
@@ -239,13 +244,26 @@ def _join(point: str, mount_root: str, own: str) -> str:
     return os.path.join(point, rel.lstrip("/"))
 
 
+def kmem_accounted(cmdline: str) -> bool:
+    """False when the kernel command line turns off kernel-memory accounting in memory cgroups
+    (``cgroup.memory=nokmem``): then inodes, dentries, pipe buffers and page tables a run
+    allocates are charged to nobody, and its memory budget no longer bounds them."""
+    for word in cmdline.split():
+        if word.startswith("cgroup.memory=") and "nokmem" in word.split("=", 1)[1].split(","):
+            return False
+    return True
+
+
 def detect_cgroups(
-    proc: str = "/proc/self", controllers: tuple[str, ...] = CONTROLLERS
+    proc: str = "/proc/self", controllers: tuple[str, ...] = CONTROLLERS, cmdline: str = "/proc/cmdline"
 ) -> tuple[CgroupSupport, dict[str, str]]:
     """Find, per controller, a hierarchy where this process can create and limit groups.
 
     Each candidate is probed (``mkdir``, a limit write, ``rmdir``) under the process's own
-    cgroup. Stale groups of dead trainers are swept on the way.
+    cgroup. Stale groups of dead trainers are swept on the way. A memory controller on a kernel
+    booted with ``cgroup.memory=nokmem`` is used (``describe`` says ``memory(no-kmem)``) but
+    reported as missing, so ``resource_control="require"`` refuses it: the run's kernel memory
+    would be outside its budget.
 
     Returns:
         The usable hierarchies, and for each required controller that is *not* usable the
@@ -288,7 +306,16 @@ def detect_cgroups(
         del hiers["cpuacct"]
     for h in hiers.values():
         _sweep(h.base)
-    return CgroupSupport(hiers), reasons
+    kmem = True
+    with contextlib.suppress(OSError), open(cmdline) as f:
+        kmem = kmem_accounted(f.read())
+    if "memory" in hiers and not kmem:
+        reasons["memory"] = (
+            "kernel memory is not accounted (cgroup.memory=nokmem on the kernel command line): "
+            "inodes, pipe buffers and page tables of a run would escape its budget; boot without "
+            "nokmem, or accept it with resource_control='auto'"
+        )
+    return CgroupSupport(hiers, kmem_accounted=kmem), reasons
 
 
 def _errtext(exc: OSError) -> str:

@@ -2,7 +2,9 @@
 
 Started by :mod:`adaclip_rl.rewards.sandbox` as ``python -I -S _sandbox_launcher.py SPEC_FD
 RESULT_FD [JUDGE_FD]``, normally as PID 1 of fresh PID, network, mount, IPC and UTS namespaces
-(``unshare --fork --pid --kill-child --mount-proc --net --ipc --uts``), still root. It
+(``unshare --fork --pid --kill-child --mount-proc --net --ipc --uts``), still root (without root:
+uid 0 of a fresh user namespace, ``--user --map-root-user``; the children then drop every
+capability instead of the uid). It
 
 1. reads the run specification (JSON) from ``SPEC_FD``;
 2. in namespace mode, builds a minimal root on a private size-limited tmpfs (read-only binds of
@@ -62,9 +64,22 @@ PR_SET_DUMPABLE = 4
 PR_SET_SECCOMP = 22
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
+PR_CAPBSET_DROP = 24
+PR_SET_SECUREBITS = 28
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+# SECBIT_NOROOT, SECBIT_NO_SETUID_FIXUP, SECBIT_NO_CAP_AMBIENT_RAISE, each with its lock bit, and
+# SECBIT_KEEP_CAPS_LOCKED: uid 0 of the user namespace never regains a capability
+SECUREBITS_LOCKED_DOWN = 0x01 | 0x02 | 0x04 | 0x08 | 0x20 | 0x40 | 0x80
 SECCOMP_MODE_FILTER = 2
 
-MAX_FRAME = 64 << 20
+MAX_FRAME = 64 << 20  # judge -> candidate (trusted arguments); replies: the spec's judge_frame_max
+SYS_MOUNT_SETATTR = 442  # same number on x86_64 and arm64 (Linux 5.12+)
+AT_FDCWD = -100
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
 
 
 class _WallTimeout(Exception):
@@ -133,6 +148,41 @@ def _load_seccomp(raw: bytes) -> None:
     if rc != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"seccomp filter could not be installed: {os.strerror(err)}")
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def _drop_all_capabilities() -> None:
+    """User-namespace mode: the sandboxed process is uid 0 of its own user namespace (the caller's
+    uid outside), with every capability *in that namespace*. Drop them all, for good: the
+    bounding and ambient sets are emptied, the securebits locked so that uid 0 regains nothing
+    on ``execve``, then the effective, permitted and inheritable sets cleared. Raises unless
+    ``/proc/self/status`` then shows no capability at all."""
+    for cap in range(64):
+        if _prctl(PR_CAPBSET_DROP, cap) != 0:
+            if ctypes.get_errno() == 22:  # EINVAL: past the last capability of this kernel
+                break
+            err = ctypes.get_errno()
+            raise OSError(err, f"PR_CAPBSET_DROP {cap}: {os.strerror(err)}")
+    _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    if _prctl(PR_SET_SECUREBITS, SECUREBITS_LOCKED_DOWN) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"PR_SET_SECUREBITS: {os.strerror(err)}")
+    header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
+    data = (_CapData * 2)()
+    if _LIBC.capset(ctypes.byref(header), data) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"capset: {os.strerror(err)}")
+    with open("/proc/self/status") as f:
+        caps = {k: v.strip() for k, _, v in (line.partition(":") for line in f) if k.startswith("Cap")}
+    if any(int(v, 16) for v in caps.values()):
+        raise RuntimeError(f"capabilities left after dropping them: {caps}")
 
 
 def _join_fresh_session_keyring(keyctl_nr: int | None) -> None:
@@ -212,7 +262,12 @@ def _dec(x: object, depth: int = 0) -> object:
 
 def _send_frame(fd: int, obj: object) -> None:
     data = json.dumps(obj).encode()
-    _write_all(fd, struct.pack("<I", len(data)) + data)
+    head = struct.pack("<I", len(data))
+    sent = os.writev(fd, [head, data])  # no concatenated copy of the frame
+    if sent < len(head):
+        _write_all(fd, head[sent:])
+        sent = len(head)
+    _write_all(fd, memoryview(data)[sent - len(head) :])
 
 
 def _recv_exact(fd: int, n: int) -> bytes | None:
@@ -225,17 +280,32 @@ def _recv_exact(fd: int, n: int) -> bytes | None:
     return bytes(buf)
 
 
-def _recv_frame(fd: int) -> object | None:
+def _recv_frame(fd: int, limit: int = MAX_FRAME) -> object | None:
+    """One length-prefixed JSON frame; ``ValueError`` for a frame over ``limit`` bytes.
+
+    The body is read straight into one buffer of its announced size (no chunk list, no
+    joined copy) and freed as soon as it is decoded to text, so a frame of ``n`` bytes costs at
+    most about ``2n`` before parsing; the judge's ``limit`` is a fraction of its memory budget
+    (see ``judge_frame_max`` in the spec) that leaves room for the parsed objects too.
+    """
     head = _recv_exact(fd, 4)
     if head is None:
         return None
     (n,) = struct.unpack("<I", head)
-    if n > MAX_FRAME:
-        raise ValueError("frame too large")
-    body = _recv_exact(fd, n)
-    if body is None:
-        return None
-    return json.loads(body)
+    if n > limit:
+        raise ValueError(f"frame of {n} bytes over the limit of {limit}")
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = os.readv(fd, [view[got:]])
+        if not k:
+            return None
+        got += k
+    view.release()
+    text = buf.decode("utf-8")
+    del buf, view
+    return json.loads(text)
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,12 +336,20 @@ def _confine(
         (resource.RLIMIT_FSIZE, (lim["file_size_mb"] * mb, lim["file_size_mb"] * mb)),
         (resource.RLIMIT_NOFILE, (lim["max_open_files"], lim["max_open_files"])),
         (resource.RLIMIT_CORE, (0, 0)),
+        # never inherited from the trainer: a raised RTPRIO would let the run take SCHED_FIFO
+        # and starve the machine; NICE 0 forbids raising the priority at all
+        (resource.RLIMIT_NICE, (0, 0)),
+        (resource.RLIMIT_RTPRIO, (0, 0)),
+        (resource.RLIMIT_RTTIME, (0, 0)),
     ]
-    if uid is not None:  # NPROC counts per real uid: meaningful only for a dedicated uid
+    if uid is not None or spec.get("userns"):
+        # NPROC counts per real uid: meaningful only for a dedicated uid, or for uid 0 of a user
+        # namespace made for this run (counted per namespace)
         nproc = int(lim.get("nproc", lim["max_processes"]))
         pairs.append((resource.RLIMIT_NPROC, (nproc, nproc)))
-    if not spec["namespaces"]:  # no IPC namespace: POSIX message queues (per uid) would persist
-        pairs.append((resource.RLIMIT_MSGQUEUE, (0, 0)))
+    # POSIX message queues: none. Without an IPC namespace they would persist; in a user
+    # namespace their bytes count against the caller's own uid (a pool shared with the user)
+    pairs.append((resource.RLIMIT_MSGQUEUE, (0, 0)))
     for which, val in pairs:
         resource.setrlimit(which, val)
     if lim.get("nice"):
@@ -292,6 +370,8 @@ def _confine(
         os.setresuid(uid, uid, uid)
         if os.getuid() != uid or os.geteuid() != uid:
             raise RuntimeError("failed to drop privileges")
+    elif spec.get("userns"):
+        _drop_all_capabilities()
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if spec.get("seccomp"):
@@ -515,6 +595,7 @@ def _judge_main(
     oversized or undecodable frame, non-plain data, or an exception outside :data:`RERAISED`.
     """
     state = {"calls": 0, "sticky": None}
+    frame_max = int(spec.get("judge_frame_max") or MAX_FRAME)
     try:
         _confine(spec, uid, gid, (*rpc, verdict_w), spec["judge_workdir"], cgroup_fds)
         _prctl(PR_SET_DUMPABLE, 0)  # the candidate must not ptrace or read the judge
@@ -533,9 +614,9 @@ def _judge_main(
                 raise CandidateError(state["sticky"])
             try:
                 _send_frame(req_w, {"a": _enc(list(args)), "k": _enc(dict(kwargs))})
-                reply = _recv_frame(resp_r)
-            except (OSError, ValueError, TypeError, RecursionError) as exc:
-                raise fail(f"candidate transport failed: {type(exc).__name__}") from None
+                reply = _recv_frame(resp_r, frame_max)
+            except (OSError, ValueError, TypeError, RecursionError, MemoryError) as exc:
+                raise fail(f"candidate transport failed: {type(exc).__name__}: {str(exc)[:200]}") from None
             if not isinstance(reply, dict):
                 raise fail("candidate process exited or sent garbage")
             if "ok" in reply:
@@ -587,7 +668,14 @@ DEVICES = ("null", "zero", "full", "random", "urandom")
 
 
 def _bind_ro(src: str, dst: str, *, devices: bool = False) -> None:
-    """Bind ``src`` at ``dst`` read-only and nosuid (nodev unless ``devices``); dst is created."""
+    """Bind ``src`` at ``dst`` read-only and nosuid (nodev unless ``devices``); dst is created.
+
+    The bind is recursive (``MS_REC``), so the submounts under ``src`` come along; a plain
+    ``MS_REMOUNT|MS_RDONLY`` would make only the top mount read-only and leave every submount
+    (a writable ``/usr/local`` or ``/etc/hosts`` bind on the host) writable inside. The flags
+    are therefore applied to the whole tree with ``mount_setattr(AT_RECURSIVE)`` (Linux 5.12+),
+    or, on an older kernel, to each submount in turn (:func:`_remount_tree_ro`).
+    """
     if os.path.isdir(src):
         os.makedirs(dst, 0o755, exist_ok=True)
     else:
@@ -597,6 +685,76 @@ def _bind_ro(src: str, dst: str, *, devices: bool = False) -> None:
     _mount(src, dst, None, MS_BIND | MS_REC, None)
     flags = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | (0 if devices else MS_NODEV)
     _mount(None, dst, None, flags, None)
+    attrs = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | (0 if devices else MOUNT_ATTR_NODEV)
+    if not _mount_setattr_recursive(dst, attrs):
+        _remount_tree_ro(dst, flags)
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def _mount_setattr_recursive(path: str, attrs: int) -> bool:
+    """``mount_setattr(path, AT_RECURSIVE, attr_set=attrs)``; False if the kernel lacks it."""
+    if os.uname().machine not in ("x86_64", "aarch64"):
+        return False
+    attr = _MountAttr(attrs, 0, 0, 0)
+    rc = _LIBC.syscall(
+        ctypes.c_long(SYS_MOUNT_SETATTR),
+        ctypes.c_int(AT_FDCWD),
+        path.encode(),
+        ctypes.c_uint(AT_RECURSIVE),
+        ctypes.byref(attr),
+        ctypes.c_size_t(ctypes.sizeof(attr)),
+    )
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (38, 22):  # ENOSYS (before 5.12), EINVAL (unknown flags): remount one by one
+        return False
+    raise OSError(err, f"mount_setattr {path}: {os.strerror(err)}")
+
+
+def _mount_points_under(path: str) -> list[str]:
+    """Mount points strictly below ``path`` (from ``/proc/self/mountinfo``), outermost first."""
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split()[4].replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n")
+            point = point.replace("\\134", "\\")
+            if point.startswith(path.rstrip("/") + "/"):
+                out.append(point)
+    return sorted(out, key=len)
+
+
+def _remount_tree_ro(path: str, flags: int) -> None:
+    for point in _mount_points_under(path):
+        _mount(None, point, None, flags, None)
+
+
+def _mounts() -> dict[str, tuple[str, list[str]]]:
+    """Mount id -> (mount point, mount options) from ``/proc/self/mountinfo``."""
+    out = {}
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            out[fields[0]] = (fields[4], fields[5].split(","))
+    return out
+
+
+def _writable_new_mounts(before: dict, allowed: set[str]) -> list[str]:
+    """Mounts made since ``before`` that are writable, except the ``allowed`` points: the
+    fail-closed check that every bind of the host ended up read-only, submounts included."""
+    return sorted(
+        point
+        for mid, (point, opts) in _mounts().items()
+        if mid not in before and "ro" not in opts and point not in allowed
+    )
 
 
 def _build_root(spec: dict) -> None:
@@ -610,6 +768,7 @@ def _build_root(spec: dict) -> None:
     ``/tmp``) exists inside; the whole writable space is the tmpfs, capped at ``disk_mb``.
     """
     _mount(None, "/", None, MS_REC | MS_PRIVATE, None)
+    host_mounts = _mounts()
     root = "/tmp"  # private in this mount namespace: the host's /tmp is untouched
     disk = int(spec["limits"]["disk_mb"])
     inodes = int(spec["limits"]["max_inodes"])  # an inode flood costs ~1 KiB of slab per file
@@ -649,6 +808,11 @@ def _build_root(spec: dict) -> None:
     for masked in ("keys", "key-users"):  # other uids' keyrings and key quotas
         if os.path.exists(f"{root}/proc/{masked}"):
             _mount("/dev/null", f"{root}/proc/{masked}", None, MS_BIND, None)
+    writable = _writable_new_mounts(
+        host_mounts, {root, root + "/dev/shm", root + "/proc", root + "/proc/keys", root + "/proc/key-users"}
+    )
+    if writable:  # fail closed: never run a program with a writable host mount inside
+        raise OSError(f"host mounts still writable inside the sandbox root: {writable}")
     os.makedirs(root + "/tmp", 0o755)
     for wd, owner in ((spec["workdir"], spec["uid"]), (spec["judge_workdir"], spec["judge_uid"])):
         os.mkdir(root + wd, 0o700)

@@ -1,17 +1,26 @@
 """The sandbox's seccomp-BPF filter, compiled here (stdlib only) and loaded by the launcher.
 
-A **denylist** with default *allow*: the syscalls a test program never needs and that widen the
-kernel attack surface or leak state between runs get an error (``EPERM``, or ``ENOSYS`` /
-``EACCES`` where noted); every other syscall runs as usual. An allowlist would be tighter, but
-CPython's syscall set changes with glibc and Python versions, and every gap would show up as a
-spurious reward failure.
+A **denylist** with default *allow*, plus argument rules: the syscalls a test program never
+needs and that widen the kernel attack surface, reach a machine-wide pool or leak state between
+runs get an error (``EPERM``, or ``ENOSYS`` / ``EACCES`` where noted); every other syscall runs
+as usual. Why a denylist, and what it does not promise, is in ``docs/sandbox.md`` ("Threat
+model, class by class").
 
 Denied (``EPERM``):
 
 * kernel keyrings: ``keyctl``, ``add_key``, ``request_key`` (keys of a uid outlive the run);
 * attack surface: ``io_uring_*``, ``userfaultfd``, ``bpf``, ``perf_event_open``, ``memfd_secret``;
+* machine-wide pools: Linux AIO (``io_setup`` & co: ``fs.aio-max-nr`` is one pool for the
+  whole machine), user namespaces (below), inotify instances (per-uid), keys (above);
 * file watches (host activity through read-only binds, per-uid quotas): ``inotify_*``,
-  ``fanotify_*``;
+  ``fanotify_*``, and ``fcntl`` with ``F_NOTIFY`` (dnotify) or ``F_SETLEASE``;
+* the page cache of host files, as a window on the host and a channel between runs: the
+  residency probes ``mincore``, ``cachestat`` and ``preadv2``/``pwritev2`` with ``RWF_NOWAIT``
+  (or any flag but ``HIPRI``, ``DSYNC``, ``SYNC``, ``APPEND``, ``NOAPPEND``); the evictions
+  ``posix_fadvise(DONTNEED | NOREUSE)`` and ``madvise(MADV_PAGEOUT | MADV_COLD |
+  MADV_COLLAPSE)``; KSM (``MADV_MERGEABLE``, ``prctl(PR_SET_MEMORY_MERGE)``) and memory poisoning;
+* huge pages from the machine's hugetlb pool, which the memory cgroup does not charge:
+  ``mmap(MAP_HUGETLB)``, ``memfd_create(MFD_HUGETLB)``, ``shmget(SHM_HUGETLB)``;
 * mounts and namespaces: ``mount``, ``umount2``, the new mount API, ``pivot_root``, ``chroot``,
   ``unshare``, ``setns``, and ``clone`` with any ``CLONE_NEW*`` flag;
 * other processes: ``ptrace``, ``process_vm_readv/writev``, ``process_madvise``,
@@ -22,16 +31,18 @@ Denied (``EPERM``):
 * ``personality`` with any persona but ``0`` (query) and ``0xffffffff``.
 
 Special errors: ``clone3`` gets ``ENOSYS`` (its flags live in memory a filter cannot read; glibc
-falls back to ``clone``, which is checked); ``socket`` for any family but ``AF_UNIX`` gets
-``EACCES`` (no network, no netlink); a foreign ABI (i386 ``int 0x80``, x32) gets ``ENOSYS`` for
-every call. In the fallback mode (no IPC namespace) SysV IPC and POSIX message queues are denied
-too. The filter never kills: a denied call is an ``OSError`` for the program.
+falls back to ``clone``, which is checked); ``socket`` and ``socketpair`` for any family but
+``AF_UNIX`` get ``EACCES`` (no network, no netlink, no TIPC or other module-loaded family); a
+foreign ABI (i386 ``int 0x80``, x32) gets ``ENOSYS`` for every call. In the fallback mode (no IPC
+namespace) every System V IPC and POSIX message-queue call is denied too, so neither the
+objects a run would leave nor the host's own objects are reachable. The filter never kills: a
+denied call is an ``OSError`` for the program.
 
 Why not libseccomp (``pyseccomp``)? The launcher runs ``python -I -S`` inside the sandbox and
-must not import third-party code, so the filter is compiled in the trainer either way; a ~150
-instruction denylist with three argument rules is small enough to compile and review here, and
-needs no extra dependency. The tests check it against the system's syscall headers and run every
-denied call under it as root.
+must not import third-party code, so the filter is compiled in the trainer either way; a ~250
+instruction denylist with a dozen argument rules is small enough to compile and review here,
+and needs no extra dependency. The tests check it against the system's syscall headers and run
+every denied call under it as root.
 """
 
 from __future__ import annotations
@@ -46,6 +57,7 @@ __all__ = ["SECCOMP_ARCHES", "build_filter", "denied_syscalls"]
 _LD_W_ABS = 0x20
 _JEQ_K = 0x15
 _JSET_K = 0x45
+_JGE_K = 0x35
 _RET_K = 0x06
 _RET_ALLOW = 0x7FFF0000
 _RET_ERRNO = 0x00050000
@@ -54,7 +66,12 @@ _RET_ERRNO = 0x00050000
 _OFF_NR = 0
 _OFF_ARCH = 4
 _OFF_ARG0_LO = 16  # little-endian: the low 32 bits of args[0]
-_OFF_ARG1_LO = 24
+
+
+def _arg_lo(i: int) -> int:
+    """Offset of the low 32 bits of ``args[i]`` in ``struct seccomp_data`` (little-endian)."""
+    return 16 + 8 * i
+
 
 _X32_BIT = 0x40000000
 _AF_UNIX = 1
@@ -63,6 +80,24 @@ _TIOCLINUX = 0x541C
 # every CLONE_NEW* flag valid in clone(2) (CLONE_NEWTIME, 0x80, is only valid for clone3/unshare:
 # in clone(2) those bits are the exit signal)
 _CLONE_NEW_MASK = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000
+_F_SETLEASE = 1024  # fcntl: a lease breaks (signals) when another process opens the file
+_F_NOTIFY = 1026  # fcntl: dnotify, a signal per access in a watched directory
+_POSIX_FADV_DONTNEED = 4  # and above (NOREUSE): drop or demote the file's page cache
+_MADV_DENIED = (
+    12,  # MADV_MERGEABLE: KSM merges equal pages across processes (a cross-run channel)
+    20,  # MADV_COLD
+    21,  # MADV_PAGEOUT: evict pages of a mapped file
+    25,  # MADV_COLLAPSE
+    100,  # MADV_HWPOISON
+    101,  # MADV_SOFT_OFFLINE
+)
+# preadv2/pwritev2 flags allowed: RWF_HIPRI, RWF_DSYNC, RWF_SYNC, RWF_APPEND, RWF_NOAPPEND; denied:
+# RWF_NOWAIT (a residency probe: EAGAIN unless cached), RWF_DONTCACHE (drops pages), anything newer
+_RWF_ALLOWED = 0x01 | 0x02 | 0x04 | 0x10 | 0x20
+_MAP_HUGETLB = 0x40000  # huge pages come from the machine's hugetlb pool, outside the memory cgroup
+_MFD_HUGETLB = 0x4
+_SHM_HUGETLB = 0x800
+_PR_SET_MEMORY_MERGE = 67  # KSM for the whole process
 
 _DENY_EPERM = (
     "keyctl", "add_key", "request_key",
@@ -80,9 +115,18 @@ _DENY_EPERM = (
     "modify_ldt", "uselib", "vhangup", "lookup_dcookie", "_sysctl", "ustat", "sysfs",
     "create_module", "nfsservctl",
     "mbind", "set_mempolicy", "set_mempolicy_home_node", "migrate_pages", "move_pages",
+    # machine-wide pools: fs.aio-max-nr counts every AIO context of the machine
+    "io_setup", "io_destroy", "io_submit", "io_cancel", "io_getevents", "io_pgetevents",
+    # page-cache residency probes (a window on the host's file reads, a channel across runs)
+    "mincore", "cachestat",
 )  # fmt: skip
-# fallback mode only: no IPC namespace, so System V IPC and message queues would outlive the run
-_DENY_FALLBACK = ("shmget", "msgget", "semget", "mq_open")
+# fallback mode only: no IPC namespace, so System V IPC objects and message queues would outlive
+# the run, and the host's own objects (a 0666 segment, a queue) would be reachable by id
+_DENY_FALLBACK = (
+    "shmget", "msgget", "semget", "mq_open",
+    "shmat", "shmctl", "shmdt", "semop", "semctl", "semtimedop", "msgsnd", "msgrcv", "msgctl",
+    "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr",
+)  # fmt: skip
 
 _X86_64 = {
     "keyctl": 250, "add_key": 248, "request_key": 249, "io_uring_setup": 425,
@@ -103,7 +147,14 @@ _X86_64 = {
     "sysfs": 139, "create_module": 174, "nfsservctl": 180, "mbind": 237, "set_mempolicy": 238,
     "set_mempolicy_home_node": 450, "migrate_pages": 256, "move_pages": 279,
     "shmget": 29, "msgget": 68, "semget": 64, "mq_open": 240,
+    "shmat": 30, "shmctl": 31, "shmdt": 67, "semop": 65, "semctl": 66, "semtimedop": 220,
+    "msgsnd": 69, "msgrcv": 70, "msgctl": 71, "mq_unlink": 241, "mq_timedsend": 242,
+    "mq_timedreceive": 243, "mq_notify": 244, "mq_getsetattr": 245,
+    "io_setup": 206, "io_destroy": 207, "io_getevents": 208, "io_submit": 209, "io_cancel": 210,
+    "io_pgetevents": 333, "mincore": 27, "cachestat": 451,
     "socket": 41, "clone": 56, "clone3": 435, "personality": 135, "ioctl": 16,
+    "socketpair": 53, "fcntl": 72, "fadvise64": 221, "madvise": 28, "preadv2": 327,
+    "pwritev2": 328, "mmap": 9, "memfd_create": 319, "prctl": 157,
 }  # fmt: skip
 # asm-generic numbering (no inotify_init, iopl, ioperm, modify_ldt, uselib, _sysctl, ustat, sysfs,
 # create_module, nfsservctl on arm64)
@@ -123,7 +174,14 @@ _AARCH64 = {
     "sethostname": 161, "setdomainname": 162, "vhangup": 58, "lookup_dcookie": 18, "mbind": 235,
     "set_mempolicy": 237, "set_mempolicy_home_node": 450, "migrate_pages": 238, "move_pages": 239,
     "shmget": 194, "msgget": 186, "semget": 190, "mq_open": 180,
+    "shmat": 196, "shmctl": 195, "shmdt": 197, "semop": 193, "semctl": 191, "semtimedop": 192,
+    "msgsnd": 189, "msgrcv": 188, "msgctl": 187, "mq_unlink": 181, "mq_timedsend": 182,
+    "mq_timedreceive": 183, "mq_notify": 184, "mq_getsetattr": 185,
+    "io_setup": 0, "io_destroy": 1, "io_submit": 2, "io_cancel": 3, "io_getevents": 4,
+    "io_pgetevents": 292, "mincore": 232, "cachestat": 451,
     "socket": 198, "clone": 220, "clone3": 435, "personality": 92, "ioctl": 29,
+    "socketpair": 199, "fcntl": 25, "fadvise64": 223, "madvise": 233, "preadv2": 286,
+    "pwritev2": 287, "mmap": 222, "memfd_create": 279, "prctl": 167,
 }  # fmt: skip
 
 # machine -> (AUDIT_ARCH_*, syscall table, whether the x32 bit must be refused)
@@ -175,18 +233,29 @@ def build_filter(machine: str | None = None, *, fallback: bool = False) -> bytes
         prog.append((_JEQ_K, 0, len(body), nr))
         prog.extend(body)
 
-    # socket(domain, ...): AF_UNIX only
-    arg_block(
-        table["socket"],
-        [(_LD_W_ABS, 0, 0, _OFF_ARG0_LO), (_JEQ_K, 1, 0, _AF_UNIX), (_RET_K, 0, 0, eacces),
-         (_RET_K, 0, 0, _RET_ALLOW)],
-    )  # fmt: skip
+    def deny_values(name: str, arg: int, values: tuple[int, ...], ret: int = eperm) -> None:
+        # LD arg; JEQ v_i -> the deny RET; RET ALLOW; RET deny
+        body = [(_LD_W_ABS, 0, 0, _arg_lo(arg))]
+        body += [(_JEQ_K, len(values) - i, 0, v) for i, v in enumerate(values)]
+        arg_block(table[name], [*body, (_RET_K, 0, 0, _RET_ALLOW), (_RET_K, 0, 0, ret)])
+
+    def deny_bits(name: str, arg: int, mask: int, ret: int = eperm) -> None:
+        arg_block(
+            table[name],
+            [(_LD_W_ABS, 0, 0, _arg_lo(arg)), (_JSET_K, 0, 1, mask), (_RET_K, 0, 0, ret),
+             (_RET_K, 0, 0, _RET_ALLOW)],
+        )  # fmt: skip
+
+    # socket(domain, ...) and socketpair(domain, ...): AF_UNIX only (no network, no netlink, no
+    # TIPC or other families a kernel with module autoload would load on demand)
+    for name in ("socket", "socketpair"):
+        arg_block(
+            table[name],
+            [(_LD_W_ABS, 0, 0, _OFF_ARG0_LO), (_JEQ_K, 1, 0, _AF_UNIX), (_RET_K, 0, 0, eacces),
+             (_RET_K, 0, 0, _RET_ALLOW)],
+        )  # fmt: skip
     # clone(flags, ...): no new namespaces (flags are args[0] on x86_64 and arm64)
-    arg_block(
-        table["clone"],
-        [(_LD_W_ABS, 0, 0, _OFF_ARG0_LO), (_JSET_K, 0, 1, _CLONE_NEW_MASK), (_RET_K, 0, 0, eperm),
-         (_RET_K, 0, 0, _RET_ALLOW)],
-    )  # fmt: skip
+    deny_bits("clone", 0, _CLONE_NEW_MASK)
     # personality(persona): query (0xffffffff) or the default persona only
     arg_block(
         table["personality"],
@@ -194,11 +263,27 @@ def build_filter(machine: str | None = None, *, fallback: bool = False) -> bytes
          (_RET_K, 0, 0, eperm), (_RET_K, 0, 0, _RET_ALLOW)],
     )  # fmt: skip
     # ioctl(fd, TIOCSTI | TIOCLINUX, ...): no typing into a terminal
+    deny_values("ioctl", 1, (_TIOCSTI, _TIOCLINUX))
+    # fcntl(fd, F_NOTIFY | F_SETLEASE, ...): no signal when the host touches a file
+    deny_values("fcntl", 1, (_F_NOTIFY, _F_SETLEASE))
+    # fadvise64(fd, off, len, advice): no page-cache eviction (DONTNEED, NOREUSE)
     arg_block(
-        table["ioctl"],
-        [(_LD_W_ABS, 0, 0, _OFF_ARG1_LO), (_JEQ_K, 2, 0, _TIOCSTI), (_JEQ_K, 1, 0, _TIOCLINUX),
-         (_RET_K, 0, 0, _RET_ALLOW), (_RET_K, 0, 0, eperm)],
+        table["fadvise64"],
+        [(_LD_W_ABS, 0, 0, _arg_lo(3)), (_JGE_K, 1, 0, _POSIX_FADV_DONTNEED), (_RET_K, 0, 0, _RET_ALLOW),
+         (_RET_K, 0, 0, eperm)],
     )  # fmt: skip
+    # madvise(addr, len, advice): no pageout/cold/collapse of file pages, no KSM, no poisoning
+    deny_values("madvise", 2, _MADV_DENIED)
+    # preadv2/pwritev2(fd, iov, cnt, pos_l, pos_h, flags): no RWF_NOWAIT residency probe
+    for name in ("preadv2", "pwritev2"):
+        deny_bits(name, 5, 0xFFFFFFFF & ~_RWF_ALLOWED)
+    # huge pages: the hugetlb pool is machine-wide and not charged to the memory cgroup
+    deny_bits("mmap", 3, _MAP_HUGETLB)
+    deny_bits("memfd_create", 1, _MFD_HUGETLB)
+    if not fallback:  # (the fallback denies shmget altogether)
+        deny_bits("shmget", 2, _SHM_HUGETLB)
+    # prctl(PR_SET_MEMORY_MERGE): KSM for the whole process
+    deny_values("prctl", 0, (_PR_SET_MEMORY_MERGE,))
     prog.append((_RET_K, 0, 0, _RET_ALLOW))
     if len(prog) > 4096:  # BPF_MAXINSNS
         raise ValueError("seccomp filter too long")

@@ -2,8 +2,10 @@
 
 Each run gets, from the outside in:
 
-* **Namespaces** (when running as root and ``unshare`` works; ``isolation_mode`` starts with
-  ``namespaces``): ``unshare --fork --pid --kill-child --mount-proc --net --ipc --uts`` starts the
+* **Namespaces** (when ``unshare`` works, as root or, without root, in an unprivileged user
+  namespace: ``--user --map-root-user``, where the sandboxed processes drop every capability
+  instead of the uid; ``isolation_mode`` starts with ``namespaces``):
+  ``unshare --fork --pid --kill-child --mount-proc --net --ipc --uts`` starts the
   trusted launcher (:mod:`adaclip_rl.rewards._sandbox_launcher`) as PID 1 of a new PID namespace,
   with an empty network namespace (no interface is up: nothing, not even the host's
   ``127.0.0.1``, is reachable) and a private mount namespace. There the launcher builds a
@@ -19,30 +21,37 @@ Each run gets, from the outside in:
   :mod:`adaclip_rl.rewards._cgroup`): the run as a whole, all its processes, its memfd, shared
   memory and tmpfs files and its kernel memory (inodes, pipes) included, stays within
   ``memory_mb``, ``max_processes`` and ``cpu_cores``; the OOM killer picks inside the run. The
-  judge has a sibling group. The per-run peak is reported (``memory_peak_mb``); the groups are
-  removed after the run. Required by default (``resource_control="require"``).
+  judge has a sibling group holding its share of ``memory_mb`` (:func:`judge_memory_mb`, a
+  quarter), the candidate's group the rest, so the two together never exceed ``memory_mb``; the
+  judge refuses a reply frame larger than 1/64 of its share (:func:`judge_frame_max`). The
+  per-run peak is reported (``memory_peak_mb``); the groups are removed after the run. Required by default (``resource_control="require"``).
 * **An unprivileged uid/gid leased per run** (``setresuid``/``setresgid``, no supplementary
   groups, ``no_new_privs``), set *after* the resource limits, so the program cannot raise its
   limits, signal other processes or read root-only files. Uids come from a pool and are held by
   a machine-wide lock while the run lives, so no two live sandboxes, of this trainer or another,
   ever share one (``RLIMIT_NPROC``, per uid, is then per run); consecutive runs get different
   uids. Each sandboxed process joins a fresh anonymous session keyring.
-* **A seccomp filter** (:mod:`adaclip_rl.rewards._seccomp`): keyrings, io_uring, userfaultfd,
-  bpf, perf, inotify/fanotify, mount and namespace calls, ptrace and other cross-process calls,
-  module/kexec loading and system-state calls get ``EPERM``; sockets other than ``AF_UNIX`` get
-  ``EACCES``. A denied call is an error for the program, never a kill.
+* **A seccomp filter** (:mod:`adaclip_rl.rewards._seccomp`): keyrings, io_uring, Linux AIO,
+  userfaultfd, bpf, perf, inotify/fanotify/dnotify/leases, page-cache probes and evictions,
+  huge pages, mount and namespace calls, ptrace and other cross-process calls, module/kexec
+  loading and system-state calls get ``EPERM``; sockets and socket pairs other than ``AF_UNIX``
+  get ``EACCES``. A denied call is an error for the program, never a kill.
 * **Resource limits**: CPU time, address space, file size, process count, open files, no core
-  dumps; a wall-clock timeout enforced by the launcher and, as a backstop, by the parent
-  (which kills the whole session); stdout+stderr capped at ``max_output_bytes`` (the run is
-  killed when it exceeds the cap).
+  dumps, and no real-time or raised scheduling priority (``RLIMIT_NICE``, ``RLIMIT_RTPRIO``,
+  ``RLIMIT_RTTIME`` are 0, whatever the trainer has); a wall-clock timeout enforced by the
+  launcher and, as a backstop, by the parent (which kills the whole session); stdout+stderr
+  capped at ``max_output_bytes`` (the run is killed when it exceeds the cap).
 * **A fresh working directory** (``/tmp/work`` inside the private tmpfs, or a ``mkdtemp`` dir
   removed afterwards in fallback mode, where files the sandbox uids left in world-writable
   directories are deleted too) and a **scrubbed environment** (``PATH``, ``HOME``,
   ``LANG``, ``TMPDIR`` only: nothing from the parent's environment leaks).
 
-Nothing a run leaves in the kernel reaches a later run: its processes, IPC objects and files
-die with its namespaces, keyrings cannot be created (seccomp), and its uid is not reused by the
-next run.
+What a run leaves in the kernel and a later run could read: its processes, IPC objects and files
+die with its namespaces, keyrings cannot be created (seccomp), its uid is not reused by the next
+run, machine-wide pools (AIO, huge pages) are closed to it, and the page cache of the host's
+files can neither be evicted nor probed by a call. Not closed: the *time* a first read of a
+host file takes shows whether an earlier run (or the host) read it; ``docs/sandbox.md`` lists
+this and the other things not promised, class by class.
 
 Fallback (no namespaces, e.g. an unprivileged container) runs **only when asked for by name**
 (``configure_sandbox(mode="fallback")``): ``auto`` refuses with :class:`SandboxUnavailable`
@@ -50,8 +59,9 @@ saying what is missing. In the fallback the launcher runs in its own session as 
 subreaper; the seccomp filter also refuses System V IPC and POSIX message queues; the leased uid
 is still used when running as root (the interpreter's import path stays reachable through
 directory fds opened before the uid drop, so correct programs run) and every process of that uid
-is killed at the end. Without root there is no uid drop and no cgroup (``isolation_mode`` says
-so) and ``RLIMIT_NPROC`` is not applied, because it would count the user's other processes.
+is killed at the end. In the fallback without root there is no uid drop and no cgroup
+(``isolation_mode`` says so) and ``RLIMIT_NPROC`` is not applied, because it would count the
+user's other processes (in a user namespace it counts the run's own).
 ``isolation_mode`` lists what the fallback lacks (``fallback(missing:private-root,...)``): it
 does not hide the host's world-readable files, so prefer the namespace mode for training on data
 whose tests sit on the same machine.
@@ -108,6 +118,7 @@ __all__ = [
 
 _LAUNCHER = str(Path(__file__).resolve().with_name("_sandbox_launcher.py"))
 _NS_FLAGS = ["--fork", "--pid", "--kill-child", "--mount-proc", "--net", "--ipc", "--uts"]
+_USERNS_FLAGS = ["--user", "--map-root-user"]  # without root: the caller is uid 0 of a fresh user ns
 _BACKSTOP_GRACE_S = 5.0
 
 
@@ -148,7 +159,8 @@ class SandboxLimits:
         default=1024,
         metadata={
             "help": "Memory budget, MiB: RLIMIT_AS per process and, with cgroups, the whole run's "
-            "memory (all processes, memfd/shmem/tmpfs files, kernel memory). The judge has its own."
+            "memory (all processes, memfd/shmem/tmpfs files, kernel memory); in function tests the "
+            "judge's share (a quarter, at least 16 MiB) comes out of it."
         },
     )
     file_size_mb: int = field(
@@ -538,7 +550,8 @@ def _cgroups() -> CgroupSupport | None:
                 "per-run cgroups are required (resource_control='require') but not available: "
                 + "; ".join(f"{c}: {why}" for c, why in reasons.items())
                 + ". Fix: run as root with the cgroup controllers mounted writable, or a delegated "
-                "cgroup v2 subtree; or accept rlimit-only limits with "
+                "cgroup v2 subtree (without root: start the trainer with systemd-run --user --scope -p "
+                "Delegate=yes, in a leaf of it); or accept rlimit-only limits with "
                 "configure_sandbox(resource_control='auto' or 'off')"
             )
         if reasons:
@@ -552,17 +565,42 @@ def _cgroups() -> CgroupSupport | None:
 
 
 def _isolation_mode(mode: str) -> str:
-    if mode == "namespaces":
-        parts = ["namespaces(pid,net,mount,ipc,uts)"]
+    if mode == "namespaces" and _is_root():
+        parts = ["namespaces(pid,net,mount,ipc,uts)", "setuid"]
+    elif mode == "namespaces":
+        parts = ["namespaces(user,pid,net,mount,ipc,uts)", "no-caps"]
     else:
         parts = [f"fallback(missing:{','.join(FALLBACK_MISSING)})", "subreaper"]
-    if _is_root():
-        parts.append("setuid")
-    parts.append("rlimits" if _is_root() else "rlimits(no-nproc)")
+        if _is_root():
+            parts.append("setuid")
+    parts.append("rlimits" if _is_root() or mode == "namespaces" else "rlimits(no-nproc)")
     parts.append("seccomp")
     cg = _CGROUPS if _cfg_resource_control() != "off" else None
     parts.append(cg.describe() if cg is not None else "no-cgroup")
     return "+".join(parts)
+
+
+def _userns_problem() -> str | None:
+    """Why this kernel refuses an unprivileged user namespace (None: it allows one).
+
+    Reads the switches distributions use: ``user.max_user_namespaces`` (0: off),
+    Debian's ``kernel.unprivileged_userns_clone`` (0: off) and Ubuntu's
+    ``kernel.apparmor_restrict_unprivileged_userns`` (1: needs an AppArmor profile).
+    """
+    checks = (
+        ("/proc/sys/user/max_user_namespaces", "0", "user.max_user_namespaces=0"),
+        ("/proc/sys/kernel/unprivileged_userns_clone", "0", "kernel.unprivileged_userns_clone=0"),
+        (
+            "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
+            "1",
+            "kernel.apparmor_restrict_unprivileged_userns=1",
+        ),
+    )
+    for path, bad, text in checks:
+        with contextlib.suppress(OSError), open(path) as f:
+            if f.read().strip() == bad:
+                return f"unprivileged user namespaces are off ({text})"
+    return None
 
 
 def _resolve_mode() -> str:
@@ -579,8 +617,14 @@ def _resolve_mode() -> str:
             return _MODE
         wanted = _cfg_mode()
         mode = "namespaces" if wanted == "auto" else wanted
-        if mode == "namespaces" and (not _is_root() or shutil.which("unshare") is None):
-            why = "not running as root" if not _is_root() else "the unshare binary (util-linux) is missing"
+        problem = None
+        if mode == "namespaces" and shutil.which("unshare") is None:
+            problem = "the unshare binary (util-linux) is missing"
+        elif mode == "namespaces" and not _is_root():
+            problem = _userns_problem()
+            problem = f"not running as root, and {problem}" if problem else None
+        if problem is not None:
+            why = problem
             raise SandboxUnavailable(
                 f"the namespace sandbox cannot run here ({why}). To score with the weaker "
                 f"fallback sandbox (missing: {', '.join(FALLBACK_MISSING)}; the program can read "
@@ -699,14 +743,16 @@ def _run(
     groups: list[RunCgroup] = []
     try:
         if cgroups is not None:
-            cg_limits = CgroupLimits(
-                memory_bytes=int(limits.memory_mb) << 20,
-                pids=int(limits.max_processes),
-                cpu_cores=float(limits.cpu_cores),
-            )
-            groups.append(cgroups.create(cg_limits))
+            judge_mb = judge_memory_mb(limits.memory_mb) if judge is not None else 0
+
+            def cg_limits(mb: int) -> CgroupLimits:
+                return CgroupLimits(
+                    memory_bytes=mb << 20, pids=int(limits.max_processes), cpu_cores=float(limits.cpu_cores)
+                )
+
+            groups.append(cgroups.create(cg_limits(int(limits.memory_mb) - judge_mb)))
             if judge is not None:
-                groups.append(cgroups.create(cg_limits, suffix="j"))
+                groups.append(cgroups.create(cg_limits(judge_mb), suffix="j"))
         return _run_in(
             source, stdin=stdin, limits=limits, judge=judge, mode=mode, leases=leases, groups=groups
         )
@@ -754,7 +800,8 @@ def _run_in(
     if judge is not None:
         argv.append(str(files[1].fileno()))
     if namespaces:
-        argv = [shutil.which("unshare") or "unshare", *_NS_FLAGS, "--", *argv]
+        userns = _USERNS_FLAGS if not _is_root() else []
+        argv = [shutil.which("unshare") or "unshare", *userns, *_NS_FLAGS, "--", *argv]
     t0 = time.monotonic()
     try:
         proc = subprocess.Popen(
@@ -886,6 +933,25 @@ def _run_in(
 
 
 
+def judge_memory_mb(memory_mb: int) -> int:
+    """The judge's share of a function-test run's memory budget, MiB (the candidate gets the rest).
+
+    A quarter of ``memory_mb``, at least 16 MiB: the candidate's and the judge's cgroups together
+    never hold more than ``memory_mb``. Measured judge peaks on HumanEval are under 4 MiB.
+    """
+    return max(16, int(memory_mb) // 4)
+
+
+def judge_frame_max(memory_mb: int) -> int:
+    """Largest reply frame (bytes) the judge accepts from the candidate: 1/64 of its budget.
+
+    Parsing JSON can cost up to about 20 times the frame in Python objects (``[[],[],...]``: 3
+    bytes of frame per 64-byte list), plus the frame and its text; 1/64 keeps the worst case
+    under half the judge's budget. A longer reply is a sticky failure, never an allocation.
+    """
+    return max(64 << 10, (judge_memory_mb(memory_mb) << 20) // 64)
+
+
 def _launch_spec(source: str, *, limits: SandboxLimits, judge: dict | None, namespaces: bool, uid: int | None,
                  judge_uid: int | None, workdir: str, groups: list[RunCgroup]) -> dict[str, object]:
     """Stage 1 of :func:`_run_in`: what the launcher needs (JSON), for one run."""
@@ -900,8 +966,10 @@ def _launch_spec(source: str, *, limits: SandboxLimits, judge: dict | None, name
         "workdir": workdir,
         "judge_workdir": "/tmp/judge" if namespaces else "/",
         "seccomp": _seccomp_filter(fallback=not namespaces).hex(),
+        "judge_frame_max": judge_frame_max(limits.memory_mb),
         "keyctl_nr": _keyctl_nr(),
         "expose_paths": not namespaces,
+        "userns": namespaces and not _is_root(),
         "cgroup_procs": groups[0].procs_files if groups else [],
         "judge_cgroup_procs": groups[1].procs_files if len(groups) > 1 else [],
         "limits": {
@@ -912,7 +980,11 @@ def _launch_spec(source: str, *, limits: SandboxLimits, judge: dict | None, name
             "max_processes": int(limits.max_processes),
             # with a pids cgroup, that is the limit that bites (and is reported); RLIMIT_NPROC,
             # one above, stays as the backstop
-            "nproc": int(limits.max_processes) + (1 if any("pids" in g.dirs for g in groups) else 0),
+            # in a user namespace (no uid per run) the launcher, and the judge, share the run's
+            # uid 0 there: they count too
+            "nproc": int(limits.max_processes)
+            + (1 if any("pids" in g.dirs for g in groups) else 0)
+            + ((2 if judge else 1) if namespaces and not _is_root() else 0),
             "max_open_files": int(limits.max_open_files),
             "disk_mb": int(limits.disk_mb),
             "max_inodes": int(limits.max_inodes),

@@ -9,6 +9,10 @@ Function-test cases (``judge``) hack the HumanEval harness and must score 0.
 from __future__ import annotations
 
 import ast
+import contextlib
+import ctypes
+import errno
+import json
 import os
 import secrets
 import shutil
@@ -112,8 +116,8 @@ def test_sleep_forever_hits_wall_clock() -> None:
 
 
 def test_fork_bomb(mode: str) -> None:
-    if not ROOT:
-        pytest.skip("RLIMIT_NPROC containment needs a dedicated uid (root)")
+    if not ROOT and mode == "fallback":
+        pytest.skip("RLIMIT_NPROC containment needs a uid of the run's own (root, or a user namespace)")
     res = contained_run(
         """
         import os, time
@@ -138,8 +142,8 @@ def test_fork_bomb(mode: str) -> None:
 
 
 def test_thread_bomb() -> None:
-    if not ROOT:
-        pytest.skip("RLIMIT_NPROC containment needs a dedicated uid (root)")
+    if not ROOT and sandbox_info()["mode"] != "namespaces":
+        pytest.skip("RLIMIT_NPROC containment needs a uid of the run's own (root, or a user namespace)")
     res = contained_run(
         """
         import threading, time
@@ -660,7 +664,10 @@ def test_cannot_read_the_tests() -> None:
                         dirs[:] = []
                     for name in files:
                         try:
-                            with open(os.path.join(dirpath, name), "rb") as fh:
+                            # non-blocking: /proc/self/fd/1 is its own stdout pipe, which
+                            # the caller's uid (the sandbox's, in a user namespace) may open
+                            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY | os.O_NONBLOCK)
+                            with open(fd, "rb") as fh:
                                 if needle.encode() in fh.read(1 << 20):
                                     return "file:" + os.path.join(dirpath, name)
                         except Exception:
@@ -749,3 +756,258 @@ def test_ptrace_or_read_the_judge(mode: str) -> None:
 def test_hang_inside_the_function_under_test() -> None:
     hang = "def has_close_elements(numbers, threshold):\n    while True:\n        pass\n"
     assert contained_judge(hang, limits=SHORT) == 0.0
+
+
+# ============================================================== third round: what the denylist missed
+# (each class reached the kernel before: the filter had no rule for the call or its argument)
+
+
+def _json_line(stdout: str) -> dict:
+    """The last line of a program's output that is a JSON object."""
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    assert lines, stdout
+    return json.loads(lines[-1])
+
+
+def test_dnotify_and_leases_give_no_signal_from_the_host(mode: str) -> None:
+    """Class 1: ``fcntl(F_NOTIFY, DN_ACCESS | DN_MULTISHOT)`` on the read-only ``/etc`` bind
+    would signal the program each time a host process reads a file there (no inotify needed);
+    ``F_SETLEASE`` signals on every open of a leased file. Both are refused, and no signal comes
+    while the host reads ``/etc`` during the run."""
+    program = """
+        import fcntl, json, os, signal, time
+        hits = [0]
+        signal.signal(signal.SIGIO, lambda s, f: hits.__setitem__(0, hits[0] + 1))
+        out = {}
+        fd = os.open("/etc", os.O_RDONLY)
+        try:
+            fcntl.fcntl(fd, fcntl.F_NOTIFY, fcntl.DN_ACCESS | fcntl.DN_MULTISHOT)
+            out["notify"] = 0
+        except OSError as e:
+            out["notify"] = e.errno
+        with open("mine", "w") as f:
+            f.write("x")
+        lfd = os.open("mine", os.O_RDONLY)
+        try:
+            fcntl.fcntl(lfd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+            out["lease"] = 0
+        except OSError as e:
+            out["lease"] = e.errno
+        time.sleep(1.5)
+        out["hits"] = hits[0]
+        print(json.dumps(out), flush=True)
+    """
+    box: dict[str, SandboxResult] = {}
+    sandbox_info()
+    t = threading.Thread(target=lambda: box.setdefault("res", contained_run(program)))
+    t.start()
+    while t.is_alive():  # the host reads files in /etc while the run watches
+        for name in ("hostname", "passwd", "os-release"):
+            with contextlib.suppress(OSError):
+                Path("/etc", name).read_bytes()
+        time.sleep(0.01)
+    t.join()
+    out = _json_line(box["res"].stdout)
+    assert out == {"notify": errno.EPERM, "lease": errno.EPERM, "hits": 0}, out
+
+
+def test_page_cache_carries_no_bit_across_runs(mode: str) -> None:
+    """Class 2: run A evicts a stdlib file's pages (``posix_fadvise(DONTNEED)``,
+    ``madvise(MADV_PAGEOUT)``) and reads back a pattern of them; run B probes the residency of
+    each page (``preadv2(RWF_NOWAIT)``, ``mincore``, ``cachestat``). Every eviction and every
+    probe is refused: B reads no bit. (A run can still make a page resident by reading it; only
+    the time of a first read shows that, which ``docs/sandbox.md`` lists as not promised.)"""
+    nr = sbx_nr()
+    pattern = [1, 0, 0, 1, 1, 0, 1, 0, 0, 0, 1, 1, 0, 1, 0, 1]
+    target = repr(_shared_host_file(len(pattern) * 4096))
+    writer = f"""
+        import ctypes, json, mmap, os
+        fd = os.open({target}, os.O_RDONLY)
+        out = {{}}
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # no readahead blurring the pattern
+        for name, advice in (("dontneed", os.POSIX_FADV_DONTNEED), ("noreuse", os.POSIX_FADV_NOREUSE)):
+            try:
+                os.posix_fadvise(fd, 0, 0, advice)
+                out[name] = 0
+            except OSError as e:
+                out[name] = e.errno
+        m = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+        for name, advice in (("pageout", 21), ("cold", 20)):
+            try:
+                m.madvise(advice)
+                out[name] = 0
+            except OSError as e:
+                out[name] = e.errno
+        for i, bit in enumerate({pattern}):
+            if bit:
+                os.pread(fd, 1, i * 4096)
+        print(json.dumps(out), flush=True)
+    """
+    reader = f"""
+        import ctypes, json, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open({target}, os.O_RDONLY)
+        out = {{"nowait": [], "nowait_writev": None}}
+        for i in range({len(pattern)}):
+            try:
+                os.preadv(fd, [bytearray(1)], i * 4096, os.RWF_NOWAIT)
+                out["nowait"].append(1)
+            except BlockingIOError:
+                out["nowait"].append(0)
+            except OSError as e:
+                out["nowait"].append(-e.errno)
+        libc.mmap.restype = ctypes.c_void_p
+        size = {len(pattern)} * 4096
+        addr = libc.mmap(None, ctypes.c_size_t(size), 1, 2, fd, ctypes.c_long(0))
+        vec = (ctypes.c_ubyte * {len(pattern)})()
+        ctypes.set_errno(0)
+        rc = libc.mincore(ctypes.c_void_p(addr), ctypes.c_size_t(size), vec)
+        out["mincore"] = list(vec) if rc == 0 else -ctypes.get_errno()
+        rng = (ctypes.c_uint64 * 2)(0, size)
+        st = (ctypes.c_uint64 * 5)()
+        ctypes.set_errno(0)
+        rc = libc.syscall(ctypes.c_long({nr["cachestat"]}), ctypes.c_long(fd), rng, st, ctypes.c_long(0))
+        out["cachestat"] = st[0] if rc == 0 else -ctypes.get_errno()
+        print(json.dumps(out), flush=True)
+    """
+    a = _json_line(contained_run(writer).stdout)
+    b = _json_line(contained_run(reader).stdout)
+    assert a == {"dontneed": errno.EPERM, "noreuse": errno.EPERM, "pageout": errno.EPERM, "cold": errno.EPERM}, a
+    assert b["nowait"] == [-errno.EPERM] * len(pattern), b
+    assert b["mincore"] == b["cachestat"] == -errno.EPERM, b
+
+
+def test_machine_wide_pools_stay_closed(mode: str) -> None:
+    """Class 3: kernel pools shared by the whole machine (or, without an IPC namespace, by the
+    host): AIO contexts (``fs.aio-max-nr``), user namespaces, inotify instances, keys, POSIX
+    message queues, and in the fallback the host's own System V objects. One run must not take from them or reach
+    them: each allocation is refused and the machine's AIO count does not move."""
+    nr = sbx_nr()
+    libc = ctypes.CDLL(None, use_errno=True)
+    shm_id = libc.shmget(0, 4096, 0o1666)  # IPC_PRIVATE, IPC_CREAT | 0666: a host segment
+    msg_id = libc.msgget(0, 0o1666)
+    assert shm_id >= 0 and msg_id >= 0
+    aio_before = int(Path("/proc/sys/fs/aio-nr").read_text())
+    try:
+        res = contained_run(
+            f"""
+            import ctypes, json
+            libc = ctypes.CDLL(None, use_errno=True)
+            def call(nr, *args):
+                ctypes.set_errno(0)
+                rc = libc.syscall(ctypes.c_long(nr), *[a if not isinstance(a, int) else ctypes.c_long(a) for a in args])
+                return 0 if rc != -1 else ctypes.get_errno()
+            out = {{"aio_contexts": 0}}
+            ctx = ctypes.c_ulong(0)
+            for _ in range(64):  # 64 x 1024 x 2 events would be the machine's whole pool
+                ctx.value = 0
+                out["io_setup"] = call({nr["io_setup"]}, 1024, ctypes.byref(ctx))
+                if out["io_setup"]:
+                    break
+                out["aio_contexts"] += 1
+            out["userns"] = call({nr["unshare"]}, 0x10000000)
+            out["inotify"] = call({nr["inotify_init1"]}, 0)
+            out["add_key"] = call({nr["add_key"]}, ctypes.c_char_p(b"user"), ctypes.c_char_p(b"k"),
+                                  ctypes.c_char_p(b"v"), 1, -3)
+            libc.shmat.restype = ctypes.c_void_p
+            ctypes.set_errno(0)
+            out["shmat_host"] = 0 if libc.shmat({shm_id}, None, 0) not in (None, 2**64 - 1) else ctypes.get_errno()
+            ctypes.set_errno(0)
+            mq = libc.mq_open(b"/adaclip_pool", 0o102, 0o600, None)  # O_RDWR | O_CREAT
+            out["mq_open"] = 0 if mq >= 0 else ctypes.get_errno()
+            if mq >= 0:
+                libc.mq_unlink(b"/adaclip_pool")
+            out["msgsnd_host"] = call({nr["msgsnd"]}, {msg_id}, ctypes.create_string_buffer(b"\\1\\0\\0\\0\\0\\0\\0\\0x"), 1, 0o4000)
+            print(json.dumps(out), flush=True)
+            """
+        )
+        out = _json_line(res.stdout)
+        aio_after = int(Path("/proc/sys/fs/aio-nr").read_text())
+    finally:
+        libc.shmctl(shm_id, 0, None)  # IPC_RMID
+        libc.msgctl(msg_id, 0, None)
+    assert out["aio_contexts"] == 0 and out["io_setup"] == errno.EPERM, out
+    assert aio_after == aio_before
+    assert out["userns"] == out["inotify"] == out["add_key"] == errno.EPERM, out
+    # POSIX message queues: refused by the filter in the fallback, by RLIMIT_MSGQUEUE=0 otherwise
+    assert out["mq_open"] == (errno.EPERM if mode == "fallback" else errno.EMFILE), out
+    if mode == "fallback":  # the host's IPC namespace: its objects are refused by the filter
+        assert out["shmat_host"] == out["msgsnd_host"] == errno.EPERM, out
+    else:  # a private IPC namespace: the host's ids do not exist there
+        assert out["shmat_host"] == out["msgsnd_host"] == errno.EINVAL, out
+
+
+def test_judge_reply_frame_stays_within_the_run_budget() -> None:
+    """Class 4: the candidate holds 150 MiB of a 256 MiB budget, then writes its own reply frame
+    straight to the judge's pipe, announcing 32 MiB of ``[[],[],...]`` (3 bytes of frame per
+    64-byte list once parsed). Before, the judge read and parsed it up to its own budget (as
+    large as the candidate's); now it refuses a frame over its bound before reading it, so
+    candidate and judge together stay within ``memory_mb``, measured from outside as the sum of
+    the two cgroups' peaks; the run fails."""
+    if not ROOT:
+        pytest.skip("the per-run cgroups that measure the peaks need root")
+    lim = SandboxLimits(cpu_time_s=5, wall_time_s=8.0, memory_mb=256, max_output_bytes=1 << 16)
+    hack = textwrap.dedent(
+        """
+        import fcntl, os, stat, struct
+        hold = b"x" * (150 << 20)  # within the candidate's own share of the budget
+        def has_close_elements(numbers, threshold):
+            for fd in map(int, os.listdir("/proc/self/fd")):
+                try:
+                    st = os.fstat(fd)
+                except OSError:
+                    continue
+                if fd > 2 and stat.S_ISFIFO(st.st_mode) and fcntl.fcntl(fd, fcntl.F_GETFL) & 3 == os.O_WRONLY:
+                    n = 32 << 20
+                    os.write(fd, struct.pack("<I", n) + b'{"ok": [')
+                    chunk = b"[]," * (1 << 18)
+                    sent = 8
+                    while sent + len(chunk) < n - 4:
+                        sent += os.write(fd, chunk)
+                    os.write(fd, b"[]" + b" " * (n - sent - 4) + b"]}")
+            return True
+        """
+    )
+    row = humaneval()[HE0]
+    from adaclip_rl.rewards.code import build_humaneval_program
+    from adaclip_rl.rewards.sandbox import run_python_function_tests
+
+    sandbox_info()
+    program = build_humaneval_program(hack, row["prompt"], row["entry_point"])
+    res = run_python_function_tests(
+        program, entry_point=row["entry_point"], test=row["test"], prompt=row["prompt"], limits=lim
+    )
+    assert_no_leftovers()
+    assert res.passed is False
+    assert res.memory_peak_mb is not None and res.judge_memory_peak_mb is not None
+    assert res.memory_peak_mb + res.judge_memory_peak_mb <= lim.memory_mb, res
+    assert res.judge_error is not None and "over the limit" in res.judge_error, res.judge_error
+
+
+def _shared_host_file(min_size: int) -> str:
+    """A world-readable file of at least ``min_size`` bytes under ``/usr/share`` (bound read-only
+    into the sandbox in both modes)."""
+    for top, _, files in os.walk("/usr/share"):
+        for name in sorted(files):
+            path = os.path.join(top, name)
+            with contextlib.suppress(OSError):
+                st = os.stat(path)
+                if st.st_size >= min_size and st.st_mode & 0o004 and not os.path.islink(path):
+                    return path
+    pytest.skip(f"no world-readable file of {min_size} bytes under /usr/share")
+
+
+# syscall numbers the hostile programs call (independent of the sandbox's own table)
+_NR = {
+    "x86_64": {"io_setup": 206, "cachestat": 451, "msgsnd": 69, "unshare": 272, "inotify_init1": 294,
+               "add_key": 248},
+    "aarch64": {"io_setup": 0, "cachestat": 451, "msgsnd": 189, "unshare": 97, "inotify_init1": 26,
+                "add_key": 217},
+}  # fmt: skip
+
+
+def sbx_nr() -> dict[str, int]:
+    """This machine's numbers of the calls the hostile programs make."""
+    if os.uname().machine not in _NR:
+        pytest.skip("syscall numbers listed for x86_64 and aarch64 Linux only")
+    return _NR[os.uname().machine]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import textwrap
 import threading
@@ -163,10 +164,13 @@ UNPRIV_UID = 59998  # an otherwise unused uid for the unprivileged-caller test
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start a process as another user")
-def test_unprivileged_caller_needs_the_fallback_by_name() -> None:
-    """Without root: ``auto`` refuses (saying what is missing and how to opt in), and the
-    fallback asked for by name runs: no namespaces, no uid drop, no cgroups (``off``); seccomp
-    still blocks the network, limits and the subreaper still end every process."""
+def test_unprivileged_caller_gets_user_namespaces() -> None:
+    """Without root, where the kernel allows unprivileged user namespaces: ``auto`` runs the same
+    launcher in a user namespace (the caller mapped to root there, every capability dropped in
+    the sandboxed processes, the same private root, pid/net/ipc/uts namespaces and filter).
+    Cgroups need a delegated subtree: without one ``require`` refuses naming each controller.
+    The fallback asked for by name still runs."""
+    import json
     import shutil
     import subprocess
     import sys
@@ -177,31 +181,71 @@ def test_unprivileged_caller_needs_the_fallback_by_name() -> None:
     python = next((p for p in candidates if p and _world_executable(p)), None)
     if python is None or shutil.which("unshare") is None:
         pytest.skip("no interpreter reachable by an unprivileged user")
+    from adaclip_rl.rewards.sandbox import _userns_problem
+
+    if _userns_problem() is not None:
+        pytest.skip(f"this kernel refuses unprivileged user namespaces: {_userns_problem()}")
     script = textwrap.dedent(
         """
         import json, time
+        from adaclip_rl.rewards.code import check_humaneval
         from adaclip_rl.rewards.sandbox import (
             run_python, sandbox_info, SandboxLimits, SandboxUnavailable, configure_sandbox,
         )
-        lim = SandboxLimits(cpu_time_s=1, wall_time_s=2)
+        lim = SandboxLimits(cpu_time_s=1, wall_time_s=3, max_processes=8)
         out = {}
         try:
             sandbox_info()
-            out["auto"] = "ran"
+            out["auto_require"] = "ran"
         except SandboxUnavailable as e:
-            out["auto"] = str(e)
-        configure_sandbox(mode="fallback")
-        try:
-            sandbox_info()
-            out["fallback_with_cgroups"] = "ran"
-        except SandboxUnavailable as e:
-            out["fallback_with_cgroups"] = str(e)
+            out["auto_require"] = str(e)
         configure_sandbox(resource_control="off")
         out["info"] = sandbox_info()
-        r = run_python("import socket\\ntry:\\n    socket.create_connection(('127.0.0.1', 9), timeout=1)\\n    print('connected')\\nexcept OSError as e:\\n    print('blocked', e.errno)", limits=lim)
-        out["net"] = r.stdout
+        probe = '''
+        import ctypes, errno, json, os, socket
+        out = {"root": sorted(os.listdir("/")), "work": os.path.exists("/work")}
+        status = dict(l.split(":", 1) for l in open("/proc/self/status"))
+        out["caps"] = [status[k].strip() for k in ("CapEff", "CapPrm", "CapBnd", "CapAmb")]
+        out["ids"] = [os.getuid(), os.geteuid()]
+        try:
+            socket.create_connection(("127.0.0.1", 9), timeout=1)
+            out["net"] = "connected"
+        except OSError as e:
+            out["net"] = e.errno
+        for path in ("/usr/adaclip_probe", "/etc/adaclip_probe"):
+            try:
+                open(path, "w")
+                out[path] = "written"
+            except OSError as e:
+                out[path] = e.errno
+        libc = ctypes.CDLL(None, use_errno=True)
+        out["unshare"] = 0 if libc.unshare(0x10000000) == 0 else ctypes.get_errno()
+        out["mount"] = 0 if libc.mount(b"none", b"/tmp", b"tmpfs", 0, None) == 0 else ctypes.get_errno()
+        n = 0
+        try:
+            while True:
+                if os.fork() == 0:
+                    import time
+                    time.sleep(5)
+                    os._exit(0)
+                n += 1
+        except OSError as e:
+            out["forks"] = [n, e.errno]
+        print(json.dumps(out), flush=True)
+        os._exit(0)
+        '''
+        import textwrap
+        r = run_python(textwrap.dedent(probe), limits=lim)
+        out["probe"] = r.stdout
+        out["probe_err"] = r.stderr[-1000:]
         t = time.monotonic(); r = run_python("while True: pass", limits=lim)
         out["loop"] = [r.returncode, time.monotonic() - t]
+        row = {"prompt": 'def add(a, b):\\n    \\"\\"\\"Add.\\"\\"\\"\\n',
+               "test": "def check(candidate):\\n    assert candidate(2, 3) == 5\\n    assert candidate(-1, 1) == 0\\n"}
+        out["judge"] = [check_humaneval("    return a + b\\n", row["prompt"], row["test"], "add"),
+                        check_humaneval("    pass\\n", row["prompt"], row["test"], "add")]
+        configure_sandbox(mode="fallback")
+        out["fallback"] = sandbox_info()["isolation_mode"]
         r = run_python("import os, time\\nif os.fork() == 0:\\n    os.setsid()\\n    if os.fork() == 0:\\n        time.sleep(60)\\n    os._exit(0)\\nprint('done')", limits=lim)
         out["daemon"] = r.stdout
         print(json.dumps(out))
@@ -212,34 +256,51 @@ def test_unprivileged_caller_needs_the_fallback_by_name() -> None:
         user=UNPRIV_UID,
         group=UNPRIV_UID,
         extra_groups=[],
-        env={
-            "PYTHONPATH": str(repo),
-            "HOME": "/tmp",
-            "PATH": "/usr/bin:/bin",
-            "PYTHONDONTWRITEBYTECODE": "1",
-        },
+        env={"PYTHONPATH": str(repo), "HOME": "/tmp", "PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"},
         cwd="/",
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=180,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    import json
-
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert "not running as root" in out["auto"] and "mode='fallback'" in out["auto"], out["auto"]
-    # no silent downgrade of the resource limits either: each controller's problem is named
-    assert "resource_control" in out["fallback_with_cgroups"], out["fallback_with_cgroups"]
-    assert "memory:" in out["fallback_with_cgroups"] and "pids:" in out["fallback_with_cgroups"]
-    assert out["info"]["mode"] == "fallback"
+    # no delegated cgroup on this machine: no silent downgrade, each controller's problem named
+    assert out["auto_require"] == "ran" or (
+        "resource_control" in out["auto_require"] and "memory:" in out["auto_require"]
+    ), out["auto_require"]
+    assert out["info"]["mode"] == "namespaces"
     assert out["info"]["isolation_mode"] == (
+        "namespaces(user,pid,net,mount,ipc,uts)+no-caps+rlimits+seccomp+no-cgroup"
+    ), out["info"]
+    assert out["probe"].strip(), out["probe_err"]
+    probe = json.loads(out["probe"].strip().splitlines()[-1])
+    assert "work" in probe and not probe["work"] and "root" not in probe["root"], (probe, out["probe_err"])
+    assert probe["caps"] == ["0000000000000000"] * 4, probe
+    assert probe["net"] != "connected"
+    assert probe["/usr/adaclip_probe"] == probe["/etc/adaclip_probe"] == errno.EROFS, probe
+    assert probe["unshare"] == probe["mount"] == errno.EPERM, probe
+    assert probe["forks"][0] < 8 and probe["forks"][1] == errno.EAGAIN, probe  # RLIMIT_NPROC per run
+    assert out["loop"][0] != 0 and out["loop"][1] < 3 + 5
+    assert out["judge"] == [1.0, 0.0]
+    assert out["fallback"] == (
         "fallback(missing:private-root,pid-ns,net-ns,ipc-ns,uts-ns)+subreaper+rlimits(no-nproc)+seccomp+no-cgroup"
     )
-    assert out["net"].startswith("blocked")
-    assert out["loop"][0] != 0 and out["loop"][1] < 2 + 5
     assert out["daemon"] == "done\n"
     left = [pid for pid in os.listdir("/proc") if pid.isdigit() and status_uid(pid) == UNPRIV_UID]
     assert not left, left
+
+
+def test_auto_without_root_refuses_where_user_namespaces_are_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A non-root caller on a kernel without unprivileged user namespaces (faked: the sysctl
+    check says so) gets ``SandboxUnavailable`` naming the switch and the way to the fallback."""
+    from adaclip_rl.rewards import sandbox as sbx
+
+    monkeypatch.setattr(sbx, "_is_root", lambda: False)
+    monkeypatch.setattr(sbx, "_userns_problem", lambda: "unprivileged user namespaces are off (user.max_user_namespaces=0)")
+    monkeypatch.setattr(sbx, "_MODE", None)
+    configure_sandbox(mode="auto")
+    with pytest.raises(sbx.SandboxUnavailable, match=r"max_user_namespaces=0.*mode='fallback'"):
+        sbx._resolve_mode()
 
 
 def _world_executable(path: str) -> bool:
