@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         print(f"adaclip-rl: error: unknown command {cmd!r}{hint}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    from .console import quiet_progress_bars_in_logs
+
+    quiet_progress_bars_in_logs()  # a log file gets plain lines, not progress-bar frames
     module = importlib.import_module(COMMANDS[cmd][0])
     return int(module.main(rest) or 0)
 

