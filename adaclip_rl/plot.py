@@ -62,10 +62,11 @@ PANELS: tuple[Panel, ...] = (
     Panel("entropy", (r"entropy", r"archer/entropy_threshold"), "nats/token"),
     Panel("BAPO clip bounds", (r"bapo/clip_low", r"bapo/clip_high"), "ratio bound"),
     Panel("BAPO positive share", (r"bapo/pos_share_before", r"bapo/pos_share_after"), "share"),
-    Panel("clip fractions by advantage sign",
+    Panel("clip fractions by advantage sign (high/pos: A>0 above the upper bound; low/neg: A<0 below the lower)",
           (r"clipfrac/high", r"clipfrac/low", r"clipfrac/dual", r"bapo/clipfrac_high", r"bapo/clipfrac_low",
            r"bapo/clipfrac_dual", r"archer/clipfrac_pos", r"archer/clipfrac_neg", r"clip_ratio/.+"), "fraction"),
-    Panel("Archer token classes", (r"archer/high_frac", r"archer/clipfrac_high", r"archer/clipfrac_low"),
+    Panel("Archer token classes (high_frac: share of high-entropy tokens; clip fraction per class)",
+          (r"archer/high_frac", r"archer/clipfrac_high", r"archer/clipfrac_low"),
           "fraction"),
     Panel("KL", (r"kl", r"archer/kl_high", r"archer/kl_low")),
     Panel("gradient norm", (r"grad_norm", r"gradclip/.+")),
@@ -130,7 +131,7 @@ def figure(runs: dict[str, list[dict[str, Any]]]):
                         ax.scatter([steps[i] for i in idx], [values[i] for i in idx], marker="x", s=40,
                                    color="red", zorder=3, label=f"{name}: spikes" if several else "spikes")
         ax.set_title(panel.title + (" (x: > 3x median of previous 20)" if panel.title == "gradient norm" else ""),
-                     fontsize=10)
+                     fontsize=9)
         ax.set_xlabel("step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if panel.ylabel:
