@@ -153,6 +153,8 @@ class TrainScriptArguments:
             chosen = [chosen]
         if chosen is None:
             chosen = [] if self.reward_model_name_or_path else ["math_accuracy"]
+        if not chosen and not self.reward_model_name_or_path:
+            raise ValueError("reward_funcs is empty: list at least one reward (or set reward_model_name_or_path)")
         from ..rewards.registry import check_reward_names
 
         check_reward_names(chosen, field="reward_funcs" if self.reward_funcs is not None else "rewards")

@@ -104,6 +104,10 @@ def test_rewards_is_an_alias_of_reward_funcs(tmp_path):
         parse_recipe(["--config", _recipe(tmp_path, rewards=["arithmetic_exact"], reward_funcs=["arithmetic_exact"])])
     with pytest.raises(ValueError, match="reward_funcs"):
         check_reward_names(["nope"], field="reward_funcs")
+    with pytest.raises(RecipeError, match="reward_funcs is empty"):
+        parse_recipe(["--config", _recipe(tmp_path, reward_funcs=[])])
+    script, _, _ = parse_recipe(["--config", _recipe(tmp_path, reward_funcs=[], reward_model_name_or_path="a/b")])
+    assert script.reward_funcs == []  # the reward model alone
 
 
 def test_reward_model_comes_first_and_is_scored(tiny_model_dir, tmp_path):
