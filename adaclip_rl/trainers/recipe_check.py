@@ -45,6 +45,9 @@ ASYNC_PARSER_CLASSES: tuple[tuple[str, str], ...] = (
     ("adaclip_rl.trainers.async_config", "AdaClipAsyncGRPOConfig"),
     ("adaclip_rl.trainers.async_config", "AsyncModelArguments"),
 )
+# The GRPOConfig fields the adaclip-rl checks read that TRL's AsyncGRPOConfig lacks, as
+# async_config._AsyncFieldView supplies them (a test pins the two equal; that module imports TRL).
+ASYNC_FIELD_DEFAULTS: dict[str, Any] = {"loss_type": "dapo", "delta": None, "steps_per_generation": None}
 # Base classes imported from a package whose __init__ loads lazily: where they are defined.
 DEFINED_IN = {
     "TrainingArguments": "transformers.training_args",
@@ -269,8 +272,9 @@ def precheck(recipe: Mapping[str, Any], argv: Sequence[str] = (), trainer: str =
 
     try:
         _check_script_arguments(values)
-        if trainer == "async":
-            return  # the async config's own checks read fields TRL's AsyncGRPOConfig lacks: its parse decides
+        if trainer == "async":  # the checks AdaClipAsyncGRPOConfig runs, over the same view of its fields
+            field_checks.validate_adaclip_fields(_Values({**ASYNC_FIELD_DEFAULTS, **values}))
+            return
         namespace = _Values(values)
         field_checks.validate_adaclip_fields(namespace)
         field_checks.validate_rollout_fields(namespace)

@@ -297,6 +297,13 @@ def test_recipe_precheck_reads_the_real_fields_and_defaults(module, name):
             assert real[key].default == default, key
 
 
+def test_async_precheck_sees_the_async_config_view():
+    from adaclip_rl.trainers.async_config import _AsyncFieldView
+    from adaclip_rl.trainers.recipe_check import ASYNC_FIELD_DEFAULTS
+
+    assert ASYNC_FIELD_DEFAULTS == _AsyncFieldView._ASYNC_DEFAULTS
+
+
 def test_recipe_precheck_defers_to_command_line_overrides(tmp_path):
     """A bad recipe value overridden on the command line is not reported (the parser applies the flag)."""
     args = parse_recipe(["--config", _write(tmp_path, policy_loss="bapo", bapo_target=2.0), "--bapo_target", "0.3"])
