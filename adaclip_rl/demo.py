@@ -14,7 +14,8 @@ The demo is the most informative slice of the staleness study (:mod:`adaclip_rl.
 4. writes ``results.json``, ``results.md`` (mean ± sd over seeds) and ``results.png`` (accuracy and
    entropy vs staleness; reward and entropy curves at the stale level).
 
-The terminal shows a progress bar per run and one summary line per run; every run's logged
+The terminal shows a progress bar per run and one summary line per run (in a log file: a plain
+progress line every tenth of a run instead of the bars); every run's logged
 metrics are in ``<out>/train/<method>-<level>-seed<seed>/metrics.jsonl``. ``--quick`` is a
 one-minute smoke run of the same stages (few steps and problems, one seed); its numbers mean nothing.
 """
@@ -27,7 +28,7 @@ import os
 import time
 from pathlib import Path
 
-from .console import filter_pinned_vllm_warning
+from .console import filter_pinned_vllm_warning, is_interactive
 
 logger = logging.getLogger(__name__)
 METHODS = ("grpo", "bapo", "archer")
@@ -89,11 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    prepare(cfg)  # the warm start; run_study reuses it
+    bars = is_interactive()  # progress bars on a terminal; in a log file, plain lines only
+    prepare(cfg, progress=bars)  # the warm start; run_study reuses it
     what = "50% replayed groups" if args.level == "replay" else f"{args.level[1:]} optimizer steps per generation batch"
     print(f"[2/3] RL from the warm start, {args.rl_steps} steps each: GRPO on-policy (s1), then "
           f"{', '.join(args.methods)} at {args.level} ({what}) x seeds {args.seeds}")
-    result = run_study(cfg, stem="results")
+    result = run_study(cfg, stem="results", progress=bars)
     print("[3/3] results (mean ± sd over seeds)")
     print(Path(args.out, "results.md").read_text().split("\n\n**entropy")[0])
     for method, res in result["degradation"].items():

@@ -39,10 +39,20 @@ PARSER_CLASSES: tuple[tuple[str, str], ...] = (
     ("adaclip_rl.trainers.offpolicy_config", "OffPolicyGRPOConfig"),
     ("trl.trainer.model_config", "ModelConfig"),
 )
+# ... and with ``trainer: async``.
+ASYNC_PARSER_CLASSES: tuple[tuple[str, str], ...] = (
+    ("adaclip_rl.trainers.cli", "TrainScriptArguments"),
+    ("adaclip_rl.trainers.async_config", "AdaClipAsyncGRPOConfig"),
+    ("adaclip_rl.trainers.async_config", "AsyncModelArguments"),
+)
+# The GRPOConfig fields the adaclip-rl checks read that TRL's AsyncGRPOConfig lacks, as
+# async_config._AsyncFieldView supplies them (a test pins the two equal; that module imports TRL).
+ASYNC_FIELD_DEFAULTS: dict[str, Any] = {"loss_type": "dapo", "delta": None, "steps_per_generation": None}
 # Base classes imported from a package whose __init__ loads lazily: where they are defined.
 DEFINED_IN = {
     "TrainingArguments": "transformers.training_args",
     "GRPOConfig": "trl.trainer.grpo_config",
+    "AsyncGRPOConfig": "trl.experimental.async_grpo.async_grpo_config",
 }
 # Keys TrlParser takes from a recipe besides the fields.
 PARSER_KEYS = frozenset({"env"})
@@ -108,6 +118,8 @@ def _decorator_name(node: ast.expr) -> str | None:
 def _imported_fields(module: str, name: str) -> dict[str, Any]:
     """Field name -> default of a dataclass whose fields are derived at import time."""
     cls = getattr(importlib.import_module(module), name)
+    for f in dataclass_fields(cls):
+        _ANNOTATIONS.setdefault(f.name, f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""))
     return {f.name: NO_LITERAL_DEFAULT if f.default is MISSING else f.default for f in dataclass_fields(cls)}
 
 
@@ -141,16 +153,58 @@ def class_fields(module: str, name: str) -> dict[str, Any]:
             if "ClassVar" in ast.unparse(stmt.annotation):
                 continue
             found[stmt.target.id] = _literal_default(stmt.value)
+            _ANNOTATIONS.setdefault(stmt.target.id, ast.unparse(stmt.annotation))
     return found
 
 
+# Field name -> its annotation as written in the source (the first class that declares it).
+_ANNOTATIONS: dict[str, str] = {}
+
+
+def parser_classes(trainer: str = "sync") -> tuple[tuple[str, str], ...]:
+    """The parser's dataclasses for ``trainer`` (``"sync"`` or ``"async"``)."""
+    return ASYNC_PARSER_CLASSES if trainer == "async" else PARSER_CLASSES
+
+
 @cache
-def recipe_fields() -> dict[str, Any]:
+def recipe_fields(trainer: str = "sync") -> dict[str, Any]:
     """Every key a recipe may hold (field -> literal default), read from source."""
     merged: dict[str, Any] = {}
-    for module, name in PARSER_CLASSES:
+    for module, name in parser_classes(trainer):
         merged.update(class_fields(module, name))
     return merged
+
+
+# A scalar annotation -> (the Python types a YAML value of it may have, the word for the message).
+_SCALAR_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "float": ((int, float), "a number"),
+    "int": ((int,), "an integer"),
+    "bool": ((bool,), "true or false"),
+}
+
+
+def _check_types(values: Mapping[str, Any], keys: Sequence[str]) -> None:
+    """A recipe value whose type certainly cannot be the field's (``learning_rate: fast``)."""
+    for key in keys:
+        annotation = _ANNOTATIONS.get(key, "").replace(" ", "")
+        optional = annotation.endswith("|None") or annotation.startswith("Optional[")
+        base = annotation.removesuffix("|None").removeprefix("Optional[").removesuffix("]") if optional else annotation
+        if base not in _SCALAR_TYPES:
+            continue
+        value = values[key]
+        types, word = _SCALAR_TYPES[base]
+        if value is None and optional:
+            continue
+        if isinstance(value, str):  # the parser converts strings: check that it can
+            try:
+                {"float": float, "int": int}.get(base, lambda v: v)(value)
+                if base != "bool" or value.lower() in ("true", "false", "yes", "no", "1", "0"):
+                    continue
+            except ValueError:
+                pass
+        elif isinstance(value, types) and not (base != "bool" and isinstance(value, bool)):
+            continue
+        raise ValueError(f"{key} must be {word}{' or null' if optional else ''}; got {value!r}")
 
 
 class _Values:
@@ -192,14 +246,15 @@ def _overrides(argv: Sequence[str]) -> dict[str, Any]:
     return found
 
 
-def precheck(recipe: Mapping[str, Any], argv: Sequence[str] = ()) -> None:
+def precheck(recipe: Mapping[str, Any], argv: Sequence[str] = (), trainer: str = "sync") -> None:
     """Raise ``ValueError`` (naming the key or field) for what is certainly wrong in ``recipe``.
 
     ``argv`` are the command-line flags other than ``--config FILE``; they override the recipe.
-    Silent when everything it can decide is right, or when it cannot decide.
+    ``trainer`` (``"sync"``/``"async"``) picks the parser's dataclasses. Silent when everything it
+    can decide is right, or when it cannot decide.
     """
     try:
-        known = recipe_fields()
+        known = recipe_fields(trainer)
     except (Undecidable, OSError, SyntaxError):
         return
     unknown = [key for key in recipe if key not in known and key not in PARSER_KEYS]
@@ -209,12 +264,17 @@ def precheck(recipe: Mapping[str, Any], argv: Sequence[str] = ()) -> None:
             close = difflib.get_close_matches(key, list(known), n=1)
             hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise ValueError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(hints)}: not a field of "
-                         f"{', '.join(name for _, name in PARSER_CLASSES)}")
-    values = {**known, **recipe, **{k: v for k, v in _overrides(argv).items() if k in known}}
+                         f"{', '.join(name for _, name in parser_classes(trainer))}")
+    overrides = {k: v for k, v in _overrides(argv).items() if k in known}
+    values = {**known, **recipe, **overrides}
+    _check_types(values, [k for k in {**recipe, **overrides} if k in known])
     from . import field_checks
 
     try:
         _check_script_arguments(values)
+        if trainer == "async":  # the checks AdaClipAsyncGRPOConfig runs, over the same view of its fields
+            field_checks.validate_adaclip_fields(_Values({**ASYNC_FIELD_DEFAULTS, **values}))
+            return
         namespace = _Values(values)
         field_checks.validate_adaclip_fields(namespace)
         field_checks.validate_rollout_fields(namespace)
