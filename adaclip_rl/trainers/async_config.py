@@ -51,7 +51,8 @@ class AdaClipAsyncGRPOConfig(AdaClipFields, AsyncGRPOConfig):
         weight_transfer: ``"nccl"`` (TRL's NCCL stream into the server; GPU), ``"shared_file"``
             (safetensors file + the server's in-place reload through its dev-mode RPC endpoint; works on
             CPU, needs a shared filesystem) or ``"auto"`` (NCCL when CUDA is available).
-        weight_transfer_dir: folder of the shared file (``/dev/shm/...`` when None).
+        weight_transfer_dir: folder in which the shared-file transfer makes its own private subfolder
+            (``/dev/shm`` when None); only that subfolder is ever removed.
         weight_transfer_pause_mode: ``"keep"`` (TRL: in-flight requests continue under new weights)
             or ``"wait"`` (drain them first, one version per request) for the shared-file transfer.
         record_token_versions: record each generated token's policy version (needs the server's
@@ -64,7 +65,8 @@ class AdaClipAsyncGRPOConfig(AdaClipFields, AsyncGRPOConfig):
                   "server through VLLM_SERVER_DEV_MODE's /collective_rpc; CPU) or 'auto' (nccl with CUDA)."},
     )
     weight_transfer_dir: str | None = field(
-        default=None, metadata={"help": "Folder of the shared weights file ('shared_file'); /dev/shm when None."}
+        default=None, metadata={"help": "Folder in which the 'shared_file' transfer makes a private subfolder for the "
+                                  "weights file (only that subfolder is removed); /dev/shm when None."}
     )
     weight_transfer_pause_mode: str = field(
         default="keep",
