@@ -194,3 +194,19 @@ def test_replay_share_keeps_a_fresh_group_and_the_expected_share(ratio, groups, 
     assert max(ks) <= groups - 1
     assert share.effective_ratio == pytest.approx(expected)
     assert abs(sum(ks) - 400 * groups * expected) <= 1
+
+
+def test_resume_continues_the_policy_version():
+    """A resumed engine starts at version -1: the saved version is restored, so the next push is one newer
+    than every restored token and restored groups keep their true staleness (they used to get 0)."""
+    cfg = _config(2, 1, 0.5, 4)
+    (rank,) = _run(2, 1, 0.5, 4, 1, "long")[:1]
+    saved = rank.engine.version
+    assert saved == STEPS - 1
+    rank.resume()
+    assert rank.engine.version == saved
+    rank.engine.version += 1
+    fresh, replayed = rank.sched.next_batch([{"id": j} for j in range(4)])
+    samples = [s for g in [*fresh, *replayed] for s in g.samples]
+    _check_staleness(samples, rank.engine.version, cfg.max_staleness)
+    assert max(v for s in samples for v in s.versions) <= rank.engine.version
