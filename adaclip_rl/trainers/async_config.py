@@ -14,6 +14,7 @@ from typing import Any
 from trl.experimental.async_grpo import AsyncGRPOConfig
 
 from ..losses.registry import get_policy_loss_spec
+from ..rollout.config import STALENESS_POLICIES, RolloutConfig
 from . import field_checks
 from .adaclip_fields import AdaClipFields
 
@@ -57,6 +58,11 @@ class AdaClipAsyncGRPOConfig(AdaClipFields, AsyncGRPOConfig):
             or ``"wait"`` (drain them first, one version per request) for the shared-file transfer.
         record_token_versions: record each generated token's policy version (needs the server's
             ``--enable-scale-out``; logged as ``staleness/*``).
+        staleness_policy, staleness_decay: what the loss does with a sample whose oldest token is more
+            than ``max_staleness`` versions old when it is trained (``"drop"``: weight 0,
+            ``"downweight"``: ``staleness_decay ** excess``); TRL's own check drops samples by their
+            group's first version when they are pulled, which a sample continued under newer
+            weights (``pause_mode="keep"``) or trained a sync later can exceed.
     """
 
     weight_transfer: str = field(
@@ -77,6 +83,14 @@ class AdaClipAsyncGRPOConfig(AdaClipFields, AsyncGRPOConfig):
         default=True,
         metadata={"help": "Record the policy version of every generated token (server needs --enable-scale-out)."},
     )
+    staleness_policy: str = field(
+        default=RolloutConfig.__dataclass_fields__["staleness_policy"].default,
+        metadata=RolloutConfig.__dataclass_fields__["staleness_policy"].metadata,
+    )
+    staleness_decay: float = field(
+        default=RolloutConfig.__dataclass_fields__["staleness_decay"].default,
+        metadata=RolloutConfig.__dataclass_fields__["staleness_decay"].metadata,
+    )
 
     def __post_init__(self) -> None:
         self._validate_adaclip_fields()
@@ -90,6 +104,10 @@ class AdaClipAsyncGRPOConfig(AdaClipFields, AsyncGRPOConfig):
         """Refuse invalid adaclip-rl fields, naming the field, the value and the allowed range."""
         if self.weight_transfer not in WEIGHT_TRANSFERS:
             raise ValueError(f"weight_transfer must be one of {WEIGHT_TRANSFERS}; got {self.weight_transfer!r}")
+        if self.staleness_policy not in STALENESS_POLICIES:
+            raise ValueError(f"staleness_policy must be one of {list(STALENESS_POLICIES)}; got {self.staleness_policy!r}")
+        if not (isinstance(self.staleness_decay, int | float) and 0.0 <= self.staleness_decay <= 1.0):
+            raise ValueError(f"staleness_decay must be in [0.0, 1.0]; got {self.staleness_decay!r}")
         if self.weight_transfer_pause_mode not in PAUSE_MODES:
             raise ValueError(f"weight_transfer_pause_mode must be one of {PAUSE_MODES}; got "
                              f"{self.weight_transfer_pause_mode!r}")

@@ -169,7 +169,7 @@ def _packed_batch(tokenizer, n: int = 6, seed: int = 0) -> dict:
         mask = np.asarray([0] * len(prompt) + [1] * len(completion), dtype=np.int64)
         old = np.where(mask > 0, -5.6 + 0.8 * torch.randn(len(ids), generator=g).numpy(), 0.0).astype(np.float32)
         row.add({"input_ids": ids, "completion_mask": mask, "old_log_probs": old, "advantage": float((-1) ** i) * 0.9,
-                 "group_id": i // 2, "metrics": {}, "token_versions": np.where(mask > 0, 1, -1)})
+                 "group_id": i // 2, "metrics": {}, "token_versions": np.where(mask > 0, 0, -1)})  # version 0: the trainer's
     return _VersionedCollator(tokenizer.pad_token_id, 1)([[row]])
 
 
