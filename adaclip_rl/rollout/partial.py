@@ -263,15 +263,21 @@ class PartialRolloutManager:
         return group.due_version is not None and group.due_version <= self.engine.version
 
     def _due_slot(self, num_groups: int) -> int | None:
-        """The earliest version in ``[v, v + max_staleness]`` with room for one more due group (room:
-        ``num_groups`` at the current version ``v``, ``batch_groups`` later); None if all are full."""
+        """The latest version in ``[v, v + max_staleness]`` with room for one more due group; None if all
+        are full. Room: ``batch_groups`` per version, and at the current version ``v`` whatever more the
+        ``num_groups`` of this collect need beyond the later versions' room (``max_staleness = 0``: all
+        of them). The latest, so that a new group stays interruptible as long as the bound allows (the
+        earliest would make a whole batch due at once: synchronous generation)."""
         v = self.engine.version
         counts: dict[int, int] = {}
         for g in [*self._active, *self._ready]:
             if g.due_version is not None:
                 counts[g.due_version] = counts.get(g.due_version, 0) + 1
-        for u in range(v, v + self.max_staleness + 1):
-            if counts.get(u, 0) < (max(num_groups, self.batch_groups) if u == v else self.batch_groups):
+        for u in range(v + self.max_staleness, v - 1, -1):
+            room = self.batch_groups
+            if u == v:
+                room = max(room, num_groups - self.max_staleness * self.batch_groups)
+            if counts.get(u, 0) < room:
                 return u
         return None
 
@@ -362,6 +368,7 @@ class PartialRolloutManager:
                                  f"batch_groups={self.batch_groups} groups (the due groups of a version)")
         t0 = time.perf_counter()
         calls = tokens = 0
+        self._admit(num_groups)  # at this version, even when no generation is needed: it has a due slot now
         while len(self._ready) < num_groups or any(self._is_due(g) for g in self._active):
             self._admit(num_groups)
             if not self._active:

@@ -210,3 +210,11 @@ def test_resume_continues_the_policy_version():
     samples = [s for g in [*fresh, *replayed] for s in g.samples]
     _check_staleness(samples, rank.engine.version, cfg.max_staleness)
     assert max(v for s in samples for v in s.versions) <= rank.engine.version
+
+
+@pytest.mark.parametrize("setting", [(1, 1, 0.0, 4, 1, "long"), (2, 1, 0.5, 2, 1, "long"), (4, 2, 0.25, 8, 2, "long")])
+def test_bounded_partial_rollouts_still_continue_sequences(setting):
+    """The bound is kept by due versions, not by making generation synchronous: long sequences are still
+    interrupted at one version and continued at the next."""
+    ranks = _run(*setting)
+    assert all(r.manager._totals["interrupted"] > 0 for r in ranks)
