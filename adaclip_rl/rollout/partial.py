@@ -13,10 +13,12 @@ its last allowed segment is not interruptible: it runs to its end in the current
 
 Staleness bound (``max_staleness = M``): a group admitted at version ``s`` gets a *due version*
 ``d`` in ``[s, s + M]`` and is returned by the :meth:`~PartialRolloutManager.collect` at version
-``d`` at the latest: at ``d`` its sequences are not interruptible (they finish in that batch) and
-due groups are returned before any other. Admission is limited so that no version has more due
-groups than one batch returns (``batch_groups``; the batch being collected may take all its
-groups): a group that would not fit waits, ungenerated. So every returned group is within the bound
+``d`` at the latest (the latest version with room, so it stays interruptible as long as the bound
+allows): at ``d`` its sequences are not interruptible (they finish in that batch) and due groups are
+returned before any other. Admission is limited so that no version has more due groups than one
+batch returns (``batch_groups``; the current version also takes what the batch being collected
+needs beyond the later versions' room): a group that would not fit waits, ungenerated. So every
+returned group is within the bound
 when it is trained on, whatever the pre-fill, the replay share or the length distribution; no
 completion is truncated and no group is dropped for staleness later, so the trained lengths have
 the distribution of the generated ones (dropping stale samples at consumption removes long answers
