@@ -7,6 +7,7 @@
 * :mod:`.partial` - round-based partial rollouts with carry-over across weight updates
 * :mod:`.staleness` - truncated / masked importance weights and staleness weights (pure torch)
 * :mod:`.replay` - replay buffer of scored groups with exact checkpoint round-trip
+* :mod:`.schedule` - one rank's generation batch: replayed share, pre-fill, top-up, checkpoint state
 
 Nothing here imports vLLM at module import time; :mod:`.vllm_engine` imports it when an engine is built.
 """
@@ -16,6 +17,7 @@ from .config import RolloutConfig
 from .engine import GenerationOutput, GenerationRequest, RolloutEngine, SamplingSettings
 from .partial import PartialRolloutManager, RolloutGroup
 from .replay import ReplayBuffer, ReplayGroup
+from .schedule import BatchScheduler, ReplayShare
 from .staleness import (
     BehaviourCorrection,
     behaviour_correction,
@@ -26,6 +28,7 @@ from .staleness import (
 )
 
 __all__ = [
+    "BatchScheduler",
     "BehaviourCorrection",
     "BehaviourSample",
     "GenerationOutput",
@@ -33,6 +36,7 @@ __all__ = [
     "PartialRolloutManager",
     "ReplayBuffer",
     "ReplayGroup",
+    "ReplayShare",
     "RolloutConfig",
     "RolloutEngine",
     "RolloutGroup",

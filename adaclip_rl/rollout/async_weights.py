@@ -8,7 +8,8 @@ process over NCCL. On machines without NCCL (CPU-only hosts, CI) this module pro
   its process group, SIGKILL after a grace period). A server that dies during start-up raises
   :class:`ServerUnavailableError` with the tail of its log instead of hanging.
 * :class:`SharedFileWeightTransfer` - TRL's ``WeightTransferProtocol`` over a file: the trainer writes
-  its parameters as one safetensors file (in ``/dev/shm`` when it exists, so no disk is touched), then
+  its parameters as one safetensors file (in a private folder it makes under ``/dev/shm`` when it
+  exists, so no disk is touched, or under ``weight_transfer_dir``; only that folder is removed), then
   asks the server to reload them in place through the dev-mode ``POST /collective_rpc``
   (``reload_weights(weights_path=...)``, vLLM's in-place layer-wise reload). ``pause``/``resume``
   are TRL's ``/pause?mode=keep`` and ``/resume``; before resuming, ``/update_weight_version`` labels
@@ -33,7 +34,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,6 +49,7 @@ __all__ = [
     "ServerUnavailableError",
     "SharedFileWeightTransfer",
     "VLLMServer",
+    "sweep_dead_weight_dirs",
     "free_port",
     "server_prompt_logprobs",
     "vllm_server_command",
@@ -121,7 +122,12 @@ class VLLMServer:
         self.port = port or free_port()
         self.host = command_kwargs.get("host", "127.0.0.1")
         self.command = vllm_server_command(model, port=self.port, **command_kwargs)
-        self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="vllm-server-", suffix=".log")[1])
+        self._owns_log = log_path is None  # a temporary log is removed by stop(); a named one is kept
+        if log_path is None:
+            fd, tmp = tempfile.mkstemp(prefix="vllm-server-", suffix=".log")
+            os.close(fd)
+            log_path = tmp
+        self.log_path = Path(log_path)
         self.env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", **(env or {})}
         self.process: subprocess.Popen | None = None
 
@@ -135,10 +141,38 @@ class VLLMServer:
         except OSError:
             return ""
 
+    def _exited(self) -> bool:
+        """Has the server's leader process exited? Checked *without reaping it*: an exited, unreaped leader
+        stays a zombie, so its pid - the process-group id :meth:`stop` signals - cannot be reused by an
+        unrelated process group until :meth:`stop` reaps it."""
+        if self.process is None or self.process.returncode is not None:
+            return True
+        try:
+            info = os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # reaped elsewhere
+            return True
+        return info is not None
+
+    def _wait_exited(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self._exited():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def _signal_group(self, sig: int) -> None:
+        """Signal the server's process group, only while its leader is unreaped (see :meth:`_exited`)."""
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, sig)
+
     def start(self, timeout: float = 300.0) -> VLLMServer:
         """Launch the server and wait until ``/health`` answers 200 (at most ``timeout`` seconds)."""
-        if self.process is not None and self.process.poll() is None:
+        if self.process is not None and not self._exited():
             return self
+        if self.process is not None:  # an earlier process that exited (crash, kill): reap it and its group
+            self.stop(remove_log=False)
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it until it exits
         try:
             self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env,
@@ -151,44 +185,47 @@ class VLLMServer:
     def wait_until_ready(self, timeout: float = 300.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
+            if self.process is not None and self._exited():
+                tail = self.log_tail()
+                code = self.process.poll()
+                self.stop()
                 raise ServerUnavailableError(
-                    f"vLLM server exited with code {self.process.returncode} during start-up; log "
-                    f"{self.log_path}:\n{self.log_tail()}")
+                    f"vLLM server exited with code {code} during start-up; log tail:\n{tail}")
             if _health(self.base_url, timeout=1.0):
                 logger.info("vLLM server ready at %s", self.base_url)
                 return
             time.sleep(0.5)
+        tail = self.log_tail()
         self.stop()
         raise ServerUnavailableError(f"vLLM server at {self.base_url} not healthy after {timeout:.0f}s; log "
-                                     f"{self.log_path}:\n{self.log_tail()}")
+                                     f"tail:\n{tail}")
 
     def is_alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None and _health(self.base_url)
+        return self.process is not None and not self._exited() and _health(self.base_url)
 
     def kill(self) -> None:
-        """SIGKILL the server's process group (simulates a crash)."""
-        if self.process is not None and self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
+        """SIGKILL the server's process group (simulates a crash); the leader is reaped by :meth:`stop`."""
+        self._signal_group(signal.SIGKILL)
+        self._wait_exited(30)
 
-    def stop(self, grace: float = 30.0) -> None:
-        """SIGTERM the server's process group; SIGKILL what is left after ``grace`` seconds."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                logger.warning("vLLM server did not stop within %.0fs; killing it", grace)
-                self.kill()
-        # the engine core is in the same process group; make sure nothing of it survives
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process = None
+    def stop(self, grace: float = 30.0, remove_log: bool = True) -> None:
+        """SIGTERM the server's process group; SIGKILL what is left after ``grace`` seconds; then reap the
+        leader (the group is signalled only while the leader is unreaped, so its id cannot have been reused).
+        A temporary log (``log_path=None``) is removed unless ``remove_log`` is False."""
+        if self.process is not None:
+            if not self._exited():
+                self._signal_group(signal.SIGTERM)
+                if not self._wait_exited(grace):
+                    logger.warning("vLLM server did not stop within %.0fs; killing it", grace)
+            # the engine core is in the same process group; make sure nothing of it survives
+            self._signal_group(signal.SIGKILL)
+            self._wait_exited(30)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=30)  # reap
+            self.process = None
+        if remove_log and self._owns_log:
+            with contextlib.suppress(FileNotFoundError):
+                self.log_path.unlink()
 
     def __enter__(self) -> VLLMServer:
         return self.start()
@@ -213,15 +250,76 @@ def _post(base_url: str, path: str, *, timeout: float, json: dict | None = None)
     return response
 
 
+WEIGHTS_PREFIX = "adaclip-rl-weights-"
+WEIGHTS_FILE = "model.safetensors"
+_HEADER_SLACK = 1 << 20  # safetensors header (names, shapes, offsets): well under 1 MiB for any model
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove_private_dir(folder: Path) -> None:
+    """Remove the files this module writes in ``folder`` (a private ``adaclip-rl-weights-*`` folder), then
+    the folder itself if nothing else is in it; anything else is left alone (and named in a warning)."""
+    for name in (WEIGHTS_FILE, WEIGHTS_FILE + ".part"):
+        with contextlib.suppress(FileNotFoundError):
+            (folder / name).unlink()
+    try:
+        folder.rmdir()
+    except FileNotFoundError:
+        pass
+    except OSError:
+        logger.warning("left %s in place: it holds files this trainer did not write (%s)", folder,
+                       ", ".join(sorted(p.name for p in folder.iterdir())[:5]))
+
+
+def sweep_dead_weight_dirs(root: str | Path) -> list[Path]:
+    """Remove the private weight folders (``adaclip-rl-weights-<pid>-*``) that trainers which are no longer
+    running left under ``root`` (a killed trainer never calls ``destroy``; ``/dev/shm`` is memory). Only
+    those folders, and in them only the files this module writes, are touched. Returns the removed ones."""
+    removed = []
+    try:
+        entries = list(Path(root).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(WEIGHTS_PREFIX) or not entry.is_dir() or entry.is_symlink():
+            continue
+        pid = entry.name[len(WEIGHTS_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            _remove_private_dir(entry)
+            if not entry.exists():
+                removed.append(entry)
+    if removed:
+        logger.info("removed %d weight folder(s) of trainers no longer running under %s", len(removed), root)
+    return removed
+
+
 class SharedFileWeightTransfer:
     """TRL ``WeightTransferProtocol`` through a safetensors file and vLLM's in-place reload.
+
+    Files: the weights go to ``model.safetensors`` in a **private** folder this class creates
+    (``tempfile.mkdtemp``, named ``adaclip-rl-weights-<pid>-*``) inside ``weights_dir``; :meth:`destroy`
+    removes that file and that folder only, never ``weights_dir`` or anything else in it (a user may
+    name ``/dev/shm`` itself or a checkpoint folder). Private folders of trainer processes that are no
+    longer running are swept at :meth:`init_weight_transfer`. Before each write the free space of
+    the target filesystem is checked (Docker's default ``/dev/shm`` is 64 MiB): a model that does
+    not fit raises ``OSError`` naming ``weight_transfer_dir``. A push that fails resumes the server
+    (it was paused for the push) before the error propagates.
 
     Args:
         base_url: the server's URL (``http://host:port``); the server must share a filesystem with the
             trainer (same host, or ``weights_dir`` on a shared mount).
-        weights_dir: folder holding the one ``model.safetensors`` file; a fresh folder under
-            ``/dev/shm`` (else the temp dir) when None. It must stay fixed: vLLM's reload points the
-            model config at it.
+        weights_dir: the folder in which the private folder is made; ``/dev/shm`` (else the temp
+            dir) when None. The private folder stays fixed for the transfer's life: vLLM's reload points
+            the model config at it.
         aliases: ``{name: source}`` tensors sent under a second name, e.g. a tied
             ``lm_head.weight`` that vLLM keeps as its own layer (without it the reload restores the
             old head: measured, log-prob error 1.06 instead of 5e-7 on a tied Qwen2).
@@ -242,10 +340,11 @@ class SharedFileWeightTransfer:
         if not timeout > 0:
             raise ValueError(f"timeout must be > 0; got {timeout!r}")
         self.base_url = base_url.rstrip("/")
+        self.user_dir = weights_dir is not None
         if weights_dir is None:
-            root = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
-            weights_dir = os.path.join(root, f"adaclip-rl-weights-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        self.weights_dir = Path(weights_dir)
+            weights_dir = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+        self.root = Path(weights_dir)
+        self._private: Path | None = None
         self.aliases = dict(aliases or {})
         self.version_fn = version_fn
         self.pause_mode = pause_mode
@@ -253,9 +352,19 @@ class SharedFileWeightTransfer:
         self.ready_timeout = ready_timeout
         self.bytes_sent = 0
         self.syncs = 0
+        self._paused = False
+
+    @property
+    def weights_dir(self) -> Path:
+        """The private folder holding ``model.safetensors`` (made on first use inside ``self.root``)."""
+        if self._private is None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._private = Path(tempfile.mkdtemp(prefix=f"{WEIGHTS_PREFIX}{os.getpid()}-", dir=self.root))
+        return self._private
 
     def init_weight_transfer(self) -> None:
-        """Wait for ``/health`` (bounded), refuse a server whose compiled graph would ignore a reload."""
+        """Wait for ``/health`` (bounded), refuse a server whose compiled graph would ignore a reload,
+        sweep weight folders of dead trainers."""
         deadline = time.monotonic() + self.ready_timeout
         while not _health(self.base_url, timeout=1.0):
             if time.monotonic() > deadline:
@@ -273,13 +382,40 @@ class SharedFileWeightTransfer:
             if "cpu" in device:
                 raise ValueError("the vLLM server runs on CPU without --enforce-eager: its traced graph may keep "
                                  "the pre-reload weights; restart it with --enforce-eager")
-        self.weights_dir.mkdir(parents=True, exist_ok=True)
+        sweep_dead_weight_dirs(self.root)
+        _ = self.weights_dir
 
     def pause(self) -> None:
         _post(self.base_url, f"/pause?mode={self.pause_mode}", timeout=self.timeout)
+        self._paused = True
+
+    def _check_free_space(self, folder: Path, nbytes: int) -> None:
+        """Refuse to write ``nbytes`` where the filesystem has less free (``/dev/shm`` in Docker: 64 MiB)."""
+        free = shutil.disk_usage(folder).free
+        if nbytes + _HEADER_SLACK > free:
+            where = f"weight_transfer_dir={str(self.root)!r}" if self.user_dir else \
+                f"weight_transfer_dir=None (default {str(self.root)!r})"
+            raise OSError(
+                f"the shared weights file needs {nbytes / 2**20:.0f} MiB but {folder} has {free / 2**20:.0f} MiB free "
+                f"({where}): set weight_transfer_dir to a folder with room that the vLLM server can read, or "
+                "enlarge /dev/shm (docker run --shm-size=...)")
 
     def send_weights(self, iterator: Iterator[tuple[str, torch.Tensor]]) -> None:
-        """Write ``(name, tensor)`` pairs to ``model.safetensors`` (atomically) and reload them on the server."""
+        """Write ``(name, tensor)`` pairs to ``model.safetensors`` (atomically) and reload them on the server.
+
+        If anything fails after :meth:`pause`, the server is resumed before the error propagates (TRL
+        calls ``resume`` only after a successful push; a paused server would hold every rank)."""
+        try:
+            self._send_weights(iterator)
+        except BaseException:
+            if self._paused:
+                try:
+                    self.resume()
+                except Exception as err:  # the server may be the failure (dead): report the first error
+                    logger.warning("could not resume the vLLM server after a failed weight push: %s", err)
+            raise
+
+    def _send_weights(self, iterator: Iterator[tuple[str, torch.Tensor]]) -> None:
         from safetensors.torch import save_file
 
         tensors = {name: t.detach().to("cpu").contiguous() for name, t in iterator}
@@ -292,13 +428,20 @@ class SharedFileWeightTransfer:
             if t.untyped_storage().data_ptr() in seen:
                 tensors[name] = t.clone()
             seen.add(tensors[name].untyped_storage().data_ptr())
-        self.weights_dir.mkdir(parents=True, exist_ok=True)
-        part = self.weights_dir / "model.safetensors.part"
-        save_file(tensors, str(part))
-        os.replace(part, self.weights_dir / "model.safetensors")
-        self.bytes_sent += sum(t.numel() * t.element_size() for t in tensors.values())
+        folder = self.weights_dir
+        nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+        self._check_free_space(folder, nbytes)
+        part = folder / (WEIGHTS_FILE + ".part")
+        try:
+            save_file(tensors, str(part))
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+            raise
+        os.replace(part, folder / WEIGHTS_FILE)
+        self.bytes_sent += nbytes
         response = _post(self.base_url, "/collective_rpc", timeout=self.timeout, json={
-            "method": "reload_weights", "kwargs": {"weights_path": str(self.weights_dir)}, "timeout": self.timeout})
+            "method": "reload_weights", "kwargs": {"weights_path": str(folder)}, "timeout": self.timeout})
         results = response.json().get("results") if response.content else None
         if results and any(r is not None for r in results):
             raise RuntimeError(f"vLLM reload_weights returned {results!r}")
@@ -309,9 +452,13 @@ class SharedFileWeightTransfer:
 
     def resume(self) -> None:
         _post(self.base_url, "/resume", timeout=self.timeout)
+        self._paused = False
 
     def destroy(self) -> None:
-        shutil.rmtree(self.weights_dir, ignore_errors=True)
+        """Remove the weights file and the private folder this transfer made; nothing else."""
+        if self._private is not None:
+            _remove_private_dir(self._private)
+            self._private = None
 
 
 def server_prompt_logprobs(base_url: str, model: str, token_ids: Sequence[int], timeout: float = 60.0) -> list[float]:
@@ -344,9 +491,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         server.start(timeout=args.timeout)
         print(f"vLLM server ready at {server.base_url} (log: {server.log_path})", flush=True)
-        while server.process is not None and server.process.poll() is None:
+        while server.process is not None and not server._exited():
             time.sleep(1.0)
-        raise SystemExit(f"vLLM server exited with code {server.process.returncode if server.process else '?'}")
+        raise SystemExit(f"vLLM server exited with code {server.process.poll() if server.process else '?'}")
     finally:
         server.stop()
 

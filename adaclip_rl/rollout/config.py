@@ -44,12 +44,16 @@ class RolloutConfig:
     interrupted and continued in the next batch - after the weight update - by the then-current
     policy, *before* new prompts are admitted. They keep their tokens, behaviour log-probs and
     per-token versions. Generation is cut only there, never at a token budget. A completion spans
-    at most ``partial_max_segments`` policy versions and is never staler than ``max_staleness``
-    when trained on: a sequence that would exceed either bound is not interrupted (it finishes in
-    the current batch), so no completion is truncated and no group is dropped for these bounds.
-    ``partial_prefill_groups`` extra prompt groups are kept in flight so that the long tail of one
-    batch generates beside the next batch's prompts. Generation and training still alternate (in
-    one process); nothing runs concurrently with training.
+    at most ``partial_max_segments`` policy versions (in its last one it is not interrupted). With
+    ``max_staleness`` every group is returned within that many versions of its admission: each
+    admitted group gets a due version, at which it is not interrupted and is returned first, and
+    admission waits while every version within the bound already has one batch of due groups
+    (:mod:`adaclip_rl.rollout.partial`). No completion is truncated and no group is dropped for these
+    bounds. ``partial_prefill_groups`` extra prompt groups are kept in flight so that the long tail
+    of one batch generates beside the next batch's prompts; with ``max_staleness = M`` at most
+    ``M`` batches of fresh groups can be in flight beyond the batch, so the trainer caps the pre-fill
+    there (``M = 0``: no pre-fill, generation is synchronous). Generation and training still
+    alternate (in one process); nothing runs concurrently with training.
 
     Importance correction: per token ``w = exp(logp_old - logp_behaviour)``, truncated at
     ``behaviour_is_cap`` (``behaviour_is_mode="truncate"``, TIS) or zeroed beyond it (``"mask"``, ICEPOP-style), at
@@ -64,8 +68,12 @@ class RolloutConfig:
     down-weighted by ``staleness_decay ** (staleness - max_staleness)``.
 
     Replay: scored groups (non-constant rewards) are stored with ``replay_capacity`` (oldest
-    evicted) and ``replay_max_age``; each training batch takes ``round(replay_ratio * groups)``
-    groups from the buffer, selected ``uniform`` or by reward ``variance``.
+    evicted) and expire beyond ``replay_max_age`` - or beyond ``max_staleness`` with
+    ``staleness_policy="drop"``, where the loss would give them weight 0 (:attr:`replay_expiry_age`).
+    Each generation batch of ``n`` groups takes ``k`` groups from the buffer, selected ``uniform``
+    or by reward ``variance``: ``k`` rounds ``replay_ratio * n`` by error diffusion (the carried
+    fraction makes the share over a run exact to within one group) and is at most ``n - 1``, so
+    every batch generates at least one fresh group (:class:`adaclip_rl.rollout.schedule.ReplayShare`).
     """
 
     # --- generation lengths
@@ -95,7 +103,8 @@ class RolloutConfig:
         default=None,
         metadata={
             "help": "Extra prompt groups kept in flight (>= 0), so that a batch's long tail generates beside the "
-            "next batch's prompts; default: the groups of one generation batch."
+            "next batch's prompts; default: the fresh groups of one generation batch. With max_staleness M at "
+            "most M x the fresh groups of a batch (more are capped with a warning); 0 when M = 0."
         },
     )
 
@@ -123,8 +132,8 @@ class RolloutConfig:
     max_staleness: int | None = field(
         default=None,
         metadata={"help": "Max staleness in policy versions (weight pushes, one per generation batch); "
-                  "None: unbounded. Partial rollouts respect it at admission (a sequence is not interrupted if "
-                  "it would exceed it), so only replayed or resumed data can be beyond it."},
+                  "None: unbounded. Partial rollouts respect it at admission (every group is returned within M "
+                  "versions of its admission); replayed groups expire at it under 'drop'."},
     )
     staleness_policy: str = field(
         default="drop",
@@ -142,7 +151,8 @@ class RolloutConfig:
     )
     replay_capacity: int = field(default=64, metadata={"help": "Replay buffer capacity in groups (>= 1)."})
     replay_max_age: int | None = field(
-        default=4, metadata={"help": "Max age of a replayed group in policy versions (weight pushes); None: unbounded."}
+        default=4, metadata={"help": "Max age of a replayed group in policy versions (weight pushes); None: unbounded. "
+                             "With staleness_policy 'drop' groups expire at max_staleness if that is smaller."}
     )
     replay_selection: str = field(
         default="uniform",
@@ -172,6 +182,12 @@ class RolloutConfig:
                 )
         check_int("partial_max_segments", self.partial_max_segments, 1)
         check_int("partial_prefill_groups", self.partial_prefill_groups, 0, allow_none=True)
+        check_int("max_staleness", self.max_staleness, 0, allow_none=True)
+        if self.partial_rollouts and self.max_staleness == 0 and self.partial_prefill_groups:
+            raise ValueError(
+                f"partial_prefill_groups={self.partial_prefill_groups} with max_staleness=0 and partial_rollouts=True: "
+                "a pre-filled group would be returned a version after its admission, beyond the bound; use "
+                "partial_prefill_groups=0 (or None), or max_staleness >= 1")
         check_choice("ratio_anchor", self.ratio_anchor, RATIO_ANCHORS)
         if self.ratio_anchor == "behaviour" and not self.use_behaviour_logprobs:
             raise ValueError("ratio_anchor='behaviour' requires use_behaviour_logprobs=True")
@@ -200,6 +216,16 @@ class RolloutConfig:
     def off_policy(self) -> bool:
         """Partial rollouts or replay are on: the off-policy trainer's rollout machinery runs."""
         return self.partial_rollouts or self.replay_ratio > 0
+
+    @property
+    def replay_expiry_age(self) -> int | None:
+        """Age beyond which replayed groups expire: ``replay_max_age``, or ``max_staleness`` if smaller
+        under ``staleness_policy="drop"`` (the loss would give older groups weight 0 while still
+        counting them as replays and in the loss's denominator)."""
+        ages = [a for a in (self.replay_max_age,) if a is not None]
+        if self.staleness_policy == "drop" and self.max_staleness is not None:
+            ages.append(self.max_staleness)
+        return min(ages) if ages else None
 
     @property
     def max_segments(self) -> int:

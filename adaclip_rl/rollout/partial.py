@@ -9,11 +9,21 @@ generation batch - after the weight update - by resubmitting ``prompt + partial 
 re-processed once per weight update, which the new weights require anyway). Within one
 generation batch nothing is cut: a *segment* is the part of a completion generated under one
 policy version, so ``max_segments`` bounds how many versions a completion may span. A sequence in
-its last allowed segment - or one whose continuation would make it staler than ``max_staleness``
-when it is trained on - is not interruptible: it runs to its end in the current batch. No
-completion is ever truncated by these bounds, and no group is dropped for staleness later, so the
-trained lengths have the distribution of the generated ones (dropping stale samples at consumption
-removes long answers first; AReaL bounds staleness at admission for the same reason).
+its last allowed segment is not interruptible: it runs to its end in the current batch.
+
+Staleness bound (``max_staleness = M``): a group admitted at version ``s`` gets a *due version*
+``d`` in ``[s, s + M]`` and is returned by the :meth:`~PartialRolloutManager.collect` at version
+``d`` at the latest (the latest version with room, so it stays interruptible as long as the bound
+allows): at ``d`` its sequences are not interruptible (they finish in that batch) and due groups are
+returned before any other. Admission is limited so that no version has more due groups than one
+batch returns (``batch_groups``; the current version also takes what the batch being collected
+needs beyond the later versions' room): a group that would not fit waits, ungenerated. So every
+returned group is within the bound
+when it is trained on, whatever the pre-fill, the replay share or the length distribution; no
+completion is truncated and no group is dropped for staleness later, so the trained lengths have
+the distribution of the generated ones (dropping stale samples at consumption removes long answers
+first; AReaL bounds staleness at admission for the same reason). ``M = 0`` leaves nothing
+interruptible: generation is then synchronous.
 
 Continued groups are served before new prompts are admitted (slime serves its partial buffer
 first).
@@ -58,6 +68,7 @@ class RolloutGroup:
     samples: list[BehaviourSample]
     meta: dict[str, Any] = field(default_factory=dict)
     submitted_version: int | None = None
+    due_version: int | None = None  # returned by the collect at this version at the latest (max_staleness)
 
     @property
     def finished(self) -> bool:
@@ -69,6 +80,7 @@ class RolloutGroup:
             "samples": [s.to_dict() for s in self.samples],
             "meta": dict(self.meta),
             "submitted_version": self.submitted_version,
+            "due_version": self.due_version,
         }
 
     @classmethod
@@ -89,8 +101,11 @@ class PartialRolloutManager:
         sampling: sampling settings for every request.
         max_active_groups: at most this many groups generate at once (None: admit every waiting
             group). Continued groups always keep their slot.
-        max_staleness: a sample is not interrupted if continuing it after the update would leave
-            it more than this many versions behind when it is trained on (None: no bound).
+        max_staleness: every group is returned within this many versions of its admission (None: no
+            bound); see the module docstring.
+        batch_groups: groups every :meth:`collect` returns at least (the fresh groups of the smallest
+            generation batch); with ``max_staleness`` at most this many groups fall due per version.
+            None: the first :meth:`collect`'s ``num_groups``.
         seed: base seed; request seeds hash (seed, rank, sample uid, segment index), so sampling
             does not depend on how requests are batched.
         rank: data-parallel rank (distinct seed streams per rank).
@@ -107,6 +122,7 @@ class PartialRolloutManager:
         max_staleness: int | None = None,
         seed: int = 0,
         rank: int = 0,
+        batch_groups: int | None = None,
     ) -> None:
         if max_completion_length < 1:
             raise ValueError(f"max_completion_length must be >= 1; got {max_completion_length}")
@@ -118,6 +134,8 @@ class PartialRolloutManager:
             raise ValueError(f"max_staleness must be >= 0 or None; got {max_staleness}")
         if rank < 0:
             raise ValueError(f"rank must be >= 0; got {rank}")
+        if batch_groups is not None and batch_groups < 1:
+            raise ValueError(f"batch_groups must be >= 1 or None; got {batch_groups}")
         self.engine = engine
         self.max_completion_length = max_completion_length
         self.max_segments = max_segments
@@ -126,6 +144,7 @@ class PartialRolloutManager:
         self.max_staleness = max_staleness
         self.seed = seed
         self.rank = rank
+        self.batch_groups = batch_groups
         self._waiting: deque[RolloutGroup] = deque()
         self._active: list[RolloutGroup] = []
         self._ready: deque[RolloutGroup] = deque()
@@ -142,6 +161,7 @@ class PartialRolloutManager:
         sampling: SamplingSettings | None = None,
         max_active_groups: int | None = None,
         rank: int = 0,
+        batch_groups: int | None = None,
     ) -> PartialRolloutManager:
         return cls(
             engine,
@@ -152,6 +172,7 @@ class PartialRolloutManager:
             max_staleness=config.max_staleness,
             seed=config.seed,
             rank=rank,
+            batch_groups=batch_groups,
         )
 
     # ------------------------------------------------------------------ queues
@@ -229,32 +250,64 @@ class PartialRolloutManager:
     def _interruptible(self, group: RolloutGroup, s: BehaviourSample) -> bool:
         """May this sample be cut at the end of the current batch and continued after the update?
 
-        Not in its last allowed segment (``max_segments``), and not if finishing it one version
-        later would make it staler than ``max_staleness`` when it is trained on.
+        Not in its last allowed segment (``max_segments``), and not once its group is due
+        (``max_staleness``: it must be returned by this batch).
         """
         if s.segments + 1 >= self.max_segments:
             return False
-        if self.max_staleness is not None and group.submitted_version is not None:
-            if self.engine.version + 1 - group.submitted_version > self.max_staleness:
-                return False
-        return True
+        return not self._is_due(group)
 
-    def _admit(self) -> None:
-        """Move waiting groups into the active set (continued groups keep their slots)."""
+    @property
+    def bounded(self) -> bool:
+        return self.max_staleness is not None
+
+    def _is_due(self, group: RolloutGroup) -> bool:
+        return group.due_version is not None and group.due_version <= self.engine.version
+
+    def _due_slot(self, num_groups: int) -> int | None:
+        """The latest version in ``[v, v + max_staleness]`` with room for one more due group; None if all
+        are full. Room: ``batch_groups`` per version, and at the current version ``v`` whatever more the
+        ``num_groups`` of this collect need beyond the later versions' room (``max_staleness = 0``: all
+        of them). The latest, so that a new group stays interruptible as long as the bound allows (the
+        earliest would make a whole batch due at once: synchronous generation)."""
+        v = self.engine.version
+        counts: dict[int, int] = {}
+        for g in [*self._active, *self._ready]:
+            if g.due_version is not None:
+                counts[g.due_version] = counts.get(g.due_version, 0) + 1
+        for u in range(v + self.max_staleness, v - 1, -1):
+            room = self.batch_groups
+            if u == v:
+                room = max(room, num_groups - self.max_staleness * self.batch_groups)
+            if counts.get(u, 0) < room:
+                return u
+        return None
+
+    def _admit(self, num_groups: int) -> None:
+        """Move waiting groups into the active set (continued groups keep their slots); with
+        ``max_staleness``, only while a due version within the bound has room (see the module docstring)."""
         while self._waiting and (self.max_active_groups is None or len(self._active) < self.max_active_groups):
+            due = self._due_slot(num_groups) if self.bounded else None
+            if self.bounded and due is None:
+                break
             group = self._waiting.popleft()
             group.submitted_version = self.engine.version
+            group.due_version = due
             self._active.append(group)
 
     def _generate(self, num_groups: int) -> int:
         """One continuous batch over every unfinished sample of the active groups.
 
-        Stops (interrupting what may be interrupted) once ``num_groups`` groups are ready.
+        Stops (interrupting what may be interrupted) once ``num_groups`` groups are ready. When that
+        many are ready already (a call that only finishes due groups), only the due groups generate.
         Returns the number of tokens generated.
         """
         todo: list[tuple[RolloutGroup, BehaviourSample]] = []
         requests: list[GenerationRequest] = []
+        only_due = len(self._ready) >= num_groups
         for group in self._active:  # admission order: continued groups come first
+            if only_due and not self._is_due(group):
+                continue
             for s in group.samples:
                 if s.finished:
                     continue
@@ -305,22 +358,37 @@ class PartialRolloutManager:
     def collect(self, num_groups: int) -> list[RolloutGroup]:
         """Generate until ``num_groups`` groups are ready; return exactly that many.
 
-        The groups admitted earliest are returned first (they are the closest to ``max_staleness``).
-        Groups finished beyond ``num_groups`` (by samples that could not be interrupted) stay ready
-        for the next call. Returns fewer groups only when nothing is left to generate.
+        Due groups (``max_staleness``) come first, then the groups admitted earliest. Groups finished
+        beyond ``num_groups`` (by samples that could not be interrupted) stay ready for the next call.
+        Returns fewer groups only when nothing is left to generate.
         """
+        if self.bounded:
+            if self.batch_groups is None:
+                self.batch_groups = max(num_groups, 1)
+            if num_groups < self.batch_groups:
+                raise ValueError(f"collect({num_groups}): with max_staleness every batch returns at least "
+                                 f"batch_groups={self.batch_groups} groups (the due groups of a version)")
         t0 = time.perf_counter()
         calls = tokens = 0
-        while len(self._ready) < num_groups:
-            self._admit()
+        self._admit(num_groups)  # at this version, even when no generation is needed: it has a due slot now
+        while len(self._ready) < num_groups or any(self._is_due(g) for g in self._active):
+            self._admit(num_groups)
             if not self._active:
                 break
             tokens += self._generate(num_groups)
             calls += 1
-        self._ready = deque(sorted(self._ready, key=lambda g: (g.submitted_version or 0, g.gid)))
+        self._ready = deque(sorted(self._ready, key=self._return_order))
         groups = [self._ready.popleft() for _ in range(min(num_groups, len(self._ready)))]
+        late = [g.gid for g in [*self._ready, *self._active] if self._is_due(g)]
+        if late:  # cannot happen with the admission limit; never hand out data beyond the bound silently
+            raise RuntimeError(f"groups {late} are due at version {self.engine.version} but were not returned")
         self._last = self._collect_metrics(groups, calls, tokens, time.perf_counter() - t0)
         return groups
+
+    @staticmethod
+    def _return_order(g: RolloutGroup) -> tuple[int, int, int]:
+        submitted = g.submitted_version or 0
+        return (g.due_version if g.due_version is not None else submitted, submitted, g.gid)
 
     # ------------------------------------------------------------------ metrics
     def _collect_metrics(
@@ -350,8 +418,11 @@ class PartialRolloutManager:
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
-        """In-flight work (waiting, active with partial tokens, ready) as python builtins."""
+        """In-flight work (waiting, active with partial tokens, ready) and the engine's policy version, as
+        python builtins."""
         return {
+            "engine_version": self.engine.version,
+            "batch_groups": self.batch_groups,
             "waiting": [g.to_dict() for g in self._waiting],
             "active": [g.to_dict() for g in self._active],
             "ready": [g.to_dict() for g in self._ready],
@@ -361,9 +432,23 @@ class PartialRolloutManager:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the in-flight work and the engine's policy version (a resumed engine starts at its
+        initial version; restored tokens were generated up to the saved one). A checkpoint without the
+        version (older releases) sets it to the newest version among the restored tokens."""
+        if state.get("batch_groups") is not None and self.batch_groups is None:
+            self.batch_groups = int(state["batch_groups"])
         self._waiting = deque(RolloutGroup.from_dict(g) for g in state["waiting"])
         self._active = [RolloutGroup.from_dict(g) for g in state["active"]]
         self._ready = deque(RolloutGroup.from_dict(g) for g in state["ready"])
         self._next_gid = int(state["next_gid"])
         self._next_uid = int(state["next_uid"])
         self._totals = dict(state["totals"])
+        if state.get("engine_version") is not None:
+            self.engine.version = int(state["engine_version"])
+        else:
+            newest = [v for g in [*self._active, *self._ready] for s in g.samples for v in s.versions]
+            self.engine.version = max([self.engine.version, *newest])
+        if self.bounded:  # groups saved without a due version (older releases): due at the bound
+            for g in [*self._active, *self._ready]:
+                if g.due_version is None and g.submitted_version is not None:
+                    g.due_version = g.submitted_version + self.max_staleness

@@ -87,7 +87,13 @@ class ReplayGroup:
         return min(versions) if versions else 0
 
     def age(self, current_version: int) -> int:
-        return max(0, current_version - self.birth_version)
+        """``current_version - birth_version``; a negative age (the version counter went back, e.g. a
+        resume that lost it) raises ``ValueError`` rather than passing as fresh data."""
+        age = current_version - self.birth_version
+        if age < 0:
+            raise ValueError(f"replay group {self.gid} was born at version {self.birth_version}, after the current "
+                             f"version {current_version} (the version counter went back: a resume must restore it)")
+        return age
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -6,7 +6,7 @@ Notation (per token t of a completion):
   log-probs, recorded at generation time, possibly by different versions within one sequence);
 * ``logp_old``: log-prob under the proximal policy pi_old (the trainer's recompute with the
   current weights when the batch is assembled; TRL's ``old_per_token_logps``);
-* version: optimizer steps at the weight sync that preceded the token's generation.
+* version: weight pushes into the engine before the token was generated (the policy version).
 
 Truncated importance sampling (TIS; Yao et al. 2025 "Your efficient RL framework secretly brings
 you off-policy RL training"; slime ``--use-tis``, verl ``rollout_is_threshold``)::
@@ -49,13 +49,22 @@ _MAX_LOG_RATIO = 20.0  # exp(20) ~ 5e8: keeps the raw ratio finite before trunca
 def token_staleness(token_versions: Tensor, current_version: int | Tensor, mask: Tensor) -> Tensor:
     """Staleness in versions, ``(B, T)`` long; 0 on padding (``mask == 0``).
 
+    A valid token newer than ``current_version`` is an error (``ValueError``), never clamped to 0:
+    it means the version counter went back (e.g. a resume that lost it), and clamping would let such
+    data bypass the staleness bound and replay expiry.
+
     Args:
         token_versions: ``(B, T)`` integer versions (padding may hold any value, e.g. -1).
-        current_version: the trainer's current policy version (optimizer steps).
+        current_version: the trainer's current policy version (weight pushes).
         mask: ``(B, T)`` 0/1 or bool validity mask.
     """
-    staleness = (torch.as_tensor(current_version, device=token_versions.device) - token_versions.long()).clamp_min(0)
-    return torch.where(mask.bool(), staleness, torch.zeros_like(staleness))
+    staleness = torch.as_tensor(current_version, device=token_versions.device) - token_versions.long()
+    staleness = torch.where(mask.bool(), staleness, torch.zeros_like(staleness))
+    if staleness.numel() and bool((staleness < 0).any()):
+        raise ValueError(
+            f"negative staleness: tokens of version {int(token_versions[mask.bool()].max())} are newer than the "
+            f"current policy version {int(current_version)} (the version counter went back: a resume must restore it)")
+    return staleness
 
 
 def sequence_staleness(staleness: Tensor, mask: Tensor) -> Tensor:

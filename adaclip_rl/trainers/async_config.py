@@ -14,6 +14,7 @@ from typing import Any
 from trl.experimental.async_grpo import AsyncGRPOConfig
 
 from ..losses.registry import get_policy_loss_spec
+from ..rollout.config import STALENESS_POLICIES, RolloutConfig
 from . import field_checks
 from .adaclip_fields import AdaClipFields
 
@@ -51,11 +52,17 @@ class AdaClipAsyncGRPOConfig(AdaClipFields, AsyncGRPOConfig):
         weight_transfer: ``"nccl"`` (TRL's NCCL stream into the server; GPU), ``"shared_file"``
             (safetensors file + the server's in-place reload through its dev-mode RPC endpoint; works on
             CPU, needs a shared filesystem) or ``"auto"`` (NCCL when CUDA is available).
-        weight_transfer_dir: folder of the shared file (``/dev/shm/...`` when None).
+        weight_transfer_dir: folder in which the shared-file transfer makes its own private subfolder
+            (``/dev/shm`` when None); only that subfolder is ever removed.
         weight_transfer_pause_mode: ``"keep"`` (TRL: in-flight requests continue under new weights)
             or ``"wait"`` (drain them first, one version per request) for the shared-file transfer.
         record_token_versions: record each generated token's policy version (needs the server's
             ``--enable-scale-out``; logged as ``staleness/*``).
+        staleness_policy, staleness_decay: what the loss does with a sample whose oldest token is more
+            than ``max_staleness`` versions old when it is trained (``"drop"``: weight 0,
+            ``"downweight"``: ``staleness_decay ** excess``); TRL's own check drops samples by their
+            group's first version when they are pulled, which a sample continued under newer
+            weights (``pause_mode="keep"``) or trained a sync later can exceed.
     """
 
     weight_transfer: str = field(
@@ -64,7 +71,8 @@ class AdaClipAsyncGRPOConfig(AdaClipFields, AsyncGRPOConfig):
                   "server through VLLM_SERVER_DEV_MODE's /collective_rpc; CPU) or 'auto' (nccl with CUDA)."},
     )
     weight_transfer_dir: str | None = field(
-        default=None, metadata={"help": "Folder of the shared weights file ('shared_file'); /dev/shm when None."}
+        default=None, metadata={"help": "Folder in which the 'shared_file' transfer makes a private subfolder for the "
+                                  "weights file (only that subfolder is removed); /dev/shm when None."}
     )
     weight_transfer_pause_mode: str = field(
         default="keep",
@@ -74,6 +82,14 @@ class AdaClipAsyncGRPOConfig(AdaClipFields, AsyncGRPOConfig):
     record_token_versions: bool = field(
         default=True,
         metadata={"help": "Record the policy version of every generated token (server needs --enable-scale-out)."},
+    )
+    staleness_policy: str = field(
+        default=RolloutConfig.__dataclass_fields__["staleness_policy"].default,
+        metadata=RolloutConfig.__dataclass_fields__["staleness_policy"].metadata,
+    )
+    staleness_decay: float = field(
+        default=RolloutConfig.__dataclass_fields__["staleness_decay"].default,
+        metadata=RolloutConfig.__dataclass_fields__["staleness_decay"].metadata,
     )
 
     def __post_init__(self) -> None:
@@ -88,6 +104,10 @@ class AdaClipAsyncGRPOConfig(AdaClipFields, AsyncGRPOConfig):
         """Refuse invalid adaclip-rl fields, naming the field, the value and the allowed range."""
         if self.weight_transfer not in WEIGHT_TRANSFERS:
             raise ValueError(f"weight_transfer must be one of {WEIGHT_TRANSFERS}; got {self.weight_transfer!r}")
+        if self.staleness_policy not in STALENESS_POLICIES:
+            raise ValueError(f"staleness_policy must be one of {list(STALENESS_POLICIES)}; got {self.staleness_policy!r}")
+        if not (isinstance(self.staleness_decay, int | float) and 0.0 <= self.staleness_decay <= 1.0):
+            raise ValueError(f"staleness_decay must be in [0.0, 1.0]; got {self.staleness_decay!r}")
         if self.weight_transfer_pause_mode not in PAUSE_MODES:
             raise ValueError(f"weight_transfer_pause_mode must be one of {PAUSE_MODES}; got "
                              f"{self.weight_transfer_pause_mode!r}")

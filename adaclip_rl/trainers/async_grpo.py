@@ -17,8 +17,10 @@ plain clip written inline in ``compute_loss``. This subclass changes:
 * Archer's KL to the frozen initial model: a frozen copy forwards the same packed batch.
 * ``_clip_grad_norm`` - the adaptive gradient clippers (:mod:`adaclip_rl.gradclip`); their state
   goes into checkpoints (``adaclip_state.json``).
-* Per-token policy versions (:mod:`adaclip_rl.rollout.async_versions`) reach the loss and are
-  logged as ``staleness/*``.
+* Per-token policy versions (:mod:`adaclip_rl.rollout.async_versions`) reach the loss: a sample whose
+  oldest token is more than ``max_staleness`` versions old when trained is dropped (weight 0, out of
+  BAPO's statistics, still in the token count) or down-weighted by ``staleness_decay ** excess``
+  (``staleness_policy``); logged as ``staleness/*``.
 * CPU: the FA3 tree-attention kernel is replaced by a PyTorch one (:func:`cpu_tree_attention`), the
   peak-FLOPs lookup (CUDA only) is skipped, and weights reach the server through
   :class:`~adaclip_rl.rollout.async_weights.SharedFileWeightTransfer` (``weight_transfer="shared_file"``).
@@ -41,6 +43,7 @@ from trl.trainer.utils import add_fused_lm_head, create_model_from_path, pad
 from ..losses.registry import get_policy_loss_spec
 from ..rollout.async_versions import ServerCheckedRolloutWorker, VersionedRolloutWorker
 from ..rollout.async_weights import SharedFileWeightTransfer
+from ..rollout.staleness import staleness_weights, token_staleness
 from .adaptive_state import AdaptiveGradClipMixin
 from .async_config import AdaClipAsyncGRPOConfig
 
@@ -313,6 +316,23 @@ class AdaClipAsyncGRPOTrainer(AdaptiveGradClipMixin, agt.AsyncGRPOTrainer):
             log_ratio = log_ratio.clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
         return log_ratio
 
+    def _staleness_weights(self, p: _Packed) -> torch.Tensor | None:
+        """``(B, T)`` weight of each sample's terms from its oldest token's staleness (``staleness_policy``:
+        0 or ``staleness_decay ** excess`` beyond ``max_staleness``; :func:`adaclip_rl.rollout.staleness_weights`)."""
+        if p.token_versions is None:
+            return None
+        versions = self._rows(p, p.token_versions, fill=-1)
+        valid = versions >= 0
+        stal = token_staleness(versions, self.model_version, valid)
+        return staleness_weights(stal, valid, max_staleness=self.args.max_staleness, policy=self.args.staleness_policy,
+                                 decay=self.args.staleness_decay, level="sequence")
+
+    def _trained_mask(self, p: _Packed) -> torch.Tensor:
+        """``(B, T)`` 1 on the terms trained on: every term except those of samples dropped for staleness."""
+        mask = self._rows(p, torch.ones_like(p.log_probs))
+        stale = self._staleness_weights(p)
+        return mask if stale is None else mask * (stale > 0)
+
     def _grad_accum(self, mode: str) -> float:
         return float(self.current_gradient_accumulation_steps) if mode == "train" else 1.0
 
@@ -333,7 +353,7 @@ class AdaClipAsyncGRPOTrainer(AdaptiveGradClipMixin, agt.AsyncGRPOTrainer):
         with torch.no_grad():
             for mb in self._window[1:]:
                 q = self._forward_packed(model, self._prepare_inputs(mb), with_entropy=False)
-                m = self._rows(q, torch.ones_like(q.log_probs))
+                m = self._trained_mask(q)
                 stats = stats + spec.statistics(torch.exp(self._rows(q, self._log_ratio(q))), self._rows(q, q.advantages),
                                                 self._loss_weights(q, m, mode), self.loss_config)
         self._window_search = spec.select(self._reduce_sum(stats), self.loss_config)
@@ -350,7 +370,7 @@ class AdaClipAsyncGRPOTrainer(AdaptiveGradClipMixin, agt.AsyncGRPOTrainer):
         log_ratio = self._log_ratio(p)
         ratio = torch.exp(self._rows(p, log_ratio))  # 1 after each sample's end
         adv = self._rows(p, p.advantages)
-        mask = self._rows(p, torch.ones_like(p.log_probs))
+        mask = self._trained_mask(p)  # samples dropped for staleness leave the loss and BAPO's statistics
         ref_logp = None
         if self.ref_model is not None:
             with torch.no_grad():
@@ -365,7 +385,9 @@ class AdaClipAsyncGRPOTrainer(AdaptiveGradClipMixin, agt.AsyncGRPOTrainer):
         )
         if mode == "train":
             self._window_pos += 1
-        per_token_loss = out.per_token_loss[p.segment_id, p.position]  # (M,), TRL's order
+        stale = self._staleness_weights(p)
+        per_token_loss = out.per_token_loss if stale is None else out.per_token_loss * stale
+        per_token_loss = per_token_loss[p.segment_id, p.position]  # (M,), TRL's order
 
         # ---- TRL's aggregation: token sum / tokens per rank / accumulation steps ----
         ga = self._grad_accum(mode)

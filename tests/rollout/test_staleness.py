@@ -89,3 +89,12 @@ def test_sequence_mean_weight_is_the_geometric_mean_of_token_ratios():
     assert torch.allclose(w_mean[0], expected[0].expand(50)) and torch.allclose(w_mean[1, :10], expected[1])
     assert (w_mean[1, 10:] == 0).all() and not capped_mean.any()
     assert capped_sum[0].all() and torch.allclose(w_sum[0], torch.full((50,), 2.0))  # exp(1.0) > 2: capped
+
+
+def test_negative_staleness_is_an_error_not_zero():
+    """Tokens newer than the current version (a resume that reset the version to -1) used to be clamped to
+    staleness 0: restored data then bypassed the bound. Padding may hold any version."""
+    mask = torch.tensor([[1, 1, 0]])
+    assert token_staleness(torch.tensor([[3, 4, 99]]), 4, mask).tolist() == [[1, 0, 0]]
+    with pytest.raises(ValueError, match="newer than the current policy version 2"):
+        token_staleness(torch.tensor([[3, 4, -1]]), 2, mask)

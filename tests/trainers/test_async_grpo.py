@@ -169,7 +169,7 @@ def _packed_batch(tokenizer, n: int = 6, seed: int = 0) -> dict:
         mask = np.asarray([0] * len(prompt) + [1] * len(completion), dtype=np.int64)
         old = np.where(mask > 0, -5.6 + 0.8 * torch.randn(len(ids), generator=g).numpy(), 0.0).astype(np.float32)
         row.add({"input_ids": ids, "completion_mask": mask, "old_log_probs": old, "advantage": float((-1) ** i) * 0.9,
-                 "group_id": i // 2, "metrics": {}, "token_versions": np.where(mask > 0, 1, -1)})
+                 "group_id": i // 2, "metrics": {}, "token_versions": np.where(mask > 0, 0, -1)})  # version 0: the trainer's
     return _VersionedCollator(tokenizer.pad_token_id, 1)([[row]])
 
 
@@ -252,8 +252,11 @@ class _KillServerAt(TrainerCallback):
 def test_killed_server_errors_then_resume_from_checkpoint(server, tiny_model_dir, tokenizer, tmp_path):
     """Killing the server gives ServerUnavailableError within seconds; a restarted server and a new
     trainer resume from the last checkpoint (step, policy version, adaptive state)."""
+    user_dir = tmp_path / "user_files"  # a folder the user names for the weights: never removed, nor its files
+    user_dir.mkdir()
+    (user_dir / "notes.txt").write_text("keep")
     args = _args(tmp_path, server.base_url, policy_loss="bapo", max_steps=4, save_strategy="steps", save_steps=1,
-                 grad_clip="zclip", zclip_warmup_steps=1)
+                 grad_clip="zclip", zclip_warmup_steps=1, weight_transfer_dir=str(user_dir))
     trainer = AdaClipAsyncGRPOTrainer(tiny_model_dir, digit_fraction_reward, args, _dataset(), tokenizer,
                                       callbacks=[_KillServerAt(server, 2)])
     t0 = time.monotonic()
@@ -269,6 +272,8 @@ def test_killed_server_errors_then_resume_from_checkpoint(server, tiny_model_dir
     assert resumed.state.global_step == 4
     assert resumed.model_version > 2  # continued the version count (checkpoint at version 2, then more syncs)
     assert resumed.grad_clipper.state_dict()["num_updates"] == 4  # 1 restored + 3 after the resume
+    # the user's folder survived training, the killed server and the resumed run, and holds only its own file
+    assert [p.name for p in user_dir.iterdir()] == ["notes.txt"] and (user_dir / "notes.txt").read_text() == "keep"
 
 
 def test_bapo_searches_once_per_update(tiny_model_dir, tokenizer, tmp_path):

@@ -21,7 +21,8 @@ from adaclip_rl.trainers.offpolicy_config import OffPolicyGRPOConfig
 TRAINER_CONFIGS = (AdaClipGRPOConfig, OffPolicyGRPOConfig, AdaClipAsyncGRPOConfig)
 TRL_FIELDS = {f.name: f for f in dataclasses.fields(GRPOConfig)}
 # the asynchronous config's own settings (weight transfer to the vLLM server), not twins of any
-ASYNC_OWN = {"weight_transfer", "weight_transfer_dir", "weight_transfer_pause_mode", "record_token_versions"}
+ASYNC_OWN = {"weight_transfer", "weight_transfer_dir", "weight_transfer_pause_mode", "record_token_versions",
+             "staleness_policy", "staleness_decay"}  # the last two: same default and help as RolloutConfig's
 
 
 def _trl_fields(cls) -> dict[str, dataclasses.Field]:

@@ -46,3 +46,24 @@ def test_rows_without_room_are_deferred_not_skipped():
     # with replay taking slots for good, the surplus beyond one batch is skipped (and counted), oldest first
     take, deferred, skipped = top_up_rows([{"i": 1}, {"i": 2}], [{"i": 3}, {"i": 4}, {"i": 5}], need=1, keep=2)
     assert [r["i"] for r in take] == [1] and [r["i"] for r in deferred] == [4, 5] and skipped == 2
+
+
+def test_trl_engine_is_built_without_chunked_prefill_on_cpu(monkeypatch):
+    """TRL builds its colocated vLLM with chunked prefill; on CPU a seeded request whose prompt is chunked
+    crashes vLLM, so the wrapped engine used to drop every per-request seed. The constructor patch turns
+    chunked prefill off (and sizes max_num_seqs) while GRPOTrainer builds the engine, then restores both."""
+    from trl.generation import vllm_generation
+    from trl.trainer import grpo_trainer
+
+    from adaclip_rl.rollout import vllm_engine
+    from adaclip_rl.trainers.offpolicy import _vllm_max_num_seqs_at_least
+
+    built = []
+    monkeypatch.setattr(vllm_generation, "LLM", lambda *a, **kw: built.append(kw) or "llm", raising=False)
+    monkeypatch.setattr(vllm_engine, "_is_cpu_platform", lambda: True)
+    original_llm, original_gen = vllm_generation.LLM, grpo_trainer.VLLMGeneration
+    with _vllm_max_num_seqs_at_least(48):
+        assert vllm_generation.LLM("m", max_num_seqs=8) == "llm"
+        assert issubclass(grpo_trainer.VLLMGeneration, original_gen)
+    assert built == [{"max_num_seqs": 8, "enable_chunked_prefill": False}]
+    assert vllm_generation.LLM is original_llm and grpo_trainer.VLLMGeneration is original_gen
