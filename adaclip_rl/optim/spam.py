@@ -73,28 +73,22 @@ class SPAM(Optimizer):
         if state_dtype is not None and not (isinstance(state_dtype, torch.dtype) and state_dtype.is_floating_point):
             raise FieldValueError(f"{{0}} must be a floating torch.dtype or None; got {_got(state_dtype)}",
                                   "state_dtype")
+        self.warmup_steps = warmup_steps  # before super().__init__: add_param_group reads it
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, correct_bias=correct_bias)
         super().__init__(params, defaults)
-        for group in self.param_groups:
-            if "density" in group:
-                raise ValueError("param groups with 'density' (SPAM's sparse momentum) are not supported")
-        self.warmup_steps = warmup_steps
         self.thres = threshold
         self.DeltaT = DeltaT
         self.grad_accu_steps = grad_accu_steps
         self.clip_grad_in_place = clip_grad_in_place
         self.state_dtype = state_dtype
-        for group in self.param_groups:
-            group.setdefault("total_step", 0)
-            group.setdefault("current_step", warmup_steps + 1)
 
     def add_param_group(self, param_group: dict) -> None:
         """As ``Optimizer.add_param_group``; the new group's counters are the optimizer's."""
         if "density" in param_group:
             raise ValueError("param groups with 'density' (SPAM's sparse momentum) are not supported")
-        if self.param_groups:
-            param_group.setdefault("total_step", self.param_groups[0]["total_step"])
-            param_group.setdefault("current_step", self.param_groups[0]["current_step"])
+        first = self.param_groups[0] if self.param_groups else {}
+        param_group.setdefault("total_step", first.get("total_step", 0))
+        param_group.setdefault("current_step", first.get("current_step", self.warmup_steps + 1))
         super().add_param_group(param_group)
 
     def scale_factor(self, current_step: int) -> float:

@@ -114,8 +114,6 @@ class StableSPAM(Optimizer):
         self.clip_grad_in_place = clip_grad_in_place
         self.state_dtype = state_dtype
         self.process_group = process_group
-        for group in self.param_groups:
-            group.setdefault("total_steps", 0)
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
