@@ -140,21 +140,31 @@ class SPAM(Optimizer):
         exp_avg_sqs = [local(s["exp_avg_sq"]) for s in states]
         if reset:
             torch._foreach_zero_(exp_avgs + exp_avg_sqs)
+        work = None  # one gradient-sized buffer per tensor, reused for the Adam denominator
         if clip:
-            for i, (g, v) in enumerate(zip(grads, exp_avg_sqs, strict=True)):
+            work = torch._foreach_mul(exp_avg_sqs, self.thres)  # theta * v
+            for i, (g, bound) in enumerate(zip(grads, work, strict=True)):
                 in_place = self.clip_grad_in_place and g is grads_raw[i]
-                bound = v * self.thres
-                mask = g ** 2 > self.thres * v
-                grads[i] = torch.where(mask, g.sign() * torch.sqrt(bound), g, out=g if in_place else None)
+                mask = g * g > bound  # official: grad**2 > thres * v
+                # official: sign(g) * sqrt(v * thres); g != 0 wherever the mask holds, so copysign is the same
+                torch.where(mask, bound.sqrt_().copysign_(g), g, out=g if in_place else bound)
+                grads[i] = g if in_place else bound
                 if self.clip_grad_in_place and not in_place:
                     grads_raw[i].copy_(grads[i])
         torch._foreach_mul_(exp_avgs, beta1)
         torch._foreach_add_(exp_avgs, grads, alpha=1.0 - beta1)
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
-        denom = torch._foreach_sqrt(exp_avg_sqs)
+        if work is None:
+            denom = torch._foreach_sqrt(exp_avg_sqs)
+        else:  # the gradients are spent (clipped ones may live in ``work``)
+            denom = work
+            for v, d in zip(exp_avg_sqs, denom, strict=True):
+                torch.sqrt(v, out=d)
         torch._foreach_add_(denom, group["eps"])
-        updates = torch._foreach_div(exp_avgs, denom)
+        updates = denom
+        for m, d in zip(exp_avgs, denom, strict=True):
+            torch.div(m, d, out=d)
         p_local = [local(p) for p in params]
         for step, idx in group_by_step(range(len(params)), [s["step"] for s in states]).items():
             step_size = group["lr"]

@@ -48,6 +48,22 @@ from ._common import (
 __all__ = ["StableSPAM"]
 
 
+def _picker(idx: list[int], n: int, device: torch.device) -> Callable[[Tensor], Tensor]:
+    """Selects entries ``idx`` of a length-``n`` vector (the identity for the usual single bucket)."""
+    if len(idx) == n:
+        return lambda v: v
+    index = torch.tensor(idx, device=device)  # only when step counts differ (parameters without grads)
+    return lambda v: v.index_select(0, index)
+
+
+def _put(out: Tensor, idx: list[int], n: int, values: Tensor) -> None:
+    """``out[idx] = values`` (a plain copy for the usual single bucket)."""
+    if len(idx) == n:
+        out.copy_(values)
+    else:
+        out.index_copy_(0, torch.tensor(idx, device=out.device), values)
+
+
 class StableSPAM(Optimizer):
     """Stable-SPAM. Positional arguments and defaults are the official constructor's.
 
@@ -185,45 +201,57 @@ class StableSPAM(Optimizer):
         stats_steps = [s["stats_step"] if self.separate_stats_step else s["step"] for s in states]
         sharded = is_sharded(params, self.process_group)
 
-        # 1. AdaClip: spike clipping against the EMA of max|g| (Eq. 2-3).
-        abs_grads = torch._foreach_abs(grads)
-        maxes = torch.stack([a.amax() if a.numel() else a.new_zeros(()) for a in abs_grads])
+        # 1. AdaClip: spike clipping against the EMA of max|g| (Eq. 2-3). The per-tensor statistics
+        # are updated as one vector per bucket of equal step counts; the state keeps each tensor's
+        # entry (a view of that vector).
+        # ``work`` is this step's one gradient-sized buffer per tensor: |g|, then g * ratio, the update
+        # gradient and the Adam denominator (no further large allocation; the inf-norm kernel is much
+        # slower than abs + amax on CPU).
+        work = torch._foreach_abs(grads)
+        maxes = torch.stack([a.amax() if a.numel() else a.new_zeros(()) for a in work])
         if sharded:
             maxes = reduce_maxes(maxes, [p.grad for p in params], self.process_group)
-        max_list = maxes.unbind()
+        n_params = len(params)
+        hat_vec = torch.empty_like(maxes)
+        buckets = group_by_step(range(n_params), stats_steps)
+        for stats_step, idx in buckets.items():
+            pick = _picker(idx, n_params, maxes.device)
+            m_max_t = self.theta * torch.stack([states[i]["m_max_t"] for i in idx]) + (1 - self.theta) * pick(maxes)
+            _put(hat_vec, idx, n_params, m_max_t / (1 - self.theta ** stats_step))
+            for i, v in zip(idx, m_max_t.unbind(), strict=True):
+                states[i]["m_max_t"] = v
+        # entries above the threshold: g / max|g| * m_max_hat (official), as g * (m_max_hat / max|g|)
+        ratios = (hat_vec / torch.where(maxes > 0, maxes, torch.ones_like(maxes))).unbind()
+        hats = hat_vec.unbind()
         clipped: list[Tensor] = []
-        m_max_new: list[Tensor] = []
-        for i, s in enumerate(states):
-            m_max_t = self.theta * s["m_max_t"] + (1 - self.theta) * max_list[i]
-            m_max_hat = m_max_t / (1 - self.theta ** stats_steps[i])
-            m_max_new.append(m_max_t)
-            mask = abs_grads[i] > m_max_hat
+        for i in range(n_params):
             in_place = self.clip_grad_in_place and grads[i] is grads_raw[i]
-            out = grads[i] if in_place else None
-            clipped.append(torch.where(mask, grads[i] / max_list[i] * m_max_hat, grads[i], out=out))
+            g, buf = grads[i], work[i]
+            mask = buf > hats[i]
+            clipped.append(torch.where(mask, torch.mul(g, ratios[i], out=buf), g, out=g if in_place else buf))
             if self.clip_grad_in_place and not in_place:
                 grads_raw[i].copy_(clipped[i])
-        del abs_grads
 
-        # 2. AdaGN: scale the matrix to the EMA ratio of its norms (Eq. 4-5).
-        norms = torch._foreach_norm(clipped)
+        # 2. AdaGN: scale the matrix to the EMA ratio of its norms (Eq. 4-5), as g * (c / ||g||).
+        norms = torch.stack(torch._foreach_norm(clipped))
         if sharded:
-            sq = reduce_sq_norms(torch.stack(norms) ** 2, params, self.process_group)
-            norms = list(sq.sqrt().unbind())
+            norms = reduce_sq_norms(norms ** 2, params, self.process_group).sqrt()
         g1 = self.gamma1 * scale
-        factors: list[Tensor] = []
-        safe_norms: list[Tensor] = []
-        for i, s in enumerate(states):
-            n = norms[i]
-            m_norm_t = g1 * s["m_norm_t"] + (1 - g1) * n
-            v_norm_t = self.gamma2 * s["v_norm_t"] + (1 - self.gamma2) * n ** 2
-            m_norm_hat = m_norm_t / (1 - g1 ** stats_steps[i])
-            v_norm_hat = v_norm_t / (1 - self.gamma2 ** stats_steps[i])
-            factors.append(m_norm_hat / (torch.sqrt(v_norm_hat) + eps))
-            safe_norms.append(torch.where(n > 0, n, torch.ones_like(n)))  # official: unchanged if ||g|| = 0
-            s["m_norm_t"], s["v_norm_t"], s["m_max_t"] = m_norm_t, v_norm_t, m_max_new[i]
-        update_grads = torch._foreach_div(clipped, safe_norms)
-        torch._foreach_mul_(update_grads, factors)
+        c_vec = torch.empty_like(norms)
+        for stats_step, idx in buckets.items():
+            n = _picker(idx, n_params, norms.device)(norms)
+            m_norm_t = g1 * torch.stack([states[i]["m_norm_t"] for i in idx]) + (1 - g1) * n
+            v_norm_t = self.gamma2 * torch.stack([states[i]["v_norm_t"] for i in idx]) + (1 - self.gamma2) * n ** 2
+            m_norm_hat = m_norm_t / (1 - g1 ** stats_step)
+            v_norm_hat = v_norm_t / (1 - self.gamma2 ** stats_step)
+            _put(c_vec, idx, n_params, m_norm_hat / (torch.sqrt(v_norm_hat) + eps))
+            for i, m, v in zip(idx, m_norm_t.unbind(), v_norm_t.unbind(), strict=True):
+                states[i]["m_norm_t"], states[i]["v_norm_t"] = m, v
+        # official: unchanged if ||g|| = 0 (then g = 0 and any factor keeps it 0)
+        factors = (c_vec / torch.where(norms > 0, norms, torch.ones_like(norms))).unbind()
+        for c, f, buf in zip(clipped, factors, work, strict=True):
+            torch.mul(c, f, out=buf)
+        update_grads = work
         del clipped
 
         # 3. momentum reset, 4. Adam.
@@ -245,16 +273,16 @@ class StableSPAM(Optimizer):
             torch._foreach_add_(exp_avgs, g, alpha=1 - beta1)
             torch._foreach_mul_(exp_avg_sqs, beta2)
             torch._foreach_addcmul_(exp_avg_sqs, g, g, value=1 - beta2)
+            second = exp_avg_sqs
             if amsgrad:
-                max_sqs = [local(states[i]["max_exp_avg_sq"]) for i in idx]
-                torch._foreach_maximum_(max_sqs, exp_avg_sqs)
-                denom = torch._foreach_sqrt(max_sqs)
-            else:
-                denom = torch._foreach_sqrt(exp_avg_sqs)
+                second = [local(states[i]["max_exp_avg_sq"]) for i in idx]
+                torch._foreach_maximum_(second, exp_avg_sqs)
+            denom = g  # the update gradient is spent: its buffer takes the denominator
+            for v, d in zip(second, denom, strict=True):
+                torch.sqrt(v, out=d)
             torch._foreach_div_(denom, math.sqrt(bias_correction2))
             torch._foreach_add_(denom, eps)
             step_size = lr / bias_correction1
-            updates = torch._foreach_div(exp_avgs, denom)
-            torch._foreach_add_([p_local[i] for i in idx], updates, alpha=-step_size)
+            torch._foreach_addcdiv_([p_local[i] for i in idx], exp_avgs, denom, value=-step_size)
             if reset and not self.reset_moments_first:  # official: the zeros replace them after this update
                 torch._foreach_zero_(exp_avgs + exp_avg_sqs)
