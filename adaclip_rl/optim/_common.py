@@ -85,3 +85,20 @@ def reduce_sq_norms(sq: Tensor, params: Sequence[Tensor], process_group: Any = N
 def is_sharded(params: Sequence[Tensor], process_group: Any) -> bool:
     """True when the statistics need a reduction across ranks."""
     return process_group is not None or bool(_shard_groups([p.grad for p in params]))
+
+
+class KeepStateDtype:
+    """``load_state_dict`` that keeps each state tensor's saved dtype. ``torch.optim.Optimizer`` casts
+    every floating state tensor to its parameter's dtype, which would turn float32 moments of bf16
+    parameters (``state_dtype=torch.float32``) into bf16 on resume."""
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        saved = state_dict["state"]
+        super().load_state_dict(state_dict)
+        ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for pid, p in zip(ids, params, strict=True):
+            for key, value in saved.get(pid, {}).items():
+                loaded = self.state[p].get(key)
+                if isinstance(value, Tensor) and isinstance(loaded, Tensor) and loaded.dtype != value.dtype:
+                    self.state[p][key] = value.to(device=loaded.device, copy=True)

@@ -33,12 +33,12 @@ import torch
 from torch.optim import Optimizer
 
 from ..checks import FieldValueError, _got, check_int, check_non_negative
-from ._common import check_betas, cosine_annealing, group_by_step, local
+from ._common import KeepStateDtype, check_betas, cosine_annealing, group_by_step, local
 
 __all__ = ["SPAM"]
 
 
-class SPAM(Optimizer):
+class SPAM(KeepStateDtype, Optimizer):
     """SPAM. Positional arguments and defaults are the official constructor's.
 
     Args:

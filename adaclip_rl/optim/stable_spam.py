@@ -36,6 +36,7 @@ from torch.optim import Optimizer
 
 from ..checks import FieldValueError, _got, check_int, check_interval, check_non_negative
 from ._common import (
+    KeepStateDtype,
     check_betas,
     cosine_annealing,
     group_by_step,
@@ -64,7 +65,7 @@ def _put(out: Tensor, idx: list[int], n: int, values: Tensor) -> None:
         out.index_copy_(0, torch.tensor(idx, device=out.device), values)
 
 
-class StableSPAM(Optimizer):
+class StableSPAM(KeepStateDtype, Optimizer):
     """Stable-SPAM. Positional arguments and defaults are the official constructor's.
 
     Args:
@@ -269,8 +270,7 @@ class StableSPAM(Optimizer):
             g = [update_grads[i] for i in idx]
             bias_correction1 = 1 - beta1 ** step
             bias_correction2 = 1 - beta2 ** step
-            torch._foreach_mul_(exp_avgs, beta1)
-            torch._foreach_add_(exp_avgs, g, alpha=1 - beta1)
+            torch._foreach_lerp_(exp_avgs, g, 1 - beta1)  # = beta1 * m + (1 - beta1) * g, one pass
             torch._foreach_mul_(exp_avg_sqs, beta2)
             torch._foreach_addcmul_(exp_avg_sqs, g, g, value=1 - beta2)
             second = exp_avg_sqs
@@ -280,9 +280,9 @@ class StableSPAM(Optimizer):
             denom = g  # the update gradient is spent: its buffer takes the denominator
             for v, d in zip(second, denom, strict=True):
                 torch.sqrt(v, out=d)
-            torch._foreach_div_(denom, math.sqrt(bias_correction2))
-            torch._foreach_add_(denom, eps)
-            step_size = lr / bias_correction1
+            # sqrt(v) / sqrt(bc2) + eps = (sqrt(v) + eps sqrt(bc2)) / sqrt(bc2): one pass less
+            torch._foreach_add_(denom, eps * math.sqrt(bias_correction2))
+            step_size = lr / bias_correction1 * math.sqrt(bias_correction2)
             torch._foreach_addcdiv_([p_local[i] for i in idx], exp_avgs, denom, value=-step_size)
             if reset and not self.reset_moments_first:  # official: the zeros replace them after this update
                 torch._foreach_zero_(exp_avgs + exp_avg_sqs)
