@@ -10,6 +10,7 @@ the largest logged ``grad_norm``, and held-out avg@4 / greedy accuracy (200 prob
 
     python scripts/learning_optim.py search --lrs 2e-4 1e-3 3e-3 1e-2 --steps 120
     python scripts/learning_optim.py compare --lr 3e-3 --seeds 0 1 2 --steps 120
+    python scripts/learning_optim.py plot --out results/learning_optim.json --figure docs/optimizers_learning.png
 """
 
 from __future__ import annotations
@@ -69,9 +70,44 @@ def run(warm: Path, out: Path, optimizer: str, lr: float, seed: int, steps: int)
             "heldout": acc, "rewards": rewards}
 
 
+def plot(results: dict, figure: Path) -> None:
+    """Train reward per step: the AdamW learning-rate search and the comparison runs (needs matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    for r in results["runs"]:
+        if r["stage"] == "search":
+            left.plot(r["rewards"], label=f"AdamW lr={r['lr']:g}", lw=1)
+    colors = {"adamw": "tab:red", "stable_spam": "tab:blue", "spam": "tab:green"}
+    seen: set = set()
+    lrs = sorted({r["lr"] for r in results["runs"] if r["stage"] == "compare"})
+    for r in results["runs"]:
+        if r["stage"] == "compare":
+            key = (r["optimizer"], r["lr"])
+            label = None if key in seen else f"{r['optimizer']} lr={r['lr']:g}"
+            seen.add(key)
+            right.plot(r["rewards"], color=colors.get(r["optimizer"]), label=label, lw=1, alpha=0.8,
+                       ls=["-", "--", ":"][lrs.index(r["lr"]) % 3])
+    left.set_title("AdamW, learning-rate search (seed 0)")
+    right.set_title("comparison, 3 seeds per optimizer and lr")
+    for ax in (left, right):
+        ax.set_xlabel("logged reward (one per generation batch = 4 optimizer steps)")
+        ax.legend(fontsize=8)
+    left.set_ylabel("train reward (exact answer)")
+    fig.suptitle("GRPO on 2-digit addition, tiny model, warm start; 2-core CPU", fontsize=10)
+    fig.tight_layout()
+    figure.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(figure, dpi=110)
+    print(f"figure: {figure}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("stage", choices=["search", "compare"])
+    ap.add_argument("stage", choices=["search", "compare", "plot"])
+    ap.add_argument("--figure", default="docs/optimizers_learning.png")
     ap.add_argument("--lrs", type=float, nargs="+", default=[2e-4, 1e-3, 3e-3, 1e-2])
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -80,6 +116,9 @@ def main() -> None:
     ap.add_argument("--root", default="runs/learning_optim")
     ap.add_argument("--out", default="results/learning_optim.json")
     args = ap.parse_args()
+    if args.stage == "plot":
+        plot(json.loads(Path(args.out).read_text()), Path(args.figure))
+        return
     torch.set_num_threads(1)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     root = Path(args.root)
