@@ -109,6 +109,12 @@ def test_refused_arguments_name_themselves(cls, kw):
 
 
 def test_spam_density_groups_refused_and_delta_t_zero_means_no_reset():
+    model = _model(torch.float32)
+    official = OfficialSPAM(model.parameters(), DeltaT=0)
+    xs, ys = _data()
+    _grads(model, xs[0], ys[0], 0)
+    with pytest.raises(ZeroDivisionError):  # the official code: (total_step + 1) % DeltaT
+        official.step()
     with pytest.raises(ValueError, match="density"):
         SPAM([{"params": [torch.nn.Parameter(torch.zeros(2))], "density": 1.0}])
     model = _model(torch.float32)

@@ -68,6 +68,15 @@ def test_deepspeed_settings_it_cannot_honour_are_refused(optimizer, ds, match):
             field_checks.check_optimizer_with_trl(cfg)
 
 
+def test_every_trainer_builds_the_optimizer_through_the_mixin():
+    from adaclip_rl.trainers.async_grpo import AdaClipAsyncGRPOTrainer
+    from adaclip_rl.trainers.offpolicy import OffPolicyGRPOTrainer
+    from adaclip_rl.trainers.optimizer_mixin import SpikeAwareOptimizerMixin
+
+    for trainer in (AdaClipGRPOTrainer, OffPolicyGRPOTrainer, AdaClipAsyncGRPOTrainer):
+        assert trainer.create_optimizer is SpikeAwareOptimizerMixin.create_optimizer, trainer
+
+
 def digit_reward(completions, **kwargs):
     return [sum(ch.isdigit() for ch in c) / max(len(c), 1) for c in completions]
 
