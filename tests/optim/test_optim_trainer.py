@@ -68,6 +68,21 @@ def test_deepspeed_settings_it_cannot_honour_are_refused(optimizer, ds, match):
             field_checks.check_optimizer_with_trl(cfg)
 
 
+@pytest.mark.parametrize("optimizer,ds,match", [
+    ("spam", {"optimizer": {"type": "AdamW", "params": {}}, "zero_optimization": {"stage": 0}}, "own 'optimizer'"),
+    ("stable_spam", {"zero_optimization": {"stage": 2}}, "ZeRO stage 2"),
+    ("stable_spam", {"zero_optimization": {"stage": 0}}, None),
+])
+def test_deepspeed_configs_through_transformers(tmp_path, optimizer, ds, match):
+    pytest.importorskip("deepspeed", reason="transformers builds the DeepSpeed config only with deepspeed installed")
+    ds = {**ds, "train_micro_batch_size_per_gpu": "auto"}
+    if match is None:
+        assert _cfg(tmp_path, optimizer=optimizer, deepspeed=ds).optimizer == optimizer
+    else:
+        with pytest.raises(ValueError, match=match):
+            _cfg(tmp_path, optimizer=optimizer, deepspeed=ds)
+
+
 def test_every_trainer_builds_the_optimizer_through_the_mixin():
     from adaclip_rl.trainers.async_grpo import AdaClipAsyncGRPOTrainer
     from adaclip_rl.trainers.offpolicy import OffPolicyGRPOTrainer
