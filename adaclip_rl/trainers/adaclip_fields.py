@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from ..gradclip import GRAD_CLIPPER_SPECS, GradClipper, GradClipperSpec, get_grad_clipper_spec
 from ..losses import POLICY_LOSS_SPECS, PolicyLossSpec, get_policy_loss_spec
+from ..optim.registry import OPTIMIZER_SPECS, OptimizerSpec, get_optimizer_spec
 from ..rollout.config import RATIO_ANCHORS, RolloutConfig
 from . import field_checks
 
@@ -55,6 +56,16 @@ def clipper_twins() -> Iterator[Twin]:
         defaults, types = spec.param_defaults(), spec.param_types()
         for param, help_text in spec.params.items():
             yield _twin(spec.trainer_field(param), types[param], defaults[param], help_text)
+
+
+def optimizer_twins() -> Iterator[Twin]:
+    """A twin of every field of every registered optimizer's config (``stable_spam_gamma1``)."""
+    for spec in OPTIMIZER_SPECS.values():
+        if spec.config_cls is None:
+            continue
+        hints = typing.get_type_hints(spec.config_cls)
+        for f in spec.own_fields():
+            yield _twin(spec.trainer_field(f.name), hints[f.name], f.default, f.metadata["help"])
 
 
 ROLLOUT_FIELDS_FROM_TRL = ("max_completion_length", "seed")
@@ -105,7 +116,7 @@ def with_twins(*sources: Callable[[], Iterator[Twin]]):
 
 
 @dataclass
-@with_twins(loss_twins, clipper_twins)
+@with_twins(loss_twins, clipper_twins, optimizer_twins)
 class AdaClipFields:
     """The policy-loss and gradient-clipping fields; mixed into a TRL config (which must come after
     it in the bases, so that TRL's fields come first and its ``__post_init__`` is reached by ``super``).
@@ -113,7 +124,8 @@ class AdaClipFields:
     Besides the two choices below, one field per setting of the chosen loss or clipper, grouped by
     prefix: ``bapo_*`` (:class:`~adaclip_rl.losses.BAPOConfig`), ``archer_*``
     (:class:`~adaclip_rl.losses.ArcherConfig`), ``dual_clip`` (grpo's), ``zclip_*``, ``adagc_*``,
-    ``autoclip_*``, ``quantile_*`` (:mod:`adaclip_rl.gradclip`).
+    ``autoclip_*``, ``quantile_*`` (:mod:`adaclip_rl.gradclip`), ``spam_*``, ``stable_spam_*``
+    (:mod:`adaclip_rl.optim`).
     """
 
     policy_loss: str = field(
@@ -126,6 +138,18 @@ class AdaClipFields:
         metadata={"help": "Gradient clipping: 'none', 'fixed' (TRL/transformers max_grad_norm), 'zclip', 'adagc', "
                   "'autoclip' or 'quantile'. Adaptive modes keep max_grad_norm > 0 only as the switch."},
     )
+
+    optimizer: str = field(
+        default="adamw",
+        metadata={"help": "Optimizer: 'adamw' (the Trainer's own, chosen by `optim`), 'spam' (SPAM, arXiv 2501.06842) "
+                  "or 'stable_spam' (Stable-SPAM, arXiv 2502.17055); these take learning_rate, adam_beta1/2, "
+                  "adam_epsilon and weight_decay, and their own spam_*/stable_spam_* fields."},
+    )
+
+    @property
+    def optimizer_spec(self) -> OptimizerSpec:
+        """The registry's :class:`~adaclip_rl.optim.OptimizerSpec` of ``optimizer``."""
+        return get_optimizer_spec(self.optimizer)
 
     @property
     def policy_loss_spec(self) -> PolicyLossSpec:

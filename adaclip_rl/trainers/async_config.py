@@ -95,6 +95,7 @@ class AdaClipAsyncGRPOConfig(AdaClipFields, AsyncGRPOConfig):
     def __post_init__(self) -> None:
         self._validate_adaclip_fields()
         super().__post_init__()
+        field_checks.check_optimizer_with_trl(self)
         if self.max_staleness < 0:
             raise ValueError(f"max_staleness must be >= 0; got {self.max_staleness!r}")
         if self.weight_sync_steps < 1:

@@ -46,6 +46,7 @@ from ..rollout.async_weights import SharedFileWeightTransfer
 from ..rollout.staleness import staleness_weights, token_staleness
 from .adaptive_state import AdaptiveGradClipMixin
 from .async_config import AdaClipAsyncGRPOConfig
+from .optimizer_mixin import SpikeAwareOptimizerMixin
 
 logger = logging.getLogger(__name__)
 
@@ -203,7 +204,7 @@ class _Packed(NamedTuple):
     token_versions: torch.Tensor | None
 
 
-class AdaClipAsyncGRPOTrainer(AdaptiveGradClipMixin, agt.AsyncGRPOTrainer):
+class AdaClipAsyncGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, agt.AsyncGRPOTrainer):
     """Asynchronous GRPO with adaptive clipping. Same constructor as TRL's ``AsyncGRPOTrainer``
     (``model`` is a model id or directory); ``args`` must be an :class:`AdaClipAsyncGRPOConfig`."""
 

@@ -20,6 +20,7 @@ from typing import Any
 from ..checks import check_choice
 from ..gradclip import GRAD_CLIPPER_SPECS, get_grad_clipper_spec
 from ..losses import POLICY_LOSS_SPECS, GRPOClipConfig, PolicyLossSpec, get_policy_loss_spec
+from ..optim.registry import OPTIMIZER_SPECS, get_optimizer_spec
 from ..rollout.config import RolloutConfig
 
 CLIP_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
@@ -47,6 +48,48 @@ def validate_adaclip_fields(cfg: Any) -> None:
         loss.config_from(cfg)
     if clipper.adaptive:
         clipper.build_from(cfg)  # the clipper checks its arguments
+    check_optimizer_fields(cfg)
+
+
+TRAINER_OPTIMS = ("adamw_torch", "adamw_torch_fused")
+
+
+def check_optimizer_fields(cfg: Any) -> None:
+    """``optimizer`` and the chosen optimizer's fields (the optimizer checks them, naming our fields);
+    a warning when an adaptive ``grad_clip`` also handles spikes."""
+    check_choice("optimizer", getattr(cfg, "optimizer", "adamw"), sorted(OPTIMIZER_SPECS))
+    spec = get_optimizer_spec(getattr(cfg, "optimizer", "adamw"))
+    if spec.cls is None:
+        return
+    spec.check(cfg)
+    if get_grad_clipper_spec(cfg.grad_clip).adaptive and ("optimizer", cfg.grad_clip) not in _WARNED:
+        _WARNED.add(("optimizer", cfg.grad_clip))
+        warnings.warn(f"optimizer={cfg.optimizer!r} clips gradient spikes itself and grad_clip={cfg.grad_clip!r} "
+                      "clips them before it: two spike handlers (the clipper sees the raw gradient, the "
+                      "optimizer the clipped one); consider grad_clip='fixed' or 'none'", UserWarning, stacklevel=4)
+
+
+def check_optimizer_with_trl(cfg: Any) -> None:
+    """What ``optimizer`` cannot honour among TRL/transformers' resolved settings: another ``optim``
+    (it would be ignored) and DeepSpeed's own optimizer (it replaces ours); under ZeRO >= 1 the
+    optimizer sees flat partitions, so Stable-SPAM's per-matrix statistics would be wrong."""
+    spec = get_optimizer_spec(getattr(cfg, "optimizer", "adamw"))
+    if spec.cls is None:
+        return
+    optim = getattr(cfg.optim, "value", cfg.optim)
+    if optim not in TRAINER_OPTIMS:
+        raise ValueError(f"optim has no effect with optimizer={cfg.optimizer!r}; got {optim!r}, leave it at its "
+                         f"default ({' or '.join(TRAINER_OPTIMS)}) or set optimizer='adamw'")
+    ds = getattr(cfg, "hf_deepspeed_config", None)
+    ds_config = getattr(ds, "config", None) or {}
+    if getattr(cfg, "deepspeed", None) and ds_config.get("optimizer"):
+        raise ValueError(f"optimizer={cfg.optimizer!r} cannot be used with a DeepSpeed config that has its own "
+                         "'optimizer' section (DeepSpeed would build that one instead); remove the section")
+    stage = (ds_config.get("zero_optimization") or {}).get("stage", 0)
+    if getattr(cfg, "deepspeed", None) and spec.name == "stable_spam" and stage not in (0, "auto"):
+        raise ValueError(f"optimizer='stable_spam' is not supported under DeepSpeed ZeRO stage {stage}: the "
+                         "optimizer sees flat partitions, not matrices, so its per-matrix max and norm would be "
+                         "wrong; use FSDP2 (DTensor), ZeRO stage 0, or optimizer='spam'")
 
 
 _WARNED: set[tuple[str, ...]] = set()
@@ -85,7 +128,8 @@ def check_fields_without_effect(cfg: Any, spec: PolicyLossSpec) -> None:
 
 
 def validate_after_trl(cfg: Any) -> None:
-    """Checks that need TRL's resolved fields (``steps_per_generation``)."""
+    """Checks that need TRL's resolved fields (``steps_per_generation``, ``optim``, DeepSpeed)."""
+    check_optimizer_with_trl(cfg)
     spec = get_policy_loss_spec(cfg.policy_loss)
     if spec.searches_per_update(spec.config_from(cfg)):
         spg, accumulation = cfg.steps_per_generation, cfg.gradient_accumulation_steps

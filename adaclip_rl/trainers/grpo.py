@@ -30,6 +30,7 @@ from trl import GRPOTrainer
 from ..losses import aggregate_loss, aggregation_weights, kl_estimate
 from .adaptive_state import AdaptiveGradClipMixin
 from .config import CLIP_LOSS_TYPES, AdaClipGRPOConfig
+from .optimizer_mixin import SpikeAwareOptimizerMixin
 
 logger = logging.getLogger(__name__)
 _LOG_RATIO_CLAMP = 20.0  # verl's clamp of logp - old_logp before exp (BAPO and Archer official code)
@@ -54,7 +55,7 @@ _MM_KEYS = (
 )
 
 
-class AdaClipGRPOTrainer(AdaptiveGradClipMixin, GRPOTrainer):
+class AdaClipGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, GRPOTrainer):
     """GRPO with adaptive clipping. Same constructor as :class:`trl.GRPOTrainer`; ``args`` must be an
     :class:`AdaClipGRPOConfig` (a plain ``GRPOConfig`` is upgraded with ``policy_loss="grpo"``)."""
 

@@ -13,6 +13,7 @@ from trl import GRPOConfig
 
 from adaclip_rl.gradclip import GRAD_CLIPPER_SPECS, GradClipper
 from adaclip_rl.losses import POLICY_LOSS_SPECS
+from adaclip_rl.optim import OPTIMIZER_SPECS
 from adaclip_rl.rollout import RolloutConfig
 from adaclip_rl.trainers.async_config import AdaClipAsyncGRPOConfig, _AsyncFieldView
 from adaclip_rl.trainers.config import AdaClipGRPOConfig
@@ -50,6 +51,9 @@ def _owners(cls) -> dict[str, list[str]]:
     for spec in GRAD_CLIPPER_SPECS.values():
         for param in spec.params:
             owners.setdefault(spec.trainer_field(param), []).append(f"{spec.name}:{param}")
+    for spec in OPTIMIZER_SPECS.values():
+        for f in spec.own_fields():
+            owners.setdefault(spec.trainer_field(f.name), []).append(f"{spec.name}:{f.name}")
     if "partial_rollouts" in _fields(cls):
         for f in dataclasses.fields(RolloutConfig):
             owners.setdefault(f.name, []).append(f"rollout:{f.name}")
@@ -89,6 +93,18 @@ def test_every_clipper_argument_has_one_twin_with_the_constructor_default(cls):
             assert param in signature.parameters, (spec.name, param)
 
 
+@pytest.mark.parametrize("cls", TRAINER_CONFIGS)
+def test_every_optimizer_config_field_has_one_twin_with_the_constructor_default(cls):
+    trainer = _fields(cls)
+    for spec in OPTIMIZER_SPECS.values():
+        signature = inspect.signature(spec.cls) if spec.cls is not None else None
+        for f in spec.own_fields():
+            name = spec.trainer_field(f.name)
+            assert name.startswith(spec.prefix), name
+            assert trainer[name].default == f.default == signature.parameters[f.name].default, name
+            assert trainer[name].metadata["help"] == f.metadata["help"], name
+
+
 def test_every_rollout_field_has_one_twin_on_the_off_policy_config():
     trainer = _fields(OffPolicyGRPOConfig)
     for f in dataclasses.fields(RolloutConfig):
@@ -107,11 +123,12 @@ def test_no_trainer_field_is_a_twin_of_two_settings_or_of_none(cls):
     owners = _owners(cls)
     shared = {name: who for name, who in owners.items() if len(who) > 1}
     assert not shared
-    prefixes = tuple(s.prefix for s in [*POLICY_LOSS_SPECS.values(), *GRAD_CLIPPER_SPECS.values()] if s.prefix)
+    prefixes = tuple(s.prefix for s in [*POLICY_LOSS_SPECS.values(), *GRAD_CLIPPER_SPECS.values(),
+                                        *OPTIMIZER_SPECS.values()] if s.prefix)
     orphans = [n for n in _ours(cls) if n.startswith(prefixes) and n not in owners]
     assert not orphans  # e.g. a hand-written bapo_* field the registry does not know
     own = ASYNC_OWN if cls is AdaClipAsyncGRPOConfig else set()
-    unexplained = set(_ours(cls)) - set(owners) - {"policy_loss", "grad_clip"} - own
+    unexplained = set(_ours(cls)) - set(owners) - {"policy_loss", "grad_clip", "optimizer"} - own
     assert not unexplained
 
 
@@ -144,7 +161,8 @@ def test_every_policy_loss_entry_is_complete(name):
 
 
 def test_prefixes_are_distinct_and_every_clipper_entry_is_complete():
-    prefixes = [s.prefix for s in [*POLICY_LOSS_SPECS.values(), *GRAD_CLIPPER_SPECS.values()] if s.prefix]
+    prefixes = [s.prefix for s in [*POLICY_LOSS_SPECS.values(), *GRAD_CLIPPER_SPECS.values(),
+                                   *OPTIMIZER_SPECS.values()] if s.prefix]
     assert len(prefixes) == len(set(prefixes))
     for spec in GRAD_CLIPPER_SPECS.values():
         assert spec.cls is None or issubclass(spec.cls, GradClipper)
