@@ -135,6 +135,12 @@ class BAPOConfig:
                   "extra forward without grad of each other micro-batch when gradient_accumulation_steps > 1). "
                   "'micro_batch': one search per loss call, reduced across ranks (the official verl recipe)."},
     )
+    value_weights: Literal["loss", "mask"] = field(
+        default="loss",
+        metadata={"help": "Weights of the value-mode statistic (bapo_contribution='value'): 'loss' (each token as the "
+                  "aggregated loss weighs it: loss_type aggregation x importance weights x masks) or 'mask' (the "
+                  "response mask only, as the official verl recipe's policy_loss.py)."},
+    )
 
     def __post_init__(self) -> None:
         check_choice("contribution", self.contribution, ("grad", "value"))
@@ -154,6 +160,11 @@ class BAPOConfig:
                                       f"to the bound's maximum); got {step!r}", name)
         check_dual_clip("dual_clip", self.dual_clip)
         check_choice("scope", self.scope, ("update", "micro_batch"))
+        check_choice("value_weights", self.value_weights, ("loss", "mask"))
+        if self.value_weights != "loss" and self.contribution != "value":
+            raise FieldValueError(f"{{0}} must be 'loss' with {{1}}={self.contribution!r} (the gradient share weighs "
+                                  f"each token as the loss does); got {self.value_weights!r}", "value_weights",
+                                  "contribution")
 
     @property
     def searches_per_update(self) -> bool:
@@ -163,10 +174,11 @@ class BAPOConfig:
     @classmethod
     def official(cls, **overrides) -> BAPOConfig:
         """The official verl recipe's defaults (``config/bapo_trainer.yaml``): value-based pos/neg
-        ratio target 1.0, ``c_low`` 0.6 -> 0.8 then ``c_high`` 1.2 -> 2.0, both steps 0.05."""
+        ratio target 1.0, ``c_low`` 0.6 -> 0.8 then ``c_high`` 1.2 -> 2.0, both steps 0.05, statistic
+        weighted by the response mask only (``value_weights="mask"``)."""
         base = dict(
             target=1.0, low_start=0.6, low_max=0.8, low_step=0.05, high_start=1.2, high_max=2.0,
-            high_step=0.05, contribution="value",
+            high_step=0.05, contribution="value", value_weights="mask",
         )
         base.update(overrides)
         return cls(**base)
@@ -435,6 +447,28 @@ def bapo_statistics(ratio: Tensor, advantages: Tensor, weights: Tensor, config: 
         return _histogram(weight.view(-1), bins, n_bins)
     a_w = (a * w.to(dtype)).expand(key).reshape(-1)
     return torch.cat([_histogram(weight.view(-1), bins, n_bins), _histogram(a_w, bins, n_bins)])
+
+
+def bapo_statistic_weights(config: BAPOConfig, loss_weights: Tensor, mask: Tensor, live: Tensor | None = None
+                           ) -> Tensor:
+    """The ``weights`` argument of :func:`bapo_statistics` for a trainer.
+
+    Args:
+        loss_weights: ``(B, T)`` weight the aggregated loss applies to each token's loss
+            (aggregation weight x importance weights x masks).
+        mask: ``(B, T)`` response (loss) mask.
+        live: where the ratio carries a gradient (see :func:`~adaclip_rl.losses.ratio.clamp_log_ratio`):
+            boolean ``(B, T)`` for token ratios, or the ``(B, 1)`` live share of each response for
+            sequence ratios; None when nothing is clamped.
+
+    ``contribution="grad"``: ``loss_weights * live``, so the statistic sees exactly the tokens that
+    carry gradient (a clamped log-ratio leaves none, whatever ``w |A| r``). ``"value"`` measures loss
+    values, which clamped tokens do have: ``loss_weights`` (``value_weights="loss"``) or ``mask``
+    (``"mask"``, the official verl recipe).
+    """
+    if config.contribution == "value":
+        return mask if config.value_weights == "mask" else loss_weights
+    return loss_weights if live is None else loss_weights * live
 
 
 def _share(p: Tensor, n: Tensor) -> Tensor:

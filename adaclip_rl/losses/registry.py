@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..checks import FieldValueError, check_dual_clip, check_interval, check_non_negative, check_positive
 from .archer import ArcherConfig, archer_loss
-from .bapo import BAPOConfig, ReduceFn, bapo_search, bapo_select, bapo_statistics
+from .bapo import BAPOConfig, ReduceFn, bapo_search, bapo_select, bapo_statistic_weights, bapo_statistics
 from .surrogate import ClipMasks, clip_fractions, clipped_surrogate_with_masks
 
 
@@ -80,6 +80,10 @@ def _never(config: Any) -> bool:
     return False
 
 
+def _loss_weights_as_is(config: Any, loss_weights: Tensor, mask: Tensor, live: Tensor | None = None) -> Tensor:
+    return loss_weights
+
+
 @dataclass(frozen=True)
 class PolicyLossSpec:
     """Everything a trainer needs to know about a registered policy loss.
@@ -103,7 +107,10 @@ class PolicyLossSpec:
         needs_entropy: the loss reads per-token entropies.
         needs_ref_logps: ``config -> bool``: reference log-probs are needed (a KL to the initial model).
         needs_old_entropies: ``config -> bool``: entropies of the policy that generated the batch.
-        needs_loss_weights: the loss reads the per-token weight the aggregated loss applies.
+        needs_loss_weights: the loss reads per-token weights (``weights``), which a trainer builds
+            with ``statistic_weights(config, loss_weights, mask, live)`` from the weight the
+            aggregated loss applies, the loss mask and where the ratio carries a gradient
+            (:func:`~adaclip_rl.losses.ratio.clamp_log_ratio`).
         statistics, select: a search whose statistics a trainer may sum over an optimizer update's
             micro-batches and ranks (``config.searches_per_update``) before selecting once; the
             selected result goes to ``fn`` as ``search_result``.
@@ -125,6 +132,7 @@ class PolicyLossSpec:
     needs_ref_logps: Callable[[Any], bool] = _never
     needs_old_entropies: Callable[[Any], bool] = _never
     needs_loss_weights: bool = False
+    statistic_weights: Callable[..., Tensor] = _loss_weights_as_is
     statistics: Callable[..., Tensor] | None = None
     select: Callable[..., Any] | None = None
 
@@ -229,7 +237,8 @@ def grpo_policy_loss(ratio, advantages, mask, *, config: GRPOClipConfig, **_: An
 
 @register_policy_loss(
     "bapo", BAPOConfig, owns_ratio_bounds=True, clamps_log_ratio=True, anchors_to_behaviour=True,
-    needs_loss_weights=True, statistics=bapo_statistics, select=bapo_select,
+    needs_loss_weights=True, statistic_weights=bapo_statistic_weights, statistics=bapo_statistics,
+    select=bapo_select,
     metrics=("bapo/clip_low", "bapo/clip_high", "bapo/pos_share_before", "bapo/pos_share_after",
              "bapo/pos_neg_ratio_before", "bapo/pos_neg_ratio_after", "bapo/target_reached", "bapo/iterations",
              "bapo/clipfrac_high", "bapo/clipfrac_low", "bapo/clipfrac_dual"),

@@ -38,6 +38,7 @@ import trl.experimental.async_grpo.async_grpo_trainer as agt
 from transformers import AttentionInterface
 from trl.trainer.utils import add_fused_lm_head, create_model_from_path, pad
 
+from ..losses.ratio import clamp_log_ratio
 from ..losses.registry import get_policy_loss_spec
 from ..rollout.async_versions import ServerCheckedRolloutWorker, VersionedRolloutWorker
 from ..rollout.async_weights import SharedFileWeightTransfer
@@ -47,8 +48,6 @@ from .async_config import AdaClipAsyncGRPOConfig
 logger = logging.getLogger(__name__)
 
 __all__ = ["AdaClipAsyncGRPOTrainer", "build_async_trainer", "conversational_prompts", "cpu_tree_attention", "set_plain_response_template"]
-
-_LOG_RATIO_CLAMP = 20.0  # verl: r = exp(clamp(logp - old, -20, 20)) (BAPO and Archer official code)
 
 
 def cpu_tree_attention(module, query, key, value, attention_mask, *, tree_kv_index, tree_cu_seqlens_q,
@@ -307,11 +306,13 @@ class AdaClipAsyncGRPOTrainer(AdaptiveGradClipMixin, agt.AsyncGRPOTrainer):
         """Flat loss terms ``(M,)`` -> ``(B, T)`` rows, one per sample (``fill`` after its end)."""
         return x.new_full(p.shape, fill).index_put((p.segment_id, p.position), x)
 
-    def _log_ratio(self, p: _Packed) -> torch.Tensor:
+    def _log_ratio(self, p: _Packed) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(log r, live)``: log r clamped to [-20, 20] for a loss that asks (verl), and where the
+        ratio then carries a gradient (None without the clamp): one mask for the clamp and the statistic."""
         log_ratio = p.log_probs - p.old_log_probs
         if self.loss_spec.clamps_log_ratio:
-            log_ratio = log_ratio.clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
-        return log_ratio
+            return clamp_log_ratio(log_ratio)
+        return log_ratio, None
 
     def _grad_accum(self, mode: str) -> float:
         return float(self.current_gradient_accumulation_steps) if mode == "train" else 1.0
@@ -320,7 +321,13 @@ class AdaClipAsyncGRPOTrainer(AdaptiveGradClipMixin, agt.AsyncGRPOTrainer):
         """Weight of each token's loss in the aggregated loss: 1 / tokens per rank / accumulation steps."""
         return mask / p.tokens_per_rank / self._grad_accum(mode)
 
-    def _update_search(self, model, p: _Packed, ratio: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
+    def _statistic_weights(self, p: _Packed, mask: torch.Tensor, live: torch.Tensor | None, mode: str) -> torch.Tensor:
+        """The loss's ``weights`` (its spec's ``statistic_weights``; BAPO: the loss weights of the
+        tokens whose ratio carries a gradient)."""
+        live_rows = None if live is None else self._rows(p, live)
+        return self.loss_spec.statistic_weights(self.loss_config, self._loss_weights(p, mask, mode), mask, live_rows)
+
+    def _update_search(self, model, p: _Packed, ratio: torch.Tensor, adv: torch.Tensor, weights: torch.Tensor,
                        mode: str):
         """The search result shared by every micro-batch of the optimizer update (statistics of all of
         them, summed, then all-reduced across ranks once), or None for a per-call search."""
@@ -329,13 +336,14 @@ class AdaClipAsyncGRPOTrainer(AdaptiveGradClipMixin, agt.AsyncGRPOTrainer):
             return None
         if self._window_pos > 0 and self._window_search is not None:
             return self._window_search
-        stats = spec.statistics(ratio.detach(), adv, self._loss_weights(p, mask, mode), self.loss_config)
+        stats = spec.statistics(ratio.detach(), adv, weights, self.loss_config)
         with torch.no_grad():
             for mb in self._window[1:]:
                 q = self._forward_packed(model, self._prepare_inputs(mb), with_entropy=False)
                 m = self._rows(q, torch.ones_like(q.log_probs))
-                stats = stats + spec.statistics(torch.exp(self._rows(q, self._log_ratio(q))), self._rows(q, q.advantages),
-                                                self._loss_weights(q, m, mode), self.loss_config)
+                q_log_ratio, q_live = self._log_ratio(q)
+                stats = stats + spec.statistics(torch.exp(self._rows(q, q_log_ratio)), self._rows(q, q.advantages),
+                                                self._statistic_weights(q, m, q_live, mode), self.loss_config)
         self._window_search = spec.select(self._reduce_sum(stats), self.loss_config)
         return self._window_search
 
@@ -347,7 +355,7 @@ class AdaClipAsyncGRPOTrainer(AdaptiveGradClipMixin, agt.AsyncGRPOTrainer):
         spec, cfg = self.loss_spec, self.loss_config
 
         # ---- the policy term: adaclip_rl.losses, on (B, T) rows of this rank's samples ----
-        log_ratio = self._log_ratio(p)
+        log_ratio, live = self._log_ratio(p)
         ratio = torch.exp(self._rows(p, log_ratio))  # 1 after each sample's end
         adv = self._rows(p, p.advantages)
         mask = self._rows(p, torch.ones_like(p.log_probs))
@@ -357,11 +365,11 @@ class AdaClipAsyncGRPOTrainer(AdaptiveGradClipMixin, agt.AsyncGRPOTrainer):
                 ref_out = self.ref_model(**p.model_inputs, fused_lm_head=True)
             ref_logp = self._rows(p, ref_out.log_probs.flatten()[inputs["token_index"][inputs["token_index"] >= 0]])
         entropy = self._rows(p, p.entropy.detach()) if (spec.needs_entropy and p.entropy is not None) else None
-        search = self._update_search(model, p, ratio, adv, mask, mode)
+        weights = self._statistic_weights(p, mask, live, mode) if spec.needs_loss_weights else None
+        search = self._update_search(model, p, ratio, adv, weights, mode)
         out = spec.fn(
             ratio, adv, mask, config=cfg, logp=self._rows(p, p.log_probs), ref_logp=ref_logp, entropy=entropy,
-            reduce_fn=self._reduce_sum, weights=self._loss_weights(p, mask, mode) if spec.needs_loss_weights else None,
-            search_result=search,
+            reduce_fn=self._reduce_sum, weights=weights, search_result=search,
         )
         if mode == "train":
             self._window_pos += 1

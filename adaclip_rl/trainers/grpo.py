@@ -27,12 +27,11 @@ from typing import Any, NamedTuple
 import torch
 from trl import GRPOTrainer
 
-from ..losses import aggregate_loss, aggregation_weights, kl_estimate
+from ..losses import aggregate_loss, aggregation_weights, clamp_log_ratio, kl_estimate, sequence_live_fraction
 from .adaptive_state import AdaptiveGradClipMixin
 from .config import CLIP_LOSS_TYPES, AdaClipGRPOConfig
 
 logger = logging.getLogger(__name__)
-_LOG_RATIO_CLAMP = 20.0  # verl's clamp of logp - old_logp before exp (BAPO and Archer official code)
 
 
 class _LossInputs(NamedTuple):
@@ -47,6 +46,7 @@ class _LossInputs(NamedTuple):
     off_policy_mask: torch.Tensor | None
     ratio: torch.Tensor
     ref_logps: torch.Tensor | None
+    live: torch.Tensor | None = None  # where the ratio carries a gradient (None: no clamp); (B, 1) share per sequence
 
 _MM_KEYS = (
     "pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes", "num_tiles",
@@ -147,12 +147,15 @@ class AdaClipGRPOTrainer(AdaptiveGradClipMixin, GRPOTrainer):
                 mask=mask, off_policy_threshold=self.off_policy_mask_threshold,
             )
         log_ratio = per_token_logps - old_per_token_logps
-        if self.loss_spec.clamps_log_ratio:  # verl: r = exp(clamp(logp - old, -20, 20))
-            log_ratio = log_ratio.clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
+        live = None
+        if self.loss_spec.clamps_log_ratio:  # verl: r = exp(clamp(logp - old, -20, 20)); one mask for clamp and statistic
+            log_ratio, live = clamp_log_ratio(log_ratio)
         if self.importance_sampling_level == "token":
             log_weights = log_ratio
         elif self.importance_sampling_level == "sequence":
             log_weights = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)
+            if live is not None:
+                live = sequence_live_fraction(live, mask)
         else:
             raise ValueError(f"importance_sampling_level must be 'token' or 'sequence'; got "
                              f"{self.importance_sampling_level!r}")
@@ -160,12 +163,12 @@ class AdaClipGRPOTrainer(AdaptiveGradClipMixin, GRPOTrainer):
         if ref_logps is not None:
             ref_logps = torch.where(valid, ref_logps, per_token_logps.detach())
         return _LossInputs(mask, per_token_logps, entropies, aux_loss, entropy_mask, advantages, off_policy_mask,
-                           torch.exp(log_weights), ref_logps)
+                           torch.exp(log_weights), ref_logps, live)
 
     def _loss_weights(self, li: _LossInputs, inputs, mode: str) -> torch.Tensor:
         """Per-token weight the aggregated loss applies to each token's policy loss: the
         ``loss_type``'s aggregation weight (incl. gradient-accumulation scaling) x off-policy mask
-        x entropy mask x vLLM importance-sampling ratio. BAPO's statistic uses it."""
+        x entropy mask x vLLM importance-sampling ratio. BAPO's statistic uses it (:meth:`_statistic_weights`)."""
         if self.loss_type == "dapo":
             w = aggregation_weights(li.mask, "dapo", num_tokens=self._dapo_num_tokens(inputs, mode))
         else:
@@ -173,6 +176,11 @@ class AdaClipGRPOTrainer(AdaptiveGradClipMixin, GRPOTrainer):
             w = aggregation_weights(li.mask, self.loss_type,
                                     max_completion_length=self.max_completion_length) / accumulation_steps
         return self._apply_token_factors(w, li, inputs)
+
+    def _statistic_weights(self, li: _LossInputs, inputs, mode: str) -> torch.Tensor:
+        """The loss's ``weights`` (its spec's ``statistic_weights``): for BAPO's gradient share the loss
+        weights on the tokens whose ratio carries a gradient (``li.live``)."""
+        return self.loss_spec.statistic_weights(self.loss_config, self._loss_weights(li, inputs, mode), li.mask, li.live)
 
     def _apply_token_factors(self, x: torch.Tensor, li: _LossInputs, inputs) -> torch.Tensor:
         """``x`` times the per-token factors TRL applies after the policy term: off-policy mask,
@@ -219,7 +227,7 @@ class AdaClipGRPOTrainer(AdaptiveGradClipMixin, GRPOTrainer):
                 other = self._loss_inputs(model, micro_batch, mode, compute_entropy=self.top_entropy_quantile < 1.0,
                                           aux=False)
                 stats = stats + statistics(other.ratio, other.advantages,
-                                           self._loss_weights(other, micro_batch, mode), self.loss_config)
+                                           self._statistic_weights(other, micro_batch, mode), self.loss_config)
         result = select(self._reduce_sum(stats), self.loss_config)
         self._bapo_window = (window, result)
         return result
@@ -241,7 +249,7 @@ class AdaClipGRPOTrainer(AdaptiveGradClipMixin, GRPOTrainer):
         # ---- the policy term: adaclip_rl.losses ----
         extra: dict[str, Any] = {}
         if self.loss_spec.needs_loss_weights:
-            extra["weights"] = self._loss_weights(li, inputs, mode)
+            extra["weights"] = self._statistic_weights(li, inputs, mode)
             extra["search_result"] = self._update_search_result(model, inputs, li, extra["weights"], mode)
         class_entropy = inputs.get("old_per_token_entropies", entropies)
         loss_out = self.policy_loss_fn(

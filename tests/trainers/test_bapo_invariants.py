@@ -5,9 +5,11 @@ Invariant (independent of how the statistic is computed): back-propagate
 the gradient's magnitude must equal the logged ``bapo/pos_share_after``, and every candidate
 earlier on the search path - applied to the same real loss - must fall short of the target. This
 for every clip ``loss_type``, token and sequence importance sampling, with and without the vLLM
-importance-sampling correction, the off-policy sequence mask and the entropy mask. The model
-forward is replaced by fixed log-probs (a leaf tensor), so everything from the log-probs to the
-scalar loss is the trainer's own code.
+importance-sampling correction, the off-policy sequence mask and the entropy mask, with and without
+the dual clip, on batches that hold tokens whose log-ratio hits the [-20, 20] clamp (one of them a
+``-inf`` old log-prob): those carry no gradient and must not count. The model forward is replaced
+by fixed log-probs (a leaf tensor), so everything from the log-probs to the scalar loss is the
+trainer's own code.
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ def trainer(tiny_model_dir, arithmetic_dataset, tmp_path_factory):
     return tr
 
 
-def _case(seed: int, seq: bool):
+def _case(seed: int, seq: bool, clamped: bool = False):
+    """A batch; ``clamped``: three loss tokens with a log-ratio outside [-20, 20] (+25 and a ``-inf``
+    old log-prob on wrong answers, -25 on a right one)."""
     gen = torch.Generator().manual_seed(seed)
     logp = -2 * torch.rand(B, T, generator=gen, dtype=torch.float64)
     lengths = torch.tensor([2, 3, 2, 9, 10, 8, 10, 7])  # 3 short right answers, 5 long wrong ones
@@ -46,11 +50,14 @@ def _case(seed: int, seq: bool):
     adv = torch.tensor([1.2, 0.9, 1.5, -0.6, -0.8, -0.5, -0.7, -0.9])
     old = logp + 0.5 * torch.randn(B, T, generator=gen, dtype=torch.float64)
     old[:, -1] = torch.where(mask[:, -1].bool(), old[:, -1], torch.tensor(-1e4, dtype=torch.float64))  # padding
+    sampling = old + 0.3 * torch.randn(B, T, generator=gen, dtype=torch.float64)
+    if clamped:
+        old[3, 1], old[4, 2], old[0, 0] = logp[3, 1] - 25.0, -torch.inf, logp[0, 0] + 25.0
     inputs = {
         "prompt_ids": torch.randint(3, 50, (B, P), generator=gen), "prompt_mask": torch.ones(B, P, dtype=torch.long),
         "completion_ids": torch.randint(3, 50, (B, T), generator=gen), "completion_mask": mask,
         "advantages": adv, "old_per_token_logps": old,
-        "sampling_per_token_logps": old + 0.3 * torch.randn(B, T, generator=gen, dtype=torch.float64),
+        "sampling_per_token_logps": sampling,
         "importance_sampling_ratio": (0.2 + 1.8 * torch.rand(B, 1 if seq else T, generator=gen, dtype=torch.float64)),
         "num_items_in_batch": mask.sum().double(),
     }
@@ -104,26 +111,28 @@ def _value_stats(contrib, adv):
 
 def _fixed(cfg: BAPOConfig, low: float, high: float) -> BAPOConfig:
     return BAPOConfig(target=cfg.target, low_start=low, low_max=low, low_step=0.0, high_start=high, high_max=high,
-                      high_step=0.0, contribution=cfg.contribution, dual_clip=cfg.dual_clip)
+                      high_step=0.0, contribution=cfg.contribution, dual_clip=cfg.dual_clip,
+                      value_weights=cfg.value_weights)
 
 
 def _last(trainer, key):
     return trainer._metrics["train"][key][-1]
 
 
+@pytest.mark.parametrize("dual_clip", [3.0, None], ids=["dual_clip", "no_dual_clip"])
 @pytest.mark.parametrize("seq", [False, True], ids=["token_is", "sequence_is"])
 @pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo", "luspo"])
-def test_logged_share_is_the_share_of_the_real_gradient(trainer, loss_type, seq):
-    cfg = BAPOConfig()  # the paper: gradient share, target 0.4, c_high first
+def test_logged_share_is_the_share_of_the_real_gradient(trainer, loss_type, seq, dual_clip):
+    cfg = BAPOConfig(dual_clip=dual_clip)  # the paper: gradient share, target 0.4, c_high first
     moved = 0
     for k, (vllm_is, opm, ent) in enumerate(itertools.product([False, True], repeat=3)):
         _set(trainer, loss_type, seq, vllm_is, opm, ent)
-        logp, entropies, inputs = _case(100 + k, seq)
+        logp, entropies, inputs = _case(100 + k, seq, clamped=k % 2 == 1 or dual_clip is None)
         adv = inputs["advantages"]
         grad, _, loss = _run(trainer, logp, entropies, inputs, cfg)
         assert torch.isfinite(loss) and torch.isfinite(grad).all()
         share = _grad_share(grad, adv)
-        what = f"{loss_type} seq={seq} vllm_is={vllm_is} off_policy_mask={opm} entropy_mask={ent}"
+        what = f"{loss_type} seq={seq} vllm_is={vllm_is} off_policy_mask={opm} entropy_mask={ent} dual={dual_clip}"
         assert share == pytest.approx(_last(trainer, "bapo/pos_share_after"), abs=1e-6), what
         index = int(_last(trainer, "bapo/iterations"))
         reached = bool(_last(trainer, "bapo/target_reached"))
@@ -139,8 +148,9 @@ def test_logged_share_is_the_share_of_the_real_gradient(trainer, loss_type, seq)
 @pytest.mark.parametrize("loss_type", ["grpo", "dapo", "luspo"])
 def test_value_mode_statistic_is_the_share_of_the_real_loss(trainer, loss_type, seq):
     # the official verl statistic: effective-advantage values, weighted as the real loss weighs them
-    # (dual clip off: verl's statistic ignores it while the loss applies it)
-    cfg = BAPOConfig.official(target=0.9, dual_clip=None)
+    # (dual clip off: verl's statistic ignores it while the loss applies it; value_weights="loss", not
+    # the official response-mask weighting)
+    cfg = BAPOConfig.official(target=0.9, dual_clip=None, value_weights="loss")
     for k, (vllm_is, opm, ent) in enumerate(itertools.product([False, True], repeat=3)):
         _set(trainer, loss_type, seq, vllm_is, opm, ent)
         logp, entropies, inputs = _case(200 + k, seq)
