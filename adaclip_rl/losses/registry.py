@@ -104,6 +104,8 @@ class PolicyLossSpec:
         clamps_log_ratio: clamp ``log r`` to [-20, 20] before ``exp`` (verl; BAPO and Archer code).
         anchors_to_behaviour: the paper clips the ratio to the policy that sampled the tokens
             (``ratio_anchor="auto"`` resolves to ``"behaviour"``).
+        token_ratios_only: the loss is defined on per-token ratios only (Archer's per-token class
+            bounds), not on one ratio per sequence (GSPO, ``importance_sampling_level="sequence"``).
         needs_entropy: the loss reads per-token entropies.
         needs_ref_logps: ``config -> bool``: reference log-probs are needed (a KL to the initial model).
         needs_old_entropies: ``config -> bool``: entropies of the policy that generated the batch.
@@ -128,6 +130,7 @@ class PolicyLossSpec:
     owns_ratio_bounds: bool = False
     clamps_log_ratio: bool = False
     anchors_to_behaviour: bool = False
+    token_ratios_only: bool = False
     needs_entropy: bool = False
     needs_ref_logps: Callable[[Any], bool] = _never
     needs_old_entropies: Callable[[Any], bool] = _never
@@ -272,7 +275,7 @@ def bapo_policy_loss(
 
 @register_policy_loss(
     "archer", ArcherConfig, owns_ratio_bounds=True, clamps_log_ratio=True, anchors_to_behaviour=True,
-    needs_entropy=True, needs_ref_logps=lambda config: config.uses_kl,
+    token_ratios_only=True, needs_entropy=True, needs_ref_logps=lambda config: config.uses_kl,
     needs_old_entropies=lambda config: config.entropy_source == "old",
     metrics=("archer/high_frac", "archer/clipfrac_high", "archer/clipfrac_low", "archer/clipfrac_pos",
              "archer/clipfrac_neg", "archer/kl_low", "archer/kl_high", "archer/entropy_threshold"),
