@@ -250,8 +250,12 @@ class BAPOResult:
     reached: Tensor
 
     def bounds(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """``(clip_low, clip_high)`` as 0-d tensors of the ratio's ``dtype`` (what the surrogate clips with)."""
-        return self.clip_low.to(dtype), self.clip_high.to(dtype)
+        """``(clip_low, clip_high)`` for a ratio of ``dtype``: 0-d tensors in at least float32 (the
+        surrogate compares in it), ``clip_low`` rounded up and ``clip_high`` down, so that a ratio is
+        clipped exactly when the statistic, which compares with the exact grid, says so
+        (``r < c_low`` iff ``r < clip_low``). Cast to bf16 instead, 0.9 would become 0.8984."""
+        work = torch.promote_types(dtype, torch.float32)
+        return _round_to(self.clip_low, work, up=True), _round_to(self.clip_high, work, up=False)
 
 
 _cache: dict[tuple, tuple[Tensor, ...]] = {}
