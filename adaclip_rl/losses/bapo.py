@@ -297,12 +297,22 @@ def _lanes(shape: tuple[int, ...], n_bins: int, device: torch.device) -> Tensor:
 
 def _histogram(values: Tensor, index: Tensor, n_bins: int) -> Tensor:
     """Sum of ``values`` per bin; ``index`` already spread over the lanes (see :func:`_lanes`).
-    Repeated additions to one address form a dependency chain (about 4x slower on CPU than
-    scattered ones); eight copies of the histogram break it. ``index_add_`` takes the int32 index
-    (``scatter_add_`` would need int64) and is deterministic on CUDA under
-    ``torch.use_deterministic_algorithms(True)``."""
-    hist = torch.zeros(n_bins * _LANES, dtype=values.dtype, device=values.device).index_add_(0, index, values)
-    return hist.view(_LANES, n_bins).sum(0)
+
+    Deterministic on every device and independent of the tokens' order: the values are summed as
+    **integers** (fixed point). With ``S = sum |v|`` and ``2^(e-1) <= S < 2^e``, each value becomes
+    ``q = ceil(|v| 2^(61-e))`` with ``v``'s sign (so the integers sum to less than ``2^62``, a
+    non-zero value never becomes 0, and a bin of one sign stays non-zero iff a token in it has
+    weight); integer addition is associative, so ``index_add_`` (atomic on CUDA) gives the same
+    bits in any order, unlike a floating one. The sums are exact to ``(tokens) 2^-61 S`` - far
+    tighter than a float32 accumulation. Repeated additions to one address form a dependency chain
+    (about 4x slower on CPU than scattered ones); eight copies of the histogram break it."""
+    total = values.abs().sum(dtype=torch.float64)
+    _, exponent = torch.frexp(total)  # total < 2^exponent (0 for a zero total)
+    scale = torch.ldexp(total.new_ones(()), (61 - exponent).clamp(min=-126, max=126))
+    scaled = values * scale.to(values.dtype)  # a power of two: exact
+    q = torch.where(values >= 0, scaled.ceil(), scaled.floor()).long()  # away from zero
+    hist = torch.zeros(n_bins * _LANES, dtype=torch.int64, device=values.device).index_add_(0, index, q)
+    return (hist.view(_LANES, n_bins).sum(0).double() / scale).to(values.dtype)
 
 
 def _prefix_sum(x: Tensor) -> Tensor:
@@ -330,10 +340,15 @@ _BIAS = 0.01  # the affine bin guess errs by far less than this (validated grid 
 
 def _dual_edge(config: BAPOConfig, dtype: torch.dtype, device: torch.device) -> Tensor:
     """``(1,)``: the largest ``dtype`` value below ``-dual_clip``: a negative token is counted iff
-    ``r <= dual_clip``, i.e. iff ``x = -r`` is above this edge (exact for float32 ``x``)."""
-    dual = torch.tensor([-config.dual_clip], dtype=torch.float64, device=device)
-    edge = _round_to(dual, dtype, up=False)
-    return torch.where(edge.double() == dual, torch.nextafter(edge, edge.new_tensor([-math.inf])), edge)
+    ``r <= dual_clip``, i.e. iff ``x = -r`` is above this edge (exact for float32 ``x``). Cached per
+    config, dtype and device (built from Python values once: a host-to-device copy)."""
+    key = (config, str(device), dtype, "dual_edge")
+    if key not in _cache:
+        dual = torch.tensor([-config.dual_clip], dtype=torch.float64, device=device)
+        edge = _round_to(dual, dtype, up=False)
+        below = torch.nextafter(edge, torch.full_like(edge, -math.inf))
+        _cache[key] = (torch.where(edge.double() == dual, below, edge),)
+    return _cache[key][0]
 
 
 def _bin_table(config: BAPOConfig, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -341,7 +356,7 @@ def _bin_table(config: BAPOConfig, dtype: torch.dtype, device: torch.device) -> 
     key = (config, str(device), dtype, "edges")
     if key not in _cache:
         low_grid, high_grid, _, _ = _tables(config, device)
-        inf = low_grid.new_tensor([math.inf])
+        inf = torch.full((1,), math.inf, dtype=low_grid.dtype, device=device)
         edges = _round_to(torch.cat([-inf, -low_grid.flip(0), -inf, high_grid]), dtype, up=False)
         if config.dual_bin:
             edges = torch.cat([edges[:1], _dual_edge(config, dtype, device), edges[1:]])

@@ -104,8 +104,7 @@ def _surrogate(ratio: Tensor, advantages: Tensor, clip_low: Tensor | float, clip
     else:
         # tensor bounds keep their dtype when it is wider than the ratio's (BAPO's float32 bounds for a
         # bf16 ratio): the comparisons then happen in it, and the bounds are not rounded to bf16
-        low = torch.as_tensor(clip_low, dtype=_bound_dtype(ratio, clip_low), device=ratio.device)
-        high = torch.as_tensor(clip_high, dtype=_bound_dtype(ratio, clip_high), device=ratio.device)
+        low, high = _as_bound(clip_low, ratio), _as_bound(clip_high, ratio)
         ratio = ratio.to(torch.promote_types(low.dtype, high.dtype))
         if ratio_cap is None and not advantages.requires_grad:
             loss, clipped_mask = gated_surrogate(ratio, advantages, low, high, dual_clip)
@@ -126,8 +125,12 @@ def _surrogate(ratio: Tensor, advantages: Tensor, clip_low: Tensor | float, clip
                            _dual_mask(ratio.detach(), advantages, dual_clip))
 
 
-def _bound_dtype(ratio: Tensor, bound: Tensor | float) -> torch.dtype:
-    return torch.promote_types(ratio.dtype, bound.dtype) if isinstance(bound, Tensor) else ratio.dtype
+def _as_bound(bound: Tensor | float, ratio: Tensor) -> Tensor:
+    """A bound as a tensor on the ratio's device: a tensor keeps a dtype wider than the ratio's; a
+    Python float is filled in on the device (no host-to-device copy, unlike ``torch.as_tensor``)."""
+    if isinstance(bound, Tensor):
+        return bound.to(device=ratio.device, dtype=torch.promote_types(ratio.dtype, bound.dtype))
+    return torch.full((), bound, dtype=ratio.dtype, device=ratio.device)
 
 
 def _dual_mask(ratio: Tensor, advantages: Tensor, dual_clip: float | None) -> Tensor | None:
@@ -316,11 +319,20 @@ def aggregate_loss(
             raise ValueError(f"max_completion_length must be > 0 for dr_grpo; got {max_completion_length!r}")
         return masked.sum() / (per_token_loss.size(0) * max_completion_length)
     if mode == "dapo":
-        denom = m.sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=m.dtype, device=m.device)
-        return masked.sum() / denom.clamp(min=1.0)
+        return masked.sum() / _token_count(m, num_tokens)
     if mode == "luspo":
         return masked.sum(-1).mean()
     raise ValueError(f"mode must be one of {AGGREGATION_MODES}; got {mode!r}")
+
+
+def _token_count(m: Tensor, num_tokens: Tensor | float | None) -> Tensor | float:
+    """dapo's normaliser, at least 1: the local masked token count, or ``num_tokens`` (a tensor stays
+    on its device; a Python number stays a Python number: no host-to-device copy)."""
+    if num_tokens is None:
+        return m.sum().clamp(min=1.0)
+    if isinstance(num_tokens, Tensor):
+        return num_tokens.to(device=m.device, dtype=m.dtype).clamp(min=1.0)
+    return max(num_tokens, 1.0)
 
 
 def aggregation_weights(
@@ -353,8 +365,7 @@ def aggregation_weights(
             raise ValueError(f"max_completion_length must be > 0 for dr_grpo; got {max_completion_length!r}")
         return m / (b * max_completion_length)
     if mode == "dapo":
-        denom = m.sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=m.dtype, device=m.device)
-        return m / denom.clamp(min=1.0)
+        return m / _token_count(m, num_tokens)
     if mode == "luspo":
         return m / b
     raise ValueError(f"mode must be one of {AGGREGATION_MODES}; got {mode!r}")
