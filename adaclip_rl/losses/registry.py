@@ -109,6 +109,9 @@ class PolicyLossSpec:
         needs_entropy: the loss reads per-token entropies.
         needs_ref_logps: ``config -> bool``: reference log-probs are needed (a KL to the initial model).
         needs_old_entropies: ``config -> bool``: entropies of the policy that generated the batch.
+        extra_loss_per_response: ``config -> bool``: ``extra_loss`` is a mean over the
+            micro-batch's responses (Archer's KL with ``kl_aggregation="response"``), so a trainer
+            whose micro-batches differ in size weighs it by the update's global response count.
         needs_loss_weights: the loss reads per-token weights (``weights``), which a trainer builds
             with ``statistic_weights(config, loss_weights, mask, live)`` from the weight the
             aggregated loss applies, the loss mask and where the ratio carries a gradient
@@ -134,6 +137,7 @@ class PolicyLossSpec:
     needs_entropy: bool = False
     needs_ref_logps: Callable[[Any], bool] = _never
     needs_old_entropies: Callable[[Any], bool] = _never
+    extra_loss_per_response: Callable[[Any], bool] = _never
     needs_loss_weights: bool = False
     statistic_weights: Callable[..., Tensor] = _loss_weights_as_is
     statistics: Callable[..., Tensor] | None = None
@@ -277,6 +281,7 @@ def bapo_policy_loss(
     "archer", ArcherConfig, owns_ratio_bounds=True, clamps_log_ratio=True, anchors_to_behaviour=True,
     token_ratios_only=True, needs_entropy=True, needs_ref_logps=lambda config: config.uses_kl,
     needs_old_entropies=lambda config: config.entropy_source == "old",
+    extra_loss_per_response=lambda config: config.kl_aggregation == "response",
     metrics=("archer/high_frac", "archer/clipfrac_high", "archer/clipfrac_low", "archer/clipfrac_pos",
              "archer/clipfrac_neg", "archer/kl_low", "archer/kl_high", "archer/entropy_threshold"),
 )

@@ -241,6 +241,7 @@ class AdaClipAsyncGRPOTrainer(AdaptiveGradClipMixin, agt.AsyncGRPOTrainer):
         self._window: list[dict[str, Any]] = []
         self._window_pos = 0
         self._window_search = None
+        self._window_samples: torch.Tensor | None = None  # global responses of the update (Archer's KL weight)
 
     def _tied_aliases(self) -> dict[str, str]:
         """``{alias: streamed name}`` for parameters shared under two names (a tied LM head), which
@@ -266,6 +267,7 @@ class AdaClipAsyncGRPOTrainer(AdaptiveGradClipMixin, agt.AsyncGRPOTrainer):
         """The micro-batches of one optimizer update, kept for BAPO's once-per-update search."""
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
         self._window, self._window_pos, self._window_search = list(batches), 0, None
+        self._window_samples = None
         return batches, num_items
 
     # ------------------------------------------------------------------ loss
@@ -283,21 +285,29 @@ class AdaClipAsyncGRPOTrainer(AdaptiveGradClipMixin, agt.AsyncGRPOTrainer):
         }
         for key in ("tree_kv_index", "tree_cu_seqlens_q", "tree_cu_seqlens_k"):
             model_inputs[key] = inputs[key][inputs[key] >= 0]
-        model_inputs["tree_max_seqlen_q"], model_inputs["tree_max_seqlen_k"] = inputs["tree_max_seqlens"][0].tolist()
         token_index = inputs["token_index"][selected]
+        segment_id = inputs["segment_id"][selected]
+        # terms per sample, in a buffer of the host-known upper bound (one per term): no bincount,
+        # which reads the maximum on the host to size its output
+        n_terms = segment_id.numel()
+        counts = torch.zeros(max(n_terms, 1), dtype=torch.long, device=segment_id.device).index_add_(
+            0, segment_id, torch.ones_like(segment_id))
+        starts = counts.cumsum(0) - counts  # TreeRow.pack lists each sample's terms contiguously
+        position = torch.arange(n_terms, device=segment_id.device) - starts[segment_id]
+        # the one host read of the forward (TRL's: the attention kernel takes the longest tree
+        # segments as ints) also brings the row shape: (samples, longest sample)
+        n_seq = segment_id.max() + 1 if n_terms else counts.new_ones(())
+        host = torch.cat([inputs["tree_max_seqlens"][0].reshape(-1).long(), n_seq.reshape(1), counts.max().reshape(1)])
+        max_q, max_k, n_seq, longest = host.tolist()
+        model_inputs["tree_max_seqlen_q"], model_inputs["tree_max_seqlen_k"] = max_q, max_k
         router_kwargs = {"output_router_logits": True} if self.aux_loss_enabled else {}
         outputs = model(**model_inputs, fused_lm_head=True, **router_kwargs)
         log_probs = outputs.log_probs.flatten()[token_index]
         entropy = outputs.entropy.flatten()[token_index] if with_entropy and outputs.entropy is not None else None
-        segment_id = inputs["segment_id"][selected]
-        n_seq = int(segment_id.max()) + 1 if segment_id.numel() else 1
-        counts = torch.bincount(segment_id, minlength=n_seq)
-        starts = counts.cumsum(0) - counts  # TreeRow.pack lists each sample's terms contiguously
-        position = torch.arange(segment_id.numel(), device=segment_id.device) - starts[segment_id]
         tokens_per_rank = (inputs["global_n_tokens"][0] / self.accelerator.num_processes).clamp(min=1.0)
         versions = inputs["token_versions"][selected] if "token_versions" in inputs else None
         return _Packed(log_probs, entropy, inputs["old_log_probs"][selected], inputs["advantages"][selected],
-                       segment_id, position, (n_seq, int(counts.max()) if counts.numel() else 0), model_inputs,
+                       segment_id, position, (n_seq, longest if n_terms else 0), model_inputs,
                        outputs.aux_loss if self.aux_loss_enabled else None, tokens_per_rank.to(torch.float32),
                        versions)
 
@@ -326,6 +336,32 @@ class AdaClipAsyncGRPOTrainer(AdaptiveGradClipMixin, agt.AsyncGRPOTrainer):
         tokens whose ratio carries a gradient)."""
         live_rows = None if live is None else self._rows(p, live)
         return self.loss_spec.statistic_weights(self.loss_config, self._loss_weights(p, mask, mode), mask, live_rows)
+
+    @staticmethod
+    def _global_samples(batch: dict[str, Any]) -> torch.Tensor:
+        """Samples of a packed micro-batch over all ranks (TRL's collator: ``mean_seq_len`` is the
+        forward tokens per sample), as a 0-d tensor (no host read)."""
+        return (batch["global_n_forward_tokens"][0] / batch["mean_seq_len"][0]).round()
+
+    def _extra_loss_weight(self, inputs, p: _Packed, mode: str) -> torch.Tensor | float:
+        """Weight of the loss's ``extra_loss`` (Archer's KL) in this micro-batch's loss.
+
+        A mean over the micro-batch's responses (``spec.extra_loss_per_response``) is turned into a
+        sum and divided by the optimizer update's global response count (every micro-batch of the
+        update, every rank; times the ranks, which DDP averages over): each response weighs
+        ``1 / N`` however the micro-batches were packed (a mean per micro-batch divided by the
+        accumulation steps would weigh a response of a 2-sample micro-batch 4x one of an 8-sample
+        one). Other extra losses are per micro-batch: divided by the accumulation steps."""
+        if not self.loss_spec.extra_loss_per_response(self.loss_config):
+            return 1.0 / self._grad_accum(mode)
+        if mode == "train" and self._window:
+            if self._window_samples is None:
+                self._window_samples = torch.stack([self._global_samples(mb).to(p.log_probs.device)
+                                                    for mb in self._window]).sum()
+            samples = self._window_samples
+        else:  # a micro-batch outside an update (eval, or a direct call): it is the update
+            samples = self._global_samples(inputs) * self._grad_accum(mode)
+        return p.shape[0] * self.accelerator.num_processes / samples.clamp(min=1.0)
 
     def _update_search(self, model, p: _Packed, ratio: torch.Tensor, adv: torch.Tensor, weights: torch.Tensor,
                        mode: str):
@@ -378,8 +414,8 @@ class AdaClipAsyncGRPOTrainer(AdaptiveGradClipMixin, agt.AsyncGRPOTrainer):
         # ---- TRL's aggregation: token sum / tokens per rank / accumulation steps ----
         ga = self._grad_accum(mode)
         loss = per_token_loss.sum() / p.tokens_per_rank / ga
-        if out.extra_loss is not None:  # Archer's KL: a mean over the micro-batch's responses
-            loss = loss + out.extra_loss / ga
+        if out.extra_loss is not None:
+            loss = loss + out.extra_loss * self._extra_loss_weight(inputs, p, mode)
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * p.aux_loss / ga
         self._log_metrics(mode, p, log_ratio, out.metrics)
