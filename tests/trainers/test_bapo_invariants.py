@@ -166,6 +166,26 @@ def test_value_mode_statistic_is_the_share_of_the_real_loss(trainer, loss_type, 
             assert p_k / n_k < cfg.target, (what, cfg.low_grid[i], cfg.high_grid[j])
 
 
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
+def test_official_value_weights_are_the_response_mask_only(trainer, loss_type):
+    # BAPOConfig.official() (value_weights="mask") reproduces verl's recipe/bapo/policy_loss.py: the
+    # effective advantages A min(r, c_high) / A max(r, c_low) summed over the response mask, whatever
+    # the loss type's aggregation weights and the importance-sampling / entropy weights
+    cfg = BAPOConfig.official(target=0.9, dual_clip=None)
+    assert cfg.value_weights == "mask"
+    _set(trainer, loss_type, False, True, False, True)
+    logp, entropies, inputs = _case(300, False)
+    _run(trainer, logp, entropies, inputs, cfg)
+    mask = inputs["completion_mask"].bool()
+    r = torch.exp((logp - inputs["old_per_token_logps"]).clamp(-20, 20))
+    a = inputs["advantages"].double().unsqueeze(1).expand_as(r)
+    c_low, c_high = _last(trainer, "bapo/clip_low"), _last(trainer, "bapo/clip_high")
+    p = (a * torch.minimum(r, torch.tensor(c_high)))[mask & (a > 0)].sum().item()
+    n = (-a * torch.maximum(r, torch.tensor(c_low)))[mask & (a < 0)].sum().item()
+    assert 0.05 < p / n < 20  # a balanced batch, not one token dominating
+    assert _last(trainer, "bapo/pos_neg_ratio_after") == pytest.approx(p / n, rel=1e-6)
+
+
 def test_grpo_weighting_changes_the_bounds_a_token_count_would_pick(trainer):
     # The example: 3 short right answers and 5 long wrong ones. Counting tokens, the
     # negative side dominates and the search widens; under loss_type="grpo" every response weighs
