@@ -199,36 +199,67 @@ class AdaClipGRPOTrainer(AdaptiveGradClipMixin, GRPOTrainer):
             num_tokens = num_tokens * self.current_gradient_accumulation_steps / self.args.steps_per_generation
         return num_tokens
 
-    def _update_search_result(self, model, inputs, li: _LossInputs, weights: torch.Tensor, mode: str):
-        """One search per optimizer update (the loss spec's ``statistics``/``select``; BAPO with
-        ``bapo_scope="update"``, the paper's Algorithm 1).
-
-        At the first micro-batch of an accumulation window, the statistics of this micro-batch and
-        of the window's other micro-batches (TRL's buffered slices, forwarded once without grad:
-        the parameters do not change inside the window) are summed and all-reduced across ranks in
-        one collective; every micro-batch of the window then uses those bounds. Returns None when
-        the per-call search is already the per-update one (one micro-batch per update, or eval)."""
+    def _search_window(self, mode: str) -> tuple[int, int, tuple[int, int]] | None:
+        """``(position, accumulation steps, window)`` of this micro-batch in its optimizer update when
+        the loss searches once per update over several micro-batches (BAPO, ``bapo_scope="update"``),
+        else None (one micro-batch per update, or eval: the per-call search is the per-update one)."""
         accumulation_steps = self.current_gradient_accumulation_steps
         if mode != "train" or not self.loss_spec.searches_per_update(self.loss_config) or accumulation_steps <= 1:
             return None
         pos = self._step % accumulation_steps
-        window = (self.state.global_step, self._step - pos)
+        return pos, accumulation_steps, (self.state.global_step, self._step - pos)
+
+    def _window_statistics(self, model, mode: str) -> torch.Tensor | None:
+        """At the first micro-batch of an accumulation window: the summed statistics of the window's
+        *other* micro-batches (TRL's buffered slices; the parameters do not change inside the window),
+        else None. Run **before** this micro-batch's gradient forward, so no autograd graph is held
+        while they run (peak memory: one no-grad forward), and with dropout off (``model.eval()``):
+        the statistic measures the policy, not one dropout mask."""
+        where = self._search_window(mode)
+        if where is None:
+            return None
+        pos, accumulation_steps, window = where
         if self._bapo_window is not None and self._bapo_window[0] == window:
-            return self._bapo_window[1]
+            return None
         spg = self.args.steps_per_generation
         first = (self._step - pos) % spg
-        statistics, select = self.loss_spec.statistics, self.loss_spec.select
-        stats = statistics(li.ratio, li.advantages, weights, self.loss_config)
-        with torch.no_grad():
-            for k in range(accumulation_steps):
-                if k == pos:
-                    continue
-                micro_batch = self._buffered_inputs[(first + k) % spg]
-                other = self._loss_inputs(model, micro_batch, mode, compute_entropy=self.top_entropy_quantile < 1.0,
-                                          aux=False)
-                stats = stats + statistics(other.ratio, other.advantages,
-                                           self._statistic_weights(other, micro_batch, mode), self.loss_config)
-        result = select(self._reduce_sum(stats), self.loss_config)
+        stats = None
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                for k in range(accumulation_steps):
+                    if k == pos:
+                        continue
+                    micro_batch = self._buffered_inputs[(first + k) % spg]
+                    other = self._loss_inputs(model, micro_batch, mode,
+                                              compute_entropy=self.top_entropy_quantile < 1.0, aux=False)
+                    s = self.loss_spec.statistics(other.ratio, other.advantages,
+                                                  self._statistic_weights(other, micro_batch, mode), self.loss_config)
+                    stats = s if stats is None else stats + s
+        finally:
+            model.train(was_training)
+        return stats
+
+    def _update_search_result(self, li: _LossInputs, weights: torch.Tensor, mode: str,
+                              other_stats: torch.Tensor | None):
+        """One search per optimizer update (the loss spec's ``statistics``/``select``; BAPO with
+        ``bapo_scope="update"``, the paper's Algorithm 1).
+
+        At the first micro-batch of an accumulation window, this micro-batch's statistics (from its
+        gradient forward) and ``other_stats`` (:meth:`_window_statistics`) are summed and all-reduced
+        across ranks in one collective; every micro-batch of the window then uses those bounds.
+        Returns None when the per-call search is already the per-update one."""
+        where = self._search_window(mode)
+        if where is None:
+            return None
+        window = where[2]
+        if self._bapo_window is not None and self._bapo_window[0] == window:
+            return self._bapo_window[1]
+        stats = self.loss_spec.statistics(li.ratio, li.advantages, weights, self.loss_config)
+        if other_stats is not None:
+            stats = stats + other_stats
+        result = self.loss_spec.select(self._reduce_sum(stats), self.loss_config)
         self._bapo_window = (window, result)
         return result
 
@@ -236,6 +267,7 @@ class AdaClipGRPOTrainer(AdaptiveGradClipMixin, GRPOTrainer):
         if self.loss_type not in CLIP_LOSS_TYPES:
             return super()._compute_loss(model, inputs)
         mode = "train" if self.model.training else "eval"
+        other_stats = self._window_statistics(model, mode) if self.loss_spec.needs_loss_weights else None
         li = self._loss_inputs(model, inputs, mode)
         mask, per_token_logps, entropies, advantages, ratio = (
             li.mask, li.per_token_logps, li.entropies, li.advantages, li.ratio)
@@ -250,7 +282,7 @@ class AdaClipGRPOTrainer(AdaptiveGradClipMixin, GRPOTrainer):
         extra: dict[str, Any] = {}
         if self.loss_spec.needs_loss_weights:
             extra["weights"] = self._statistic_weights(li, inputs, mode)
-            extra["search_result"] = self._update_search_result(model, inputs, li, extra["weights"], mode)
+            extra["search_result"] = self._update_search_result(li, extra["weights"], mode, other_stats)
         class_entropy = inputs.get("old_per_token_entropies", entropies)
         loss_out = self.policy_loss_fn(
             ratio, advantages, mask, config=self.loss_config, logp=per_token_logps, ref_logp=ref_logps,

@@ -201,3 +201,104 @@ def test_grpo_weighting_changes_the_bounds_a_token_count_would_pick(trainer):
     mask = inputs["completion_mask"]
     tokens = bapo_search(torch.ones(B, T), inputs["advantages"], mask, BAPOConfig())
     assert tokens.share_before.item() < 0.4  # what a token count reads
+
+
+# ----------------------------------------------------- one search per optimizer update (scope="update")
+@pytest.fixture(scope="module")
+def window_trainer(tiny_model_dir, arithmetic_dataset, tmp_path_factory):
+    args = AdaClipGRPOConfig(
+        output_dir=str(tmp_path_factory.mktemp("win")), policy_loss="bapo", use_cpu=True, bf16=False,
+        per_device_train_batch_size=2, num_generations=4, gradient_accumulation_steps=2, steps_per_generation=4,
+        max_completion_length=6, report_to="none", save_strategy="no", gradient_checkpointing=False,
+        bapo_scope="update",
+    )
+    return AdaClipGRPOTrainer(model=tiny_model_dir, reward_funcs=[digit_reward], train_dataset=arithmetic_dataset,
+                              args=args)
+
+
+def _window_batches(trainer):
+    from dist_bapo_scope_worker import make_batch
+
+    full = make_batch(trainer.model)
+    n_items = full["completion_mask"].sum().float()
+    batches = []
+    for k in range(4):  # steps_per_generation 4 slices of 2 sequences: two windows of gradient_accumulation_steps 2
+        mb = {key: v[2 * k : 2 * k + 2] for key, v in full.items()}
+        mb["num_items_in_batch"] = n_items
+        batches.append(mb)
+    return batches
+
+
+def _run_generation(trainer, batches, spy=None):
+    """TRL's order: steps 0..3 of one generation batch, an optimizer step after every 2."""
+    trainer.model.train()
+    trainer._buffered_inputs, trainer._bapo_window = batches, None
+    trainer.current_gradient_accumulation_steps = 2
+    trainer.state.global_step = 0
+    bounds = []
+    for step in range(4):
+        trainer._step = step
+        if spy is not None:
+            spy.append(("micro_batch", step))
+        trainer._compute_loss(trainer.model, batches[step]).backward()
+        m = trainer._metrics["train"]
+        bounds.append((m["bapo/clip_low"][-1], m["bapo/clip_high"][-1], m["bapo/pos_share_after"][-1]))
+        if step % 2 == 1:
+            trainer.state.global_step += 1
+    trainer.model.zero_grad()
+    return bounds
+
+
+def test_update_scope_searches_once_per_window_on_the_window_statistics(window_trainer):
+    # gradient_accumulation_steps 2 x steps_per_generation 4: two windows, one search each, on the sum
+    # of its two micro-batches' statistics (the tiny model has no dropout: eval forwards equal train ones)
+    import dataclasses
+
+    tr = window_trainer
+    batches = _window_batches(tr)
+    spec, selects = tr.loss_spec, []
+
+    def counting_select(stats, cfg):
+        selects.append(stats.clone())
+        return spec.select(stats, cfg)
+
+    tr.loss_spec = dataclasses.replace(spec, select=counting_select)
+    try:
+        bounds = _run_generation(tr, batches)
+    finally:
+        tr.loss_spec = spec
+    assert len(selects) == 2  # one search per window
+    assert bounds[0] == bounds[1] and bounds[2] == bounds[3]
+    with torch.no_grad():
+        stats = []
+        for mb in batches:
+            li = tr._loss_inputs(tr.model, mb, "train")
+            stats.append(spec.statistics(li.ratio, li.advantages, tr._statistic_weights(li, mb, "train"),
+                                         tr.loss_config))
+    for w, searched in enumerate(selects):
+        torch.testing.assert_close(searched, stats[2 * w] + stats[2 * w + 1], rtol=1e-6, atol=1e-9)
+        res = spec.select(stats[2 * w] + stats[2 * w + 1], tr.loss_config)
+        assert bounds[2 * w][:2] == pytest.approx((res.clip_low.item(), res.clip_high.item()))
+    assert not torch.equal(selects[0], selects[1])  # two different windows
+
+
+def test_update_scope_statistics_forwards_run_before_the_gradient_forward_with_dropout_off(window_trainer):
+    tr = window_trainer
+    batches = _window_batches(tr)
+    calls = []
+    inner = tr._get_per_token_logps_and_entropies
+
+    def spy(model, *a, **k):
+        calls.append((torch.is_grad_enabled(), model.training))
+        return inner(model, *a, **k)
+
+    tr._get_per_token_logps_and_entropies = spy
+    try:
+        _run_generation(tr, batches, spy=calls)
+    finally:
+        del tr._get_per_token_logps_and_entropies
+    no_grad_eval, grad_train = (False, False), (True, True)
+    # first micro-batch of each window: the other micro-batch's no-grad forward (dropout off) comes
+    # first, while no autograd graph is held; then the gradient forward in train mode
+    assert calls == [("micro_batch", 0), no_grad_eval, grad_train, ("micro_batch", 1), grad_train,
+                     ("micro_batch", 2), no_grad_eval, grad_train, ("micro_batch", 3), grad_train]
