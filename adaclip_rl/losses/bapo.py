@@ -296,21 +296,21 @@ def _lanes(shape: tuple[int, ...], n_bins: int, device: torch.device) -> Tensor:
 
 
 def _histogram(values: Tensor, index: Tensor, n_bins: int) -> Tensor:
-    """Sum of ``values`` per bin; ``index`` already spread over the lanes (see :func:`_lanes`).
+    """Sum of the non-negative ``values`` per bin; ``index`` already spread over the lanes (see
+    :func:`_lanes`).
 
     Deterministic on every device and independent of the tokens' order: the values are summed as
-    **integers** (fixed point). With ``S = sum |v|`` and ``2^(e-1) <= S < 2^e``, each value becomes
-    ``q = ceil(|v| 2^(61-e))`` with ``v``'s sign (so the integers sum to less than ``2^62``, a
-    non-zero value never becomes 0, and a bin of one sign stays non-zero iff a token in it has
-    weight); integer addition is associative, so ``index_add_`` (atomic on CUDA) gives the same
-    bits in any order, unlike a floating one. The sums are exact to ``(tokens) 2^-61 S`` - far
-    tighter than a float32 accumulation. Repeated additions to one address form a dependency chain
-    (about 4x slower on CPU than scattered ones); eight copies of the histogram break it."""
-    total = values.abs().sum(dtype=torch.float64)
+    **integers** (fixed point). With ``S = sum v`` and ``2^(e-1) <= S < 2^e``, each value becomes
+    ``q = ceil(v 2^(61-e))`` (so the integers sum to less than ``2^62``, and a positive value never
+    becomes 0: a bin is non-zero iff a token in it has weight); integer addition is associative, so
+    ``index_add_`` (atomic on CUDA) gives the same bits in any order, unlike a floating one. The
+    sums are within ``(tokens) 2^-60 S`` of the exact ones - far tighter than a float32
+    accumulation. Repeated additions to one address form a dependency chain (about 4x slower on
+    CPU than scattered ones); eight copies of the histogram break it."""
+    total = values.sum(dtype=torch.float64)
     _, exponent = torch.frexp(total)  # total < 2^exponent (0 for a zero total)
     scale = torch.ldexp(total.new_ones(()), (61 - exponent).clamp(min=-126, max=126))
-    scaled = values * scale.to(values.dtype)  # a power of two: exact
-    q = torch.where(values >= 0, scaled.ceil(), scaled.floor()).long()  # away from zero
+    q = torch.mul(values, scale.to(values.dtype)).ceil_().long()  # times a power of two: exact before ceil
     hist = torch.zeros(n_bins * _LANES, dtype=torch.int64, device=values.device).index_add_(0, index, q)
     return (hist.view(_LANES, n_bins).sum(0).double() / scale).to(values.dtype)
 
@@ -438,7 +438,7 @@ def bapo_statistics(ratio: Tensor, advantages: Tensor, weights: Tensor, config: 
     r = torch.nan_to_num(ratio.detach().to(dtype), nan=1.0, posinf=1e30, neginf=0.0)  # a fresh buffer
     # w A r on counted tokens (grad mode: w |A| r; r >= 0, w >= 0), before r becomes x in place
     weight = torch.mul(r, w.to(dtype))
-    weight.mul_(a.abs() if config.contribution == "grad" else a)
+    weight.mul_(a.abs())  # value mode: the sign of A is given back per bin (one sign per bin) below
     x = r.mul_(sign) if tuple(r.shape) == key else r * sign  # -r for negative advantages
     if config.arithmetic:
         inv_l = 1.0 / config.low_step if n_low > 1 else 1.0
@@ -464,8 +464,10 @@ def bapo_statistics(ratio: Tensor, advantages: Tensor, weights: Tensor, config: 
         if config.dual_clip is not None and not d:  # dual clip within a hair of low_max: mask instead
             weight.mul_(torch.gt(x, _dual_edge(config, dtype, x.device)))
         return _histogram(weight.view(-1), bins, n_bins)
-    a_w = (a * w.to(dtype)).expand(key).reshape(-1)
-    return torch.cat([_histogram(weight.view(-1), bins, n_bins), _histogram(a_w, bins, n_bins)])
+    a_w = (a.abs() * w.to(dtype)).expand(key).reshape(-1)
+    sign = torch.ones(n_bins, dtype=dtype, device=x.device)
+    sign[: n_low + 1] = -1.0  # bins 0..L hold the negative-advantage tokens (value mode: no dual bin)
+    return torch.cat([_histogram(weight.view(-1), bins, n_bins), _histogram(a_w, bins, n_bins)]) * sign.repeat(2)
 
 
 def bapo_statistic_weights(config: BAPOConfig, loss_weights: Tensor, mask: Tensor, live: Tensor | None = None

@@ -256,8 +256,10 @@ def bapo_policy_loss(
     """BAPO (arXiv 2510.18927): adaptive asymmetric bounds searched per call (Algorithm 1), then
     the clipped surrogate with them (Eq. 5).
 
-    ``weights``: per-token weight of each token's loss in the aggregated loss (aggregation weight x
-    importance weights x masks); the search statistic uses it (``mask`` if None).
+    ``weights``: the search statistic's per-token weights (``mask`` if None); a trainer builds them
+    with :func:`~adaclip_rl.losses.bapo.bapo_statistic_weights` from the weight the aggregated loss
+    applies (aggregation weight x importance weights x masks), the response mask and where the
+    ratio carries a gradient.
     ``search_result``: bounds already searched (one search per optimizer update); no search then."""
     bounds = search_result if search_result is not None else bapo_search(
         ratio, advantages, mask if weights is None else weights, config, reduce_fn=reduce_fn)

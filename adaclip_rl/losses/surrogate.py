@@ -243,17 +243,18 @@ class _SignedCapSurrogate(torch.autograd.Function):
 
     @staticmethod
     def value_coef_mask(r: Tensor, a: Tensor, cap: Tensor, dual_clip: float | None) -> tuple[Tensor, Tensor, Tensor]:
+        # m = min(s r, cap), and with the dual clip max(m, -c): for A < 0 the loss |A| max(r, c_low)
+        # is capped at c |A| exactly where m < -c (r > c); for A >= 0, m >= 0 > -c. The loss is
+        # -|A| m, and the token carries gradient iff m is s r itself (bounds inclusive, as clamp).
         dtype = torch.promote_types(r.dtype, cap.dtype)
         a = a.to(dtype)
         sr = r.to(dtype) * torch.sign(a)
-        clipped = sr > cap
-        value = torch.minimum(sr, cap).mul_(-a.abs())
-        blocked = clipped
+        m = torch.minimum(sr, cap)
         if dual_clip is not None:
-            dual = _dual_cap(a, dual_clip)
-            blocked = clipped | (value > dual)
-            value = torch.minimum(value, dual)
-        return value, (-a) * ~blocked, clipped
+            m.clamp_(min=-dual_clip)
+        gate = m == sr
+        clipped = sr > cap
+        return m.mul_(-a.abs()), gate * (-a), clipped
 
     @staticmethod
     def forward(ctx, ratio: Tensor, advantages: Tensor, cap: Tensor, dual_clip: float | None) -> tuple[Tensor, Tensor]:
