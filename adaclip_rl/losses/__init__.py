@@ -4,12 +4,22 @@
 * :mod:`.bapo` - BAPO adaptive bound search (arXiv 2510.18927)
 * :mod:`.archer` - Archer entropy-classed clip widths and KL weights (arXiv 2507.15778)
 * :mod:`.kl` - k1/k2/k3 KL estimators
+* :mod:`.ratio` - the log-ratio clamp and the tokens it leaves a gradient
 * :mod:`.registry` - policy losses by name, each with its config, field prefix and needs
 """
 
 from .archer import ArcherConfig, ArcherResult, archer_loss, archer_token_classes, entropy_thresholds
-from .bapo import BAPOConfig, BAPOResult, bapo_loss, bapo_search, bapo_select, bapo_statistics
+from .bapo import (
+    BAPOConfig,
+    BAPOResult,
+    bapo_loss,
+    bapo_search,
+    bapo_select,
+    bapo_statistic_weights,
+    bapo_statistics,
+)
 from .kl import KL_ESTIMATORS, kl_estimate
+from .ratio import LOG_RATIO_CLAMP, clamp_log_ratio, sequence_live_fraction
 from .registry import (
     POLICY_LOSS_CONFIGS,
     POLICY_LOSS_SPECS,
@@ -34,6 +44,7 @@ from .surrogate import (
 __all__ = [
     "AGGREGATION_MODES",
     "KL_ESTIMATORS",
+    "LOG_RATIO_CLAMP",
     "POLICY_LOSSES",
     "POLICY_LOSS_CONFIGS",
     "POLICY_LOSS_SPECS",
@@ -52,7 +63,9 @@ __all__ = [
     "bapo_loss",
     "bapo_search",
     "bapo_select",
+    "bapo_statistic_weights",
     "bapo_statistics",
+    "clamp_log_ratio",
     "clip_fractions",
     "clipped_surrogate",
     "clipped_surrogate_with_masks",
@@ -61,4 +74,5 @@ __all__ = [
     "get_policy_loss_spec",
     "kl_estimate",
     "register_policy_loss",
+    "sequence_live_fraction",
 ]

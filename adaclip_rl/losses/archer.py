@@ -27,8 +27,8 @@ import torch
 from torch import Tensor
 
 from ..checks import check_choice, check_dual_clip, check_non_negative, check_open_unit
-from .kl import KL_ESTIMATORS, KLEstimator, kl_value_and_grad
-from .surrogate import _as_2d, gated_surrogate
+from .kl import KL_ESTIMATORS, KLEstimator, kl_value_and_grad, work_dtype
+from .surrogate import _as_2d, signed_cap_surrogate
 
 _LOG_RATIO_CLAMP = 20.0  # verl low_var_kl: log-ratio clamped to [-20, 20] ...
 _KL_VALUE_CLAMP = 10.0  # ... and the k3 value to [-10, 10] (the official Archer run's kl_loss_type)
@@ -216,17 +216,38 @@ class _ScalarWithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, value: Tensor, grad_x: Tensor) -> Tensor:
         ctx.save_for_backward(grad_x)
+        ctx.x_dtype = x.dtype
         return value.clone()
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         (grad_x,) = ctx.saved_tensors
-        return grad * grad_x, None, None
+        return (grad * grad_x).to(ctx.x_dtype), None, None
 
 
 def _dot(x: Tensor, y: Tensor) -> Tensor:
     """``(x * y).sum()`` without the full-size product."""
     return torch.dot(x.reshape(-1), y.reshape(-1).to(x.dtype))
+
+
+def _signed_caps(a: Tensor, high_f: Tensor, config: ArcherConfig) -> Tensor:
+    """Per-token signed caps of :func:`~adaclip_rl.losses.surrogate.signed_cap_surrogate`: ``1 + eps_t``
+    where ``A >= 0``, ``-(1 - eps_t)`` where ``A < 0``, with ``eps_t`` the token's class width (paper
+    Eq. 5). The four constants are Python floats (no host-to-device copy); the class is chosen by an
+    exact ``lerp`` between per-row constants (weights 0 and 1 only)."""
+    neg = a < 0
+    low = torch.full(a.shape, 1.0 + config.low_clip, dtype=high_f.dtype, device=a.device)
+    high = torch.full(a.shape, 1.0 + config.high_clip, dtype=high_f.dtype, device=a.device)
+    low.masked_fill_(neg, -(1.0 - config.low_clip))
+    high.masked_fill_(neg, -(1.0 - config.high_clip))
+    return torch.lerp(low, high, high_f)
+
+
+def _mean_of_finite(tau: Tensor) -> Tensor:
+    """Mean of the per-response thresholds of non-empty responses; 0 when there are none (an
+    empty micro-batch must not log NaN: it would poison the cross-rank metric sum)."""
+    finite = ~torch.isnan(tau)
+    return torch.where(finite, tau, 0.0).sum() / finite.sum().clamp(min=1)
 
 
 def archer_loss(
@@ -256,30 +277,24 @@ def archer_loss(
     """
     config = config or ArcherConfig()
     high, low, tau = archer_token_classes(entropy, mask, config.quantile)
-    dtype = ratio.dtype
+    # class counts, bounds and the KL in at least float32 (a bf16 sum rounds counts above 256)
+    dtype = work_dtype(ratio, *(t for t in (logp, ref_logp) if t is not None))
     high_f = high.to(dtype)
-    # ratio bounds [1 - eps_t, 1 + eps_t] in the ratio's dtype; lerp between the two classes' bounds
-    # is exact at weights 0 and 1 (and several times cheaper than a select on CPU)
-    def _bounds(low_class: float, high_class: float) -> Tensor:
-        return torch.lerp(ratio.new_tensor(low_class), ratio.new_tensor(high_class), high_f)
-
-    low_bound = _bounds(1.0 - config.low_clip, 1.0 - config.high_clip)
-    high_bound = _bounds(1.0 + config.low_clip, 1.0 + config.high_clip)
-    loss, clipped = gated_surrogate(ratio, advantages.detach(), low_bound, high_bound, config.dual_clip)
-    del low_bound, high_bound
+    a = _as_2d(advantages.detach())
+    loss, clipped = signed_cap_surrogate(ratio, a, _signed_caps(a, high_f, config), config.dual_clip)
     with torch.no_grad():
-        mask_f = mask.to(dtype)  # 0/1 loss mask (no copy when already in the ratio's dtype)
+        mask_f = mask.to(dtype)  # 0/1 loss mask (no copy when already in this dtype)
         rows_high = high_f.sum(-1)  # (B,) class sizes, as float sums (a boolean sum copies to int64)
         rows_low = mask_f.sum(-1) - rows_high
         n_high, n_low = rows_high.sum(), rows_low.sum()
         inv_high, inv_low = 1.0 / n_high.clamp(min=1.0), 1.0 / n_low.clamp(min=1.0)
-        zero = ratio.new_zeros(())
+        zero = high_f.new_zeros(())
         clipfrac_high = (clipped & high).count_nonzero() * inv_high
         clipfrac_low = (clipped & low).count_nonzero() * inv_low
         # by advantage sign over all loss tokens (a clipped token has A != 0): A>0 above 1+eps_t, A<0 below 1-eps_t
         clipped_valid = clipped & (high | low)
         n_clipped = clipped_valid.count_nonzero()
-        n_clipped_pos = (clipped_valid & (_as_2d(advantages.detach()) > 0)).count_nonzero()
+        n_clipped_pos = (clipped_valid & (a > 0)).count_nonzero()
         inv_all = 1.0 / (n_high + n_low).clamp(min=1.0)
         if config.uses_kl:
             if logp is None or ref_logp is None:
@@ -314,7 +329,7 @@ def archer_loss(
             high_frac=n_high / (n_high + n_low).clamp(min=1),
             clipfrac_high=clipfrac_high,
             clipfrac_low=clipfrac_low,
-            tau_mean=torch.nanmean(tau) if tau.numel() else zero,
+            tau_mean=_mean_of_finite(tau),
             clipfrac_pos=n_clipped_pos * inv_all,
             clipfrac_neg=(n_clipped - n_clipped_pos) * inv_all,
         )

@@ -135,6 +135,12 @@ class BAPOConfig:
                   "extra forward without grad of each other micro-batch when gradient_accumulation_steps > 1). "
                   "'micro_batch': one search per loss call, reduced across ranks (the official verl recipe)."},
     )
+    value_weights: Literal["loss", "mask"] = field(
+        default="loss",
+        metadata={"help": "Weights of the value-mode statistic (bapo_contribution='value'): 'loss' (each token as the "
+                  "aggregated loss weighs it: loss_type aggregation x importance weights x masks) or 'mask' (the "
+                  "response mask only, as the official verl recipe's policy_loss.py)."},
+    )
 
     def __post_init__(self) -> None:
         check_choice("contribution", self.contribution, ("grad", "value"))
@@ -154,6 +160,11 @@ class BAPOConfig:
                                       f"to the bound's maximum); got {step!r}", name)
         check_dual_clip("dual_clip", self.dual_clip)
         check_choice("scope", self.scope, ("update", "micro_batch"))
+        check_choice("value_weights", self.value_weights, ("loss", "mask"))
+        if self.value_weights != "loss" and self.contribution != "value":
+            raise FieldValueError(f"{{0}} must be 'loss' with {{1}}={self.contribution!r} (the gradient share weighs "
+                                  f"each token as the loss does); got {self.value_weights!r}", "value_weights",
+                                  "contribution")
 
     @property
     def searches_per_update(self) -> bool:
@@ -163,10 +174,11 @@ class BAPOConfig:
     @classmethod
     def official(cls, **overrides) -> BAPOConfig:
         """The official verl recipe's defaults (``config/bapo_trainer.yaml``): value-based pos/neg
-        ratio target 1.0, ``c_low`` 0.6 -> 0.8 then ``c_high`` 1.2 -> 2.0, both steps 0.05."""
+        ratio target 1.0, ``c_low`` 0.6 -> 0.8 then ``c_high`` 1.2 -> 2.0, both steps 0.05, statistic
+        weighted by the response mask only (``value_weights="mask"``)."""
         base = dict(
             target=1.0, low_start=0.6, low_max=0.8, low_step=0.05, high_start=1.2, high_max=2.0,
-            high_step=0.05, contribution="value",
+            high_step=0.05, contribution="value", value_weights="mask",
         )
         base.update(overrides)
         return cls(**base)
@@ -238,8 +250,12 @@ class BAPOResult:
     reached: Tensor
 
     def bounds(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """``(clip_low, clip_high)`` as 0-d tensors of the ratio's ``dtype`` (what the surrogate clips with)."""
-        return self.clip_low.to(dtype), self.clip_high.to(dtype)
+        """``(clip_low, clip_high)`` for a ratio of ``dtype``: 0-d tensors in at least float32 (the
+        surrogate compares in it), ``clip_low`` rounded up and ``clip_high`` down, so that a ratio is
+        clipped exactly when the statistic, which compares with the exact grid, says so
+        (``r < c_low`` iff ``r < clip_low``). Cast to bf16 instead, 0.9 would become 0.8984."""
+        work = torch.promote_types(dtype, torch.float32)
+        return _round_to(self.clip_low, work, up=True), _round_to(self.clip_high, work, up=False)
 
 
 _cache: dict[tuple, tuple[Tensor, ...]] = {}
@@ -280,13 +296,23 @@ def _lanes(shape: tuple[int, ...], n_bins: int, device: torch.device) -> Tensor:
 
 
 def _histogram(values: Tensor, index: Tensor, n_bins: int) -> Tensor:
-    """Sum of ``values`` per bin; ``index`` already spread over the lanes (see :func:`_lanes`).
-    Repeated additions to one address form a dependency chain (about 4x slower on CPU than
-    scattered ones); eight copies of the histogram break it. ``index_add_`` takes the int32 index
-    (``scatter_add_`` would need int64) and is deterministic on CUDA under
-    ``torch.use_deterministic_algorithms(True)``."""
-    hist = torch.zeros(n_bins * _LANES, dtype=values.dtype, device=values.device).index_add_(0, index, values)
-    return hist.view(_LANES, n_bins).sum(0)
+    """Sum of the non-negative ``values`` per bin; ``index`` already spread over the lanes (see
+    :func:`_lanes`).
+
+    Deterministic on every device and independent of the tokens' order: the values are summed as
+    **integers** (fixed point). With ``S = sum v`` and ``2^(e-1) <= S < 2^e``, each value becomes
+    ``q = ceil(v 2^(61-e))`` (so the integers sum to less than ``2^62``, and a positive value never
+    becomes 0: a bin is non-zero iff a token in it has weight); integer addition is associative, so
+    ``index_add_`` (atomic on CUDA) gives the same bits in any order, unlike a floating one. The
+    sums are within ``(tokens) 2^-60 S`` of the exact ones - far tighter than a float32
+    accumulation. Repeated additions to one address form a dependency chain (about 4x slower on
+    CPU than scattered ones); eight copies of the histogram break it."""
+    total = values.sum(dtype=torch.float64)
+    _, exponent = torch.frexp(total)  # total < 2^exponent (0 for a zero total)
+    scale = torch.ldexp(total.new_ones(()), (61 - exponent).clamp(min=-126, max=126))
+    q = torch.mul(values, scale.to(values.dtype)).ceil_().long()  # times a power of two: exact before ceil
+    hist = torch.zeros(n_bins * _LANES, dtype=torch.int64, device=values.device).index_add_(0, index, q)
+    return (hist.view(_LANES, n_bins).sum(0).double() / scale).to(values.dtype)
 
 
 def _prefix_sum(x: Tensor) -> Tensor:
@@ -314,10 +340,15 @@ _BIAS = 0.01  # the affine bin guess errs by far less than this (validated grid 
 
 def _dual_edge(config: BAPOConfig, dtype: torch.dtype, device: torch.device) -> Tensor:
     """``(1,)``: the largest ``dtype`` value below ``-dual_clip``: a negative token is counted iff
-    ``r <= dual_clip``, i.e. iff ``x = -r`` is above this edge (exact for float32 ``x``)."""
-    dual = torch.tensor([-config.dual_clip], dtype=torch.float64, device=device)
-    edge = _round_to(dual, dtype, up=False)
-    return torch.where(edge.double() == dual, torch.nextafter(edge, edge.new_tensor([-math.inf])), edge)
+    ``r <= dual_clip``, i.e. iff ``x = -r`` is above this edge (exact for float32 ``x``). Cached per
+    config, dtype and device (built from Python values once: a host-to-device copy)."""
+    key = (config, str(device), dtype, "dual_edge")
+    if key not in _cache:
+        dual = torch.tensor([-config.dual_clip], dtype=torch.float64, device=device)
+        edge = _round_to(dual, dtype, up=False)
+        below = torch.nextafter(edge, torch.full_like(edge, -math.inf))
+        _cache[key] = (torch.where(edge.double() == dual, below, edge),)
+    return _cache[key][0]
 
 
 def _bin_table(config: BAPOConfig, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -325,7 +356,7 @@ def _bin_table(config: BAPOConfig, dtype: torch.dtype, device: torch.device) -> 
     key = (config, str(device), dtype, "edges")
     if key not in _cache:
         low_grid, high_grid, _, _ = _tables(config, device)
-        inf = low_grid.new_tensor([math.inf])
+        inf = torch.full((1,), math.inf, dtype=low_grid.dtype, device=device)
         edges = _round_to(torch.cat([-inf, -low_grid.flip(0), -inf, high_grid]), dtype, up=False)
         if config.dual_bin:
             edges = torch.cat([edges[:1], _dual_edge(config, dtype, device), edges[1:]])
@@ -407,7 +438,7 @@ def bapo_statistics(ratio: Tensor, advantages: Tensor, weights: Tensor, config: 
     r = torch.nan_to_num(ratio.detach().to(dtype), nan=1.0, posinf=1e30, neginf=0.0)  # a fresh buffer
     # w A r on counted tokens (grad mode: w |A| r; r >= 0, w >= 0), before r becomes x in place
     weight = torch.mul(r, w.to(dtype))
-    weight.mul_(a.abs() if config.contribution == "grad" else a)
+    weight.mul_(a.abs())  # value mode: the sign of A is given back per bin (one sign per bin) below
     x = r.mul_(sign) if tuple(r.shape) == key else r * sign  # -r for negative advantages
     if config.arithmetic:
         inv_l = 1.0 / config.low_step if n_low > 1 else 1.0
@@ -433,8 +464,32 @@ def bapo_statistics(ratio: Tensor, advantages: Tensor, weights: Tensor, config: 
         if config.dual_clip is not None and not d:  # dual clip within a hair of low_max: mask instead
             weight.mul_(torch.gt(x, _dual_edge(config, dtype, x.device)))
         return _histogram(weight.view(-1), bins, n_bins)
-    a_w = (a * w.to(dtype)).expand(key).reshape(-1)
-    return torch.cat([_histogram(weight.view(-1), bins, n_bins), _histogram(a_w, bins, n_bins)])
+    a_w = (a.abs() * w.to(dtype)).expand(key).reshape(-1)
+    sign = torch.ones(n_bins, dtype=dtype, device=x.device)
+    sign[: n_low + 1] = -1.0  # bins 0..L hold the negative-advantage tokens (value mode: no dual bin)
+    return torch.cat([_histogram(weight.view(-1), bins, n_bins), _histogram(a_w, bins, n_bins)]) * sign.repeat(2)
+
+
+def bapo_statistic_weights(config: BAPOConfig, loss_weights: Tensor, mask: Tensor, live: Tensor | None = None
+                           ) -> Tensor:
+    """The ``weights`` argument of :func:`bapo_statistics` for a trainer.
+
+    Args:
+        loss_weights: ``(B, T)`` weight the aggregated loss applies to each token's loss
+            (aggregation weight x importance weights x masks).
+        mask: ``(B, T)`` response (loss) mask.
+        live: where the ratio carries a gradient (see :func:`~adaclip_rl.losses.ratio.clamp_log_ratio`):
+            boolean ``(B, T)`` for token ratios, or the ``(B, 1)`` live share of each response for
+            sequence ratios; None when nothing is clamped.
+
+    ``contribution="grad"``: ``loss_weights * live``, so the statistic sees exactly the tokens that
+    carry gradient (a clamped log-ratio leaves none, whatever ``w |A| r``). ``"value"`` measures loss
+    values, which clamped tokens do have: ``loss_weights`` (``value_weights="loss"``) or ``mask``
+    (``"mask"``, the official verl recipe).
+    """
+    if config.contribution == "value":
+        return mask if config.value_weights == "mask" else loss_weights
+    return loss_weights if live is None else loss_weights * live
 
 
 def _share(p: Tensor, n: Tensor) -> Tensor:

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..checks import FieldValueError, check_dual_clip, check_interval, check_non_negative, check_positive
 from .archer import ArcherConfig, archer_loss
-from .bapo import BAPOConfig, ReduceFn, bapo_search, bapo_select, bapo_statistics
+from .bapo import BAPOConfig, ReduceFn, bapo_search, bapo_select, bapo_statistic_weights, bapo_statistics
 from .surrogate import ClipMasks, clip_fractions, clipped_surrogate_with_masks
 
 
@@ -80,6 +80,10 @@ def _never(config: Any) -> bool:
     return False
 
 
+def _loss_weights_as_is(config: Any, loss_weights: Tensor, mask: Tensor, live: Tensor | None = None) -> Tensor:
+    return loss_weights
+
+
 @dataclass(frozen=True)
 class PolicyLossSpec:
     """Everything a trainer needs to know about a registered policy loss.
@@ -100,10 +104,18 @@ class PolicyLossSpec:
         clamps_log_ratio: clamp ``log r`` to [-20, 20] before ``exp`` (verl; BAPO and Archer code).
         anchors_to_behaviour: the paper clips the ratio to the policy that sampled the tokens
             (``ratio_anchor="auto"`` resolves to ``"behaviour"``).
+        token_ratios_only: the loss is defined on per-token ratios only (Archer's per-token class
+            bounds), not on one ratio per sequence (GSPO, ``importance_sampling_level="sequence"``).
         needs_entropy: the loss reads per-token entropies.
         needs_ref_logps: ``config -> bool``: reference log-probs are needed (a KL to the initial model).
         needs_old_entropies: ``config -> bool``: entropies of the policy that generated the batch.
-        needs_loss_weights: the loss reads the per-token weight the aggregated loss applies.
+        extra_loss_per_response: ``config -> bool``: ``extra_loss`` is a mean over the
+            micro-batch's responses (Archer's KL with ``kl_aggregation="response"``), so a trainer
+            whose micro-batches differ in size weighs it by the update's global response count.
+        needs_loss_weights: the loss reads per-token weights (``weights``), which a trainer builds
+            with ``statistic_weights(config, loss_weights, mask, live)`` from the weight the
+            aggregated loss applies, the loss mask and where the ratio carries a gradient
+            (:func:`~adaclip_rl.losses.ratio.clamp_log_ratio`).
         statistics, select: a search whose statistics a trainer may sum over an optimizer update's
             micro-batches and ranks (``config.searches_per_update``) before selecting once; the
             selected result goes to ``fn`` as ``search_result``.
@@ -121,10 +133,13 @@ class PolicyLossSpec:
     owns_ratio_bounds: bool = False
     clamps_log_ratio: bool = False
     anchors_to_behaviour: bool = False
+    token_ratios_only: bool = False
     needs_entropy: bool = False
     needs_ref_logps: Callable[[Any], bool] = _never
     needs_old_entropies: Callable[[Any], bool] = _never
+    extra_loss_per_response: Callable[[Any], bool] = _never
     needs_loss_weights: bool = False
+    statistic_weights: Callable[..., Tensor] = _loss_weights_as_is
     statistics: Callable[..., Tensor] | None = None
     select: Callable[..., Any] | None = None
 
@@ -229,7 +244,8 @@ def grpo_policy_loss(ratio, advantages, mask, *, config: GRPOClipConfig, **_: An
 
 @register_policy_loss(
     "bapo", BAPOConfig, owns_ratio_bounds=True, clamps_log_ratio=True, anchors_to_behaviour=True,
-    needs_loss_weights=True, statistics=bapo_statistics, select=bapo_select,
+    needs_loss_weights=True, statistic_weights=bapo_statistic_weights, statistics=bapo_statistics,
+    select=bapo_select,
     metrics=("bapo/clip_low", "bapo/clip_high", "bapo/pos_share_before", "bapo/pos_share_after",
              "bapo/pos_neg_ratio_before", "bapo/pos_neg_ratio_after", "bapo/target_reached", "bapo/iterations",
              "bapo/clipfrac_high", "bapo/clipfrac_low", "bapo/clipfrac_dual"),
@@ -240,8 +256,10 @@ def bapo_policy_loss(
     """BAPO (arXiv 2510.18927): adaptive asymmetric bounds searched per call (Algorithm 1), then
     the clipped surrogate with them (Eq. 5).
 
-    ``weights``: per-token weight of each token's loss in the aggregated loss (aggregation weight x
-    importance weights x masks); the search statistic uses it (``mask`` if None).
+    ``weights``: the search statistic's per-token weights (``mask`` if None); a trainer builds them
+    with :func:`~adaclip_rl.losses.bapo.bapo_statistic_weights` from the weight the aggregated loss
+    applies (aggregation weight x importance weights x masks), the response mask and where the
+    ratio carries a gradient.
     ``search_result``: bounds already searched (one search per optimizer update); no search then."""
     bounds = search_result if search_result is not None else bapo_search(
         ratio, advantages, mask if weights is None else weights, config, reduce_fn=reduce_fn)
@@ -263,8 +281,9 @@ def bapo_policy_loss(
 
 @register_policy_loss(
     "archer", ArcherConfig, owns_ratio_bounds=True, clamps_log_ratio=True, anchors_to_behaviour=True,
-    needs_entropy=True, needs_ref_logps=lambda config: config.uses_kl,
+    token_ratios_only=True, needs_entropy=True, needs_ref_logps=lambda config: config.uses_kl,
     needs_old_entropies=lambda config: config.entropy_source == "old",
+    extra_loss_per_response=lambda config: config.kl_aggregation == "response",
     metrics=("archer/high_frac", "archer/clipfrac_high", "archer/clipfrac_low", "archer/clipfrac_pos",
              "archer/clipfrac_neg", "archer/kl_low", "archer/kl_high", "archer/entropy_threshold"),
 )

@@ -40,6 +40,7 @@ import trl.experimental.async_grpo.async_grpo_trainer as agt
 from transformers import AttentionInterface
 from trl.trainer.utils import add_fused_lm_head, create_model_from_path, pad
 
+from ..losses.ratio import clamp_log_ratio
 from ..losses.registry import get_policy_loss_spec
 from ..rollout.async_versions import ServerCheckedRolloutWorker, VersionedRolloutWorker
 from ..rollout.async_weights import SharedFileWeightTransfer
@@ -51,8 +52,6 @@ from .optimizer_mixin import SpikeAwareOptimizerMixin
 logger = logging.getLogger(__name__)
 
 __all__ = ["AdaClipAsyncGRPOTrainer", "build_async_trainer", "conversational_prompts", "cpu_tree_attention", "set_plain_response_template"]
-
-_LOG_RATIO_CLAMP = 20.0  # verl: r = exp(clamp(logp - old, -20, 20)) (BAPO and Archer official code)
 
 
 def cpu_tree_attention(module, query, key, value, attention_mask, *, tree_kv_index, tree_cu_seqlens_q,
@@ -246,6 +245,7 @@ class AdaClipAsyncGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, a
         self._window: list[dict[str, Any]] = []
         self._window_pos = 0
         self._window_search = None
+        self._window_samples: torch.Tensor | None = None  # global responses of the update (Archer's KL weight)
 
     def _tied_aliases(self) -> dict[str, str]:
         """``{alias: streamed name}`` for parameters shared under two names (a tied LM head), which
@@ -271,6 +271,7 @@ class AdaClipAsyncGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, a
         """The micro-batches of one optimizer update, kept for BAPO's once-per-update search."""
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
         self._window, self._window_pos, self._window_search = list(batches), 0, None
+        self._window_samples = None
         return batches, num_items
 
     # ------------------------------------------------------------------ loss
@@ -288,21 +289,29 @@ class AdaClipAsyncGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, a
         }
         for key in ("tree_kv_index", "tree_cu_seqlens_q", "tree_cu_seqlens_k"):
             model_inputs[key] = inputs[key][inputs[key] >= 0]
-        model_inputs["tree_max_seqlen_q"], model_inputs["tree_max_seqlen_k"] = inputs["tree_max_seqlens"][0].tolist()
         token_index = inputs["token_index"][selected]
+        segment_id = inputs["segment_id"][selected]
+        # terms per sample, in a buffer of the host-known upper bound (one per term): no bincount,
+        # which reads the maximum on the host to size its output
+        n_terms = segment_id.numel()
+        counts = torch.zeros(max(n_terms, 1), dtype=torch.long, device=segment_id.device).index_add_(
+            0, segment_id, torch.ones_like(segment_id))
+        starts = counts.cumsum(0) - counts  # TreeRow.pack lists each sample's terms contiguously
+        position = torch.arange(n_terms, device=segment_id.device) - starts[segment_id]
+        # the one host read of the forward (TRL's: the attention kernel takes the longest tree
+        # segments as ints) also brings the row shape: (samples, longest sample)
+        n_seq = segment_id.max() + 1 if n_terms else counts.new_ones(())
+        host = torch.cat([inputs["tree_max_seqlens"][0].reshape(-1).long(), n_seq.reshape(1), counts.max().reshape(1)])
+        max_q, max_k, n_seq, longest = host.tolist()
+        model_inputs["tree_max_seqlen_q"], model_inputs["tree_max_seqlen_k"] = max_q, max_k
         router_kwargs = {"output_router_logits": True} if self.aux_loss_enabled else {}
         outputs = model(**model_inputs, fused_lm_head=True, **router_kwargs)
         log_probs = outputs.log_probs.flatten()[token_index]
         entropy = outputs.entropy.flatten()[token_index] if with_entropy and outputs.entropy is not None else None
-        segment_id = inputs["segment_id"][selected]
-        n_seq = int(segment_id.max()) + 1 if segment_id.numel() else 1
-        counts = torch.bincount(segment_id, minlength=n_seq)
-        starts = counts.cumsum(0) - counts  # TreeRow.pack lists each sample's terms contiguously
-        position = torch.arange(segment_id.numel(), device=segment_id.device) - starts[segment_id]
         tokens_per_rank = (inputs["global_n_tokens"][0] / self.accelerator.num_processes).clamp(min=1.0)
         versions = inputs["token_versions"][selected] if "token_versions" in inputs else None
         return _Packed(log_probs, entropy, inputs["old_log_probs"][selected], inputs["advantages"][selected],
-                       segment_id, position, (n_seq, int(counts.max()) if counts.numel() else 0), model_inputs,
+                       segment_id, position, (n_seq, longest if n_terms else 0), model_inputs,
                        outputs.aux_loss if self.aux_loss_enabled else None, tokens_per_rank.to(torch.float32),
                        versions)
 
@@ -311,11 +320,13 @@ class AdaClipAsyncGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, a
         """Flat loss terms ``(M,)`` -> ``(B, T)`` rows, one per sample (``fill`` after its end)."""
         return x.new_full(p.shape, fill).index_put((p.segment_id, p.position), x)
 
-    def _log_ratio(self, p: _Packed) -> torch.Tensor:
+    def _log_ratio(self, p: _Packed) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(log r, live)``: log r clamped to [-20, 20] for a loss that asks (verl), and where the
+        ratio then carries a gradient (None without the clamp): one mask for the clamp and the statistic."""
         log_ratio = p.log_probs - p.old_log_probs
         if self.loss_spec.clamps_log_ratio:
-            log_ratio = log_ratio.clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
-        return log_ratio
+            return clamp_log_ratio(log_ratio)
+        return log_ratio, None
 
     def _staleness_weights(self, p: _Packed) -> torch.Tensor | None:
         """``(B, T)`` weight of each sample's terms from its oldest token's staleness (``staleness_policy``:
@@ -341,7 +352,39 @@ class AdaClipAsyncGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, a
         """Weight of each token's loss in the aggregated loss: 1 / tokens per rank / accumulation steps."""
         return mask / p.tokens_per_rank / self._grad_accum(mode)
 
-    def _update_search(self, model, p: _Packed, ratio: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
+    def _statistic_weights(self, p: _Packed, mask: torch.Tensor, live: torch.Tensor | None, mode: str) -> torch.Tensor:
+        """The loss's ``weights`` (its spec's ``statistic_weights``; BAPO: the loss weights of the
+        tokens whose ratio carries a gradient)."""
+        live_rows = None if live is None else self._rows(p, live)
+        return self.loss_spec.statistic_weights(self.loss_config, self._loss_weights(p, mask, mode), mask, live_rows)
+
+    @staticmethod
+    def _global_samples(batch: dict[str, Any]) -> torch.Tensor:
+        """Samples of a packed micro-batch over all ranks (TRL's collator: ``mean_seq_len`` is the
+        forward tokens per sample), as a 0-d tensor (no host read)."""
+        return (batch["global_n_forward_tokens"][0] / batch["mean_seq_len"][0]).round()
+
+    def _extra_loss_weight(self, inputs, p: _Packed, mode: str) -> torch.Tensor | float:
+        """Weight of the loss's ``extra_loss`` (Archer's KL) in this micro-batch's loss.
+
+        A mean over the micro-batch's responses (``spec.extra_loss_per_response``) is turned into a
+        sum and divided by the optimizer update's global response count (every micro-batch of the
+        update, every rank; times the ranks, which DDP averages over): each response weighs
+        ``1 / N`` however the micro-batches were packed (a mean per micro-batch divided by the
+        accumulation steps would weigh a response of a 2-sample micro-batch 4x one of an 8-sample
+        one). Other extra losses are per micro-batch: divided by the accumulation steps."""
+        if not self.loss_spec.extra_loss_per_response(self.loss_config):
+            return 1.0 / self._grad_accum(mode)
+        if mode == "train" and self._window:
+            if self._window_samples is None:
+                self._window_samples = torch.stack([self._global_samples(mb).to(p.log_probs.device)
+                                                    for mb in self._window]).sum()
+            samples = self._window_samples
+        else:  # a micro-batch outside an update (eval, or a direct call): it is the update
+            samples = self._global_samples(inputs) * self._grad_accum(mode)
+        return p.shape[0] * self.accelerator.num_processes / samples.clamp(min=1.0)
+
+    def _update_search(self, model, p: _Packed, ratio: torch.Tensor, adv: torch.Tensor, weights: torch.Tensor,
                        mode: str):
         """The search result shared by every micro-batch of the optimizer update (statistics of all of
         them, summed, then all-reduced across ranks once), or None for a per-call search."""
@@ -350,13 +393,14 @@ class AdaClipAsyncGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, a
             return None
         if self._window_pos > 0 and self._window_search is not None:
             return self._window_search
-        stats = spec.statistics(ratio.detach(), adv, self._loss_weights(p, mask, mode), self.loss_config)
+        stats = spec.statistics(ratio.detach(), adv, weights, self.loss_config)
         with torch.no_grad():
             for mb in self._window[1:]:
                 q = self._forward_packed(model, self._prepare_inputs(mb), with_entropy=False)
                 m = self._trained_mask(q)
-                stats = stats + spec.statistics(torch.exp(self._rows(q, self._log_ratio(q))), self._rows(q, q.advantages),
-                                                self._loss_weights(q, m, mode), self.loss_config)
+                q_log_ratio, q_live = self._log_ratio(q)
+                stats = stats + spec.statistics(torch.exp(self._rows(q, q_log_ratio)), self._rows(q, q.advantages),
+                                                self._statistic_weights(q, m, q_live, mode), self.loss_config)
         self._window_search = spec.select(self._reduce_sum(stats), self.loss_config)
         return self._window_search
 
@@ -368,7 +412,7 @@ class AdaClipAsyncGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, a
         spec, cfg = self.loss_spec, self.loss_config
 
         # ---- the policy term: adaclip_rl.losses, on (B, T) rows of this rank's samples ----
-        log_ratio = self._log_ratio(p)
+        log_ratio, live = self._log_ratio(p)
         ratio = torch.exp(self._rows(p, log_ratio))  # 1 after each sample's end
         adv = self._rows(p, p.advantages)
         mask = self._trained_mask(p)  # samples dropped for staleness leave the loss and BAPO's statistics
@@ -378,11 +422,11 @@ class AdaClipAsyncGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, a
                 ref_out = self.ref_model(**p.model_inputs, fused_lm_head=True)
             ref_logp = self._rows(p, ref_out.log_probs.flatten()[inputs["token_index"][inputs["token_index"] >= 0]])
         entropy = self._rows(p, p.entropy.detach()) if (spec.needs_entropy and p.entropy is not None) else None
-        search = self._update_search(model, p, ratio, adv, mask, mode)
+        weights = self._statistic_weights(p, mask, live, mode) if spec.needs_loss_weights else None
+        search = self._update_search(model, p, ratio, adv, weights, mode)
         out = spec.fn(
             ratio, adv, mask, config=cfg, logp=self._rows(p, p.log_probs), ref_logp=ref_logp, entropy=entropy,
-            reduce_fn=self._reduce_sum, weights=self._loss_weights(p, mask, mode) if spec.needs_loss_weights else None,
-            search_result=search,
+            reduce_fn=self._reduce_sum, weights=weights, search_result=search,
         )
         if mode == "train":
             self._window_pos += 1
@@ -393,8 +437,8 @@ class AdaClipAsyncGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, a
         # ---- TRL's aggregation: token sum / tokens per rank / accumulation steps ----
         ga = self._grad_accum(mode)
         loss = per_token_loss.sum() / p.tokens_per_rank / ga
-        if out.extra_loss is not None:  # Archer's KL: a mean over the micro-batch's responses
-            loss = loss + out.extra_loss / ga
+        if out.extra_loss is not None:
+            loss = loss + out.extra_loss * self._extra_loss_weight(inputs, p, mode)
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * p.aux_loss / ga
         self._log_metrics(mode, p, log_ratio, out.metrics)

@@ -44,6 +44,7 @@ def validate_adaclip_fields(cfg: Any) -> None:
         raise ValueError(f"max_grad_norm must be > 0 when grad_clip={cfg.grad_clip!r} (it switches clipping on); "
                          f"got {cfg.max_grad_norm!r}")
     check_fields_without_effect(cfg, spec)
+    check_combinations(cfg, spec)
     for loss in (spec, *POLICY_LOSS_SPECS.values()):  # every loss config checks its fields, the chosen one first
         loss.config_from(cfg)
     if clipper.adaptive:
@@ -125,6 +126,41 @@ def check_fields_without_effect(cfg: Any, spec: PolicyLossSpec) -> None:
         _WARNED.add(tuple(ignored))
         warnings.warn(f"{', '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no effect with "
                       f"policy_loss={loss!r}", UserWarning, stacklevel=4)
+
+
+def check_combinations(cfg: Any, spec: PolicyLossSpec) -> None:
+    """Combinations of a TRL field and the chosen loss that would be silently wrong, refused by field name.
+
+    * ``sync_ref_model=True`` with a loss that needs reference log-probs (Archer's KL to the frozen
+      initial model, arXiv 2507.15778 Eq. 5): TRL's TR-DPO mixing would move the reference.
+    * ``beta != 0`` with such a loss: TRL's k3 KL on every token would be added to the loss's own
+      (per-class) KL.
+    * ``dual_clip`` with ``policy_loss='grpo'`` and a ``loss_type`` TRL computes itself (no clip:
+      cispo, sapo, vespo): TRL's loss has no dual clip.
+    * ``importance_sampling_level='sequence'`` with a loss defined on token ratios only (Archer's
+      per-token class bounds; neither the paper nor the official code defines them on one
+      ratio per sequence).
+    """
+    loss = cfg.policy_loss
+    config = spec.config_from(cfg)
+    if spec.needs_ref_logps(config):
+        why = (f"policy_loss={loss!r} with {spec.prefix}* KL weights > 0 keeps its own KL to the frozen initial "
+               f"model")
+        if getattr(cfg, "sync_ref_model", False):
+            raise ValueError(f"sync_ref_model must be False with {why} (TR-DPO mixing would move that reference); "
+                             f"got {cfg.sync_ref_model!r}")
+        beta = getattr(cfg, "beta", 0.0)
+        if beta != 0.0:
+            raise ValueError(f"beta must be 0.0 with {why} (TRL's k3 KL on every token would be a second KL term); "
+                             f"got {beta!r}; set the {spec.prefix}* KL weights to 0 to use TRL's beta instead")
+    loss_type = getattr(cfg, "loss_type", None)
+    if spec.reproduces_trl and loss_type not in CLIP_LOSS_TYPES and getattr(cfg, "dual_clip", None) is not None:
+        raise ValueError(f"dual_clip must be None with loss_type={loss_type!r} (TRL computes that loss, which has no "
+                         f"dual clip; dual_clip applies to loss_type in {list(CLIP_LOSS_TYPES)}); got {cfg.dual_clip!r}")
+    level = getattr(cfg, "importance_sampling_level", "token")
+    if spec.token_ratios_only and level != "token":
+        raise ValueError(f"importance_sampling_level must be 'token' with policy_loss={loss!r} (its clip bounds are "
+                         f"per token; a sequence-level ratio is not defined for it); got {level!r}")
 
 
 def validate_after_trl(cfg: Any) -> None:

@@ -27,13 +27,12 @@ from typing import Any, NamedTuple
 import torch
 from trl import GRPOTrainer
 
-from ..losses import aggregate_loss, aggregation_weights, kl_estimate
+from ..losses import aggregate_loss, aggregation_weights, clamp_log_ratio, kl_estimate, sequence_live_fraction
 from .adaptive_state import AdaptiveGradClipMixin
 from .config import CLIP_LOSS_TYPES, AdaClipGRPOConfig
 from .optimizer_mixin import SpikeAwareOptimizerMixin
 
 logger = logging.getLogger(__name__)
-_LOG_RATIO_CLAMP = 20.0  # verl's clamp of logp - old_logp before exp (BAPO and Archer official code)
 
 
 class _LossInputs(NamedTuple):
@@ -48,6 +47,7 @@ class _LossInputs(NamedTuple):
     off_policy_mask: torch.Tensor | None
     ratio: torch.Tensor
     ref_logps: torch.Tensor | None
+    live: torch.Tensor | None = None  # where the ratio carries a gradient (None: no clamp); (B, 1) share per sequence
 
 _MM_KEYS = (
     "pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes", "num_tiles",
@@ -148,12 +148,15 @@ class AdaClipGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, GRPOTr
                 mask=mask, off_policy_threshold=self.off_policy_mask_threshold,
             )
         log_ratio = per_token_logps - old_per_token_logps
-        if self.loss_spec.clamps_log_ratio:  # verl: r = exp(clamp(logp - old, -20, 20))
-            log_ratio = log_ratio.clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
+        live = None
+        if self.loss_spec.clamps_log_ratio:  # verl: r = exp(clamp(logp - old, -20, 20)); one mask for clamp and statistic
+            log_ratio, live = clamp_log_ratio(log_ratio)
         if self.importance_sampling_level == "token":
             log_weights = log_ratio
         elif self.importance_sampling_level == "sequence":
             log_weights = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)
+            if live is not None:
+                live = sequence_live_fraction(live, mask)
         else:
             raise ValueError(f"importance_sampling_level must be 'token' or 'sequence'; got "
                              f"{self.importance_sampling_level!r}")
@@ -161,12 +164,12 @@ class AdaClipGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, GRPOTr
         if ref_logps is not None:
             ref_logps = torch.where(valid, ref_logps, per_token_logps.detach())
         return _LossInputs(mask, per_token_logps, entropies, aux_loss, entropy_mask, advantages, off_policy_mask,
-                           torch.exp(log_weights), ref_logps)
+                           torch.exp(log_weights), ref_logps, live)
 
     def _loss_weights(self, li: _LossInputs, inputs, mode: str) -> torch.Tensor:
         """Per-token weight the aggregated loss applies to each token's policy loss: the
         ``loss_type``'s aggregation weight (incl. gradient-accumulation scaling) x off-policy mask
-        x entropy mask x vLLM importance-sampling ratio. BAPO's statistic uses it."""
+        x entropy mask x vLLM importance-sampling ratio. BAPO's statistic uses it (:meth:`_statistic_weights`)."""
         if self.loss_type == "dapo":
             w = aggregation_weights(li.mask, "dapo", num_tokens=self._dapo_num_tokens(inputs, mode))
         else:
@@ -174,6 +177,11 @@ class AdaClipGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, GRPOTr
             w = aggregation_weights(li.mask, self.loss_type,
                                     max_completion_length=self.max_completion_length) / accumulation_steps
         return self._apply_token_factors(w, li, inputs)
+
+    def _statistic_weights(self, li: _LossInputs, inputs, mode: str) -> torch.Tensor:
+        """The loss's ``weights`` (its spec's ``statistic_weights``): for BAPO's gradient share the loss
+        weights on the tokens whose ratio carries a gradient (``li.live``)."""
+        return self.loss_spec.statistic_weights(self.loss_config, self._loss_weights(li, inputs, mode), li.mask, li.live)
 
     def _apply_token_factors(self, x: torch.Tensor, li: _LossInputs, inputs) -> torch.Tensor:
         """``x`` times the per-token factors TRL applies after the policy term: off-policy mask,
@@ -192,36 +200,67 @@ class AdaClipGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, GRPOTr
             num_tokens = num_tokens * self.current_gradient_accumulation_steps / self.args.steps_per_generation
         return num_tokens
 
-    def _update_search_result(self, model, inputs, li: _LossInputs, weights: torch.Tensor, mode: str):
-        """One search per optimizer update (the loss spec's ``statistics``/``select``; BAPO with
-        ``bapo_scope="update"``, the paper's Algorithm 1).
-
-        At the first micro-batch of an accumulation window, the statistics of this micro-batch and
-        of the window's other micro-batches (TRL's buffered slices, forwarded once without grad:
-        the parameters do not change inside the window) are summed and all-reduced across ranks in
-        one collective; every micro-batch of the window then uses those bounds. Returns None when
-        the per-call search is already the per-update one (one micro-batch per update, or eval)."""
+    def _search_window(self, mode: str) -> tuple[int, int, tuple[int, int]] | None:
+        """``(position, accumulation steps, window)`` of this micro-batch in its optimizer update when
+        the loss searches once per update over several micro-batches (BAPO, ``bapo_scope="update"``),
+        else None (one micro-batch per update, or eval: the per-call search is the per-update one)."""
         accumulation_steps = self.current_gradient_accumulation_steps
         if mode != "train" or not self.loss_spec.searches_per_update(self.loss_config) or accumulation_steps <= 1:
             return None
         pos = self._step % accumulation_steps
-        window = (self.state.global_step, self._step - pos)
+        return pos, accumulation_steps, (self.state.global_step, self._step - pos)
+
+    def _window_statistics(self, model, mode: str) -> torch.Tensor | None:
+        """At the first micro-batch of an accumulation window: the summed statistics of the window's
+        *other* micro-batches (TRL's buffered slices; the parameters do not change inside the window),
+        else None. Run **before** this micro-batch's gradient forward, so no autograd graph is held
+        while they run (peak memory: one no-grad forward), and with dropout off (``model.eval()``):
+        the statistic measures the policy, not one dropout mask."""
+        where = self._search_window(mode)
+        if where is None:
+            return None
+        pos, accumulation_steps, window = where
         if self._bapo_window is not None and self._bapo_window[0] == window:
-            return self._bapo_window[1]
+            return None
         spg = self.args.steps_per_generation
         first = (self._step - pos) % spg
-        statistics, select = self.loss_spec.statistics, self.loss_spec.select
-        stats = statistics(li.ratio, li.advantages, weights, self.loss_config)
-        with torch.no_grad():
-            for k in range(accumulation_steps):
-                if k == pos:
-                    continue
-                micro_batch = self._buffered_inputs[(first + k) % spg]
-                other = self._loss_inputs(model, micro_batch, mode, compute_entropy=self.top_entropy_quantile < 1.0,
-                                          aux=False)
-                stats = stats + statistics(other.ratio, other.advantages,
-                                           self._loss_weights(other, micro_batch, mode), self.loss_config)
-        result = select(self._reduce_sum(stats), self.loss_config)
+        stats = None
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                for k in range(accumulation_steps):
+                    if k == pos:
+                        continue
+                    micro_batch = self._buffered_inputs[(first + k) % spg]
+                    other = self._loss_inputs(model, micro_batch, mode,
+                                              compute_entropy=self.top_entropy_quantile < 1.0, aux=False)
+                    s = self.loss_spec.statistics(other.ratio, other.advantages,
+                                                  self._statistic_weights(other, micro_batch, mode), self.loss_config)
+                    stats = s if stats is None else stats + s
+        finally:
+            model.train(was_training)
+        return stats
+
+    def _update_search_result(self, li: _LossInputs, weights: torch.Tensor, mode: str,
+                              other_stats: torch.Tensor | None):
+        """One search per optimizer update (the loss spec's ``statistics``/``select``; BAPO with
+        ``bapo_scope="update"``, the paper's Algorithm 1).
+
+        At the first micro-batch of an accumulation window, this micro-batch's statistics (from its
+        gradient forward) and ``other_stats`` (:meth:`_window_statistics`) are summed and all-reduced
+        across ranks in one collective; every micro-batch of the window then uses those bounds.
+        Returns None when the per-call search is already the per-update one."""
+        where = self._search_window(mode)
+        if where is None:
+            return None
+        window = where[2]
+        if self._bapo_window is not None and self._bapo_window[0] == window:
+            return self._bapo_window[1]
+        stats = self.loss_spec.statistics(li.ratio, li.advantages, weights, self.loss_config)
+        if other_stats is not None:
+            stats = stats + other_stats
+        result = self.loss_spec.select(self._reduce_sum(stats), self.loss_config)
         self._bapo_window = (window, result)
         return result
 
@@ -229,6 +268,7 @@ class AdaClipGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, GRPOTr
         if self.loss_type not in CLIP_LOSS_TYPES:
             return super()._compute_loss(model, inputs)
         mode = "train" if self.model.training else "eval"
+        other_stats = self._window_statistics(model, mode) if self.loss_spec.needs_loss_weights else None
         li = self._loss_inputs(model, inputs, mode)
         mask, per_token_logps, entropies, advantages, ratio = (
             li.mask, li.per_token_logps, li.entropies, li.advantages, li.ratio)
@@ -242,8 +282,8 @@ class AdaClipGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, GRPOTr
         # ---- the policy term: adaclip_rl.losses ----
         extra: dict[str, Any] = {}
         if self.loss_spec.needs_loss_weights:
-            extra["weights"] = self._loss_weights(li, inputs, mode)
-            extra["search_result"] = self._update_search_result(model, inputs, li, extra["weights"], mode)
+            extra["weights"] = self._statistic_weights(li, inputs, mode)
+            extra["search_result"] = self._update_search_result(li, extra["weights"], mode, other_stats)
         class_entropy = inputs.get("old_per_token_entropies", entropies)
         loss_out = self.policy_loss_fn(
             ratio, advantages, mask, config=self.loss_config, logp=per_token_logps, ref_logp=ref_logps,

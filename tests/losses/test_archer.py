@@ -302,3 +302,19 @@ def test_clip_fractions_by_advantage_sign_match_brute_force(adv_shape):
     assert pos > 0 and neg > 0
     assert res.clipfrac_pos.item() == pytest.approx(pos / n, abs=1e-7)
     assert res.clipfrac_neg.item() == pytest.approx(neg / n, abs=1e-7)
+
+
+@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.float32])
+def test_empty_micro_batch_logs_finite_metrics(mask_dtype):
+    # a rank whose micro-batch has no loss token: a NaN metric would poison the cross-rank sum
+    from adaclip_rl.losses import get_policy_loss
+
+    b, t = 3, 5
+    logp = -torch.rand(b, t)
+    out = get_policy_loss("archer")(torch.ones(b, t), torch.randn(b), torch.zeros(b, t, dtype=mask_dtype),
+                                    config=ArcherConfig(high_kl=0.01), entropy=torch.rand(b, t), logp=logp,
+                                    ref_logp=logp - 0.1)
+    for name, value in out.metrics.items():
+        assert torch.isfinite(value), name
+    assert out.metrics["archer/entropy_threshold"].item() == 0.0
+    assert torch.isfinite(out.extra_loss)

@@ -396,3 +396,42 @@ def test_search_runs_on_cuda_under_deterministic_algorithms():
             assert (res.clip_low.item(), res.clip_high.item()) == (ref.clip_low.item(), ref.clip_high.item())
     finally:
         torch.use_deterministic_algorithms(was)
+
+
+def _float64_histogram(values, index, n_bins):
+    """The former histogram: a floating ``index_add_`` (order-dependent bits), here in float64."""
+    from adaclip_rl.losses.bapo import _LANES
+
+    hist = torch.zeros(n_bins * _LANES, dtype=torch.float64).index_add_(0, index, values.double())
+    return hist.view(_LANES, n_bins).sum(0).to(values.dtype)
+
+
+_STAT_CONFIGS = [BAPOConfig(), BAPOConfig(dual_clip=None), BAPOConfig.official(), BAPOConfig.official(low_step=0.07),
+                 BAPOConfig.official(value_weights="loss", dual_clip=None)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("cfg", _STAT_CONFIGS, ids=["paper", "no_dual", "official", "partial_step", "value_loss"])
+def test_histogram_is_order_independent_and_equals_a_float64_sum(cfg, dtype, monkeypatch):
+    # deterministic by construction (integer sums): any permutation of the tokens gives the same bits,
+    # which a floating index_add_ (atomic adds on CUDA, or a different token order anywhere) does not
+    import adaclip_rl.losses.bapo as bapo
+
+    gen = torch.Generator().manual_seed(3)
+    b, t = 16, 256
+    ratio = torch.exp(0.6 * torch.randn(b, t, generator=gen, dtype=torch.float64)).to(dtype)
+    ratio[0, :4] = torch.tensor([0.6, 0.9, 1.2, 3.0]).to(dtype)  # on grid values
+    adv = torch.randn(b, generator=gen)
+    weights = torch.rand(b, t, generator=gen) * (torch.rand(b, t, generator=gen) > 0.2)
+    weights[1] *= 1e-6  # tiny weights beside large ones
+    stats = bapo_statistics(ratio, adv, weights, cfg)
+    for seed in range(3):
+        g = torch.Generator().manual_seed(seed)
+        rows, cols = torch.randperm(b, generator=g), torch.randperm(t, generator=g)
+        permuted = bapo_statistics(ratio[rows][:, cols], adv[rows], weights[rows][:, cols], cfg)
+        assert torch.equal(permuted, stats)
+    monkeypatch.setattr(bapo, "_histogram", _float64_histogram)
+    before = bapo_statistics(ratio, adv, weights, cfg)
+    tol = 1e-12 if dtype == torch.float64 else 2e-7
+    torch.testing.assert_close(stats, before, rtol=tol, atol=tol * before.abs().max().item())
+    assert torch.equal(stats != 0, before != 0)  # a bin holds weight iff it did (the search reads that)

@@ -71,3 +71,43 @@ def test_archer_trainer_does_not_leave_trl_beta_on(tiny_model_dir, arithmetic_da
     tr = AdaClipGRPOTrainer(model=tiny_model_dir, reward_funcs=[digit_reward], train_dataset=arithmetic_dataset,
                             args=_cfg(tmp_path, policy_loss="archer", max_completion_length=6))
     assert tr.beta == 0.0 and tr.args.beta == 0.0 and tr.ref_model is not None
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        # Archer's KL anchor is the frozen initial model: TR-DPO mixing would move it
+        ({"policy_loss": "archer", "sync_ref_model": True}, r"^sync_ref_model must be False with policy_loss='archer'"),
+        ({"policy_loss": "archer", "archer_high_kl": 0.01, "archer_low_kl": 0.0, "sync_ref_model": True},
+         r"^sync_ref_model must be False"),
+        # TRL's k3 on every token on top of Archer's per-class KL
+        ({"policy_loss": "archer", "beta": 0.04}, r"^beta must be 0.0 with policy_loss='archer'.*got 0.04"),
+        # TRL computes these loss types itself, without a dual clip
+        *[({"policy_loss": "grpo", "loss_type": t, "dual_clip": 3.0}, rf"^dual_clip must be None with loss_type='{t}'")
+          for t in ("cispo", "sapo", "vespo")],
+        # Archer's per-token class bounds on one ratio per sequence: undefined
+        ({"policy_loss": "archer", "importance_sampling_level": "sequence"},
+         r"^importance_sampling_level must be 'token' with policy_loss='archer'.*got 'sequence'"),
+    ],
+)
+def test_combinations_that_cannot_be_right_are_refused_by_name(tmp_path, kw, match):
+    with pytest.raises(ValueError, match=match):
+        _cfg(tmp_path, **kw)
+    # the recipe pre-check (before TRL is imported) refuses the same values with the same message
+    from adaclip_rl.trainers.recipe_check import _Values, recipe_fields
+
+    with pytest.raises(ValueError, match=match):
+        field_checks.validate_adaclip_fields(_Values({**recipe_fields(), **kw}))
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"policy_loss": "archer", "archer_low_kl": 0.0, "beta": 0.04, "sync_ref_model": True},  # TRL's KL only
+        {"policy_loss": "bapo", "importance_sampling_level": "sequence"},
+        {"policy_loss": "grpo", "loss_type": "cispo"},
+        {"policy_loss": "grpo", "loss_type": "dapo", "dual_clip": 3.0},
+    ],
+)
+def test_the_neighbouring_combinations_stay_accepted(tmp_path, kw):
+    assert _cfg(tmp_path, **kw).policy_loss == kw["policy_loss"]
