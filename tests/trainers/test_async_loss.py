@@ -83,7 +83,7 @@ def _samples(tokenizer, n: int = 8) -> list[dict]:
         old = np.where(mask > 0, -5.6 + 0.3 * torch.randn(len(ids), generator=g).numpy(), 0.0).astype(np.float32)
         out.append({"input_ids": ids, "completion_mask": mask, "old_log_probs": old,
                     "advantage": float((-1) ** i) * 0.9, "group_id": i // 2, "metrics": {},
-                    "token_versions": np.where(mask > 0, 1, -1)})
+                    "token_versions": np.where(mask > 0, 0, -1)})
     return out
 
 
