@@ -15,6 +15,9 @@ rewards; the batch is given, with stale old log-probs) and transformers' trainin
 Rank ``r`` takes sequences ``4r .. 4r+3`` of the 8-sequence batch as two micro-batches of 2; the
 single-process reference takes all 8 as two micro-batches of 4 (same loss normalisation: FSDP
 averages the gradient over ranks, as DDP does).
+
+With a 4th argument ``ddp`` the policy is instead wrapped as accelerate's MULTI_CPU ``prepare``
+does (DDP); test_scale_launch.py runs that mode under ``accelerate launch --num_machines 2``.
 """
 
 from __future__ import annotations
@@ -150,6 +153,7 @@ def run(trainer: AdaClipGRPOTrainer, full: dict, rank: int, world: int) -> dict:
 
 def main() -> None:
     model_dir, batch_path, out_path = sys.argv[1:4]
+    mode = sys.argv[4] if len(sys.argv) > 4 else "fsdp"
     torch.set_num_threads(1)
     full = torch.load(batch_path, weights_only=True)
     results = {}
@@ -159,18 +163,27 @@ def main() -> None:
         rank, world = trainer.accelerator.process_index, trainer.accelerator.num_processes
         assert world == 2 and dist.get_backend() == "gloo"
         trainer.model = _unwrap(trainer.model)
-        shard(trainer.model)
-        if trainer.ref_model is not None:
-            trainer.ref_model = _unwrap(trainer.ref_model)
-            shard(trainer.ref_model)
+        if mode == "fsdp":
+            shard(trainer.model)
+            if trainer.ref_model is not None:
+                trainer.ref_model = _unwrap(trainer.ref_model)
+                shard(trainer.ref_model)
+        else:  # "ddp": what accelerate's MULTI_CPU prepare() does with the policy
+            trainer.model = trainer.accelerator.prepare_model(trainer.model)
         assert (loss == "archer") == (trainer.ref_model is not None), (loss, trainer.ref_model is None)
         res = run(trainer, full, rank, world)
         grads_sharded = [type(p).__name__ for p in trainer.model.parameters()]
         res["param_types"] = sorted(set(grads_sharded))
+        res["launch"] = {"distributed_type": str(trainer.accelerator.distributed_type),
+                         "rank": dist.get_rank(), "local_rank": int(os.environ.get("LOCAL_RANK", -1)),
+                         "model_class": type(trainer.model).__name__}
         res["ref_sharded"] = trainer.ref_model is not None and any(
             type(p).__name__ == "DTensor" for p in trainer.ref_model.parameters())
         everyone = [None] * world
         dist.all_gather_object(everyone, [res["steps"], res["clipper_state"]])
+        launches = [None] * world
+        dist.all_gather_object(launches, res["launch"])
+        res["launches"] = launches
         res["all_ranks"] = everyone
         results[f"{loss}-{clip}"] = res
     if rank == 0:
