@@ -22,6 +22,7 @@ does (DDP); test_scale_launch.py runs that mode under ``accelerate launch --num_
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -117,14 +118,14 @@ def micro_batches(trainer: AdaClipGRPOTrainer, full: dict, rank: int, world: int
     return out
 
 
-def run(trainer: AdaClipGRPOTrainer, full: dict, rank: int, world: int) -> dict:
-    """STEPS optimizer updates on the same batch; per step the BAPO bounds of each micro-batch and the
-    clipper's metrics; the full parameters at the end."""
+def run(trainer: AdaClipGRPOTrainer, full: dict, rank: int, world: int, steps_to_run=range(STEPS)) -> dict:
+    """Optimizer updates ``steps_to_run`` (of STEPS) on the same batch; per step the BAPO bounds of
+    each micro-batch and the clipper's metrics; the full parameters at the end."""
     model = trainer.model
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     mbs = micro_batches(trainer, full, rank, world)
     steps = []
-    for step in range(STEPS):
+    for step in steps_to_run:
         model.train()
         opt.zero_grad(set_to_none=True)
         trainer.state.global_step = step
@@ -151,11 +152,81 @@ def run(trainer: AdaClipGRPOTrainer, full: dict, rank: int, world: int) -> dict:
     return {"steps": steps, "params": params, "clipper_state": trainer.grad_clipper.state_dict()}
 
 
+def save_checkpoint(trainer: AdaClipGRPOTrainer, folder: str) -> None:
+    """What a checkpoint of the sharded run holds for this path: the model as a sharded DCP
+    checkpoint (accelerate's SHARDED_STATE_DICT format) and the adaptive state as the trainer
+    writes it (``adaclip_state.json``, rank 0; SGD has no optimizer state)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    from adaclip_rl.trainers.adaptive_state import ADACLIP_STATE_FILE
+
+    dcp.save(get_model_state_dict(trainer.model), checkpoint_id=os.path.join(folder, "model"))
+    if dist.get_rank() == 0:
+        with open(os.path.join(folder, ADACLIP_STATE_FILE), "w") as f:
+            json.dump(trainer.adaclip_state_dict(), f)
+    dist.barrier()
+
+
+def load_checkpoint(trainer: AdaClipGRPOTrainer, folder: str) -> None:
+    """Restore :func:`save_checkpoint`'s folder into ``trainer`` on any world size (1: no process group)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+    from adaclip_rl.trainers.adaptive_state import ADACLIP_STATE_FILE
+
+    distributed = dist.is_available() and dist.is_initialized()
+    state = get_model_state_dict(trainer.model) if distributed else trainer.model.state_dict()
+    dcp.load(state, checkpoint_id=os.path.join(folder, "model"), no_dist=not distributed)
+    if distributed:
+        set_model_state_dict(trainer.model, state)
+    else:
+        trainer.model.load_state_dict(state)
+    with open(os.path.join(folder, ADACLIP_STATE_FILE)) as f:
+        trainer.load_adaclip_state_dict(json.load(f))
+
+
+RESUME_CASES = [("bapo", "zclip"), ("archer", "adagc")]
+
+
+def resume_main(model_dir: str, full: dict, out_path: str) -> None:
+    """2 ranks: uninterrupted STEPS updates vs (STEPS - 1 updates, checkpoint, a fresh trainer that
+    loads it, the last update). Rank 0 saves both final parameter sets; the checkpoint stays for the
+    test's 2 -> 1 resume."""
+    results = {}
+    for loss, clip in RESUME_CASES:
+        case = f"{loss}-{clip}"
+        base = os.path.join(os.path.dirname(out_path), f"resume-{case}")
+        runs = {}
+        for name, steps in (("uninterrupted", range(STEPS)), ("first", range(STEPS - 1)), ("resumed", [STEPS - 1])):
+            trainer = make_trainer(model_dir, f"{base}-{name}", loss, clip, per_device=2)
+            rank, world = trainer.accelerator.process_index, trainer.accelerator.num_processes
+            trainer.model = _unwrap(trainer.model)
+            shard(trainer.model)
+            if trainer.ref_model is not None:
+                trainer.ref_model = _unwrap(trainer.ref_model)
+                shard(trainer.ref_model)
+            if name == "resumed":
+                load_checkpoint(trainer, f"{base}-ckpt")
+            res = run(trainer, full, rank, world, steps)
+            if name == "first":
+                save_checkpoint(trainer, f"{base}-ckpt")
+            runs[name] = {"params": res["params"], "steps": res["steps"], "clipper_state": res["clipper_state"]}
+        runs["checkpoint"] = f"{base}-ckpt"
+        results[case] = runs
+    if dist.get_rank() == 0:
+        torch.save(results, out_path)
+    dist.barrier()
+
+
 def main() -> None:
     model_dir, batch_path, out_path = sys.argv[1:4]
     mode = sys.argv[4] if len(sys.argv) > 4 else "fsdp"
     torch.set_num_threads(1)
     full = torch.load(batch_path, weights_only=True)
+    if mode == "resume":
+        resume_main(model_dir, full, out_path)
+        return
     results = {}
     for loss, clip in CASES:
         trainer = make_trainer(model_dir, os.path.join(os.path.dirname(out_path), f"run-{loss}-{clip}"),
