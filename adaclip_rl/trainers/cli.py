@@ -11,9 +11,10 @@ command with one line naming the file or the field and exit status 2, before any
 The terminal shows a progress bar per run and a one-line summary at the end; every logged metrics
 dict goes to ``<output_dir>/metrics.jsonl`` and to the ``report_to`` sinks.
 
-Under several processes::
+Under several processes, with TRL's launch configs (``trl/accelerate_configs``)::
 
-    accelerate launch --config_file configs/accelerate/zero3.yaml -m adaclip_rl.cli train \\
+    TRL_CONFIGS=$(python -c "import trl.accelerate_configs as c; print(c.__path__[0])")
+    accelerate launch --config_file $TRL_CONFIGS/zero3.yaml -m adaclip_rl.cli train \\
         --config configs/recipes/bapo_qwen2.5_7b_math.yaml
 """
 
@@ -503,16 +504,48 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
+    deepspeed_logs_to_stderr()
     trainer = build_trainer(script_args, grpo_args, model_args, progress_desc=f"{grpo_args.policy_loss} training")
     trainer.train(resume_from_checkpoint=grpo_args.resume_from_checkpoint)
     trainer.save_model(grpo_args.output_dir)
     if trainer.is_world_process_zero():
         print(f"{PROG}: {run_summary(trainer.state.log_history)}")
         metrics = Path(grpo_args.output_dir) / METRICS_FILE
-        print(f"{PROG}: model in {grpo_args.output_dir}, metrics in {metrics}")
+        if weights_written(grpo_args.output_dir):
+            print(f"{PROG}: model in {grpo_args.output_dir}, metrics in {metrics}")
+        else:
+            print(f"{PROG}: no model weights were written to {grpo_args.output_dir} (under FSDP, "
+                  "fsdp_state_dict_type SHARDED_STATE_DICT saves none: use FULL_STATE_DICT, as TRL's "
+                  f"accelerate_configs/fsdp2.yaml does); metrics in {metrics}", file=sys.stderr)
         if script_args.plot_metrics and not no_plot:
             _plot_run(grpo_args.output_dir)
     return 0
+
+
+def deepspeed_logs_to_stderr() -> None:
+    """Import DeepSpeed (when installed and not yet imported) with stdout pointed at stderr.
+
+    transformers imports it when a Trainer is built; its logger writes to the ``sys.stdout`` of
+    that moment, and on a machine without a GPU it warns "Setting accelerator to CPU" on import.
+    The terminal's stdout is this command's summary; DeepSpeed's log lines go to stderr instead."""
+    import contextlib
+    import importlib.util
+
+    if "deepspeed" in sys.modules or importlib.util.find_spec("deepspeed") is None:
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        import deepspeed  # noqa: F401
+
+
+# Files of a saved model that hold weights: transformers' single-file and sharded (index) forms, PEFT adapters.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin")
+
+
+def weights_written(output_dir: str) -> bool:
+    """Whether ``Trainer.save_model(output_dir)`` left loadable weights there (it writes none under
+    FSDP with a sharded state dict, nor on a DeepSpeed ZeRO-3 run without 16-bit gathering)."""
+    return any((Path(output_dir) / name).is_file() for name in WEIGHT_FILES)
 
 
 def _plot_run(run_dir: str) -> None:

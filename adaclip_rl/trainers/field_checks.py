@@ -13,6 +13,7 @@ what involves several owners at once (a TRL field and the chosen loss) is checke
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import fields
 from typing import Any
@@ -43,6 +44,7 @@ def validate_adaclip_fields(cfg: Any) -> None:
     if clipper.adaptive and not cfg.max_grad_norm > 0:
         raise ValueError(f"max_grad_norm must be > 0 when grad_clip={cfg.grad_clip!r} (it switches clipping on); "
                          f"got {cfg.max_grad_norm!r}")
+    check_clip_under_deepspeed(cfg)
     check_fields_without_effect(cfg, spec)
     check_combinations(cfg, spec)
     for loss in (spec, *POLICY_LOSS_SPECS.values()):  # every loss config checks its fields, the chosen one first
@@ -91,6 +93,28 @@ def check_optimizer_with_trl(cfg: Any) -> None:
         raise ValueError(f"optimizer='stable_spam' is not supported under DeepSpeed ZeRO stage {stage}: the "
                          "optimizer sees flat partitions, not matrices, so its per-matrix max and norm would be "
                          "wrong; use FSDP2 (DTensor), ZeRO stage 0, or optimizer='spam'")
+
+
+def deepspeed_requested(cfg: Any) -> bool:
+    """Whether this run will train under DeepSpeed: the ``deepspeed`` field (a DeepSpeed JSON), or
+    ``accelerate launch`` with a DeepSpeed config (which exports ``ACCELERATE_USE_DEEPSPEED=true``;
+    transformers builds its ``DeepSpeedPlugin`` from that variable)."""
+    env = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").strip().lower()
+    return bool(getattr(cfg, "deepspeed", None)) or env in ("1", "true", "yes", "y", "on")
+
+
+def check_clip_under_deepspeed(cfg: Any) -> None:
+    """Refuse ``grad_clip`` other than ``fixed`` under DeepSpeed, at config time (before any model
+    loads): the engine clips inside ``engine.step()`` by ``gradient_clipping`` (= ``max_grad_norm``)
+    and, under ZeRO-2/3, ``p.grad`` does not hold the gradient the clipper would read. The
+    library's lagged-threshold path (:meth:`~adaclip_rl.gradclip.GradClipper.lagged_threshold`) is
+    not wired into the trainer; see docs/scaling.md."""
+    no_clip = cfg.grad_clip == "none" and not cfg.max_grad_norm > 0  # the Trainer's clip hook never runs
+    if cfg.grad_clip != "fixed" and not no_clip and deepspeed_requested(cfg):
+        raise ValueError(
+            f"grad_clip must be 'fixed' under DeepSpeed (the deepspeed field or an accelerate DeepSpeed config; "
+            f"the engine clips inside its step at max_grad_norm; for no clipping set grad_clip 'none' with "
+            f"max_grad_norm 0); got {cfg.grad_clip!r}. Use FSDP or DDP for adaptive clipping (docs/scaling.md)")
 
 
 _WARNED: set[tuple[str, ...]] = set()
