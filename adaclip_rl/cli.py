@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     from .console import quiet_progress_bars_in_logs
 
     quiet_progress_bars_in_logs()  # a log file gets plain lines, not progress-bar frames
+    if cmd in ("demo", "study"):  # they build Trainers at once (transformers imports DeepSpeed); train: after its checks
+        from .console import deepspeed_logs_to_stderr
+
+        deepspeed_logs_to_stderr()
     module = importlib.import_module(COMMANDS[cmd][0])
     return int(module.main(rest) or 0)
 

@@ -128,3 +128,18 @@ def run_summary(log_history: Sequence[dict[str, Any]]) -> str:
     parts = [f"{steps} steps"] + ([f"{runtime:.0f} s"] if runtime is not None else [])
     parts += [f"{k} {v:.3g}" for k, v in last.items()]
     return ", ".join(parts)
+
+
+def deepspeed_logs_to_stderr() -> None:
+    """Import DeepSpeed (when installed and not yet imported) with stdout pointed at stderr.
+
+    transformers imports it when a Trainer is built; its logger writes to the ``sys.stdout`` of
+    that moment, and on a machine without a GPU it warns "Setting accelerator to CPU" on import.
+    The terminal's stdout is this command's summary; DeepSpeed's log lines go to stderr instead."""
+    import contextlib
+    import importlib.util
+
+    if "deepspeed" in sys.modules or importlib.util.find_spec("deepspeed") is None:
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        import deepspeed  # noqa: F401

@@ -145,11 +145,11 @@ def evaluate(
             ``"qwen-math"``, ``"dapo"``, ``"archer"``) giving every setting below per benchmark;
             None = the plain defaults (n=1, T=0.6, top_p=0.95, 4096 tokens, the benchmark's
             prompt).
-        n, temperature, top_p, max_new_tokens, stop, system_prompt, prompt_template,
-            truncated_zero: explicit settings; each one that is not None overrides the preset's
-            value for every benchmark (see :class:`~adaclip_rl.eval.protocols.BenchSettings`).
-            ``truncated_zero`` scores samples that hit ``max_new_tokens`` 0; ``scorer`` picks
-            the math answer check (``"adaclip"`` / ``"lighteval"``).
+        n, temperature, top_p, max_new_tokens, stop, system_prompt, prompt_template, truncated_zero: explicit
+            settings; each one that is not None overrides the preset's value for every benchmark
+            (see :class:`~adaclip_rl.eval.protocols.BenchSettings`). ``truncated_zero`` scores
+            samples that hit ``max_new_tokens`` 0; ``scorer`` picks the math answer check
+            (``"adaclip"`` / ``"lighteval"``).
         seed: base sampling seed (per problem; see :class:`SamplingConfig`).
         limit: evaluate the first ``limit`` rows of each benchmark.
         out_dir: where records and the summary are written (nothing written when None).

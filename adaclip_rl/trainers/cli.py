@@ -504,6 +504,8 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
+    from ..console import deepspeed_logs_to_stderr
+
     deepspeed_logs_to_stderr()
     trainer = build_trainer(script_args, grpo_args, model_args, progress_desc=f"{grpo_args.policy_loss} training")
     trainer.train(resume_from_checkpoint=grpo_args.resume_from_checkpoint)
@@ -520,21 +522,6 @@ def main(argv: list[str] | None = None) -> int:
         if script_args.plot_metrics and not no_plot:
             _plot_run(grpo_args.output_dir)
     return 0
-
-
-def deepspeed_logs_to_stderr() -> None:
-    """Import DeepSpeed (when installed and not yet imported) with stdout pointed at stderr.
-
-    transformers imports it when a Trainer is built; its logger writes to the ``sys.stdout`` of
-    that moment, and on a machine without a GPU it warns "Setting accelerator to CPU" on import.
-    The terminal's stdout is this command's summary; DeepSpeed's log lines go to stderr instead."""
-    import contextlib
-    import importlib.util
-
-    if "deepspeed" in sys.modules or importlib.util.find_spec("deepspeed") is None:
-        return
-    with contextlib.redirect_stdout(sys.stderr):
-        import deepspeed  # noqa: F401
 
 
 # Files of a saved model that hold weights: transformers' single-file and sharded (index) forms, PEFT adapters.
