@@ -49,6 +49,26 @@ def test_all_humaneval_emptied_bodies_fail() -> None:
     assert not passed, f"empty bodies passing: {passed}"
 
 
+HUMANEVAL_SAMPLE = slice(0, 164, 11)  # 15 problems spread over the benchmark
+
+
+def test_humaneval_sample_canonical_pass_and_emptied_fail() -> None:
+    """A sample of the two checks above in one batch: run as a fresh unprivileged uid by
+    ``test_rewards_unprivileged.py::test_sandbox_tests_pass_as_a_fresh_unprivileged_uid``,
+    where the whole benchmark would cost too much of the suite's time."""
+    rows = humaneval()[HUMANEVAL_SAMPLE]
+    assert len(rows) == 15
+    scores = code_accuracy(
+        [r["canonical_solution"] for r in rows] + ["    pass\n"] * len(rows),
+        test=[r["test"] for r in rows] * 2,
+        entry_point=[r["entry_point"] for r in rows] * 2,
+        prompt=[r["prompt"] for r in rows] * 2,
+    )
+    ids = [r["task_id"] for r in rows] * 2
+    assert scores == [1.0] * len(rows) + [0.0] * len(rows), list(zip(ids, scores, strict=True))
+    assert_no_leftovers()
+
+
 # ------------------------------------------------------------------ completion forms
 
 

@@ -505,6 +505,9 @@ def test_auto_refuses_instead_of_falling_back(monkeypatch: pytest.MonkeyPatch) -
 
 def test_missing_cgroups_refused_naming_the_controller(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = {"memory": "EROFS: read-only cgroupfs", "pids": "not mounted"}
+    # the environment variable outranks configure_sandbox (an unprivileged run of this suite
+    # sets it to "off"): the refusal is tested with the setting as configured here
+    monkeypatch.delenv("ADACLIP_SANDBOX_RESOURCE_CONTROL", raising=False)
     monkeypatch.setattr(sbx, "detect_cgroups", lambda: (sbx.CgroupSupport({}), dict(fake)))
     configure_sandbox(resource_control="require")
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import json
 import os
@@ -18,6 +19,7 @@ import secrets
 import shutil
 import socket
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -172,9 +174,12 @@ def test_memory_bomb() -> None:
         except MemoryError:
             print("MemoryError at", 32 * len(chunks), "MiB", flush=True)
         raise MemoryError
-        """
+        """,
+        # touching 512 MiB page by page takes seconds on a loaded 2-core machine: the case is
+        # containment (MemoryError at the budget), not speed, so it gets a longer wall clock
+        limits=dataclasses.replace(LIM, wall_time_s=8.0),
     )
-    assert res.stdout.startswith("MemoryError at")
+    assert res.stdout.startswith("MemoryError at"), res
     assert int(res.stdout.split()[2]) <= LIM.memory_mb
     assert res.returncode == 1
 
@@ -301,11 +306,16 @@ def test_read_host_files_outside_the_system_dirs() -> None:
     """The program cannot reach the repository, the benchmark data (with the tests) or homes."""
     if sandbox_info()["mode"] != "namespaces":
         pytest.skip("only the namespace mode has a private root (fallback documents this)")
-    tag = secrets.token_hex(8)
-    secret_file = REPO / f".adaclip_secret_{tag}"
+    # the secret sits in the repository when the caller may write there (root, a CI checkout),
+    # else in a fresh directory of the caller's temp dir (an unprivileged uid running a copy of
+    # the suite); either way outside the system dirs, world-readable on the host
+    parent = REPO if os.access(REPO, os.W_OK) else Path(tempfile.gettempdir())
+    secret_dir = Path(tempfile.mkdtemp(prefix=".adaclip_hostile_", dir=parent))
+    os.chmod(secret_dir, 0o755)
+    secret_file = secret_dir / f".adaclip_secret_{secrets.token_hex(8)}"
     content = "secret-content-" + secrets.token_hex(8)
     secret_file.write_text(content)
-    os.chmod(secret_file, 0o644)  # world-readable on the host
+    os.chmod(secret_file, 0o644)
     data = BENCHMARK_DIR / "humaneval.jsonl"
     try:
         res = contained_run(
@@ -327,7 +337,7 @@ def test_read_host_files_outside_the_system_dirs() -> None:
             """
         )
     finally:
-        secret_file.unlink()
+        shutil.rmtree(secret_dir)
     assert content not in res.stdout, res.stdout
     assert "read " not in res.stdout and "listed" not in res.stdout, res.stdout
     assert "walk hits []" in res.stdout, res.stdout
