@@ -87,7 +87,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=float, nargs="+", default=[0.5, 50.0], help="parameter counts in millions")
     ap.add_argument("--rounds", type=int, default=30)
-    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=6,
+                    help="untimed rounds; >= 6 so that SPAM (grad_accu_steps=5) is timed only with its clip on")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="results/bench_optim.json")
     args = ap.parse_args()
