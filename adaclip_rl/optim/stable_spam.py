@@ -230,18 +230,24 @@ class StableSPAM(KeepStateDtype, Optimizer):
         # pass, so s is computed from float passes only, written over |g|:
         # s = max(r, sign(next_up(m_max_hat) - |g|)): the sign is 1 where |g| <= m_max_hat, else 0 or -1.
         # s is exactly 1 or r, so g * s equals the official select bit for bit.
-        ratios = torch.clamp_max(hat_vec / torch.where(maxes > 0, maxes, torch.ones_like(maxes)), 1).unbind()
+        ratios = list(torch.clamp_max(hat_vec / torch.where(maxes > 0, maxes, torch.ones_like(maxes)), 1).unbind())
         bounds = torch.nextafter(hat_vec, torch.full_like(hat_vec, math.inf)).unbind()
-        clipped: list[Tensor] = []
-        for i in range(n_params):
-            in_place = self.clip_grad_in_place and grads[i] is grads_raw[i]
-            g, buf = grads[i], work[i]
-            torch.sub(bounds[i], buf, out=buf).sign_()
-            torch.maximum(buf, ratios[i], out=buf)
-            writable = in_place or g is not grads_raw[i]  # p.grad by choice, or our cast copy
-            clipped.append(g.mul_(buf) if writable else torch.mul(g, buf, out=buf))
-            if self.clip_grad_in_place and not in_place:
-                grads_raw[i].copy_(clipped[i])
+        for bound, buf in zip(bounds, work, strict=True):
+            torch.sub(bound, buf, out=buf)
+        torch._foreach_sign_(work)
+        torch._foreach_maximum_(work, ratios)  # s
+        writable = [g is not g_raw or self.clip_grad_in_place  # p.grad by choice, or our cast copy
+                    for g, g_raw in zip(grads, grads_raw, strict=True)]
+        if all(writable):
+            torch._foreach_mul_(grads, work)
+            clipped = grads
+        else:
+            clipped = [g.mul_(buf) if w else torch.mul(g, buf, out=buf)
+                       for g, buf, w in zip(grads, work, writable, strict=True)]
+        if self.clip_grad_in_place:
+            for c, g_raw in zip(clipped, grads_raw, strict=True):
+                if c is not g_raw:
+                    g_raw.copy_(c)
 
         # 2. AdaGN: scale the matrix to the EMA ratio of its norms (Eq. 4-5), as g * (c / ||g||).
         norms = torch.stack(torch._foreach_norm(clipped))
