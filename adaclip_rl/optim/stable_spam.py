@@ -65,6 +65,24 @@ def _put(out: Tensor, idx: list[int], n: int, values: Tensor) -> None:
         out.index_copy_(0, torch.tensor(idx, device=out.device), values)
 
 
+def _stats_vector(states: list[dict], idx: list[int], key: str) -> Tensor:
+    """The per-tensor statistic ``key`` of the tensors ``idx`` as one vector whose entries *are* the
+    state's tensors (views): after the first step the state already holds views of one vector, which
+    is then returned as is (no stack, no per-tensor write-back); otherwise (first step, a loaded
+    checkpoint, other buckets) the values are stacked once and the state is pointed at the views.
+    Update the vector in place (``copy_``) so that the state follows."""
+    ts = [states[i][key] for i in idx]
+    base = ts[0]._base
+    if (base is not None and base.dim() == 1 and base.numel() == len(ts)
+            and all(t._base is base and t.storage_offset() == base.storage_offset() + k * base.stride(0)
+                    for k, t in enumerate(ts))):
+        return base
+    vec = torch.stack(ts)
+    for i, v in zip(idx, vec.unbind(), strict=True):
+        states[i][key] = v
+    return vec
+
+
 class StableSPAM(KeepStateDtype, Optimizer):
     """Stable-SPAM. Positional arguments and defaults are the official constructor's.
 
@@ -220,10 +238,10 @@ class StableSPAM(KeepStateDtype, Optimizer):
         buckets = group_by_step(range(n_params), stats_steps)
         for stats_step, idx in buckets.items():
             pick = _picker(idx, n_params, maxes.device)
-            m_max_t = self.theta * torch.stack([states[i]["m_max_t"] for i in idx]) + (1 - self.theta) * pick(maxes)
+            m_max_vec = _stats_vector(states, idx, "m_max_t")
+            m_max_t = self.theta * m_max_vec + (1 - self.theta) * pick(maxes)
+            m_max_vec.copy_(m_max_t)
             _put(hat_vec, idx, n_params, m_max_t / (1 - self.theta ** stats_step))
-            for i, v in zip(idx, m_max_t.unbind(), strict=True):
-                states[i]["m_max_t"] = v
         # Entries above the threshold: g / max|g| * m_max_hat (official), as g * s with the factor
         # s = where(|g| > m_max_hat, r, 1), r = min(m_max_hat / max|g|, 1) (an entry above the
         # threshold exists only when r < 1). On CPU the bool kernels (>, where) cost 5-10x a float
@@ -257,13 +275,15 @@ class StableSPAM(KeepStateDtype, Optimizer):
         c_vec = torch.empty_like(norms)
         for stats_step, idx in buckets.items():
             n = _picker(idx, n_params, norms.device)(norms)
-            m_norm_t = g1 * torch.stack([states[i]["m_norm_t"] for i in idx]) + (1 - g1) * n
-            v_norm_t = self.gamma2 * torch.stack([states[i]["v_norm_t"] for i in idx]) + (1 - self.gamma2) * n ** 2
+            m_norm_vec = _stats_vector(states, idx, "m_norm_t")
+            v_norm_vec = _stats_vector(states, idx, "v_norm_t")
+            m_norm_t = g1 * m_norm_vec + (1 - g1) * n
+            v_norm_t = self.gamma2 * v_norm_vec + (1 - self.gamma2) * n ** 2
+            m_norm_vec.copy_(m_norm_t)
+            v_norm_vec.copy_(v_norm_t)
             m_norm_hat = m_norm_t / (1 - g1 ** stats_step)
             v_norm_hat = v_norm_t / (1 - self.gamma2 ** stats_step)
             _put(c_vec, idx, n_params, m_norm_hat / (torch.sqrt(v_norm_hat) + eps))
-            for i, m, v in zip(idx, m_norm_t.unbind(), v_norm_t.unbind(), strict=True):
-                states[i]["m_norm_t"], states[i]["v_norm_t"] = m, v
         # official: unchanged if ||g|| = 0 (then g = 0 and any factor keeps it 0)
         factors = (c_vec / torch.where(norms > 0, norms, torch.ones_like(norms))).unbind()
         for c, f, buf in zip(clipped, factors, work, strict=True):
