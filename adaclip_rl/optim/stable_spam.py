@@ -223,9 +223,9 @@ class StableSPAM(KeepStateDtype, Optimizer):
         # 1. AdaClip: spike clipping against the EMA of max|g| (Eq. 2-3). The per-tensor statistics
         # are updated as one vector per bucket of equal step counts; the state keeps each tensor's
         # entry (a view of that vector).
-        # ``work`` is this step's one gradient-sized buffer per tensor: |g|, then g * ratio, the update
-        # gradient and the Adam denominator (no further large allocation; the inf-norm kernel is much
-        # slower than abs + amax on CPU).
+        # ``work`` is this step's one gradient-sized buffer per tensor: |g|, then the clip factor s, the
+        # update gradient and the Adam denominator (no further large allocation; the inf-norm kernel
+        # is much slower than abs + max on CPU).
         work = torch._foreach_abs(grads)
         if all(a.numel() for a in work):
             maxes = torch.stack(torch._foreach_max(work))
