@@ -65,21 +65,21 @@ def _put(out: Tensor, idx: list[int], n: int, values: Tensor) -> None:
         out.index_copy_(0, torch.tensor(idx, device=out.device), values)
 
 
-def _stats_vector(states: list[dict], idx: list[int], key: str) -> Tensor:
+def _stats_vector(states: list[dict], idx: list[int], key: str, cache: dict) -> Tensor:
     """The per-tensor statistic ``key`` of the tensors ``idx`` as one vector whose entries *are* the
-    state's tensors (views): after the first step the state already holds views of one vector, which
-    is then returned as is (no stack, no per-tensor write-back); otherwise (first step, a loaded
-    checkpoint, other buckets) the values are stacked once and the state is pointed at the views.
-    Update the vector in place (``copy_``) so that the state follows."""
+    state's tensors (views). The first time (and whenever the state holds other tensors: a loaded
+    checkpoint, other buckets) the values are stacked once and the state is pointed at the views;
+    afterwards the cached vector is returned as is (no stack, no per-tensor write-back). Update it
+    in place (``copy_``) so that the state follows. ``cache`` is not part of the state dict."""
     ts = [states[i][key] for i in idx]
-    base = ts[0]._base
-    if (base is not None and base.dim() == 1 and base.numel() == len(ts)
-            and all(t._base is base and t.storage_offset() == base.storage_offset() + k * base.stride(0)
-                    for k, t in enumerate(ts))):
-        return base
+    hit = cache.get((key, len(ts)))
+    if hit is not None and all(a is b for a, b in zip(ts, hit[1], strict=True)):
+        return hit[0]
     vec = torch.stack(ts)
-    for i, v in zip(idx, vec.unbind(), strict=True):
+    views = vec.unbind()
+    for i, v in zip(idx, views, strict=True):
         states[i][key] = v
+    cache[(key, len(ts))] = (vec, views)
     return vec
 
 
@@ -149,9 +149,11 @@ class StableSPAM(KeepStateDtype, Optimizer):
         self.clip_grad_in_place = clip_grad_in_place
         self.state_dtype = state_dtype
         self.process_group = process_group
+        self._stats_cache: dict[int, dict] = {}  # see _stats_vector; not state
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
+        self.__dict__.setdefault("_stats_cache", {})
         for group in self.param_groups:
             group.setdefault("amsgrad", False)
             group.setdefault("total_steps", 0)
@@ -234,11 +236,12 @@ class StableSPAM(KeepStateDtype, Optimizer):
         if sharded:
             maxes = reduce_maxes(maxes, [p.grad for p in params], self.process_group)
         n_params = len(params)
-        hat_vec = torch.empty_like(maxes)
         buckets = group_by_step(range(n_params), stats_steps)
+        cache = self._stats_cache.setdefault(id(group), {}) if len(buckets) == 1 else {}
+        hat_vec = torch.empty_like(maxes)
         for stats_step, idx in buckets.items():
             pick = _picker(idx, n_params, maxes.device)
-            m_max_vec = _stats_vector(states, idx, "m_max_t")
+            m_max_vec = _stats_vector(states, idx, "m_max_t", cache)
             m_max_t = self.theta * m_max_vec + (1 - self.theta) * pick(maxes)
             m_max_vec.copy_(m_max_t)
             _put(hat_vec, idx, n_params, m_max_t / (1 - self.theta ** stats_step))
@@ -275,8 +278,8 @@ class StableSPAM(KeepStateDtype, Optimizer):
         c_vec = torch.empty_like(norms)
         for stats_step, idx in buckets.items():
             n = _picker(idx, n_params, norms.device)(norms)
-            m_norm_vec = _stats_vector(states, idx, "m_norm_t")
-            v_norm_vec = _stats_vector(states, idx, "v_norm_t")
+            m_norm_vec = _stats_vector(states, idx, "m_norm_t", cache)
+            v_norm_vec = _stats_vector(states, idx, "v_norm_t", cache)
             m_norm_t = g1 * m_norm_vec + (1 - g1) * n
             v_norm_t = self.gamma2 * v_norm_vec + (1 - self.gamma2) * n ** 2
             m_norm_vec.copy_(m_norm_t)
