@@ -65,6 +65,24 @@ def _put(out: Tensor, idx: list[int], n: int, values: Tensor) -> None:
         out.index_copy_(0, torch.tensor(idx, device=out.device), values)
 
 
+def _stats_vector(states: list[dict], idx: list[int], key: str, cache: dict) -> Tensor:
+    """The per-tensor statistic ``key`` of the tensors ``idx`` as one vector whose entries *are* the
+    state's tensors (views). The first time (and whenever the state holds other tensors: a loaded
+    checkpoint, other buckets) the values are stacked once and the state is pointed at the views;
+    afterwards the cached vector is returned as is (no stack, no per-tensor write-back). Update it
+    in place (``copy_``) so that the state follows. ``cache`` is not part of the state dict."""
+    ts = [states[i][key] for i in idx]
+    hit = cache.get((key, len(ts)))
+    if hit is not None and all(a is b for a, b in zip(ts, hit[1], strict=True)):
+        return hit[0]
+    vec = torch.stack(ts)
+    views = vec.unbind()
+    for i, v in zip(idx, views, strict=True):
+        states[i][key] = v
+    cache[(key, len(ts))] = (vec, views)
+    return vec
+
+
 class StableSPAM(KeepStateDtype, Optimizer):
     """Stable-SPAM. Positional arguments and defaults are the official constructor's.
 
@@ -131,9 +149,11 @@ class StableSPAM(KeepStateDtype, Optimizer):
         self.clip_grad_in_place = clip_grad_in_place
         self.state_dtype = state_dtype
         self.process_group = process_group
+        self._stats_cache: dict[int, dict] = {}  # see _stats_vector; not state
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
+        self.__dict__.setdefault("_stats_cache", {})
         for group in self.param_groups:
             group.setdefault("amsgrad", False)
             group.setdefault("total_steps", 0)
@@ -205,33 +225,50 @@ class StableSPAM(KeepStateDtype, Optimizer):
         # 1. AdaClip: spike clipping against the EMA of max|g| (Eq. 2-3). The per-tensor statistics
         # are updated as one vector per bucket of equal step counts; the state keeps each tensor's
         # entry (a view of that vector).
-        # ``work`` is this step's one gradient-sized buffer per tensor: |g|, then g * ratio, the update
-        # gradient and the Adam denominator (no further large allocation; the inf-norm kernel is much
-        # slower than abs + amax on CPU).
+        # ``work`` is this step's one gradient-sized buffer per tensor: |g|, then the clip factor s, the
+        # update gradient and the Adam denominator (no further large allocation; the inf-norm kernel
+        # is much slower than abs + max on CPU).
         work = torch._foreach_abs(grads)
-        maxes = torch.stack([a.amax() if a.numel() else a.new_zeros(()) for a in work])
+        if all(a.numel() for a in work):
+            maxes = torch.stack(torch._foreach_max(work))
+        else:
+            maxes = torch.stack([a.amax() if a.numel() else a.new_zeros(()) for a in work])
         if sharded:
             maxes = reduce_maxes(maxes, [p.grad for p in params], self.process_group)
         n_params = len(params)
-        hat_vec = torch.empty_like(maxes)
         buckets = group_by_step(range(n_params), stats_steps)
+        cache = self._stats_cache.setdefault(id(group), {}) if len(buckets) == 1 else {}
+        hat_vec = torch.empty_like(maxes)
         for stats_step, idx in buckets.items():
             pick = _picker(idx, n_params, maxes.device)
-            m_max_t = self.theta * torch.stack([states[i]["m_max_t"] for i in idx]) + (1 - self.theta) * pick(maxes)
+            m_max_vec = _stats_vector(states, idx, "m_max_t", cache)
+            m_max_t = self.theta * m_max_vec + (1 - self.theta) * pick(maxes)
+            m_max_vec.copy_(m_max_t)
             _put(hat_vec, idx, n_params, m_max_t / (1 - self.theta ** stats_step))
-            for i, v in zip(idx, m_max_t.unbind(), strict=True):
-                states[i]["m_max_t"] = v
-        # entries above the threshold: g / max|g| * m_max_hat (official), as g * (m_max_hat / max|g|)
-        ratios = (hat_vec / torch.where(maxes > 0, maxes, torch.ones_like(maxes))).unbind()
-        hats = hat_vec.unbind()
-        clipped: list[Tensor] = []
-        for i in range(n_params):
-            in_place = self.clip_grad_in_place and grads[i] is grads_raw[i]
-            g, buf = grads[i], work[i]
-            mask = buf > hats[i]
-            clipped.append(torch.where(mask, torch.mul(g, ratios[i], out=buf), g, out=g if in_place else buf))
-            if self.clip_grad_in_place and not in_place:
-                grads_raw[i].copy_(clipped[i])
+        # Entries above the threshold: g / max|g| * m_max_hat (official), as g * s with the factor
+        # s = where(|g| > m_max_hat, r, 1), r = min(m_max_hat / max|g|, 1) (an entry above the
+        # threshold exists only when r < 1). On CPU the bool kernels (>, where) cost 5-10x a float
+        # pass, so s is computed from float passes only, written over |g|:
+        # s = max(r, sign(next_up(m_max_hat) - |g|)): the sign is 1 where |g| <= m_max_hat, else 0 or -1.
+        # s is exactly 1 or r, so g * s equals the official select bit for bit.
+        ratios = list(torch.clamp_max(hat_vec / torch.where(maxes > 0, maxes, torch.ones_like(maxes)), 1).unbind())
+        bounds = torch.nextafter(hat_vec, torch.full_like(hat_vec, math.inf)).unbind()
+        for bound, buf in zip(bounds, work, strict=True):
+            torch.sub(bound, buf, out=buf)
+        torch._foreach_sign_(work)
+        torch._foreach_maximum_(work, ratios)  # s
+        writable = [g is not g_raw or self.clip_grad_in_place  # p.grad by choice, or our cast copy
+                    for g, g_raw in zip(grads, grads_raw, strict=True)]
+        if all(writable):
+            torch._foreach_mul_(grads, work)
+            clipped = grads
+        else:
+            clipped = [g.mul_(buf) if w else torch.mul(g, buf, out=buf)
+                       for g, buf, w in zip(grads, work, writable, strict=True)]
+        if self.clip_grad_in_place:
+            for c, g_raw in zip(clipped, grads_raw, strict=True):
+                if c is not g_raw:
+                    g_raw.copy_(c)
 
         # 2. AdaGN: scale the matrix to the EMA ratio of its norms (Eq. 4-5), as g * (c / ||g||).
         norms = torch.stack(torch._foreach_norm(clipped))
@@ -241,13 +278,15 @@ class StableSPAM(KeepStateDtype, Optimizer):
         c_vec = torch.empty_like(norms)
         for stats_step, idx in buckets.items():
             n = _picker(idx, n_params, norms.device)(norms)
-            m_norm_t = g1 * torch.stack([states[i]["m_norm_t"] for i in idx]) + (1 - g1) * n
-            v_norm_t = self.gamma2 * torch.stack([states[i]["v_norm_t"] for i in idx]) + (1 - self.gamma2) * n ** 2
+            m_norm_vec = _stats_vector(states, idx, "m_norm_t", cache)
+            v_norm_vec = _stats_vector(states, idx, "v_norm_t", cache)
+            m_norm_t = g1 * m_norm_vec + (1 - g1) * n
+            v_norm_t = self.gamma2 * v_norm_vec + (1 - self.gamma2) * n ** 2
+            m_norm_vec.copy_(m_norm_t)
+            v_norm_vec.copy_(v_norm_t)
             m_norm_hat = m_norm_t / (1 - g1 ** stats_step)
             v_norm_hat = v_norm_t / (1 - self.gamma2 ** stats_step)
             _put(c_vec, idx, n_params, m_norm_hat / (torch.sqrt(v_norm_hat) + eps))
-            for i, m, v in zip(idx, m_norm_t.unbind(), v_norm_t.unbind(), strict=True):
-                states[i]["m_norm_t"], states[i]["v_norm_t"] = m, v
         # official: unchanged if ||g|| = 0 (then g = 0 and any factor keeps it 0)
         factors = (c_vec / torch.where(norms > 0, norms, torch.ones_like(norms))).unbind()
         for c, f, buf in zip(clipped, factors, work, strict=True):
