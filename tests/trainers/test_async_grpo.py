@@ -4,7 +4,6 @@ server on CPU (one server per module; weights reach it through the shared-file t
 from __future__ import annotations
 
 import math
-import queue
 import time
 from pathlib import Path
 from unittest import mock
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import trl.experimental.async_grpo.async_grpo_trainer as agt
+from async_stubs import NoTransfer, StubWorker
 from datasets import Dataset
 from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
@@ -140,24 +140,6 @@ def test_dead_server_is_reported_quickly():
     assert time.monotonic() - t0 < 15
 
 
-class _StubWorker:
-    rollout_buffer: queue.Queue = queue.Queue()
-    metrics_queue: queue.Queue = queue.Queue()
-
-    def start(self): ...
-    def stop(self): ...
-    def update_model_version(self, v): ...
-    def check_health(self, s): ...
-
-
-class _NoTransfer:
-    def init_weight_transfer(self): ...
-    def pause(self): ...
-    def send_weights(self, it): ...
-    def resume(self): ...
-    def destroy(self): ...
-
-
 def _packed_batch(tokenizer, n: int = 6, seed: int = 0) -> dict:
     """A micro-batch packed by TRL's own TreeRow and collator (shared prompts -> a prefix tree)."""
     g = torch.Generator().manual_seed(seed)
@@ -180,11 +162,11 @@ def test_grpo_matches_trl_async_loss(tiny_model_dir, tokenizer, tmp_path):
                   epsilon=0.2, epsilon_high=0.28, gradient_accumulation_steps=2, max_steps=1)
     with mock.patch.object(agt, "get_peak_flops_per_device", _peak_flops_cpu_safe):
         trl_trainer = agt.AsyncGRPOTrainer(tiny_model_dir, digit_fraction_reward, agt.AsyncGRPOConfig(**common),
-                                           _dataset(8), tokenizer, rollout_worker=_StubWorker(),
-                                           weight_transfer=_NoTransfer())
+                                           _dataset(8), tokenizer, rollout_worker=StubWorker(),
+                                           weight_transfer=NoTransfer())
     ours = AdaClipAsyncGRPOTrainer(tiny_model_dir, digit_fraction_reward,
                                    AdaClipAsyncGRPOConfig(**common, policy_loss="grpo"), _dataset(8), tokenizer,
-                                   rollout_worker=_StubWorker(), weight_transfer=_NoTransfer())
+                                   rollout_worker=StubWorker(), weight_transfer=NoTransfer())
     AttentionInterface.register(agt.TREE_ATTENTION, cpu_tree_attention)  # TRL re-registered FA3
     batch = _packed_batch(tokenizer)
     results = []
@@ -285,7 +267,7 @@ def test_bapo_searches_once_per_update(tiny_model_dir, tokenizer, tmp_path):
                                       token_budget=0, policy_loss="bapo", bapo_scope=scope,
                                       gradient_accumulation_steps=2, max_steps=1)
         trainer = AdaClipAsyncGRPOTrainer(tiny_model_dir, digit_fraction_reward, args, _dataset(8), tokenizer,
-                                          rollout_worker=_StubWorker(), weight_transfer=_NoTransfer())
+                                          rollout_worker=StubWorker(), weight_transfer=NoTransfer())
         trainer.model.train()
         trainer.current_gradient_accumulation_steps = 2
         window = [_packed_batch(tokenizer, seed=1), _packed_batch(tokenizer, seed=7)]

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import trl.experimental.async_grpo.async_grpo_trainer as agt
+from async_stubs import NoTransfer, StubWorker, zero_reward
 from datasets import Dataset
 from transformers import AttentionInterface, AutoTokenizer
 
@@ -25,30 +26,6 @@ from adaclip_rl.trainers.async_grpo import (
 )
 
 
-def _reward(completions, **kwargs):
-    return [0.0 for _ in completions]
-
-
-class _StubWorker:
-    def __init__(self):
-        import queue
-
-        self.rollout_buffer, self.metrics_queue = queue.Queue(), queue.Queue()
-
-    def start(self): ...
-    def stop(self): ...
-    def update_model_version(self, v): ...
-    def check_health(self, s): ...
-
-
-class _NoTransfer:
-    def init_weight_transfer(self): ...
-    def pause(self): ...
-    def send_weights(self, it): ...
-    def resume(self): ...
-    def destroy(self): ...
-
-
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir):
     return set_plain_response_template(AutoTokenizer.from_pretrained(tiny_model_dir))
@@ -61,8 +38,8 @@ def trainer(tiny_model_dir, tokenizer, tmp_path_factory):
     args = AdaClipAsyncGRPOConfig(output_dir=str(tmp_path_factory.mktemp("async_loss")), report_to=[], bf16=False,
                                   dtype="float32", token_budget=0, policy_loss="archer", archer_low_kl=0.5,
                                   archer_high_kl=0.25, max_steps=1)
-    tr = AdaClipAsyncGRPOTrainer(tiny_model_dir, _reward, args, data, tokenizer, rollout_worker=_StubWorker(),
-                                 weight_transfer=_NoTransfer())
+    tr = AdaClipAsyncGRPOTrainer(tiny_model_dir, zero_reward, args, data, tokenizer, rollout_worker=StubWorker(),
+                                 weight_transfer=NoTransfer())
     AttentionInterface.register(agt.TREE_ATTENTION, cpu_tree_attention)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():  # move the policy away from the frozen reference: a non-zero KL

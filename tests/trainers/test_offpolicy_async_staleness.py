@@ -8,12 +8,12 @@ scaled - same tokens, same denominator."""
 from __future__ import annotations
 
 import dataclasses
-import queue
 
 import numpy as np
 import pytest
 import torch
 import trl.experimental.async_grpo.async_grpo_trainer as agt
+from async_stubs import NoTransfer, StubWorker, zero_reward
 from datasets import Dataset
 from transformers import AttentionInterface, AutoTokenizer
 
@@ -28,28 +28,6 @@ from adaclip_rl.trainers.async_grpo import (
 
 NOW = 5  # the trainer's policy version
 BOUND = 1
-
-
-def reward(completions, **kwargs):
-    return [0.0 for _ in completions]
-
-
-class _StubWorker:
-    rollout_buffer: queue.Queue = queue.Queue()
-    metrics_queue: queue.Queue = queue.Queue()
-
-    def start(self): ...
-    def stop(self): ...
-    def update_model_version(self, v): ...
-    def check_health(self, s): ...
-
-
-class _NoTransfer:
-    def init_weight_transfer(self): ...
-    def pause(self): ...
-    def send_weights(self, it): ...
-    def resume(self): ...
-    def destroy(self): ...
 
 
 def _batch(tokenizer, versions: list[list[int]], advantages: list[float]) -> dict:
@@ -75,8 +53,8 @@ def trainer(tiny_model_dir, tmp_path_factory):
                                   dtype="float32", token_budget=0, policy_loss="grpo", max_staleness=BOUND,
                                   max_steps=1)
     ds = Dataset.from_list([{"prompt": [{"role": "user", "content": "1+1="}]}] * 4)
-    t = AdaClipAsyncGRPOTrainer(tiny_model_dir, reward, args, ds, tokenizer, rollout_worker=_StubWorker(),
-                                weight_transfer=_NoTransfer())
+    t = AdaClipAsyncGRPOTrainer(tiny_model_dir, zero_reward, args, ds, tokenizer, rollout_worker=StubWorker(),
+                                weight_transfer=NoTransfer())
     AttentionInterface.register(agt.TREE_ATTENTION, cpu_tree_attention)
     t.model_version = NOW
     t.model.train()
