@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -77,6 +78,10 @@ from .offpolicy_config import OffPolicyGRPOConfig
 logger = logging.getLogger(__name__)
 
 ROLLOUT_STATE_FILE = "rollout_state_{rank}.pt"
+# TRL's metrics of its own vLLM importance ratio (old vs sampling log-probs); see _behaviour_as_old_logps
+_TRL_IS_METRICS = tuple(f"sampling/{m}" for m in (
+    "sampling_logp_difference/mean", "sampling_logp_difference/max",
+    "importance_sampling_ratio/min", "importance_sampling_ratio/mean", "importance_sampling_ratio/max"))
 
 
 __all__ = ["OffPolicyGRPOConfig", "OffPolicyGRPOTrainer", "in_flight_sequences", "prefill_indices", "top_up_rows"]
@@ -272,7 +277,8 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
         rows = [dict(row) for _, row in groups for _ in range(self.num_generations)]
         samples = [s for group_samples, _ in groups for s in group_samples]
         self._pending_samples = list(samples)
-        batch = super()._generate_and_score_completions(rows)
+        with self._behaviour_as_old_logps(samples):
+            batch = super()._generate_and_score_completions(rows)
         versions = pad_versions([s.versions for s in samples], width=batch["completion_ids"].size(1))
         correction = self._apply_behaviour_correction(batch, versions, version)
         self._store_for_replay(fresh, batch, len(rows))
@@ -282,6 +288,58 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
             metrics["replay/sampled"] = float(len(replayed))
         self._log_rollout_metrics(metrics)
         return batch
+
+    def _skips_old_forward(self, samples: list[BehaviourSample]) -> bool:
+        """Whether TRL's old-log-prob forward can be skipped: with ``ratio_anchor="behaviour"`` the loss's
+        ``old_per_token_logps`` is the behaviour log-prob wherever that is finite, and
+        :func:`behaviour_correction` ignores ``old`` (weight 1), so ``old`` is read only where a behaviour
+        log-prob is NaN. Archer's old entropies come from their own forward (``AdaClipGRPOTrainer``)."""
+        return self.rollout_cfg.ratio_anchor == "behaviour" and all(
+            math.isfinite(lp) for s in samples for lp in s.logprobs)
+
+    @contextlib.contextmanager
+    def _behaviour_as_old_logps(self, samples: list[BehaviourSample]) -> Iterator[None]:
+        """The one place that skips TRL's old-log-prob forward (a wasted forward per generation batch).
+
+        The config requires ``use_vllm`` and ``vllm_importance_sampling_correction``, so TRL 1.16's
+        ``_generate_and_score_completions`` always makes that forward, and it is its first call of
+        ``_get_per_token_logps_and_entropies`` (reference log-probs come after). Within the block that
+        first call returns the behaviour log-probs (right-padded with 0, as TRL pads
+        ``sampling_per_token_logps``) instead of running the model; later calls run normally. TRL's
+        ``old - sampling`` is then 0, so the ``sampling/sampling_logp_difference/*`` and
+        ``sampling/importance_sampling_ratio/*`` values it logs for this batch would be constants
+        (0 and 1) and are removed (its ratio is replaced by the behaviour correction anyway; read
+        ``rollout/*``). A no-op unless :meth:`_skips_old_forward`."""
+        if not self._skips_old_forward(samples):
+            yield
+            return
+        assert self.use_vllm and self.vllm_importance_sampling_correction  # validate_rollout_fields
+        real = self._get_per_token_logps_and_entropies
+
+        def behaviour_logps(model, input_ids, attention_mask, logits_to_keep, *a: Any, **kw: Any):
+            self._get_per_token_logps_and_entropies = real  # only this first call is replaced
+            logps = torch.zeros(len(samples), logits_to_keep, dtype=torch.float32, device=input_ids.device)
+            for i, s in enumerate(samples):
+                n = min(len(s.logprobs), logits_to_keep)
+                logps[i, :n] = torch.tensor(s.logprobs[:n], dtype=torch.float32)
+            return logps, None, None
+
+        metrics = self._metrics["train"]
+        lengths = {k: len(metrics[k]) if k in metrics else 0 for k in _TRL_IS_METRICS}
+        patched = "_get_per_token_logps_and_entropies" in self.__dict__
+        self._get_per_token_logps_and_entropies = behaviour_logps
+        try:
+            yield
+        finally:
+            if patched:
+                self._get_per_token_logps_and_entropies = real
+            else:
+                del self._get_per_token_logps_and_entropies  # back to the class's method
+            for k, n in lengths.items():
+                if k in metrics:
+                    del metrics[k][n:]
+                    if not metrics[k]:
+                        del metrics[k]  # TRL's log() averages every list: no empty ones
 
     def _collect_groups(self, inputs: list[dict]) -> tuple[list, list[ReplayGroup]]:
         """Stage 1: the generation batch's groups (:meth:`BatchScheduler.next_batch`): the replayed

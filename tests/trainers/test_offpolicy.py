@@ -3,6 +3,7 @@ partial rollouts and replay enabled, including a checkpoint save / resume of the
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -81,7 +82,74 @@ def eos_model_dir(tiny_model_dir, tmp_path_factory):
 
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_bapo_partial_rollouts_and_replay_train_and_resume(tmp_path, eos_model_dir):
+def _count_no_grad_logp_calls(trainer, monkeypatch) -> dict:
+    """Counts generation batches and the policy log-prob passes made without grad inside them (TRL's
+    old-log-prob forward, ref forwards); keeps the last batch's TRL inputs and behaviour samples."""
+    from adaclip_rl.trainers.grpo import AdaClipGRPOTrainer
+    from adaclip_rl.trainers.offpolicy import OffPolicyGRPOTrainer
+
+    counts = {"batches": 0, "no_grad_calls": 0}
+    inside = []
+    logps = OffPolicyGRPOTrainer._get_per_token_logps_and_entropies
+    score = AdaClipGRPOTrainer._generate_and_score_completions
+
+    def counting_logps(self, *a, **k):
+        counts["no_grad_calls"] += bool(inside) and not torch.is_grad_enabled()
+        return logps(self, *a, **k)
+
+    def counting_score(self, inputs):
+        counts["batches"] += 1
+        counting_score.last = (list(inputs), list(self._pending_samples or []))
+        inside.append(1)
+        try:
+            return score(self, inputs)
+        finally:
+            inside.pop()
+
+    monkeypatch.setattr(OffPolicyGRPOTrainer, "_get_per_token_logps_and_entropies", counting_logps)
+    monkeypatch.setattr(AdaClipGRPOTrainer, "_generate_and_score_completions", counting_score)
+    trainer._last_scored = counting_score
+    return counts
+
+
+def _assert_skip_leaves_loss_and_grads_unchanged(trainer, counts) -> None:
+    """The last generation batch scored again with and without the skip: the loss and every gradient
+    agree, so TRL's old log-probs are provably unused with the behaviour anchor."""
+    from adaclip_rl.rollout import pad_versions
+    from adaclip_rl.trainers.grpo import AdaClipGRPOTrainer
+
+    rows, samples = trainer._last_scored.last
+    assert samples and trainer._skips_old_forward(samples)
+    model = trainer.model.train()
+    trainer._sync_rollout_engine()  # as _generate_and_score_completions does first (TRL's own sync is bypassed)
+    results = []
+    for skip in (True, False):
+        before = counts["no_grad_calls"]
+        trainer._pending_samples = list(samples)
+        ctx = trainer._behaviour_as_old_logps(samples) if skip else contextlib.nullcontext()
+        with ctx:
+            batch = AdaClipGRPOTrainer._generate_and_score_completions(trainer, rows)
+        assert counts["no_grad_calls"] - before == (0 if skip else 1)
+        if not skip:  # the comparison has teeth: TRL's old log-probs differ from the behaviour ones here
+            valid = batch["completion_mask"].bool()
+            gap = (batch["old_per_token_logps"] - batch["sampling_per_token_logps"])[valid].abs().max()
+            assert gap > 1e-3, gap
+        versions = pad_versions([s.versions for s in samples], width=batch["completion_ids"].size(1))
+        trainer._apply_behaviour_correction(batch, versions, trainer.rollout_engine.version)
+        model.zero_grad()
+        loss = trainer.compute_loss(model, batch)
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        results.append((loss.detach(), grads))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert grads_a and len(grads_a) == len(grads_b)
+    torch.testing.assert_close(loss_a, loss_b, rtol=0, atol=1e-6)
+    for a, b in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    model.zero_grad()
+
+
+def test_bapo_partial_rollouts_and_replay_train_and_resume(tmp_path, eos_model_dir, monkeypatch):
     pytest.importorskip("vllm")
     from datasets import Dataset
 
@@ -111,7 +179,11 @@ def test_bapo_partial_rollouts_and_replay_train_and_resume(tmp_path, eos_model_d
     trainer = OffPolicyGRPOTrainer(
         eos_model_dir, [parity_reward], args=_cfg(tmp_path, **kw), train_dataset=ds
     )
+    scored = _count_no_grad_logp_calls(trainer, monkeypatch)
     trainer.train()
+    # the behaviour anchor needs no old-log-prob forward: none per generation batch (bapo: no ref model)
+    assert scored == {"batches": 4, "no_grad_calls": 0}
+    _assert_skip_leaves_loss_and_grads_unchanged(trainer, scored)
     logs = [h for h in trainer.state.log_history if "loss" in h]
     for h in logs:
         print(
@@ -186,7 +258,10 @@ def test_bapo_partial_rollouts_and_replay_train_and_resume(tmp_path, eos_model_d
         restored["partial"] = trainer.rollout_manager.state_dict()
 
     trainer.load_rollout_state_dict = spy
+    scored = _count_no_grad_logp_calls(trainer, monkeypatch)
     trainer.train(resume_from_checkpoint=str(ckpt))
+    # the proximal anchor keeps TRL's old-log-prob forward: one per generation batch (2 after resume)
+    assert scored == {"batches": 2, "no_grad_calls": 2}
     assert restored["replay"] == saved["replay"] and restored["partial"] == saved["partial"]
     assert trainer.state.global_step == 4
     release_trainer_engines(trainer)  # the next test starts its own engine
