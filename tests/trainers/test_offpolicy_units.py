@@ -67,3 +67,24 @@ def test_trl_engine_is_built_without_chunked_prefill_on_cpu(monkeypatch):
         assert issubclass(grpo_trainer.VLLMGeneration, original_gen)
     assert built == [{"max_num_seqs": 8, "enable_chunked_prefill": False}]
     assert vllm_generation.LLM is original_llm and grpo_trainer.VLLMGeneration is original_gen
+
+
+@pytest.mark.parametrize(("anchor", "logprobs", "skips"), [
+    ("behaviour", [-0.5, -1.0], True),
+    ("behaviour", [-0.5, float("nan")], False),  # old fills the NaN entry: TRL's forward is needed
+    ("proximal", [-0.5, -1.0], False),  # the ratio is pi_theta / pi_old: the forward is needed
+])
+def test_old_logp_forward_is_skipped_only_when_nothing_reads_it(anchor, logprobs, skips):
+    from types import SimpleNamespace
+
+    from adaclip_rl.rollout import BehaviourSample
+    from adaclip_rl.trainers.offpolicy import OffPolicyGRPOTrainer
+
+    trainer = object.__new__(OffPolicyGRPOTrainer)
+    trainer.rollout_cfg = SimpleNamespace(ratio_anchor=anchor)
+    samples = [BehaviourSample([1], [5, 6], [-0.1, -0.2], [0, 0]),
+               BehaviourSample([1], [7, 8], logprobs, [0, 0])]
+    assert trainer._skips_old_forward(samples) is skips
+    if not skips:  # the hook is a no-op: TRL's method is untouched
+        with trainer._behaviour_as_old_logps(samples):
+            assert "_get_per_token_logps_and_entropies" not in trainer.__dict__
