@@ -295,9 +295,16 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
         """Whether TRL's old-log-prob forward can be skipped: with ``ratio_anchor="behaviour"`` the loss's
         ``old_per_token_logps`` is the behaviour log-prob wherever that is finite, and
         :func:`behaviour_correction` ignores ``old`` (weight 1), so ``old`` is read only where a behaviour
-        log-prob is NaN. Archer's old entropies come from their own forward (``AdaClipGRPOTrainer``)."""
-        return self.rollout_cfg.ratio_anchor == "behaviour" and all(
+        log-prob is NaN. Archer's old entropies come from their own forward (``AdaClipGRPOTrainer``).
+        Ranks agree (skip only if every rank can): a forward on some ranks only would leave FSDP's
+        all-gathers (or DDP's buffer broadcast) waiting."""
+        skip = self.rollout_cfg.ratio_anchor == "behaviour" and all(
             math.isfinite(lp) for s in samples for lp in s.logprobs)
+        accelerator = getattr(self, "accelerator", None)
+        if accelerator is not None and accelerator.num_processes > 1:
+            flag = torch.tensor([float(skip)], device=accelerator.device)
+            skip = bool(accelerator.gather(flag).min().item())
+        return skip
 
     @contextlib.contextmanager
     def _behaviour_as_old_logps(self, samples: list[BehaviourSample]) -> Iterator[None]:
