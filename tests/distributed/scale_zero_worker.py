@@ -44,11 +44,11 @@ def clipper(name: str):
     return build_grad_clipper(name, **CLIPPERS[name])
 
 
-def reference(model_dir: str, name: str, batch: torch.Tensor) -> dict:
+def reference(model_dir: str, name: str, batch: torch.Tensor, momentum: float = 0.0) -> dict:
     """One process on the whole batch, DeepSpeed's clip rule written out: scale the gradient by
     ``1 / max(1, (norm + 1e-6) / clip_grad)`` (``stage_1_and_2.unscale_and_clip_grads``)."""
     model, clip = load_model(model_dir), clipper(name)
-    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=momentum)
     thresholds, norms = [], []
     for step in range(STEPS):
         thr = min(clip.lagged_threshold(), CAP)
