@@ -408,59 +408,34 @@ def test_filter_applied_to_a_root_process() -> None:
     """The filter itself (not the uid drop) refuses: loaded in a forked root child here."""
     if sys.platform != "linux" or os.uname().machine not in sbx.SECCOMP_ARCHES:
         pytest.skip("seccomp tables exist for x86_64 and aarch64 Linux only")
-    from adaclip_rl.rewards import _sandbox_launcher as launcher
-    from adaclip_rl.rewards._seccomp import build_filter
-
     nr = sbx.SECCOMP_ARCHES[os.uname().machine][1]
-    raw = build_filter()
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        try:
-            os.close(r)
-            libc = ctypes.CDLL(None, use_errno=True)
-            launcher._load_seccomp(raw)
+    out = _filter_answers(f"nr = {dict(nr)!r}\n" + """
+out.update({
+    "unshare_net": call(nr["unshare"], 0x40000000),
+    "clone_newpid": call(nr["clone"], 0x20000000 | 17, 0, 0, 0, 0),
+    "clone3": call(nr["clone3"], 0, 0),
+    "keyctl": call(nr["keyctl"], 0, -3),
+    "bpf": call(nr["bpf"], 0, 0, 0),
+    "inotify_init1": call(nr["inotify_init1"], 0),
+    "personality_bad": call(nr["personality"], 0x0400000),
+    "personality_query": call(nr["personality"], 0xFFFFFFFF),
+    "socket_inet": call(nr["socket"], 2, 1, 0),
+    "socket_netlink": call(nr["socket"], 16, 3, 0),
+})
+import socket
+import threading
 
-            def call(*args: object) -> int:
-                ctypes.set_errno(0)
-                res = libc.syscall(*[ctypes.c_long(a) if isinstance(a, int) else a for a in args])
-                return 0 if res >= 0 else ctypes.get_errno()
-
-            out = {
-                "unshare_net": call(nr["unshare"], 0x40000000),
-                "clone_newpid": call(nr["clone"], 0x20000000 | 17, 0, 0, 0, 0),
-                "clone3": call(nr["clone3"], 0, 0),
-                "keyctl": call(nr["keyctl"], 0, -3),
-                "bpf": call(nr["bpf"], 0, 0, 0),
-                "inotify_init1": call(nr["inotify_init1"], 0),
-                "personality_bad": call(nr["personality"], 0x0400000),
-                "personality_query": call(nr["personality"], 0xFFFFFFFF),
-                "socket_inet": call(nr["socket"], 2, 1, 0),
-                "socket_netlink": call(nr["socket"], 16, 3, 0),
-            }
-            import socket
-            import threading
-
-            a, b = socket.socketpair()  # AF_UNIX still works
-            a.close()
-            b.close()
-            t = threading.Thread(target=lambda: None)
-            t.start()
-            t.join()
-            child = os.fork()  # plain fork still works
-            if child == 0:
-                os._exit(7)
-            out["fork"] = os.WEXITSTATUS(os.waitpid(child, 0)[1])
-            os.write(w, json.dumps(out).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    data = b""
-    while chunk := os.read(r, 4096):
-        data += chunk
-    os.close(r)
-    os.waitpid(pid, 0)
-    out = json.loads(data)
+a, b = socket.socketpair()  # AF_UNIX still works
+a.close()
+b.close()
+t = threading.Thread(target=lambda: None)
+t.start()
+t.join()
+child = os.fork()  # plain fork still works
+if child == 0:
+    os._exit(7)
+out["fork"] = os.WEXITSTATUS(os.waitpid(child, 0)[1])
+""")
     assert out["unshare_net"] == errno.EPERM and out["clone_newpid"] == errno.EPERM
     assert out["clone3"] == errno.ENOSYS
     assert out["keyctl"] == out["bpf"] == out["inotify_init1"] == out["personality_bad"] == errno.EPERM
