@@ -102,3 +102,11 @@ class KeepStateDtype:
                 loaded = self.state[p].get(key)
                 if isinstance(value, Tensor) and isinstance(loaded, Tensor) and loaded.dtype != value.dtype:
                     self.state[p][key] = value.to(device=loaded.device, copy=True)
+
+
+def params_with_grads(group: dict, optimizer_name: str) -> list:
+    """The group's parameters that have a gradient this step; sparse gradients are refused."""
+    params = [p for p in group["params"] if p.grad is not None]
+    if any(p.grad.is_sparse for p in params):
+        raise RuntimeError(f"{optimizer_name} does not support sparse gradients")
+    return params

@@ -33,7 +33,7 @@ import torch
 from torch.optim import Optimizer
 
 from ..checks import FieldValueError, _got, check_int, check_non_negative
-from ._common import KeepStateDtype, check_betas, cosine_annealing, group_by_step, local
+from ._common import KeepStateDtype, check_betas, cosine_annealing, group_by_step, local, params_with_grads
 
 __all__ = ["SPAM"]
 
@@ -112,11 +112,9 @@ class SPAM(KeepStateDtype, Optimizer):
         return loss
 
     def _step_group(self, group: dict) -> None:
-        params = [p for p in group["params"] if p.grad is not None]
+        params = params_with_grads(group, "SPAM")
         if not params:
             return
-        if any(p.grad.is_sparse for p in params):
-            raise RuntimeError("SPAM does not support sparse gradients")
         scale_factor = self.scale_factor(group["current_step"])
         beta1, beta2 = group["betas"]
         current = group["total_step"] + 1

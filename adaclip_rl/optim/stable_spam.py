@@ -42,6 +42,7 @@ from ._common import (
     group_by_step,
     is_sharded,
     local,
+    params_with_grads,
     reduce_maxes,
     reduce_sq_norms,
 )
@@ -198,11 +199,9 @@ class StableSPAM(KeepStateDtype, Optimizer):
         return state
 
     def _step_group(self, group: dict) -> None:
-        params = [p for p in group["params"] if p.grad is not None]
+        params = params_with_grads(group, "StableSPAM")
         if not params:
             return
-        if any(p.grad.is_sparse for p in params):
-            raise RuntimeError("StableSPAM does not support sparse gradients")
         lr, eps, wd, amsgrad = group["lr"], group["eps"], group["weight_decay"], group["amsgrad"]
         beta1, beta2 = group["betas"]
         total_steps = group["total_steps"]
