@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 from adaclip_rl.data import BENCHMARK_DIR  # noqa: E402
 from adaclip_rl.rewards.code import build_humaneval_program  # noqa: E402
 from adaclip_rl.rewards.math import verify_math_answers  # noqa: E402
-from adaclip_rl.rewards.sandbox import (  # noqa: E402
+from adaclip_rl.sandbox import (  # noqa: E402
     SandboxLimits,
     configure_sandbox,
     run_python,

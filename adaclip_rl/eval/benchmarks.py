@@ -327,7 +327,7 @@ class Benchmark:
     def _score_code(
         self, texts: list[str], owner: list[Problem], chat: bool, timeout_s: float | None
     ) -> list[float | None]:
-        from adaclip_rl.rewards.sandbox import SandboxLimits
+        from adaclip_rl.sandbox import SandboxLimits
 
         limit = timeout_s if timeout_s is not None else self.timeout_s
         limits = None if limit is None else SandboxLimits(cpu_time_s=limit, wall_time_s=limit)
@@ -345,7 +345,7 @@ class Benchmark:
             )
         import concurrent.futures
 
-        from adaclip_rl.rewards.sandbox import _max_parallel, run_python_function_tests
+        from adaclip_rl.sandbox.runner import max_parallel, run_python_function_tests
 
         def one(i: int) -> float:
             p = owner[i]
@@ -363,7 +363,7 @@ class Benchmark:
 
         if not texts:
             return []
-        workers = max(1, min(len(texts), _max_parallel()))
+        workers = max(1, min(len(texts), max_parallel()))
         with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="humaneval") as pool:
             return list(pool.map(one, range(len(texts))))
 

@@ -3,7 +3,7 @@
 * :mod:`~adaclip_rl.rewards.math`: Math-Verify accuracy (boxed-first, thread-safe, process pool
   with hard per-item timeouts); GSM8K gold helper.
 * :mod:`~adaclip_rl.rewards.code`: HumanEval-style function tests and stdin/stdout cases run
-  in :mod:`~adaclip_rl.rewards.sandbox` (namespaces, unprivileged uid, rlimits, no network).
+  in :mod:`~adaclip_rl.sandbox` (namespaces, unprivileged uid, rlimits, no network).
 * :mod:`~adaclip_rl.rewards.format`: think/answer format reward, DAPO soft overlong penalty.
 * :mod:`~adaclip_rl.rewards.safe`: ``safe_reward`` (a failing reward costs samples, not the step).
 * :mod:`~adaclip_rl.rewards.registry`: rewards by name for YAML recipes.
@@ -23,7 +23,7 @@ from adaclip_rl.rewards.math import (
 )
 from adaclip_rl.rewards.registry import REWARD_REGISTRY, build_reward_funcs, get_reward, register_reward
 from adaclip_rl.rewards.safe import SafeReward, safe_reward
-from adaclip_rl.rewards.sandbox import (
+from adaclip_rl.sandbox import (
     SandboxLimits,
     SandboxResult,
     SandboxUnavailable,

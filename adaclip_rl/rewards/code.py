@@ -1,11 +1,11 @@
 """Code-execution rewards: HumanEval-style function tests and stdin/stdout cases, sandboxed.
 
-Every program runs in :mod:`adaclip_rl.rewards.sandbox`. Nothing the program prints or returns
+Every program runs in :mod:`adaclip_rl.sandbox`. Nothing the program prints or returns
 as an exit status is trusted as a verdict:
 
 * function tests (:func:`check_humaneval`) are judged in a separate process that holds the tests
   and calls the candidate over a plain-data pipe (see
-  :func:`~adaclip_rl.rewards.sandbox.run_python_function_tests`);
+  :func:`~adaclip_rl.sandbox.run_python_function_tests`);
 * stdin/stdout cases (:func:`check_stdio`) are judged here, in the parent, by comparing the
   captured output with the expected output.
 """
@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from adaclip_rl.rewards._text import completion_text, fenced_blocks
-from adaclip_rl.rewards.sandbox import (
+from adaclip_rl.sandbox import (
     SandboxLimits,
     SandboxResult,
-    _max_parallel,
+    max_parallel,
     run_python,
     run_python_function_tests,
 )
@@ -250,7 +250,7 @@ def code_accuracy(
 
     if n == 0:
         return []
-    workers = max(1, min(n, _max_parallel()))
+    workers = max(1, min(n, max_parallel()))
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="code-reward") as pool:
         rows = list(pool.map(one, range(n)))
     _log_sandbox_metrics(rows, limits, kwargs.get("log_metric"), kwargs.get("log_extra"))

@@ -214,7 +214,7 @@ def test_humaneval_completion_runs_prompt_plus_completion_with_3s_limit(
 ) -> None:
     """No fence extraction in completion mode (the program is prompt + completion, as
     human_eval/execution.py builds it) and the official per-problem limit of 3 s."""
-    import adaclip_rl.rewards.sandbox as sandbox
+    import adaclip_rl.sandbox.runner as sandbox
 
     seen: list[tuple[str, Any]] = []
 

@@ -55,7 +55,7 @@ def _ppid(pid: str) -> int | None:
 
 def sandbox_uids() -> range:
     """Every uid the sandbox may lease (the whole pool; empty when not running as root)."""
-    from adaclip_rl.rewards.sandbox import sandbox_info
+    from adaclip_rl.sandbox import sandbox_info
 
     span = sandbox_info()["uid_range"]
     if span is None:
@@ -77,7 +77,7 @@ def leftover_processes() -> list[str]:
         cmd = _cmdline(pid)
         if uid is not None and uid in uids:
             out.append(f"pid {pid} uid {uid}: {cmd[:120]}")
-        elif _ppid(pid) == me and ("_sandbox_launcher" in cmd or cmd.startswith("unshare")):
+        elif _ppid(pid) == me and ("sandbox/launcher.py" in cmd or cmd.startswith("unshare")):
             out.append(f"pid {pid} (child of the test): {cmd[:120]}")
     return out
 

@@ -9,7 +9,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rewards_helpers import assert_no_leftovers, humaneval
 
-from adaclip_rl.rewards import _sandbox_launcher as launcher
 from adaclip_rl.rewards.code import (
     build_humaneval_program,
     check_humaneval,
@@ -18,7 +17,7 @@ from adaclip_rl.rewards.code import (
     extract_code,
     outputs_match,
 )
-from adaclip_rl.rewards.sandbox import run_python_function_tests
+from adaclip_rl.sandbox import launcher, run_python_function_tests
 
 # ------------------------------------------------------------------ HumanEval, all 164 problems
 

@@ -28,9 +28,8 @@ from pathlib import Path
 import pytest
 from rewards_helpers import assert_no_leftovers, humaneval
 
-from adaclip_rl.rewards import sandbox as sbx
 from adaclip_rl.rewards.code import check_humaneval, code_accuracy, extract_code
-from adaclip_rl.rewards.sandbox import (
+from adaclip_rl.sandbox import (
     SandboxLimits,
     SandboxUnavailable,
     configure_sandbox,
@@ -38,6 +37,7 @@ from adaclip_rl.rewards.sandbox import (
     run_python_function_tests,
     sandbox_info,
 )
+from adaclip_rl.sandbox import runner as sbx
 
 ROOT = os.geteuid() == 0
 REPO = Path(__file__).resolve().parents[2]
@@ -219,7 +219,7 @@ def test_uids_are_leased_not_derived() -> None:
     script = textwrap.dedent(
         """
         import json, sys, time
-        from adaclip_rl.rewards.sandbox import run_python, SandboxLimits
+        from adaclip_rl.sandbox import run_python, SandboxLimits
         lim = SandboxLimits(wall_time_s=5.0)
         uids = set()
         t_end = time.monotonic() + float(sys.argv[1])
@@ -580,7 +580,7 @@ def test_run_cgroups_are_removed() -> None:
 def test_cgroup_detection_parsing(tmp_path: Path) -> None:
     """Hierarchy discovery from /proc text: v1 per controller, v2, container mount roots; and a
     machine with no cgroup mounted names each controller as missing."""
-    from adaclip_rl.rewards import _cgroup
+    from adaclip_rl.sandbox import cgroups as _cgroup
 
     mountinfo = (
         "31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n"
@@ -616,7 +616,7 @@ def test_cgroup_v2_readers_and_probe(tmp_path: Path) -> None:
     """The v2 paths that this v1 machine cannot exercise for real: what a run's group reports
     (``memory.peak``, ``oom_kill`` in ``memory.events``, ``pids.events``, ``cpu.stat``), and a
     probe that refuses to reconfigure the trainer's own cgroup."""
-    from adaclip_rl.rewards import _cgroup
+    from adaclip_rl.sandbox import cgroups as _cgroup
 
     run = tmp_path / "r1"
     run.mkdir()
@@ -680,8 +680,8 @@ def _filter_answers(calls: str) -> dict:
     """Run ``calls`` (Python defining ``out``, with ``call(nr, *args)`` returning 0 or the
     errno) in a forked root child under the filter, so the filter's answer is seen, not the
     uid drop's or this kernel's."""
-    from adaclip_rl.rewards import _sandbox_launcher as launcher
-    from adaclip_rl.rewards._seccomp import build_filter
+    from adaclip_rl.sandbox import launcher as launcher
+    from adaclip_rl.sandbox.seccomp import build_filter
 
     raw = build_filter()
     r, w = os.pipe()
@@ -829,7 +829,7 @@ def test_read_only_bind_covers_submounts(tmp_path: Path, how: str) -> None:
     code = textwrap.dedent(
         f"""
         import json, os
-        from adaclip_rl.rewards import _sandbox_launcher as L
+        from adaclip_rl.sandbox import launcher as L
         if {how!r} == "remount-each":
             L._mount_setattr_recursive = lambda path, attrs: False
         L._mount(None, "/", None, L.MS_REC | L.MS_PRIVATE, None)
@@ -861,7 +861,7 @@ def test_memory_cgroup_without_kernel_memory_is_refused(tmp_path: Path, monkeypa
     """Class 5: on a host booted with ``cgroup.memory=nokmem`` (faked: a command line file),
     inodes, pipe buffers and page tables escape the memory cgroup; nothing checked that. Now
     ``require`` refuses naming the cause, and ``auto`` reports ``memory(no-kmem)``."""
-    from adaclip_rl.rewards import _cgroup
+    from adaclip_rl.sandbox import cgroups as _cgroup
 
     cmdline = tmp_path / "cmdline"
     cmdline.write_text("console=ttyS0 cgroup.memory=nosocket,nokmem quiet\n")

@@ -31,7 +31,7 @@ from rewards_helpers import assert_no_leftovers, humaneval
 
 from adaclip_rl.data import BENCHMARK_DIR
 from adaclip_rl.rewards.code import check_humaneval
-from adaclip_rl.rewards.sandbox import (
+from adaclip_rl.sandbox import (
     SandboxLimits,
     SandboxResult,
     configure_sandbox,
@@ -694,7 +694,7 @@ def test_cannot_read_the_tests() -> None:
     )
     row = humaneval()[HE0]
     from adaclip_rl.rewards.code import build_humaneval_program
-    from adaclip_rl.rewards.sandbox import run_python_function_tests
+    from adaclip_rl.sandbox import run_python_function_tests
 
     program = build_humaneval_program(finder, row["prompt"], row["entry_point"])
     res = run_python_function_tests(
@@ -750,7 +750,7 @@ def test_ptrace_or_read_the_judge(mode: str) -> None:
     )
     row = humaneval()[HE0]
     from adaclip_rl.rewards.code import build_humaneval_program
-    from adaclip_rl.rewards.sandbox import run_python_function_tests
+    from adaclip_rl.sandbox import run_python_function_tests
 
     program = build_humaneval_program(spy, row["prompt"], row["entry_point"])
     res = run_python_function_tests(
@@ -980,7 +980,7 @@ def test_judge_reply_frame_stays_within_the_run_budget() -> None:
     )
     row = humaneval()[HE0]
     from adaclip_rl.rewards.code import build_humaneval_program
-    from adaclip_rl.rewards.sandbox import run_python_function_tests
+    from adaclip_rl.sandbox import run_python_function_tests
 
     sandbox_info()
     program = build_humaneval_program(hack, row["prompt"], row["entry_point"])

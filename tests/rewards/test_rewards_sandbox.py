@@ -11,7 +11,7 @@ import time
 import pytest
 from rewards_helpers import assert_no_leftovers, status_uid
 
-from adaclip_rl.rewards.sandbox import (
+from adaclip_rl.sandbox import (
     SandboxLimits,
     configure_sandbox,
     run_python,
@@ -57,7 +57,7 @@ def test_configure_validation() -> None:
 
 
 def test_environment_settings_validated(monkeypatch: pytest.MonkeyPatch) -> None:
-    from adaclip_rl.rewards import sandbox as sbx
+    from adaclip_rl.sandbox import runner as sbx
 
     monkeypatch.setenv("ADACLIP_SANDBOX_UID_BASE", "12ab")
     with pytest.raises(ValueError, match=r"ADACLIP_SANDBOX_UID_BASE must be an integer in \[1000, "):
@@ -181,7 +181,7 @@ def test_unprivileged_caller_gets_user_namespaces() -> None:
     python = next((p for p in candidates if p and _world_executable(p)), None)
     if python is None or shutil.which("unshare") is None:
         pytest.skip("no interpreter reachable by an unprivileged user")
-    from adaclip_rl.rewards.sandbox import _userns_problem
+    from adaclip_rl.sandbox.runner import _userns_problem
 
     if _userns_problem() is not None:
         pytest.skip(f"this kernel refuses unprivileged user namespaces: {_userns_problem()}")
@@ -189,7 +189,7 @@ def test_unprivileged_caller_gets_user_namespaces() -> None:
         """
         import json, time
         from adaclip_rl.rewards.code import check_humaneval
-        from adaclip_rl.rewards.sandbox import (
+        from adaclip_rl.sandbox import (
             run_python, sandbox_info, SandboxLimits, SandboxUnavailable, configure_sandbox,
         )
         lim = SandboxLimits(cpu_time_s=1, wall_time_s=3, max_processes=8)
@@ -293,7 +293,7 @@ def test_unprivileged_caller_gets_user_namespaces() -> None:
 def test_auto_without_root_refuses_where_user_namespaces_are_off(monkeypatch: pytest.MonkeyPatch) -> None:
     """A non-root caller on a kernel without unprivileged user namespaces (faked: the sysctl
     check says so) gets ``SandboxUnavailable`` naming the switch and the way to the fallback."""
-    from adaclip_rl.rewards import sandbox as sbx
+    from adaclip_rl.sandbox import runner as sbx
 
     monkeypatch.setattr(sbx, "_is_root", lambda: False)
     monkeypatch.setattr(sbx, "_userns_problem", lambda: "unprivileged user namespaces are off (user.max_user_namespaces=0)")

@@ -107,7 +107,7 @@ def test_sandbox_tests_pass_as_a_fresh_unprivileged_uid() -> None:
     ``ADACLIP_SANDBOX_RESOURCE_CONTROL=off``: an unprivileged caller has cgroups only in a
     delegated v2 subtree, and a CI runner has none (the refusal is asserted by
     ``test_missing_cgroups_refused_naming_the_controller``, which clears the variable)."""
-    from adaclip_rl.rewards.sandbox import _userns_problem
+    from adaclip_rl.sandbox.runner import _userns_problem
 
     if shutil.which("setpriv") is None or shutil.which("unshare") is None:
         pytest.skip("setpriv and unshare (util-linux) are needed to run as another uid")
@@ -143,7 +143,7 @@ def test_sandbox_tests_pass_as_a_fresh_unprivileged_uid() -> None:
             "ADACLIP_SANDBOX_RESOURCE_CONTROL": "off",
         }
         setpriv = ["setpriv", f"--reuid={FRESH_UID}", f"--regid={FRESH_UID}", "--clear-groups"]
-        probe = subprocess.run([*setpriv, python, "-c", "import pytest, torch, adaclip_rl.rewards.sandbox"],
+        probe = subprocess.run([*setpriv, python, "-c", "import pytest, torch, adaclip_rl.sandbox"],
                                env=env, cwd=code, capture_output=True, text=True, timeout=120)
         if probe.returncode != 0:
             pytest.skip(f"uid {FRESH_UID} cannot import the test dependencies from {site}: {probe.stderr[-300:]}")

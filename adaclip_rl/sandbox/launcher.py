@@ -1,6 +1,6 @@
 """Sandbox launcher: the trusted process that runs *inside* the sandbox boundary.
 
-Started by :mod:`adaclip_rl.rewards.sandbox` as ``python -I -S _sandbox_launcher.py SPEC_FD
+Started by :mod:`adaclip_rl.sandbox` as ``python -I -S launcher.py SPEC_FD
 RESULT_FD [JUDGE_FD]``, normally as PID 1 of fresh PID, network, mount, IPC and UTS namespaces
 (``unshare --fork --pid --kill-child --mount-proc --net --ipc --uts``), still root (without root:
 uid 0 of a fresh user namespace, ``--user --map-root-user``; the children then drop every
@@ -16,7 +16,7 @@ capability instead of the uid). It
    the launcher before ``chroot``), sets resource limits, closes every other fd, joins a fresh
    anonymous session keyring, drops to the run's unprivileged uid/gid (no supplementary groups,
    ``no_new_privs``), installs the seccomp filter compiled by the trainer
-   (:mod:`adaclip_rl.rewards._seccomp`), and executes the untrusted source in a fresh
+   (:mod:`adaclip_rl.sandbox.seccomp`), and executes the untrusted source in a fresh
    ``__main__`` namespace;
 4. in judge mode, reads the *tests* only after the candidate has been forked (so the candidate
    never has them in memory), and forks the **judge** process under a second unprivileged uid, in
@@ -127,7 +127,7 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# seccomp: load the filter the trainer compiled (adaclip_rl.rewards._seccomp)
+# seccomp: load the filter the trainer compiled (adaclip_rl.sandbox.seccomp)
 # --------------------------------------------------------------------------------------------
 
 
