@@ -45,7 +45,7 @@ def run(warm: Path, out: Path, optimizer: str, lr: float, seed: int, steps: int)
     from adaclip_rl.data import ARITHMETIC_RECIPE
     from adaclip_rl.tasks import ArithmeticTask
     from adaclip_rl.tasks.warmstart import evaluate_accuracy
-    from adaclip_rl.trainers.cli import build_trainer, make_parser
+    from adaclip_rl.trainers.build import build_trainer, make_parser
 
     argv = ["--config", str(ARITHMETIC_RECIPE), "--seed", str(seed), "--max_steps", str(steps),
             "--learning_rate", str(lr), "--optimizer", optimizer, "--output_dir", str(out),

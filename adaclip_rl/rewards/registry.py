@@ -230,10 +230,9 @@ def build_reward_funcs(
 def _register_builtins() -> None:
     """The built-in rewards, every one listed here (nothing registers itself when its module is imported)."""
     from adaclip_rl.rewards.code import code_accuracy
+    from adaclip_rl.rewards.exact import arithmetic_reward, scratchpad_reward
     from adaclip_rl.rewards.format import soft_overlong_penalty, think_format_reward
     from adaclip_rl.rewards.math import math_accuracy
-    from adaclip_rl.tasks.arithmetic import arithmetic_reward
-    from adaclip_rl.tasks.scratchpad import scratchpad_reward
 
     register_reward("math_accuracy")(math_accuracy)
     register_reward("code_accuracy")(code_accuracy)

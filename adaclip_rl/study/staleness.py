@@ -243,7 +243,7 @@ def train_run(cfg: StudyConfig, method: str, level: str, seed: int, prep: dict[s
     from transformers import AutoTokenizer
 
     from ..tasks.scratchpad import evaluate_scratchpad
-    from ..trainers.cli import build_trainer, make_parser
+    from ..trainers.build import build_trainer, make_parser
 
     lv, task = LEVELS[level], prep["task"]
     name = run_name(method, level, seed)

@@ -11,10 +11,13 @@ partition of all operand pairs, so a held-out problem is never seen in training.
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass
 
-_LEADING_INT = re.compile(r"\s*(\d+)")
+# the task's reward and answer parsing live with the other verifiers (rewards below tasks)
+from ..rewards.exact import arithmetic_reward, parse_answer, plain_completion_text
+
+__all__ = ["ArithmeticTask", "arithmetic_reward", "is_heldout_pair", "parse_answer", "plain_completion_text",
+           "sample_operand_pairs"]
 
 
 def is_heldout_pair(a: int, b: int, heldout_every: int) -> bool:
@@ -70,21 +73,3 @@ class ArithmeticTask:
     def corpus(self, n: int = 2000, seed: int = 0) -> list[str]:
         """Text the tokenizer is trained on: full problems with answers."""
         return [p["prompt"] + p["answer"] for p in self.sample(n, "train", seed)]
-
-
-def parse_answer(completion: str) -> str | None:
-    """Leading digit string of a completion (``" 046<eos>"`` -> ``"046"``), or None."""
-    m = _LEADING_INT.match(completion)
-    return m.group(1) if m else None
-
-
-def plain_completion_text(completion) -> str:
-    """The text of a TRL completion: a string, or the last message of a conversation."""
-    if isinstance(completion, list):  # conversational: [{"role": "assistant", "content": ...}]
-        return completion[-1]["content"] if completion else ""
-    return completion
-
-
-def arithmetic_reward(completions: list, answer: list[str], **kwargs) -> list[float]:
-    """TRL reward function: 1.0 when the completion's leading integer equals ``answer``."""
-    return [float(parse_answer(plain_completion_text(c)) == a) for c, a in zip(completions, answer, strict=True)]

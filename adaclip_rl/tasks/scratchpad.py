@@ -18,13 +18,13 @@ stopped early, so the tiny model makes scratchpad errors that RL can remove.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .arithmetic import plain_completion_text, sample_operand_pairs
+from ..rewards.exact import parse_final, scratchpad_reward
+from .arithmetic import sample_operand_pairs
 
-_FINAL = re.compile(r">\s*(\d+)")
+__all__ = ["ScratchpadAdditionTask", "evaluate_scratchpad", "parse_final", "scratchpad_reward", "warm_start_scratchpad"]
 
 
 @dataclass(frozen=True)
@@ -76,17 +76,6 @@ class ScratchpadAdditionTask:
     def max_completion_tokens(self) -> int:
         """Tokens of the longest worked solution plus EOS (every character is one token at most)."""
         return len(self.solution(10**self.digits - 1, 10**self.digits - 1)[0]) + 1
-
-
-def parse_final(completion: str) -> str | None:
-    """Digits after the last ``>`` of a completion (``"...|>2331"`` -> ``"2331"``), or None."""
-    hits = _FINAL.findall(completion)
-    return hits[-1] if hits else None
-
-
-def scratchpad_reward(completions: list, answer: list[str], **kwargs) -> list[float]:
-    """TRL reward function: 1.0 when the completion's final answer (after the last ``>``) equals ``answer``."""
-    return [float(parse_final(plain_completion_text(c)) == a) for c, a in zip(completions, answer, strict=True)]
 
 
 class _SolutionView:

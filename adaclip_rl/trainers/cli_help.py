@@ -9,7 +9,8 @@ from __future__ import annotations
 import textwrap
 from dataclasses import MISSING, Field, fields
 
-PROG = "adaclip-rl train"
+from .build import PROG
+
 MODEL_FIELDS = ("model_name_or_path", "model_revision", "dtype", "attn_implementation", "use_peft", "lora_r",
                 "lora_alpha", "lora_target_modules", "load_in_4bit", "load_in_8bit")
 
@@ -34,7 +35,7 @@ def _section(title: str, items: list[Field]) -> list[str]:
 def short_help() -> str:
     """The help text: usage with ``--config``, the command's flags, the adaclip-rl fields."""
     from .adaclip_fields import AdaClipFields, RolloutFields
-    from .cli import TrainScriptArguments
+    from .build import TrainScriptArguments
 
     lines = [
         f"usage: {PROG} --config RECIPE.yaml [--FIELD VALUE ...] [--no-plot]",

@@ -33,15 +33,15 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-# The dataclasses that ``adaclip-rl train`` parses a recipe into (trainers.cli.make_parser).
+# The dataclasses that ``adaclip-rl train`` parses a recipe into (trainers.build.make_parser).
 PARSER_CLASSES: tuple[tuple[str, str], ...] = (
-    ("adaclip_rl.trainers.cli", "TrainScriptArguments"),
+    ("adaclip_rl.trainers.build", "TrainScriptArguments"),
     ("adaclip_rl.trainers.offpolicy_config", "OffPolicyGRPOConfig"),
     ("trl.trainer.model_config", "ModelConfig"),
 )
 # ... and with ``trainer: async``.
 ASYNC_PARSER_CLASSES: tuple[tuple[str, str], ...] = (
-    ("adaclip_rl.trainers.cli", "TrainScriptArguments"),
+    ("adaclip_rl.trainers.build", "TrainScriptArguments"),
     ("adaclip_rl.trainers.async_config", "AdaClipAsyncGRPOConfig"),
     ("adaclip_rl.trainers.async_config", "AsyncModelArguments"),
 )
@@ -283,7 +283,7 @@ def precheck(recipe: Mapping[str, Any], argv: Sequence[str] = (), trainer: str =
 
 
 def _check_script_arguments(values: Mapping[str, Any]) -> None:
-    from .cli import TrainScriptArguments
+    from .build import TrainScriptArguments
 
     names = [f.name for f in dataclass_fields(TrainScriptArguments)]
     kwargs = {n: values[n] for n in names if values.get(n, NO_LITERAL_DEFAULT) is not NO_LITERAL_DEFAULT}

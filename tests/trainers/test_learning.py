@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from adaclip_rl.data import ARITHMETIC_RECIPE
 from adaclip_rl.tasks import ArithmeticTask, build_tiny_model
 from adaclip_rl.tasks.warmstart import WarmStartConfig, evaluate_accuracy, warm_start
-from adaclip_rl.trainers.cli import build_trainer, make_parser
+from adaclip_rl.trainers.build import build_trainer, make_parser
 
 RECIPE = ARITHMETIC_RECIPE
 WARM_STEPS = 650

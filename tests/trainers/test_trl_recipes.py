@@ -16,15 +16,15 @@ import yaml
 
 from adaclip_rl.rewards import build_reward_funcs
 from adaclip_rl.rewards.registry import check_reward_names
-from adaclip_rl.trainers.cli import (
+from adaclip_rl.trainers.build import (
     DATASET_CONFIG_KEYS,
     RecipeError,
     TrainScriptArguments,
     build_trainer,
     load_train_dataset,
     make_parser,
-    parse_recipe,
 )
+from adaclip_rl.trainers.cli import parse_recipe
 from adaclip_rl.trainers.recipe_check import recipe_fields
 
 REWARD_MODULE = '''
@@ -146,7 +146,7 @@ def test_model_revision_reaches_the_model_loader(tiny_model_dir, tmp_path, monke
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the refusal is for machines without CUDA")
 @pytest.mark.parametrize("field", ["load_in_4bit", "load_in_8bit"])
 def test_quantization_without_cuda_is_refused_by_name(tmp_path, field):
-    from adaclip_rl.trainers.cli import check_quantization
+    from adaclip_rl.trainers.build import check_quantization
 
     _, _, model = make_parser().parse_args_and_config(["--config", _recipe(tmp_path, **{field: True})])
     with pytest.raises(RecipeError, match=f"{field}: bitsandbytes quantization needs a CUDA GPU"):
@@ -256,10 +256,12 @@ def test_every_field_trls_grpo_script_reads_is_read_here():
     from trl.scripts import grpo
     from trl.trainer import utils as trl_utils
 
-    import adaclip_rl.trainers.cli as ours
+    import adaclip_rl.trainers.build as ours
+    import adaclip_rl.trainers.cli as ours_cli
 
     trl_reads = _attrs_read(inspect.getsource(grpo.main), {"script_args", "model_args", "dataset_args"})
-    our_reads = _attrs_read(inspect.getsource(ours), {"script_args", "model_args", "args", "grpo_args"})
+    our_reads = set().union(*(_attrs_read(inspect.getsource(m), {"script_args", "model_args", "args", "grpo_args"})
+                              for m in (ours, ours_cli)))
     helpers = {"get_peft_config": trl_utils.get_peft_config, "get_quantization_config": trl_utils.get_quantization_config}
     for name, helper in helpers.items():
         assert f"{name}(model_args)" in inspect.getsource(ours.build_trainer), name
