@@ -5,7 +5,7 @@
 * :mod:`.engine` - engine protocol (requests, outputs, sampling settings)
 * :mod:`.vllm_engine` - in-process ``vllm.LLM`` (TRL colocate mode) with versioned weight sync
 * :mod:`.partial` - round-based partial rollouts with carry-over across weight updates
-* :mod:`.staleness` - truncated / masked importance weights and staleness weights (pure torch)
+* :mod:`.importance` - importance correction against the behaviour policy: truncated / masked importance weights and staleness weights (pure torch)
 * :mod:`.replay` - replay buffer of scored groups with exact checkpoint round-trip
 * :mod:`.schedule` - one rank's generation batch: replayed share, pre-fill, top-up, checkpoint state
 
@@ -15,10 +15,7 @@ Nothing here imports vLLM at module import time; :mod:`.vllm_engine` imports it 
 from .behaviour import BehaviourSample, collate_behaviour, pad_versions
 from .config import RolloutConfig
 from .engine import GenerationOutput, GenerationRequest, RolloutEngine, SamplingSettings
-from .partial import PartialRolloutManager, RolloutGroup
-from .replay import ReplayBuffer, ReplayGroup
-from .schedule import BatchScheduler, ReplayShare
-from .staleness import (
+from .importance import (
     BehaviourCorrection,
     behaviour_correction,
     importance_weights,
@@ -26,6 +23,9 @@ from .staleness import (
     staleness_weights,
     token_staleness,
 )
+from .partial import PartialRolloutManager, RolloutGroup
+from .replay import ReplayBuffer, ReplayGroup
+from .schedule import BatchScheduler, ReplayShare
 
 __all__ = [
     "BatchScheduler",

@@ -44,7 +44,7 @@ from ..losses.ratio import clamp_log_ratio
 from ..losses.registry import get_policy_loss_spec
 from ..rollout.async_versions import ServerCheckedRolloutWorker, VersionedRolloutWorker
 from ..rollout.async_weights import SharedFileWeightTransfer
-from ..rollout.staleness import staleness_weights, token_staleness
+from ..rollout.importance import staleness_weights, token_staleness
 from .adaptive_state import AdaptiveGradClipMixin
 from .async_config import AdaClipAsyncGRPOConfig
 from .optimizer_mixin import SpikeAwareOptimizerMixin

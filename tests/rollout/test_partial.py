@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from adaclip_rl.rollout import PartialRolloutManager, RolloutConfig, SamplingSettings, pad_versions
+from adaclip_rl.rollout.importance import staleness_weights, token_staleness
 from adaclip_rl.rollout.partial import request_seed
-from adaclip_rl.rollout.staleness import staleness_weights, token_staleness
 
 from .fakes import FakeEngine
 

@@ -29,8 +29,8 @@ import pytest
 import torch
 
 from adaclip_rl.rollout import PartialRolloutManager, ReplayBuffer, RolloutConfig, pad_versions
+from adaclip_rl.rollout.importance import staleness_weights, token_staleness
 from adaclip_rl.rollout.schedule import BatchScheduler, ReplayShare, effective_prefill, prefill_indices
-from adaclip_rl.rollout.staleness import staleness_weights, token_staleness
 
 from .fakes import FakeEngine
 
