@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -75,6 +77,11 @@ def test_cpu_quick_run_writes_one_json_with_every_section(gc, tmp_path):
     rows = s["bench_losses"]["rows"]
     assert {r["case"] for r in rows} == {"plain clip", "BAPO", "Archer", "Archer without KL"}
     assert all(math.isfinite(r["median_ms"]) and r["median_ms"] > 0 for r in rows)
+    for dtype in ("float32", "bfloat16"):  # each ratio is the case's median over the plain clip's, per dtype
+        by_case = {r["case"]: r for r in rows if r["dtype"] == dtype}
+        assert by_case["plain clip"]["ratio_to_plain"] == 1.0
+        for r in by_case.values():
+            assert r["ratio_to_plain"] == pytest.approx(r["median_ms"] / by_case["plain clip"]["median_ms"], rel=1e-9)
     table = "\n".join(gc.summary_lines(data))
     for name in sections.split(","):
         assert f"| {name} |" in table
@@ -188,7 +195,27 @@ def test_trainer_benchmark_at_tiny_size(gc, tmp_path):
     names = [r["trainer"] for r in res["rows"]]
     assert names == ["TRL GRPOTrainer", "AdaClip grpo", "AdaClip bapo", "AdaClip archer"]
     assert all(r["train_step_ms"] > 0 and r["loss_backward_ms"] > 0 for r in res["rows"])
+    base = res["rows"][0]  # TRL's trainer is the baseline of both ratios
+    for r in res["rows"]:
+        assert r["train_step_ms"] == pytest.approx(statistics.median(r["train_step_samples_ms"]), rel=1e-9)
+        assert r["train_vs_trl"] == pytest.approx(r["train_step_ms"] / base["train_step_ms"], rel=1e-9)
+        assert r["loss_vs_trl"] == pytest.approx(r["loss_backward_ms"] / base["loss_backward_ms"], rel=1e-9)
+    assert base["train_vs_trl"] == base["loss_vs_trl"] == 1.0
     assert res["model"]["shape"] == "tiny" and res["generation"] == "transformers"
+
+
+def test_timer_times_each_call_and_not_the_warmup(gc):
+    """``_timed`` (every benchmark's clock): one sample per repeat, each the duration of one call, in
+    seconds; the warm-up calls run but are not timed."""
+    calls = []
+
+    def work():
+        calls.append(time.perf_counter())
+        time.sleep(0.03 if len(calls) > 2 else 0.6)  # the two warm-up calls are slow: they must not count
+
+    samples = gc._timed(work, torch.device("cpu"), repeats=3, warmup=2)
+    assert len(calls) == 5 and len(samples) == 3
+    assert all(0.03 <= s < 0.5 for s in samples), samples  # seconds, one call each
 
 
 def test_qwen_shape_is_qwen2_5_0_5b(gc):

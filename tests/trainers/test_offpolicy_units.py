@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import ast
+import os
+import random
+import subprocess
+import sys
+
 import pytest
+import torch
 
 from adaclip_rl.trainers.offpolicy import in_flight_sequences, prefill_indices
 from adaclip_rl.trainers.offpolicy_config import OffPolicyGRPOConfig
@@ -17,7 +24,20 @@ def test_ranks_prefill_disjoint_rows_and_resume_where_they_stopped():
     # a resumed run continues from its cursor: the next rows follow on, still disjoint
     later = prefill_indices(size, seed, world, 1, 50, 10)
     assert later == prefill_indices(size, seed, world, 1, 0, 60)[50:] and not set(later) & set(flat)
-    assert prefill_indices(size, seed, world, 2, 0, 5) == prefill_indices(size, seed, world, 2, 0, 5)
+    # together the ranks draw every row once before any repeats
+    cover = [i for rank in range(world) for i in prefill_indices(size, seed, world, rank, 0, size // world)]
+    assert sorted(cover) == list(range(size))
+    # each rank computes its rows itself: the same in another process (other hash seed, other global RNG
+    # state), and the seed, not the process, picks them
+    rows = prefill_indices(size, seed, world, 2, 0, 5)
+    random.seed(12345)
+    torch.manual_seed(12345)
+    assert prefill_indices(size, seed, world, 2, 0, 5) == rows
+    code = f"from adaclip_rl.rollout.schedule import prefill_indices; print(prefill_indices({size}, {seed}, {world}, 2, 0, 5))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONHASHSEED": "7"})
+    assert ast.literal_eval(out.stdout.strip()) == rows
+    assert prefill_indices(size, seed + 1, world, 2, 0, 5) != rows
 
 
 @pytest.mark.parametrize(("partial", "prefill", "expected"), [(False, None, 32), (True, None, 64), (True, 2, 40)])

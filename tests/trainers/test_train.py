@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import digit_reward
 from peft import LoraConfig
+from transformers import TrainerCallback
 
 from adaclip_rl import AdaClipGRPOConfig, AdaClipGRPOTrainer
 
@@ -74,14 +75,50 @@ def test_lora_and_tensorboard(tiny_model_dir, arithmetic_dataset, tmp_path, poli
         assert f"train/{key}" in tags, (key, sorted(tags))
 
 
-@pytest.mark.parametrize("grad_clip", ["none", "zclip", "adagc", "autoclip", "quantile"])
+class _OptimizerSeesNorm(TrainerCallback):
+    """The global L2 norm of the gradients the optimizer is about to apply (after the clip), per step."""
+
+    def __init__(self) -> None:
+        self.norms: list[float] = []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        grads = [p.grad.detach().double() for p in model.parameters() if p.grad is not None]
+        self.norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+
+
+# Settings that make each adaptive clipper clip within the 4 steps of the run (seed 0, CPU: deterministic):
+# AdaGC clips per tensor (warm-up: globally at max_grad_norm); ZClip with a fast EMA, AutoClip at the 1st
+# percentile and quantile tracking at the 5th pull the threshold below a later step's norm.
+CLIP_SETTINGS = {
+    "none": {},
+    "zclip": {"zclip_warmup_steps": 1, "zclip_z_thresh": 0.05, "zclip_alpha": 0.1},
+    "adagc": {"adagc_warmup_steps": 2, "max_grad_norm": 1e-3},
+    "autoclip": {"autoclip_percentile": 1.0},
+    "quantile": {"quantile_target": 0.05, "quantile_lr": 2.0},
+}
+
+
+@pytest.mark.parametrize("grad_clip", list(CLIP_SETTINGS))
 def test_grad_clippers_run_in_the_trainer(tiny_model_dir, arithmetic_dataset, tmp_path, grad_clip):
-    args = _args(tmp_path, "bapo", max_steps=3, grad_clip=grad_clip, zclip_warmup_steps=1, adagc_warmup_steps=1)
+    """The gradients the optimizer applies are the clipper's: their norm is the logged post-clip norm,
+    below the pre-clip ``grad_norm`` exactly on the steps the clipper reports clipped, and a clip happens."""
+    args = _args(tmp_path, "bapo", max_steps=4, grad_clip=grad_clip, **CLIP_SETTINGS[grad_clip])
+    seen = _OptimizerSeesNorm()
     trainer = AdaClipGRPOTrainer(model=tiny_model_dir, reward_funcs=[digit_reward], train_dataset=arithmetic_dataset,
-                                 args=args)
+                                 args=args, callbacks=[seen])
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h and "step" in h]
+    assert len(logs) == len(seen.norms) == 4
     assert all(h["grad_norm"] > 0 for h in logs)
-    if grad_clip != "none":
-        assert any(k.startswith("gradclip/") for k in logs[-1]), logs[-1]
-        assert trainer.grad_clipper.state_dict()  # has state to checkpoint
+    if grad_clip == "none":  # measured, never clipped
+        assert seen.norms == pytest.approx([h["grad_norm"] for h in logs], rel=1e-4)
+        return
+    assert trainer.grad_clipper.state_dict()  # has state to checkpoint
+    for h, applied in zip(logs, seen.norms, strict=True):
+        assert applied == pytest.approx(h["gradclip/post_clip_norm"], rel=1e-4), h
+        if h["gradclip/clipped"]:
+            assert applied < h["grad_norm"] * (1 - 1e-6), h
+        else:
+            assert applied == pytest.approx(h["grad_norm"], rel=1e-4), h
+    assert sum(h["gradclip/clipped"] for h in logs) >= 1, [h["gradclip/clipped"] for h in logs]
+    assert logs[-1]["gradclip/clipped_steps"] == sum(h["gradclip/clipped"] for h in logs)
