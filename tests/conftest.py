@@ -16,7 +16,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # --- GPU check (issue 17): --device/--dtype options and fixtures; see tests/gpu_plugin.py ---
-pytest_plugins = ["gpu_plugin"]
+pytest_plugins = ["gpu_plugin", "fast_tier"]  # fast_tier: the --fast option (tests/fast_tier.py)
 # --- end GPU check ---
 
 # Variables that make a child process believe it is one rank of a launched job. In-process
