@@ -6,8 +6,11 @@ packages): an import-direction test keeps it a leaf.
 * :mod:`~adaclip_rl.sandbox.runner`: the trainer side. :func:`run_python`,
   :func:`run_python_function_tests` (the judge protocol: a separate judge process holds the tests
   and calls the candidate over a plain-data pipe), :func:`configure_sandbox`, mode detection
-  (namespaces, unprivileged user namespace, fallback), per-run uid leases, slots, the cleanup.
+  (namespaces, unprivileged user namespace, fallback), the launch spec and the cleanup.
   Its docstring lists every layer of isolation and what is not promised.
+* :mod:`~adaclip_rl.sandbox.limits`: :class:`SandboxLimits`, :class:`SandboxResult`,
+  :class:`SandboxUnavailable`, the judge's share of the budget.
+* :mod:`~adaclip_rl.sandbox.uids`: per-run uid leases (machine-wide ``flock``) and run slots.
 * :mod:`~adaclip_rl.sandbox.launcher`: the trusted launcher, run as a script (``python -I -S``)
   inside the boundary: private root, rlimits, seccomp load, uid drop, the candidate and the judge.
   Standard library only.

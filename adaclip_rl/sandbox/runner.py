@@ -80,29 +80,32 @@ beyond reward hacking needs gVisor or a microVM.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import fcntl
 import json
 import logging
 import math
 import os
-import secrets
 import selectors
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from adaclip_rl.sandbox.cgroups import CgroupLimits, CgroupSupport, RunCgroup, detect_cgroups
+from adaclip_rl.sandbox.limits import (
+    SandboxLimits,
+    SandboxResult,
+    SandboxUnavailable,
+    judge_frame_max,
+    judge_memory_mb,
+)
 from adaclip_rl.sandbox.seccomp import SECCOMP_ARCHES, build_filter
+from adaclip_rl.sandbox.uids import UID_POOL_DEFAULT, UID_POOL_SIZE, SlotPool, UidLeases
 
 logger = logging.getLogger(__name__)
 
@@ -125,143 +128,12 @@ _USERNS_FLAGS = ["--user", "--map-root-user"]  # without root: the caller is uid
 _BACKSTOP_GRACE_S = 5.0
 
 
-class SandboxUnavailable(RuntimeError):
-    """Raised when no sandbox mode can run on this machine."""
-
-
-# --------------------------------------------------------------------------------------------
-# limits and results
-# --------------------------------------------------------------------------------------------
-
-_RANGES: dict[str, tuple[float, float]] = {
-    "cpu_time_s": (0.1, 3600.0),
-    "wall_time_s": (0.1, 3600.0),
-    "memory_mb": (64, 1 << 20),
-    "file_size_mb": (0, 1 << 16),
-    "max_processes": (1, 4096),
-    "max_open_files": (16, 1 << 16),
-    "max_output_bytes": (0, 1 << 30),
-    "disk_mb": (1, 1 << 16),
-    "nice": (0, 19),
-    "cpu_cores": (0.01, 1024.0),
-    "max_inodes": (64, 1 << 20),
-}
-
-
-@dataclass
-class SandboxLimits:
-    """Per-run resource limits (validated; ``ValueError`` names the field and the range)."""
-
-    cpu_time_s: float = field(
-        default=10.0, metadata={"help": "RLIMIT_CPU per process (rounded up to whole seconds)."}
-    )
-    wall_time_s: float = field(
-        default=20.0, metadata={"help": "Wall-clock limit for the whole run; kills every process."}
-    )
-    memory_mb: int = field(
-        default=1024,
-        metadata={
-            "help": "Memory budget, MiB: RLIMIT_AS per process and, with cgroups, the whole run's "
-            "memory (all processes, memfd/shmem/tmpfs files, kernel memory); in function tests the "
-            "judge's share (a quarter, at least 16 MiB) comes out of it."
-        },
-    )
-    file_size_mb: int = field(
-        default=16, metadata={"help": "RLIMIT_FSIZE: largest file a process may write, MiB."}
-    )
-    max_processes: int = field(
-        default=16,
-        metadata={"help": "Processes + threads of the run: RLIMIT_NPROC of its uid and pids.max."},
-    )
-    max_open_files: int = field(default=64, metadata={"help": "RLIMIT_NOFILE per process."})
-    max_output_bytes: int = field(
-        default=1 << 20, metadata={"help": "stdout+stderr cap; the run is killed past it."}
-    )
-    disk_mb: int = field(
-        default=64, metadata={"help": "Size of the private tmpfs holding the working dir (namespace mode)."}
-    )
-    nice: int = field(
-        default=5, metadata={"help": "Niceness added to sandboxed processes (lower CPU priority)."}
-    )
-    cpu_cores: float = field(
-        default=1.0, metadata={"help": "CPU bandwidth of the whole run, in cores (cgroup CPU quota)."}
-    )
-    max_inodes: int = field(
-        default=4096,
-        metadata={"help": "Files + directories on the private tmpfs (nr_inodes; namespace mode)."},
-    )
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            lo, hi = _RANGES[f.name]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-                raise ValueError(f"SandboxLimits.{f.name} must be a number in [{lo}, {hi}], got {value!r}")
-            if not lo <= value <= hi:
-                raise ValueError(f"SandboxLimits.{f.name} must be in [{lo}, {hi}], got {value!r}")
-            if f.type in ("int", int) and not float(value).is_integer():
-                raise ValueError(f"SandboxLimits.{f.name} must be an integer in [{lo}, {hi}], got {value!r}")
-
-
-@dataclass
-class SandboxResult:
-    """Outcome of one sandboxed run.
-
-    ``returncode`` is the program's exit status (negative signal number if a signal killed it,
-    ``None`` if it never finished); ``killed_signal`` the signal that ended it, if any;
-    ``timed_out`` whether the wall-clock limit fired; ``passed`` is the judge's verdict for
-    function tests (``None`` for plain runs); ``isolation_mode`` names the mechanisms in force.
-    ``wall_s`` is the whole call as seen by the caller (process start and teardown included);
-    ``run_s`` the time the program itself ran, as measured inside the sandbox (the quantity the
-    wall-clock limit bounds; the caller's ``wall_s`` when the parent had to kill the run for its
-    output or as a backstop).
-
-    With cgroups: ``memory_peak_mb`` is the program's peak memory (all its processes, shared
-    memory and tmpfs files, kernel memory; ``judge_memory_peak_mb`` the judge's);
-    ``memory_exceeded`` says the memory budget was hit (an OOM kill inside the run);
-    ``pids_exceeded`` that a fork/thread was refused at ``max_processes``; ``cpu_s`` the run's
-    total CPU time.
-    """
-
-    returncode: int | None
-    stdout: str
-    stderr: str
-    timed_out: bool
-    killed_signal: int | None
-    wall_s: float
-    isolation_mode: str
-    passed: bool | None = None
-    output_truncated: bool = False
-    error: str | None = None
-    judge_error: str | None = None
-    run_s: float | None = None
-    memory_peak_mb: float | None = None
-    judge_memory_peak_mb: float | None = None
-    memory_exceeded: bool = False
-    pids_exceeded: bool = False
-    cpu_s: float | None = None
-
-    @property
-    def ok(self) -> bool:
-        """True when the program exited with status 0 within its limits (none was hit)."""
-        return (
-            self.returncode == 0
-            and not self.timed_out
-            and not self.output_truncated
-            and not self.memory_exceeded
-            and self.error is None
-        )
-
-
 # --------------------------------------------------------------------------------------------
 # configuration, mode detection and slots
 # --------------------------------------------------------------------------------------------
 
 _MODES = ("auto", "namespaces", "fallback")
 _RESOURCE_CONTROL = ("require", "auto", "off")
-_UID_POOL_DEFAULT = 1_500_000_000  # far from /etc/subuid ranges, system and user accounts
-_UID_POOL_SIZE = 1 << 16
-_LOCK_DIRS = ("/run/adaclip-sandbox/uids", "/var/run/adaclip-sandbox/uids", "/tmp/adaclip-sandbox-uids")
 # what the fallback mode lacks compared with the namespace mode (listed in isolation_mode)
 FALLBACK_MISSING = ("private-root", "pid-ns", "net-ns", "ipc-ns", "uts-ns")
 
@@ -278,131 +150,11 @@ class _Config:
 _CFG = _Config()
 _CFG_LOCK = threading.RLock()
 _MODE: str | None = None
-_SLOTS: _SlotPool | None = None
+_SLOTS: SlotPool | None = None
 _CGROUPS: CgroupSupport | None = None
 _CGROUP_REASONS: dict[str, str] = {}
-_UIDS: _UidLeases | None = None
+_UIDS: UidLeases | None = None
 _SECCOMP: dict[bool, bytes] = {}
-
-
-class _SlotPool:
-    """At most ``n`` concurrent runs of this process."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self._free = list(range(n))
-        self._cond = threading.Condition()
-
-    @contextlib.contextmanager
-    def slot(self) -> Iterator[int]:
-        """Hold one slot for the duration of the ``with`` block."""
-        with self._cond:
-            while not self._free:
-                self._cond.wait()
-            s = self._free.pop()
-        try:
-            yield s
-        finally:
-            with self._cond:
-                self._free.append(s)
-                self._cond.notify()
-
-
-class _UidLeases:
-    """Unprivileged uids leased per run, never shared by two live sandboxes on this machine.
-
-    A uid is held by an exclusive ``flock`` on ``<lock dir>/<uid>`` (a root-only directory);
-    the kernel drops the lock when the holder exits, however it dies. A lock file is removed by
-    its holder on release (while still locked); a taker checks, once it has the lock, that the
-    file it locked is still the one at that path, so removal never lets two holders in. Each process walks the pool from a random offset and takes the next free uid, so
-    consecutive runs get different uids (no per-uid kernel state carries over) and concurrent
-    trainers never collide (unlike a pid-derived base). Uids of ``/etc/subuid``/``/etc/subgid``
-    ranges and of passwd/group entries are skipped.
-    """
-
-    def __init__(self, base: int, size: int = _UID_POOL_SIZE) -> None:
-        self.base, self.size = base, size
-        self.dir = _lock_dir()
-        self._excluded = _system_ids()
-        self._next = secrets.randbelow(size)
-        self._lock = threading.Lock()
-
-    def lease(self, n: int) -> list[tuple[int, int]]:
-        """``n`` distinct (uid, lock fd) pairs; close the fds (:meth:`release`) to give them back."""
-        out: list[tuple[int, int]] = []
-        try:
-            if n <= 0:
-                return out
-            for _ in range(self.size):
-                with self._lock:
-                    uid = self.base + self._next
-                    self._next = (self._next + 1) % self.size
-                if uid in self._excluded:
-                    continue
-                fd = os.open(
-                    self._path(uid),
-                    os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
-                    0o600,
-                )
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    same = os.stat(self._path(uid)).st_ino == os.fstat(fd).st_ino
-                except OSError:
-                    same = False
-                if not same:  # held by another, or removed by its last holder meanwhile
-                    os.close(fd)
-                    continue
-                out.append((uid, fd))
-                if len(out) == n:
-                    return out
-            raise SandboxUnavailable(f"no free sandbox uid in [{self.base}, {self.base + self.size})")
-        except BaseException:
-            self.release(out)
-            raise
-
-    def _path(self, uid: int) -> str:
-        return os.path.join(self.dir, str(uid))
-
-    def release(self, leases: list[tuple[int, int]]) -> None:
-        """Give leased uids back (the lock file is removed while still locked)."""
-        for uid, fd in leases:
-            with contextlib.suppress(OSError):
-                os.unlink(self._path(uid))
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-
-def _lock_dir() -> str:
-    """A root-owned, root-only directory for the uid lock files (never one another user made)."""
-    for d in _LOCK_DIRS:
-        try:
-            os.makedirs(d, 0o700, exist_ok=True)
-            st = os.lstat(d)
-            if st.st_uid == 0 and stat.S_ISDIR(st.st_mode) and not st.st_mode & 0o077:
-                return d
-        except OSError:
-            continue
-    raise SandboxUnavailable(f"no root-only directory for the sandbox uid locks (tried {_LOCK_DIRS})")
-
-
-def _system_ids() -> set[int]:
-    """Uids/gids the sandbox must not use: passwd/group entries and subordinate id ranges."""
-    ids = {65534}
-    for path in ("/etc/passwd", "/etc/group"):
-        with contextlib.suppress(OSError), open(path) as f:
-            for line in f:
-                parts = line.split(":")
-                if len(parts) > 2 and parts[2].isdigit():
-                    ids.add(int(parts[2]))
-    base, size = _uid_base(), _UID_POOL_SIZE
-    for path in ("/etc/subuid", "/etc/subgid"):
-        with contextlib.suppress(OSError), open(path) as f:
-            for line in f:
-                parts = line.strip().split(":")
-                if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
-                    lo, n = int(parts[1]), int(parts[2])
-                    ids.update(range(max(lo, base), min(lo + n, base + size)))
-    return ids
 
 
 def configure_sandbox(
@@ -459,7 +211,7 @@ def configure_sandbox(
             _CFG.max_parallel = max_parallel
             _SLOTS = None
         if uid_base is not None:
-            hi = (1 << 32) - 2 - _UID_POOL_SIZE
+            hi = (1 << 32) - 2 - UID_POOL_SIZE
             if isinstance(uid_base, bool) or not isinstance(uid_base, int) or not 1000 <= uid_base <= hi:
                 raise ValueError(f"uid_base must be an integer in [1000, {hi}], got {uid_base!r}")
             _CFG.uid_base = uid_base
@@ -496,18 +248,18 @@ def _uid_base() -> int:
         return _CFG.uid_base
     env = os.environ.get("ADACLIP_SANDBOX_UID_BASE")
     if not env:
-        return _UID_POOL_DEFAULT
-    hi = (1 << 32) - 2 - _UID_POOL_SIZE
+        return UID_POOL_DEFAULT
+    hi = (1 << 32) - 2 - UID_POOL_SIZE
     if not env.isdigit() or not 1000 <= int(env) <= hi:
         raise ValueError(f"ADACLIP_SANDBOX_UID_BASE must be an integer in [1000, {hi}], got {env!r}")
     return int(env)
 
 
-def _uid_leases() -> _UidLeases:
+def _uid_leases() -> UidLeases:
     global _UIDS
     with _CFG_LOCK:
         if _UIDS is None:
-            _UIDS = _UidLeases(_uid_base())
+            _UIDS = UidLeases(_uid_base())
         return _UIDS
 
 
@@ -516,11 +268,11 @@ def _python() -> str:
     return _CFG.python or os.path.realpath(sys.executable)
 
 
-def _slots() -> _SlotPool:
+def _slots() -> SlotPool:
     global _SLOTS
     with _CFG_LOCK:
         if _SLOTS is None:
-            _SLOTS = _SlotPool(max_parallel())
+            _SLOTS = SlotPool(max_parallel())
         return _SLOTS
 
 
@@ -672,7 +424,7 @@ def sandbox_info() -> dict[str, object]:
         "cgroup_missing": dict(_CGROUP_REASONS),
         "max_parallel": max_parallel(),
         "uid_base": _uid_base() if _is_root() else None,
-        "uid_range": (_uid_base(), _uid_base() + _UID_POOL_SIZE) if _is_root() else None,
+        "uid_range": (_uid_base(), _uid_base() + UID_POOL_SIZE) if _is_root() else None,
         "python": _python(),
     }
 
@@ -936,25 +688,6 @@ def _run_in(
         else None,
     )
 
-
-
-def judge_memory_mb(memory_mb: int) -> int:
-    """The judge's share of a function-test run's memory budget, MiB (the candidate gets the rest).
-
-    A quarter of ``memory_mb``, at least 16 MiB: the candidate's and the judge's cgroups together
-    never hold more than ``memory_mb``. Measured judge peaks on HumanEval are under 4 MiB.
-    """
-    return max(16, int(memory_mb) // 4)
-
-
-def judge_frame_max(memory_mb: int) -> int:
-    """Largest reply frame (bytes) the judge accepts from the candidate: 1/64 of its budget.
-
-    Parsing JSON can cost up to about 20 times the frame in Python objects (``[[],[],...]``: 3
-    bytes of frame per 64-byte list), plus the frame and its text; 1/64 keeps the worst case
-    under half the judge's budget. A longer reply is a sticky failure, never an allocation.
-    """
-    return max(64 << 10, (judge_memory_mb(memory_mb) << 20) // 64)
 
 
 def _launch_spec(source: str, *, limits: SandboxLimits, judge: dict | None, namespaces: bool, uid: int | None,

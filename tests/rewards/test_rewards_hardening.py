@@ -38,6 +38,7 @@ from adaclip_rl.sandbox import (
     sandbox_info,
 )
 from adaclip_rl.sandbox import runner as sbx
+from adaclip_rl.sandbox.uids import UidLeases
 
 ROOT = os.geteuid() == 0
 REPO = Path(__file__).resolve().parents[2]
@@ -253,7 +254,7 @@ def test_uids_are_leased_not_derived() -> None:
 @needs_root
 def test_uid_lease_skips_locked_uids(tmp_path: Path) -> None:
     """A uid whose lock another process holds is never handed out; the pool runs dry loudly."""
-    leases = sbx._UidLeases(1_400_100_000, size=4)
+    leases = UidLeases(1_400_100_000, size=4)
     leases.dir = str(tmp_path)
     held = []
     for uid in (1_400_100_000, 1_400_100_002):

@@ -86,7 +86,7 @@ def _copy_of_the_code(dest: Path) -> None:
     skip = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(REPO / "adaclip_rl", dest / "adaclip_rl", ignore=skip)
     shutil.copytree(REPO / "tests" / "rewards", dest / "tests" / "rewards", ignore=skip)
-    for name in ("tests/conftest.py", "tests/gpu_plugin.py", "pyproject.toml"):
+    for name in ("tests/conftest.py", "tests/gpu_plugin.py", "tests/fast_tier.py", "pyproject.toml"):
         shutil.copy2(REPO / name, dest / name)
     for dirpath, _, files in os.walk(dest):
         os.chmod(dirpath, 0o755)
