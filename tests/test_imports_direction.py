@@ -41,24 +41,25 @@ ALLOWED: dict[str, frozenset[str]] = {
     "console": frozenset(),
     "data": frozenset(),
     "sandbox": frozenset(),  # also: standard library only (test below)
+    "_trl_compat": frozenset(),  # the one module naming TRL's and transformers' private members
     # the core math: pure torch, only the shared argument checks
     "losses": frozenset({"checks"}),
     "gradclip": frozenset({"checks"}),
     "optim": frozenset({"checks", "gradclip"}),
-    "rollout": frozenset({"checks"}),
+    "rollout": frozenset({"checks", "_trl_compat"}),  # async_versions subclasses TRL's rollout worker
     # verifiers -> benchmarks -> synthetic tasks
     "rewards": frozenset({"sandbox"}),
     "eval": frozenset({"data", "rewards", "sandbox"}),
     "tasks": frozenset({"eval", "rewards"}),
     # the TRL trainers compose everything below them
-    "trainers": frozenset({"checks", "console", "data", "eval", "gradclip", "losses", "optim", "rewards", "rollout",
-                           "tasks"}),
+    "trainers": frozenset({"_trl_compat", "checks", "console", "data", "eval", "gradclip", "losses", "optim",
+                           "rewards", "rollout", "tasks"}),
     "study": frozenset({"console", "data", "rollout", "tasks", "trainers"}),
     "plot": frozenset({"console", "study"}),
     # adaclip_rl/__init__.py: lazy access to the trainers
     "root": frozenset({"trainers"}),
-    "entry": frozenset({"checks", "console", "data", "sandbox", "losses", "gradclip", "optim", "rollout", "rewards",
-                        "eval", "tasks", "trainers", "study", "plot", "root"}),
+    "entry": frozenset({"_trl_compat", "checks", "console", "data", "sandbox", "losses", "gradclip", "optim",
+                        "rollout", "rewards", "eval", "tasks", "trainers", "study", "plot", "root"}),
 }
 # The core leaves the issue names: they import nothing above them.
 LEAVES = {"losses": {"checks"}, "gradclip": {"checks"}, "optim": {"checks", "gradclip"}, "sandbox": set()}
