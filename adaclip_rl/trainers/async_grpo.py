@@ -21,7 +21,7 @@ plain clip written inline in ``compute_loss``. This subclass changes:
   oldest token is more than ``max_staleness`` versions old when trained is dropped (weight 0, out of
   BAPO's statistics, still in the token count) or down-weighted by ``staleness_decay ** excess``
   (``staleness_policy``); logged as ``staleness/*``.
-* CPU: the FA3 tree-attention kernel is replaced by a PyTorch one (:func:`cpu_tree_attention`), the
+* CPU: the FA3 tree-attention kernel is replaced by a PyTorch one (:func:`~adaclip_rl.trainers.cpu_tree_attention.cpu_tree_attention`), the
   peak-FLOPs lookup (CUDA only) is skipped, and weights reach the server through
   :class:`~adaclip_rl.rollout.async_weights.SharedFileWeightTransfer` (``weight_transfer="shared_file"``).
 """
@@ -45,74 +45,15 @@ from ..losses.registry import get_policy_loss_spec
 from ..rollout.async_versions import ServerCheckedRolloutWorker, VersionedRolloutWorker
 from ..rollout.async_weights import SharedFileWeightTransfer
 from ..rollout.staleness import staleness_weights, token_staleness
-from .adaptive_state import AdaptiveGradClipMixin
 from .async_config import AdaClipAsyncGRPOConfig
+from .chat_template import conversational_prompts
+from .cpu_tree_attention import cpu_tree_attention
+from .grad_clip_mixin import AdaptiveGradClipMixin
 from .optimizer_mixin import SpikeAwareOptimizerMixin
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AdaClipAsyncGRPOTrainer", "build_async_trainer", "conversational_prompts", "cpu_tree_attention", "set_plain_response_template"]
-
-
-def cpu_tree_attention(module, query, key, value, attention_mask, *, tree_kv_index, tree_cu_seqlens_q,
-                       tree_cu_seqlens_k, tree_max_seqlen_q=None, tree_max_seqlen_k=None, scaling=None,
-                       sliding_window=None, softcap=None, **kwargs):
-    """PyTorch version of TRL's tree attention (``packing.tree_attention``, FA3 varlen) for CPU.
-
-    Segment ``s`` (queries ``cu_q[s]:cu_q[s+1]`` of the packed row) attends to the keys/values
-    gathered along its root-to-segment path (``tree_kv_index[cu_k[s]:cu_k[s+1]]``), causally with
-    flash-attention's bottom-right alignment (the last query sees every key of its path).
-    ``query``/``key``/``value``: ``(1, H, N, D)``; returns ``((1, N, H, D), None)``.
-    """
-    q = query.transpose(1, 2)[0]  # (N, Hq, D)
-    k = key.transpose(1, 2)[0].index_select(0, tree_kv_index)
-    v = value.transpose(1, 2)[0].index_select(0, tree_kv_index)
-    if q.shape[1] != k.shape[1]:  # grouped-query attention
-        rep = q.shape[1] // k.shape[1]
-        k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
-    scale = scaling if scaling is not None else q.shape[-1] ** -0.5
-    cu_q, cu_k = tree_cu_seqlens_q.tolist(), tree_cu_seqlens_k.tolist()
-    outs = []
-    for s in range(len(cu_q) - 1):
-        qs, ks, vs = q[cu_q[s]:cu_q[s + 1]], k[cu_k[s]:cu_k[s + 1]], v[cu_k[s]:cu_k[s + 1]]
-        nq, nk = qs.shape[0], ks.shape[0]
-        qpos = torch.arange(nq, device=q.device)[:, None] + (nk - nq)
-        kpos = torch.arange(nk, device=q.device)[None, :]
-        allowed = kpos <= qpos
-        if sliding_window:
-            allowed = allowed & (kpos > qpos - sliding_window)
-        scores = torch.einsum("qhd,khd->hqk", qs, ks) * scale
-        if softcap:
-            scores = softcap * torch.tanh(scores / softcap)
-        probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
-        outs.append(torch.einsum("hqk,khd->qhd", probs.to(vs.dtype), vs))
-    return torch.cat(outs).unsqueeze(0), None
-
-
-# Response parsing for a chat template that renders only the messages' text (``{{ content }}``):
-# the completion is everything up to the end-of-text token.
-_PLAIN_RESPONSE_TEMPLATE = {
-    "defaults": {"role": "assistant"},
-    "start_anchor": "",
-    "fields": {"content": {"close_pattern": r"<\|endoftext\|>\s*|$", "content": "text"}},
-}
-PLAIN_CHAT_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
-
-
-def set_plain_response_template(tokenizer, chat_template: str = PLAIN_CHAT_TEMPLATE):
-    """Give a home-made tokenizer (the tiny task model's) a chat template that renders the prompt's
-    text as is and the response template TRL's rollout worker needs to parse completions."""
-    tokenizer.chat_template = chat_template
-    tokenizer.response_template = dict(_PLAIN_RESPONSE_TEMPLATE)
-    return tokenizer
-
-
-def conversational_prompts(dataset):
-    """``dataset`` with plain-text prompts wrapped as one user message: TRL's rollout worker renders
-    every prompt through the chat template, so it needs conversational prompts."""
-    if len(dataset) and isinstance(dataset[0]["prompt"], str):
-        return dataset.map(lambda row: {"prompt": [{"role": "user", "content": row["prompt"]}]})
-    return dataset
+__all__ = ["AdaClipAsyncGRPOTrainer", "build_async_trainer"]
 
 
 def build_async_trainer(rewards, args: AdaClipAsyncGRPOConfig, model: str | None, train_dataset, **kwargs):

@@ -28,8 +28,8 @@ import torch
 from trl import GRPOTrainer
 
 from ..losses import aggregate_loss, aggregation_weights, clamp_log_ratio, kl_estimate, sequence_live_fraction
-from .adaptive_state import AdaptiveGradClipMixin
 from .config import CLIP_LOSS_TYPES, AdaClipGRPOConfig
+from .grad_clip_mixin import AdaptiveGradClipMixin
 from .optimizer_mixin import SpikeAwareOptimizerMixin
 
 logger = logging.getLogger(__name__)

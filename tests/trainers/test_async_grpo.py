@@ -30,9 +30,9 @@ from adaclip_rl.trainers.async_grpo import (
     AdaClipAsyncGRPOTrainer,
     _peak_flops_cpu_safe,
     _VersionedCollator,
-    cpu_tree_attention,
-    set_plain_response_template,
 )
+from adaclip_rl.trainers.chat_template import set_plain_response_template
+from adaclip_rl.trainers.cpu_tree_attention import cpu_tree_attention
 
 MAX_MODEL_LEN = 64
 
