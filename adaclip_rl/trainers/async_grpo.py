@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import ExitStack
 from typing import Any, NamedTuple
-from unittest import mock
 
 import numpy as np
 import torch
@@ -40,7 +38,7 @@ import trl.experimental.async_grpo.async_grpo_trainer as agt
 from transformers import AttentionInterface
 from trl.trainer.utils import add_fused_lm_head, create_model_from_path, pad
 
-from ..losses.ratio import clamp_log_ratio
+from .._trl_compat.async_grpo import TREE_ATTENTION, AsyncGRPOTrainerSeam
 from ..losses.registry import get_policy_loss_spec
 from ..rollout.async_versions import ServerCheckedRolloutWorker, VersionedRolloutWorker
 from ..rollout.async_weights import SharedFileWeightTransfer
@@ -50,6 +48,7 @@ from .chat_template import conversational_prompts
 from .cpu_tree_attention import cpu_tree_attention
 from .grad_clip_mixin import AdaptiveGradClipMixin
 from .optimizer_mixin import SpikeAwareOptimizerMixin
+from .policy_term import UpdateSearch, policy_log_ratio
 
 logger = logging.getLogger(__name__)
 
@@ -69,15 +68,6 @@ def build_async_trainer(rewards, args: AdaClipAsyncGRPOConfig, model: str | None
         raise ValueError(f"reward weights {weights} are not supported with trainer: async (TRL's asynchronous GRPO "
                          "sums the rewards with weight 1)")
     return AdaClipAsyncGRPOTrainer(model, reward_funcs, args, conversational_prompts(train_dataset), **kwargs)
-
-
-def _peak_flops_cpu_safe(accelerator, dtype):
-    """TRL's peak-FLOPs lookup calls ``torch.cuda.get_device_name``; None (no MFU metric) off CUDA."""
-    if accelerator.device.type != "cuda":
-        return None
-    from trl.trainer.utils import get_peak_flops_per_device
-
-    return get_peak_flops_per_device(accelerator, dtype)
 
 
 class _LastSampleQueue:
@@ -144,9 +134,13 @@ class _Packed(NamedTuple):
     token_versions: torch.Tensor | None
 
 
-class AdaClipAsyncGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, agt.AsyncGRPOTrainer):
+class AdaClipAsyncGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, AsyncGRPOTrainerSeam):
     """Asynchronous GRPO with adaptive clipping. Same constructor as TRL's ``AsyncGRPOTrainer``
     (``model`` is a model id or directory); ``args`` must be an :class:`AdaClipAsyncGRPOConfig`."""
+
+    rollout_dataset_cls = _VersionedQueueDataset
+    rollout_collator_cls = _VersionedCollator
+    extra_signature_columns = ("token_versions",)
 
     def __init__(self, model: str, reward_funcs=None, args: AdaClipAsyncGRPOConfig | None = None, *a: Any,
                  rollout_worker=None, weight_transfer=None, **kw: Any):
@@ -162,13 +156,10 @@ class AdaClipAsyncGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, a
                 args.vllm_server_base_url, weights_dir=args.weight_transfer_dir,
                 pause_mode=args.weight_transfer_pause_mode, timeout=float(args.weight_sync_timeout))
         worker_cls = VersionedRolloutWorker if args.record_token_versions else ServerCheckedRolloutWorker
-        with ExitStack() as stack:
-            stack.enter_context(mock.patch.object(agt, "get_peak_flops_per_device", _peak_flops_cpu_safe))
-            stack.enter_context(mock.patch.object(agt, "AsyncRolloutWorker", worker_cls))
-            super().__init__(model, reward_funcs, args, *a, rollout_worker=rollout_worker,
-                             weight_transfer=weight_transfer, **kw)
+        super().__init__(model, reward_funcs, args, *a, rollout_worker=rollout_worker,
+                         weight_transfer=weight_transfer, rollout_worker_cls=worker_cls, **kw)
         if self.accelerator.device.type != "cuda":  # TRL registered the FA3 kernel; CPU has none
-            AttentionInterface.register(agt.TREE_ATTENTION, cpu_tree_attention)
+            AttentionInterface.register(TREE_ATTENTION, cpu_tree_attention)
         if self._shared_file_transfer is not None:
             self._shared_file_transfer.aliases = self._tied_aliases()
             self._shared_file_transfer.version_fn = lambda: self.model_version
@@ -177,7 +168,7 @@ class AdaClipAsyncGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, a
             init_kwargs = dict(args.model_init_kwargs or {})
             init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
             init_kwargs.setdefault("dtype", args.dtype)
-            ref = create_model_from_path(model, device_map=None, attn_implementation=agt.TREE_ATTENTION,
+            ref = create_model_from_path(model, device_map=None, attn_implementation=TREE_ATTENTION,
                                          **init_kwargs)
             add_fused_lm_head(ref, temperature=self.temperature, outputs=("log_probs",))
             self.ref_model = ref.requires_grad_(False).eval().to(self.accelerator.device)
@@ -185,7 +176,8 @@ class AdaClipAsyncGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, a
         self.grad_clipper = args.build_grad_clipper()
         self._window: list[dict[str, Any]] = []
         self._window_pos = 0
-        self._window_search = None
+        self._window_count = 0  # optimizer updates begun: the key of the update's search
+        self.update_search = UpdateSearch(self._reduce_sum)
         self._window_samples: torch.Tensor | None = None  # global responses of the update (Archer's KL weight)
 
     def _tied_aliases(self) -> dict[str, str]:
@@ -198,22 +190,18 @@ class AdaClipAsyncGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, a
         return {alias: group[0] for group in names.values() if len(group) > 1 for alias in group[1:]}
 
     # ------------------------------------------------------------------ data
-    def get_train_dataloader(self):
-        with mock.patch.object(agt, "RolloutQueueDataset", _VersionedQueueDataset), \
-                mock.patch.object(agt, "DataCollatorForRollout", _VersionedCollator):
-            return super().get_train_dataloader()
-
-    def _set_signature_columns_if_needed(self):
-        super()._set_signature_columns_if_needed()
-        if "token_versions" not in self._signature_columns:
-            self._signature_columns.append("token_versions")
-
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """The micro-batches of one optimizer update, kept for BAPO's once-per-update search."""
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
-        self._window, self._window_pos, self._window_search = list(batches), 0, None
-        self._window_samples = None
+        self.begin_update(batches)
         return batches, num_items
+
+    def begin_update(self, batches: list[dict[str, Any]]) -> None:
+        """``batches`` are the micro-batches of the next optimizer update (its search reads them all)."""
+        self._window, self._window_pos = list(batches), 0
+        self._window_count += 1
+        self.update_search.reset()
+        self._window_samples = None
 
     # ------------------------------------------------------------------ loss
     def _reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
@@ -260,14 +248,6 @@ class AdaClipAsyncGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, a
     def _rows(p: _Packed, x: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
         """Flat loss terms ``(M,)`` -> ``(B, T)`` rows, one per sample (``fill`` after its end)."""
         return x.new_full(p.shape, fill).index_put((p.segment_id, p.position), x)
-
-    def _log_ratio(self, p: _Packed) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(log r, live)``: log r clamped to [-20, 20] for a loss that asks (verl), and where the
-        ratio then carries a gradient (None without the clamp): one mask for the clamp and the statistic."""
-        log_ratio = p.log_probs - p.old_log_probs
-        if self.loss_spec.clamps_log_ratio:
-            return clamp_log_ratio(log_ratio)
-        return log_ratio, None
 
     def _staleness_weights(self, p: _Packed) -> torch.Tensor | None:
         """``(B, T)`` weight of each sample's terms from its oldest token's staleness (``staleness_policy``:
@@ -332,28 +312,29 @@ class AdaClipAsyncGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, a
         spec = self.loss_spec
         if mode != "train" or not spec.searches_per_update(self.loss_config) or len(self._window) <= 1:
             return None
-        if self._window_pos > 0 and self._window_search is not None:
-            return self._window_search
-        stats = spec.statistics(ratio.detach(), adv, weights, self.loss_config)
-        with torch.no_grad():
-            for mb in self._window[1:]:
-                q = self._forward_packed(model, self._prepare_inputs(mb), with_entropy=False)
-                m = self._trained_mask(q)
-                q_log_ratio, q_live = self._log_ratio(q)
-                stats = stats + spec.statistics(torch.exp(self._rows(q, q_log_ratio)), self._rows(q, q.advantages),
-                                                self._statistic_weights(q, m, q_live, mode), self.loss_config)
-        self._window_search = spec.select(self._reduce_sum(stats), self.loss_config)
-        return self._window_search
+
+        def statistics() -> torch.Tensor:
+            stats = spec.statistics(ratio.detach(), adv, weights, self.loss_config)
+            with torch.no_grad():
+                for mb in self._window[1:]:
+                    q = self._forward_packed(model, self.prepare_inputs(mb), with_entropy=False)
+                    m = self._trained_mask(q)
+                    q_log_ratio, q_live = policy_log_ratio(spec, q.log_probs, q.old_log_probs)
+                    stats = stats + spec.statistics(torch.exp(self._rows(q, q_log_ratio)), self._rows(q, q.advantages),
+                                                    self._statistic_weights(q, m, q_live, mode), self.loss_config)
+            return stats
+
+        return self.update_search.result(self._window_count, spec, self.loss_config, statistics)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"
         forward_start = time.time()
         p = self._forward_packed(model, inputs)
-        self._last_forward_time_s = time.time() - forward_start
+        forward_s = time.time() - forward_start
         spec, cfg = self.loss_spec, self.loss_config
 
         # ---- the policy term: adaclip_rl.losses, on (B, T) rows of this rank's samples ----
-        log_ratio, live = self._log_ratio(p)
+        log_ratio, live = policy_log_ratio(spec, p.log_probs, p.old_log_probs)
         ratio = torch.exp(self._rows(p, log_ratio))  # 1 after each sample's end
         adv = self._rows(p, p.advantages)
         mask = self._trained_mask(p)  # samples dropped for staleness leave the loss and BAPO's statistics
@@ -384,14 +365,7 @@ class AdaClipAsyncGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, a
             loss = loss + self.router_aux_loss_coef * p.aux_loss / ga
         self._log_metrics(mode, p, log_ratio, out.metrics)
 
-        # ---- TRL's per-step accounting (throughput metrics) ----
-        n_forward_tokens = float(inputs["global_n_forward_tokens"][0])
-        mean_seq_len = float(inputs["mean_seq_len"][0])
-        self._step_forward_tokens += n_forward_tokens
-        self._step_trained_tokens += float(inputs["global_n_tokens"][0])
-        self._step_seq_len_weighted += mean_seq_len * n_forward_tokens
-        self._step_samples += n_forward_tokens / mean_seq_len
-        self._step_forward_s += self._last_forward_time_s
+        self.account_forward(inputs, forward_s)  # TRL's per-step accounting (throughput metrics)
         return loss
 
     @torch.no_grad()
@@ -407,7 +381,7 @@ class AdaClipAsyncGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, a
         n = self.accelerator.num_processes
         count = max(vec[3].item(), 1.0)
         vals = vec.tolist()
-        m = self._metrics[mode]
+        m = self.logged_metrics[mode]
         m["ratio"].append(vals[0] / count)
         m["kl"].append(vals[1] / count)
         m["entropy"].append(vals[2] / count)

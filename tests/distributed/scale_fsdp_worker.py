@@ -131,7 +131,7 @@ def run(trainer: AdaClipGRPOTrainer, full: dict, rank: int, world: int, steps_to
         trainer.state.global_step = step
         step_mbs = [dict(mb, advantages=mb["advantages"] * ADV_SCALE[step]) for mb in mbs]
         trainer._buffered_inputs = step_mbs
-        trainer._bapo_window = None
+        trainer.update_search.reset()
         trainer.current_gradient_accumulation_steps = 2
         bounds = []
         for k, mb in enumerate(step_mbs):
