@@ -185,7 +185,7 @@ def make_parser(trainer: str = "sync"):
 
         parser = TrlParser((TrainScriptArguments, AdaClipAsyncGRPOConfig, AsyncModelArguments), prog=PROG)
     else:
-        from .offpolicy_config import OffPolicyGRPOConfig
+        from .config import OffPolicyGRPOConfig
 
         # OffPolicyGRPOConfig = AdaClipGRPOConfig + the off-policy rollout fields (all default off)
         parser = TrlParser((TrainScriptArguments, OffPolicyGRPOConfig, ModelConfig), prog=PROG)

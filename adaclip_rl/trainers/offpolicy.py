@@ -74,8 +74,8 @@ from ..rollout import (
     pad_versions,
 )
 from ..rollout.schedule import BatchScheduler, ReplayShare, effective_prefill, prefill_indices, top_up_rows
+from .config import OffPolicyGRPOConfig
 from .grpo import AdaClipGRPOTrainer
-from .offpolicy_config import OffPolicyGRPOConfig
 
 logger = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from typing import Any
 # The dataclasses that ``adaclip-rl train`` parses a recipe into (trainers.cli.make_parser).
 PARSER_CLASSES: tuple[tuple[str, str], ...] = (
     ("adaclip_rl.trainers.cli", "TrainScriptArguments"),
-    ("adaclip_rl.trainers.offpolicy_config", "OffPolicyGRPOConfig"),
+    ("adaclip_rl.trainers.config", "OffPolicyGRPOConfig"),
     ("trl.trainer.model_config", "ModelConfig"),
 )
 # ... and with ``trainer: async``.
