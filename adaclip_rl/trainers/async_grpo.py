@@ -15,8 +15,9 @@ plain clip written inline in ``compute_loss``. This subclass changes:
   update and every rank, all-reduced in one collective (``bapo_scope="update"``), or once per
   micro-batch (``"micro_batch"``).
 * Archer's KL to the frozen initial model: a frozen copy forwards the same packed batch.
-* ``_clip_grad_norm`` - the adaptive gradient clippers (:mod:`adaclip_rl.gradclip`); their state
-  goes into checkpoints (``adaclip_state.json``).
+* gradient clipping - the adaptive gradient clippers (:mod:`adaclip_rl.gradclip`,
+  :class:`~adaclip_rl.trainers.grad_clip_mixin.AdaptiveGradClipMixin`); their state goes into
+  checkpoints (``adaclip_state.json``).
 * Per-token policy versions (:mod:`adaclip_rl.rollout.async_versions`) reach the loss: a sample whose
   oldest token is more than ``max_staleness`` versions old when trained is dropped (weight 0, out of
   BAPO's statistics, still in the token count) or down-weighted by ``staleness_decay ** excess``
@@ -24,6 +25,9 @@ plain clip written inline in ``compute_loss``. This subclass changes:
 * CPU: the FA3 tree-attention kernel is replaced by a PyTorch one (:func:`~adaclip_rl.trainers.cpu_tree_attention.cpu_tree_attention`), the
   peak-FLOPs lookup (CUDA only) is skipped, and weights reach the server through
   :class:`~adaclip_rl.rollout.async_weights.SharedFileWeightTransfer` (``weight_transfer="shared_file"``).
+
+TRL's private members (its module globals, signature columns, per-step accounting, the rollout
+worker's loop) are reached through :class:`~adaclip_rl._trl_compat.async_grpo.AsyncGRPOTrainerSeam`.
 """
 
 from __future__ import annotations
