@@ -88,8 +88,8 @@ def _summarise(mode: str, seed: int, clock: StepClock, history: list[dict], args
 def run_sync(seed: int, model_dir: str, dataset: Any, args: argparse.Namespace, out: Path) -> dict:
     from adaclip_rl.rollout.vllm_engine import release_trainer_engines
     from adaclip_rl.tasks.arithmetic import arithmetic_reward
+    from adaclip_rl.trainers.config import OffPolicyGRPOConfig
     from adaclip_rl.trainers.offpolicy import OffPolicyGRPOTrainer
-    from adaclip_rl.trainers.offpolicy_config import OffPolicyGRPOConfig
 
     g = args.group_size
     cfg = OffPolicyGRPOConfig(
@@ -120,11 +120,8 @@ def run_async(seed: int, model_dir: str, dataset: Any, args: argparse.Namespace,
 
     from adaclip_rl.tasks.arithmetic import arithmetic_reward
     from adaclip_rl.trainers.async_config import AdaClipAsyncGRPOConfig
-    from adaclip_rl.trainers.async_grpo import (
-        AdaClipAsyncGRPOTrainer,
-        conversational_prompts,
-        set_plain_response_template,
-    )
+    from adaclip_rl.trainers.async_grpo import AdaClipAsyncGRPOTrainer
+    from adaclip_rl.trainers.chat_template import conversational_prompts, set_plain_response_template
 
     g = args.group_size
     cfg = AdaClipAsyncGRPOConfig(

@@ -116,8 +116,8 @@ def one_run(mode: str, seed: int, model_dir: str, dataset: Any, args: argparse.N
     import gc
 
     from adaclip_rl.rollout.vllm_engine import release_trainer_engines
+    from adaclip_rl.trainers.config import OffPolicyGRPOConfig
     from adaclip_rl.trainers.offpolicy import OffPolicyGRPOTrainer
-    from adaclip_rl.trainers.offpolicy_config import OffPolicyGRPOConfig
 
     natural = args.workload == "natural_eos"
     g = args.group_size

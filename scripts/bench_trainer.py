@@ -107,7 +107,7 @@ def _scope_window_times(args, model_dir: str, ds, batches: list[dict], tmp: str)
             t.model.train()
             t.model.zero_grad(set_to_none=True)
             t._buffered_inputs = batches  # steps_per_generation = 4 slices; the window is slices 0, 1
-            t._bapo_window = None
+            t.update_search.reset()
             t.current_gradient_accumulation_steps = 2
             t0 = time.perf_counter()
             for k in range(2):

@@ -28,13 +28,9 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
-from trl.experimental.async_grpo.async_rollout_worker import (
-    AsyncRolloutWorker,
-    RolloutGroup,
-    RolloutSample,
-    _AsyncRolloutLoop,
-)
+from trl.experimental.async_grpo.async_rollout_worker import RolloutGroup, RolloutSample
 
+from .._trl_compat.async_grpo import RolloutLoopSeam, RolloutWorkerSeam
 from .async_weights import ServerUnavailableError, _health
 
 __all__ = ["ServerCheckedRolloutWorker", "VersionedRolloutLoop", "VersionedRolloutSample", "VersionedRolloutWorker", "expand_version_spans"]
@@ -68,19 +64,19 @@ def expand_version_spans(spans: list[dict[str, Any]] | None, n: int, default: in
     return versions
 
 
-class VersionedRolloutLoop(_AsyncRolloutLoop):
+class VersionedRolloutLoop(RolloutLoopSeam):
     """TRL's rollout loop with per-token policy versions (see the module docstring)."""
 
-    async def _generate_one_turn(self, prompt_ids: list[int]) -> tuple[list[int], list[float]]:
+    async def generate_one_turn(self, prompt_ids: list[int]) -> tuple[list[int], list[float]]:
         sampling = {
             "max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
             "repetition_penalty": self.repetition_penalty, "n": 1, "logprobs": 0, "seed": random.getrandbits(63),
         }
         if self.min_p is not None:
             sampling["min_p"] = self.min_p
-        payload = {"model": self._request_model, "token_ids": list(prompt_ids), "sampling_params": sampling}
-        output = await self._retry(lambda: self._post("/inference/v1/generate", payload, self.request_timeout),
-                                   max_attempts=30, label="vllm /inference/v1/generate")
+        payload = {"model": self.request_model, "token_ids": list(prompt_ids), "sampling_params": sampling}
+        output = await self.post_with_retry("/inference/v1/generate", payload, self.request_timeout,
+                                            max_attempts=30, label="vllm /inference/v1/generate")
         choice = output["choices"][0]
         ids = list(choice["token_ids"])
         logprobs = [float(entry["logprob"]) for entry in choice["logprobs"]["content"]]
@@ -89,11 +85,11 @@ class VersionedRolloutLoop(_AsyncRolloutLoop):
             versions.append(expand_version_spans(choice.get("weight_versions"), len(ids), self.model_version))
         return ids, logprobs
 
-    async def _generate_one(self, prompt, tool_dict, tools, group_id: int = 0):
+    async def generate_one(self, prompt, tool_dict, tools, group_id: int = 0):
         turn_versions: list[list[int]] = []
         token = _TURN_VERSIONS.set(turn_versions)
         try:
-            result = await super()._generate_one(prompt, tool_dict, tools, group_id)
+            result = await super().generate_one(prompt, tool_dict, tools, group_id)
         finally:
             _TURN_VERSIONS.reset(token)
         flat = [v for turn in turn_versions for v in turn]
@@ -106,8 +102,8 @@ class VersionedRolloutLoop(_AsyncRolloutLoop):
                 seq.token_versions = versions
         return result
 
-    async def _score_group(self, group: RolloutGroup) -> list[RolloutSample]:
-        samples = await super()._score_group(group)
+    async def score_group(self, group: RolloutGroup) -> list[RolloutSample]:
+        samples = await super().score_group(group)
         rows = [seq for seqs in group.completions_sequences for seq in seqs]  # super's order, one sample per row
         versioned_samples = []
         for sample, seq in zip(samples, rows, strict=True):
@@ -120,13 +116,13 @@ class VersionedRolloutLoop(_AsyncRolloutLoop):
         return versioned_samples
 
 
-class ServerCheckedRolloutWorker(AsyncRolloutWorker):
+class ServerCheckedRolloutWorker(RolloutWorkerSeam):
     """TRL's ``AsyncRolloutWorker`` whose health check also probes the vLLM server, so that a dead
     server is reported as such within one poll of the trainer (TRL's worker would retry its requests
     for minutes first)."""
 
     def check_health(self, stale_after_s: float) -> None:
-        url = self._loop_kwargs.get("vllm_server_url")
+        url = self.loop_kwargs.get("vllm_server_url")
         if url and not _health(url, timeout=2.0):
             raise ServerUnavailableError(
                 f"vLLM server at {url} is not answering /health: rollouts cannot continue. Restart the server and "
@@ -134,25 +130,11 @@ class ServerCheckedRolloutWorker(AsyncRolloutWorker):
         super().check_health(stale_after_s)
 
     stop_timeout_s: float = 5.0
-
-    def stop(self) -> None:
-        """TRL's stop (set the stop event, join, terminate, kill) with a ``stop_timeout_s`` join: a
-        child whose requests are retrying against a dead server would otherwise hold the trainer 15 s."""
-        process = self._process
-        if process is None:
-            return
-        self._stop_event_mp.set()
-        if process._popen is not None:
-            process.join(timeout=self.stop_timeout_s)
-            if process.is_alive():
-                process.terminate()
-                process.join(timeout=5)
-                if process.is_alive():
-                    process.kill()
-        self._process = None
+    """``stop`` joins the child this long (TRL: 15 s): a child whose requests are retrying against a
+    dead server would otherwise hold the trainer 15 s."""
 
 
 class VersionedRolloutWorker(ServerCheckedRolloutWorker):
     """:class:`ServerCheckedRolloutWorker` running :class:`VersionedRolloutLoop`."""
 
-    _loop_cls = VersionedRolloutLoop
+    loop_cls = VersionedRolloutLoop

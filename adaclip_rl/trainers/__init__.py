@@ -13,7 +13,7 @@ _LAZY = {
     "AdaClipAsyncGRPOTrainer": ".async_grpo",
     "AdaClipGRPOConfig": ".config",
     "AdaClipGRPOTrainer": ".grpo",
-    "OffPolicyGRPOConfig": ".offpolicy_config",
+    "OffPolicyGRPOConfig": ".config",
     "OffPolicyGRPOTrainer": ".offpolicy",
 }
 

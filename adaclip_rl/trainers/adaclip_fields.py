@@ -3,10 +3,13 @@
 Each setting is written once, where its owner is: ``BAPOConfig.target`` (default and help) is the
 source of the trainer field ``bapo_target``, ``ZClip(alpha=0.97)`` with the registry's help of
 ``zclip_alpha``, ``RolloutConfig.partial_rollouts`` of ``partial_rollouts``. The mixins below get
-one field per such setting (its *twin*: prefixed name, same default, same help), added by
-:func:`with_twins` from :data:`~adaclip_rl.losses.POLICY_LOSS_SPECS`,
-:data:`~adaclip_rl.gradclip.GRAD_CLIPPER_SPECS` and :class:`~adaclip_rl.rollout.RolloutConfig`.
-A newly registered loss or clipper gets its fields without an edit here.
+one field per such setting (its *twin*: prefixed name, same default, same help), derived by
+:func:`twins` from :data:`~adaclip_rl.losses.POLICY_LOSS_SPECS`,
+:data:`~adaclip_rl.gradclip.GRAD_CLIPPER_SPECS`, :data:`~adaclip_rl.optim.registry.OPTIMIZER_SPECS`
+and :class:`~adaclip_rl.rollout.RolloutConfig`, and written out by ``scripts/gen_fields.py`` to
+:mod:`adaclip_rl.trainers.generated_fields` (committed, so that grep, IDEs and type checkers see
+every field; a test fails while it is not current). A newly registered loss or clipper gets its
+fields by running that script, without an edit here.
 
 ``AdaClipGRPOConfig`` (TRL's ``GRPOConfig``) and ``AdaClipAsyncGRPOConfig`` (TRL's
 ``AsyncGRPOConfig``) inherit :class:`AdaClipFields`; ``OffPolicyGRPOConfig`` adds :class:`RolloutFields`.
@@ -25,8 +28,9 @@ from ..losses import POLICY_LOSS_SPECS, PolicyLossSpec, get_policy_loss_spec
 from ..optim.registry import OPTIMIZER_SPECS, OptimizerSpec, get_optimizer_spec
 from ..rollout.config import RATIO_ANCHORS, RolloutConfig
 from . import field_checks
+from .generated_fields import AdaClipTwinFields, RolloutTwinFields
 
-__all__ = ["ROLLOUT_FIELDS_FROM_TRL", "AdaClipFields", "RolloutFields", "twins", "with_twins"]
+__all__ = ["ROLLOUT_FIELDS_FROM_TRL", "AdaClipFields", "ChoiceFields", "RolloutFields", "twins"]
 
 Twin = tuple[str, Any, Field]  # trainer field name, type, dataclasses.field(default=..., metadata={"help": ...})
 
@@ -99,34 +103,10 @@ def twins(*sources: Callable[[], Iterator[Twin]]) -> list[Twin]:
     return found
 
 
-def with_twins(*sources: Callable[[], Iterator[Twin]]):
-    """Class decorator (below ``@dataclass``): adds the twins of ``sources`` as annotated fields."""
-
-    def deco(cls: type) -> type:
-        annotations = cls.__dict__.get("__annotations__", {})
-        for name, tp, twin in twins(*sources):
-            if name in annotations:
-                raise TypeError(f"{cls.__name__}.{name} is written by hand and derived from a registry")
-            annotations[name] = tp
-            setattr(cls, name, twin)
-        cls.__annotations__ = annotations
-        return cls
-
-    return deco
-
-
 @dataclass
-@with_twins(loss_twins, clipper_twins, optimizer_twins)
-class AdaClipFields:
-    """The policy-loss and gradient-clipping fields; mixed into a TRL config (which must come after
-    it in the bases, so that TRL's fields come first and its ``__post_init__`` is reached by ``super``).
-
-    Besides the two choices below, one field per setting of the chosen loss or clipper, grouped by
-    prefix: ``bapo_*`` (:class:`~adaclip_rl.losses.BAPOConfig`), ``archer_*``
-    (:class:`~adaclip_rl.losses.ArcherConfig`), ``dual_clip`` (grpo's), ``zclip_*``, ``adagc_*``,
-    ``autoclip_*``, ``quantile_*`` (:mod:`adaclip_rl.gradclip`), ``spam_*``, ``stable_spam_*``
-    (:mod:`adaclip_rl.optim`).
-    """
+class ChoiceFields:
+    """The three hand-written choices; the twins of the chosen loss, clipper and optimizer follow
+    them (:class:`AdaClipFields` lists this base last, so its fields come first)."""
 
     policy_loss: str = field(
         default="grpo",
@@ -145,6 +125,20 @@ class AdaClipFields:
                   "or 'stable_spam' (Stable-SPAM, arXiv 2502.17055); these take learning_rate, adam_beta1/2, "
                   "adam_epsilon and weight_decay, and their own spam_*/stable_spam_* fields."},
     )
+
+
+@dataclass
+class AdaClipFields(AdaClipTwinFields, ChoiceFields):
+    """The policy-loss and gradient-clipping fields; mixed into a TRL config (which must come after
+    it in the bases, so that TRL's fields come first and its ``__post_init__`` is reached by ``super``).
+
+    Besides the choices of :class:`ChoiceFields`, one field per setting of the chosen loss or clipper
+    (:class:`~adaclip_rl.trainers.generated_fields.AdaClipTwinFields`), grouped by prefix:
+    ``bapo_*`` (:class:`~adaclip_rl.losses.BAPOConfig`), ``archer_*``
+    (:class:`~adaclip_rl.losses.ArcherConfig`), ``dual_clip`` (grpo's), ``zclip_*``, ``adagc_*``,
+    ``autoclip_*``, ``quantile_*`` (:mod:`adaclip_rl.gradclip`), ``spam_*``, ``stable_spam_*``
+    (:mod:`adaclip_rl.optim`).
+    """
 
     @property
     def optimizer_spec(self) -> OptimizerSpec:
@@ -180,10 +174,10 @@ class AdaClipFields:
 
 
 @dataclass
-@with_twins(rollout_twins)
-class RolloutFields:
+class RolloutFields(RolloutTwinFields):
     """The off-policy rollout fields: one twin per :class:`~adaclip_rl.rollout.RolloutConfig` field
-    (partial rollouts, behaviour importance weights, staleness, replay)."""
+    (partial rollouts, behaviour importance weights, staleness, replay;
+    :class:`~adaclip_rl.trainers.generated_fields.RolloutTwinFields`)."""
 
     def rollout_config(self) -> RolloutConfig:
         """The validated :class:`RolloutConfig` (``ratio_anchor`` resolved; TRL's

@@ -15,24 +15,26 @@ plain clip written inline in ``compute_loss``. This subclass changes:
   update and every rank, all-reduced in one collective (``bapo_scope="update"``), or once per
   micro-batch (``"micro_batch"``).
 * Archer's KL to the frozen initial model: a frozen copy forwards the same packed batch.
-* ``_clip_grad_norm`` - the adaptive gradient clippers (:mod:`adaclip_rl.gradclip`); their state
-  goes into checkpoints (``adaclip_state.json``).
+* gradient clipping - the adaptive gradient clippers (:mod:`adaclip_rl.gradclip`,
+  :class:`~adaclip_rl.trainers.grad_clip_mixin.AdaptiveGradClipMixin`); their state goes into
+  checkpoints (``adaclip_state.json``).
 * Per-token policy versions (:mod:`adaclip_rl.rollout.async_versions`) reach the loss: a sample whose
   oldest token is more than ``max_staleness`` versions old when trained is dropped (weight 0, out of
   BAPO's statistics, still in the token count) or down-weighted by ``staleness_decay ** excess``
   (``staleness_policy``); logged as ``staleness/*``.
-* CPU: the FA3 tree-attention kernel is replaced by a PyTorch one (:func:`cpu_tree_attention`), the
+* CPU: the FA3 tree-attention kernel is replaced by a PyTorch one (:func:`~adaclip_rl.trainers.cpu_tree_attention.cpu_tree_attention`), the
   peak-FLOPs lookup (CUDA only) is skipped, and weights reach the server through
   :class:`~adaclip_rl.rollout.async_weights.SharedFileWeightTransfer` (``weight_transfer="shared_file"``).
+
+TRL's private members (its module globals, signature columns, per-step accounting, the rollout
+worker's loop) are reached through :class:`~adaclip_rl._trl_compat.async_grpo.AsyncGRPOTrainerSeam`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from contextlib import ExitStack
 from typing import Any, NamedTuple
-from unittest import mock
 
 import numpy as np
 import torch
@@ -40,79 +42,21 @@ import trl.experimental.async_grpo.async_grpo_trainer as agt
 from transformers import AttentionInterface
 from trl.trainer.utils import add_fused_lm_head, create_model_from_path, pad
 
-from ..losses.ratio import clamp_log_ratio
+from .._trl_compat.async_grpo import TREE_ATTENTION, AsyncGRPOTrainerSeam
 from ..losses.registry import get_policy_loss_spec
 from ..rollout.async_versions import ServerCheckedRolloutWorker, VersionedRolloutWorker
 from ..rollout.async_weights import SharedFileWeightTransfer
 from ..rollout.importance import staleness_weights, token_staleness
-from .adaptive_state import AdaptiveGradClipMixin
 from .async_config import AdaClipAsyncGRPOConfig
+from .chat_template import conversational_prompts
+from .cpu_tree_attention import cpu_tree_attention
+from .grad_clip_mixin import AdaptiveGradClipMixin
 from .optimizer_mixin import SpikeAwareOptimizerMixin
+from .policy_term import UpdateSearch, policy_log_ratio
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AdaClipAsyncGRPOTrainer", "build_async_trainer", "conversational_prompts", "cpu_tree_attention", "set_plain_response_template"]
-
-
-def cpu_tree_attention(module, query, key, value, attention_mask, *, tree_kv_index, tree_cu_seqlens_q,
-                       tree_cu_seqlens_k, tree_max_seqlen_q=None, tree_max_seqlen_k=None, scaling=None,
-                       sliding_window=None, softcap=None, **kwargs):
-    """PyTorch version of TRL's tree attention (``packing.tree_attention``, FA3 varlen) for CPU.
-
-    Segment ``s`` (queries ``cu_q[s]:cu_q[s+1]`` of the packed row) attends to the keys/values
-    gathered along its root-to-segment path (``tree_kv_index[cu_k[s]:cu_k[s+1]]``), causally with
-    flash-attention's bottom-right alignment (the last query sees every key of its path).
-    ``query``/``key``/``value``: ``(1, H, N, D)``; returns ``((1, N, H, D), None)``.
-    """
-    q = query.transpose(1, 2)[0]  # (N, Hq, D)
-    k = key.transpose(1, 2)[0].index_select(0, tree_kv_index)
-    v = value.transpose(1, 2)[0].index_select(0, tree_kv_index)
-    if q.shape[1] != k.shape[1]:  # grouped-query attention
-        rep = q.shape[1] // k.shape[1]
-        k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
-    scale = scaling if scaling is not None else q.shape[-1] ** -0.5
-    cu_q, cu_k = tree_cu_seqlens_q.tolist(), tree_cu_seqlens_k.tolist()
-    outs = []
-    for s in range(len(cu_q) - 1):
-        qs, ks, vs = q[cu_q[s]:cu_q[s + 1]], k[cu_k[s]:cu_k[s + 1]], v[cu_k[s]:cu_k[s + 1]]
-        nq, nk = qs.shape[0], ks.shape[0]
-        qpos = torch.arange(nq, device=q.device)[:, None] + (nk - nq)
-        kpos = torch.arange(nk, device=q.device)[None, :]
-        allowed = kpos <= qpos
-        if sliding_window:
-            allowed = allowed & (kpos > qpos - sliding_window)
-        scores = torch.einsum("qhd,khd->hqk", qs, ks) * scale
-        if softcap:
-            scores = softcap * torch.tanh(scores / softcap)
-        probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
-        outs.append(torch.einsum("hqk,khd->qhd", probs.to(vs.dtype), vs))
-    return torch.cat(outs).unsqueeze(0), None
-
-
-# Response parsing for a chat template that renders only the messages' text (``{{ content }}``):
-# the completion is everything up to the end-of-text token.
-_PLAIN_RESPONSE_TEMPLATE = {
-    "defaults": {"role": "assistant"},
-    "start_anchor": "",
-    "fields": {"content": {"close_pattern": r"<\|endoftext\|>\s*|$", "content": "text"}},
-}
-PLAIN_CHAT_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
-
-
-def set_plain_response_template(tokenizer, chat_template: str = PLAIN_CHAT_TEMPLATE):
-    """Give a home-made tokenizer (the tiny task model's) a chat template that renders the prompt's
-    text as is and the response template TRL's rollout worker needs to parse completions."""
-    tokenizer.chat_template = chat_template
-    tokenizer.response_template = dict(_PLAIN_RESPONSE_TEMPLATE)
-    return tokenizer
-
-
-def conversational_prompts(dataset):
-    """``dataset`` with plain-text prompts wrapped as one user message: TRL's rollout worker renders
-    every prompt through the chat template, so it needs conversational prompts."""
-    if len(dataset) and isinstance(dataset[0]["prompt"], str):
-        return dataset.map(lambda row: {"prompt": [{"role": "user", "content": row["prompt"]}]})
-    return dataset
+__all__ = ["AdaClipAsyncGRPOTrainer", "build_async_trainer"]
 
 
 def build_async_trainer(rewards, args: AdaClipAsyncGRPOConfig, model: str | None, train_dataset, **kwargs):
@@ -128,15 +72,6 @@ def build_async_trainer(rewards, args: AdaClipAsyncGRPOConfig, model: str | None
         raise ValueError(f"reward weights {weights} are not supported with trainer: async (TRL's asynchronous GRPO "
                          "sums the rewards with weight 1)")
     return AdaClipAsyncGRPOTrainer(model, reward_funcs, args, conversational_prompts(train_dataset), **kwargs)
-
-
-def _peak_flops_cpu_safe(accelerator, dtype):
-    """TRL's peak-FLOPs lookup calls ``torch.cuda.get_device_name``; None (no MFU metric) off CUDA."""
-    if accelerator.device.type != "cuda":
-        return None
-    from trl.trainer.utils import get_peak_flops_per_device
-
-    return get_peak_flops_per_device(accelerator, dtype)
 
 
 class _LastSampleQueue:
@@ -203,9 +138,13 @@ class _Packed(NamedTuple):
     token_versions: torch.Tensor | None
 
 
-class AdaClipAsyncGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, agt.AsyncGRPOTrainer):
+class AdaClipAsyncGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, AsyncGRPOTrainerSeam):
     """Asynchronous GRPO with adaptive clipping. Same constructor as TRL's ``AsyncGRPOTrainer``
     (``model`` is a model id or directory); ``args`` must be an :class:`AdaClipAsyncGRPOConfig`."""
+
+    rollout_dataset_cls = _VersionedQueueDataset
+    rollout_collator_cls = _VersionedCollator
+    extra_signature_columns = ("token_versions",)
 
     def __init__(self, model: str, reward_funcs=None, args: AdaClipAsyncGRPOConfig | None = None, *a: Any,
                  rollout_worker=None, weight_transfer=None, **kw: Any):
@@ -221,13 +160,10 @@ class AdaClipAsyncGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, a
                 args.vllm_server_base_url, weights_dir=args.weight_transfer_dir,
                 pause_mode=args.weight_transfer_pause_mode, timeout=float(args.weight_sync_timeout))
         worker_cls = VersionedRolloutWorker if args.record_token_versions else ServerCheckedRolloutWorker
-        with ExitStack() as stack:
-            stack.enter_context(mock.patch.object(agt, "get_peak_flops_per_device", _peak_flops_cpu_safe))
-            stack.enter_context(mock.patch.object(agt, "AsyncRolloutWorker", worker_cls))
-            super().__init__(model, reward_funcs, args, *a, rollout_worker=rollout_worker,
-                             weight_transfer=weight_transfer, **kw)
+        super().__init__(model, reward_funcs, args, *a, rollout_worker=rollout_worker,
+                         weight_transfer=weight_transfer, rollout_worker_cls=worker_cls, **kw)
         if self.accelerator.device.type != "cuda":  # TRL registered the FA3 kernel; CPU has none
-            AttentionInterface.register(agt.TREE_ATTENTION, cpu_tree_attention)
+            AttentionInterface.register(TREE_ATTENTION, cpu_tree_attention)
         if self._shared_file_transfer is not None:
             self._shared_file_transfer.aliases = self._tied_aliases()
             self._shared_file_transfer.version_fn = lambda: self.model_version
@@ -236,7 +172,7 @@ class AdaClipAsyncGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, a
             init_kwargs = dict(args.model_init_kwargs or {})
             init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
             init_kwargs.setdefault("dtype", args.dtype)
-            ref = create_model_from_path(model, device_map=None, attn_implementation=agt.TREE_ATTENTION,
+            ref = create_model_from_path(model, device_map=None, attn_implementation=TREE_ATTENTION,
                                          **init_kwargs)
             add_fused_lm_head(ref, temperature=self.temperature, outputs=("log_probs",))
             self.ref_model = ref.requires_grad_(False).eval().to(self.accelerator.device)
@@ -244,7 +180,8 @@ class AdaClipAsyncGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, a
         self.grad_clipper = args.build_grad_clipper()
         self._window: list[dict[str, Any]] = []
         self._window_pos = 0
-        self._window_search = None
+        self._window_count = 0  # optimizer updates begun: the key of the update's search
+        self.update_search = UpdateSearch(self._reduce_sum)
         self._window_samples: torch.Tensor | None = None  # global responses of the update (Archer's KL weight)
 
     def _tied_aliases(self) -> dict[str, str]:
@@ -257,22 +194,18 @@ class AdaClipAsyncGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, a
         return {alias: group[0] for group in names.values() if len(group) > 1 for alias in group[1:]}
 
     # ------------------------------------------------------------------ data
-    def get_train_dataloader(self):
-        with mock.patch.object(agt, "RolloutQueueDataset", _VersionedQueueDataset), \
-                mock.patch.object(agt, "DataCollatorForRollout", _VersionedCollator):
-            return super().get_train_dataloader()
-
-    def _set_signature_columns_if_needed(self):
-        super()._set_signature_columns_if_needed()
-        if "token_versions" not in self._signature_columns:
-            self._signature_columns.append("token_versions")
-
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """The micro-batches of one optimizer update, kept for BAPO's once-per-update search."""
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
-        self._window, self._window_pos, self._window_search = list(batches), 0, None
-        self._window_samples = None
+        self.begin_update(batches)
         return batches, num_items
+
+    def begin_update(self, batches: list[dict[str, Any]]) -> None:
+        """``batches`` are the micro-batches of the next optimizer update (its search reads them all)."""
+        self._window, self._window_pos = list(batches), 0
+        self._window_count += 1
+        self.update_search.reset()
+        self._window_samples = None
 
     # ------------------------------------------------------------------ loss
     def _reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
@@ -319,14 +252,6 @@ class AdaClipAsyncGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, a
     def _rows(p: _Packed, x: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
         """Flat loss terms ``(M,)`` -> ``(B, T)`` rows, one per sample (``fill`` after its end)."""
         return x.new_full(p.shape, fill).index_put((p.segment_id, p.position), x)
-
-    def _log_ratio(self, p: _Packed) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(log r, live)``: log r clamped to [-20, 20] for a loss that asks (verl), and where the
-        ratio then carries a gradient (None without the clamp): one mask for the clamp and the statistic."""
-        log_ratio = p.log_probs - p.old_log_probs
-        if self.loss_spec.clamps_log_ratio:
-            return clamp_log_ratio(log_ratio)
-        return log_ratio, None
 
     def _staleness_weights(self, p: _Packed) -> torch.Tensor | None:
         """``(B, T)`` weight of each sample's terms from its oldest token's staleness (``staleness_policy``:
@@ -391,28 +316,29 @@ class AdaClipAsyncGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, a
         spec = self.loss_spec
         if mode != "train" or not spec.searches_per_update(self.loss_config) or len(self._window) <= 1:
             return None
-        if self._window_pos > 0 and self._window_search is not None:
-            return self._window_search
-        stats = spec.statistics(ratio.detach(), adv, weights, self.loss_config)
-        with torch.no_grad():
-            for mb in self._window[1:]:
-                q = self._forward_packed(model, self._prepare_inputs(mb), with_entropy=False)
-                m = self._trained_mask(q)
-                q_log_ratio, q_live = self._log_ratio(q)
-                stats = stats + spec.statistics(torch.exp(self._rows(q, q_log_ratio)), self._rows(q, q.advantages),
-                                                self._statistic_weights(q, m, q_live, mode), self.loss_config)
-        self._window_search = spec.select(self._reduce_sum(stats), self.loss_config)
-        return self._window_search
+
+        def statistics() -> torch.Tensor:
+            stats = spec.statistics(ratio.detach(), adv, weights, self.loss_config)
+            with torch.no_grad():
+                for mb in self._window[1:]:
+                    q = self._forward_packed(model, self.prepare_inputs(mb), with_entropy=False)
+                    m = self._trained_mask(q)
+                    q_log_ratio, q_live = policy_log_ratio(spec, q.log_probs, q.old_log_probs)
+                    stats = stats + spec.statistics(torch.exp(self._rows(q, q_log_ratio)), self._rows(q, q.advantages),
+                                                    self._statistic_weights(q, m, q_live, mode), self.loss_config)
+            return stats
+
+        return self.update_search.result(self._window_count, spec, self.loss_config, statistics)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"
         forward_start = time.time()
         p = self._forward_packed(model, inputs)
-        self._last_forward_time_s = time.time() - forward_start
+        forward_s = time.time() - forward_start
         spec, cfg = self.loss_spec, self.loss_config
 
         # ---- the policy term: adaclip_rl.losses, on (B, T) rows of this rank's samples ----
-        log_ratio, live = self._log_ratio(p)
+        log_ratio, live = policy_log_ratio(spec, p.log_probs, p.old_log_probs)
         ratio = torch.exp(self._rows(p, log_ratio))  # 1 after each sample's end
         adv = self._rows(p, p.advantages)
         mask = self._trained_mask(p)  # samples dropped for staleness leave the loss and BAPO's statistics
@@ -443,14 +369,7 @@ class AdaClipAsyncGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, a
             loss = loss + self.router_aux_loss_coef * p.aux_loss / ga
         self._log_metrics(mode, p, log_ratio, out.metrics)
 
-        # ---- TRL's per-step accounting (throughput metrics) ----
-        n_forward_tokens = float(inputs["global_n_forward_tokens"][0])
-        mean_seq_len = float(inputs["mean_seq_len"][0])
-        self._step_forward_tokens += n_forward_tokens
-        self._step_trained_tokens += float(inputs["global_n_tokens"][0])
-        self._step_seq_len_weighted += mean_seq_len * n_forward_tokens
-        self._step_samples += n_forward_tokens / mean_seq_len
-        self._step_forward_s += self._last_forward_time_s
+        self.account_forward(inputs, forward_s)  # TRL's per-step accounting (throughput metrics)
         return loss
 
     @torch.no_grad()
@@ -466,7 +385,7 @@ class AdaClipAsyncGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, a
         n = self.accelerator.num_processes
         count = max(vec[3].item(), 1.0)
         vals = vec.tolist()
-        m = self._metrics[mode]
+        m = self.logged_metrics[mode]
         m["ratio"].append(vals[0] / count)
         m["kl"].append(vals[1] / count)
         m["entropy"].append(vals[2] / count)

@@ -3,7 +3,7 @@ staleness study and the tests call.
 
 The YAML recipe is one flat mapping, read by ``trl.TrlParser`` (:func:`make_parser`) into three
 dataclasses: :class:`TrainScriptArguments` (data and rewards),
-:class:`~adaclip_rl.trainers.offpolicy_config.OffPolicyGRPOConfig` (every TRL GRPO field, ours, and
+:class:`~adaclip_rl.trainers.config.OffPolicyGRPOConfig` (every TRL GRPO field, ours, and
 the off-policy rollout fields) and ``trl.ModelConfig`` (model path, dtype, LoRA); with
 ``trainer: async``, :class:`~adaclip_rl.trainers.async_config.AdaClipAsyncGRPOConfig` and
 :class:`~adaclip_rl.trainers.async_config.AsyncModelArguments`. :func:`build_trainer` builds the
@@ -172,7 +172,7 @@ def make_parser(trainer: str = "sync"):
 
         parser = TrlParser((TrainScriptArguments, AdaClipAsyncGRPOConfig, AsyncModelArguments), prog=PROG)
     else:
-        from .offpolicy_config import OffPolicyGRPOConfig
+        from .config import OffPolicyGRPOConfig
 
         # OffPolicyGRPOConfig = AdaClipGRPOConfig + the off-policy rollout fields (all default off)
         parser = TrlParser((TrainScriptArguments, OffPolicyGRPOConfig, ModelConfig), prog=PROG)

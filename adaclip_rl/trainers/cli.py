@@ -4,7 +4,7 @@ is :mod:`adaclip_rl.trainers.build`).
 
 The YAML is one flat mapping, read by ``trl.TrlParser`` into three dataclasses:
 :class:`~adaclip_rl.trainers.build.TrainScriptArguments` (data and rewards),
-:class:`~adaclip_rl.trainers.offpolicy_config.OffPolicyGRPOConfig`
+:class:`~adaclip_rl.trainers.config.OffPolicyGRPOConfig`
 (every TRL GRPO field, ours, and the off-policy rollout fields) and ``trl.ModelConfig`` (model
 path, dtype, LoRA). Partial rollouts or replay select ``OffPolicyGRPOTrainer``; otherwise
 ``AdaClipGRPOTrainer``; ``trainer: async`` selects ``AdaClipAsyncGRPOTrainer`` (generation on a separate

@@ -1,8 +1,9 @@
 """``AdaClipGRPOTrainer``: TRL's ``GRPOTrainer`` with the policy term from :mod:`adaclip_rl.losses`.
 
-Only three things are overridden:
+TRL's private hooks are reached through the seam (:class:`~adaclip_rl._trl_compat.grpo.GRPOTrainerSeam`,
+which names them; this module names none). What this class changes:
 
-* ``_compute_loss`` - the same steps in the same order as TRL 1.16 (log-probs and entropies from
+* :meth:`compute_policy_loss` (TRL's ``_compute_loss``) - the same steps in the same order as TRL 1.16 (log-probs and entropies from
   TRL's helper, entropy mask, off-policy sequence mask, token/sequence importance weights,
   ``beta`` KL with bias correction, vLLM importance-sampling ratio, every clip ``loss_type``'s
   aggregation and gradient-accumulation scaling, entropy bonus with TRL's adaptive controller,
@@ -10,12 +11,17 @@ Only three things are overridden:
   (``grpo`` / ``bapo`` / ``archer``) and our metrics added. A parity test keeps
   ``policy_loss="grpo"`` equal to the stock trainer. Loss types outside the clip family
   (``cispo``, ``sapo``, ``vespo``) go to TRL unchanged.
-* ``_clip_grad_norm`` - adaptive gradient clipping (:mod:`adaclip_rl.gradclip`) when configured.
-* checkpoint save/load - adds ``adaclip_state.json`` (gradient-clipper state) next to TRL's files.
+* :meth:`generate_and_score_completions` (TRL's ``_generate_and_score_completions``) - reference
+  log-probs for a loss with its own KL (Archer) without TRL's KL term, and old-policy entropies
+  for Archer's token classes.
+* gradient clipping and its checkpoint state (:class:`~adaclip_rl.trainers.grad_clip_mixin.AdaptiveGradClipMixin`:
+  the adaptive clippers of :mod:`adaclip_rl.gradclip`, ``adaclip_state.json`` next to TRL's files) and
+  the optimizer (:class:`~adaclip_rl.trainers.optimizer_mixin.SpikeAwareOptimizerMixin`).
 
 What the policy loss needs (reference log-probs, old-policy entropies, per-token loss weights, a
 search per optimizer update, the log-ratio clamp) is read from its registry entry
-(:class:`~adaclip_rl.losses.PolicyLossSpec`), never from its name. BAPO's statistics vector is
+(:class:`~adaclip_rl.losses.PolicyLossSpec`), never from its name; the search and the clamp are
+:mod:`adaclip_rl.trainers.policy_term`'s, shared with the asynchronous trainer. BAPO's statistics vector is
 all-reduced (SUM) once per search, so every rank picks the same bounds.
 """
 
@@ -25,12 +31,13 @@ import logging
 from typing import Any, NamedTuple
 
 import torch
-from trl import GRPOTrainer
 
-from ..losses import aggregate_loss, aggregation_weights, clamp_log_ratio, kl_estimate, sequence_live_fraction
-from .adaptive_state import AdaptiveGradClipMixin
+from .._trl_compat.grpo import GRPOTrainerSeam
+from ..losses import aggregate_loss, aggregation_weights, kl_estimate, sequence_live_fraction
 from .config import CLIP_LOSS_TYPES, AdaClipGRPOConfig
+from .grad_clip_mixin import AdaptiveGradClipMixin
 from .optimizer_mixin import SpikeAwareOptimizerMixin
+from .policy_term import UpdateSearch, policy_log_ratio
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +62,7 @@ _MM_KEYS = (
 )
 
 
-class AdaClipGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, GRPOTrainer):
+class AdaClipGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, GRPOTrainerSeam):
     """GRPO with adaptive clipping. Same constructor as :class:`trl.GRPOTrainer`; ``args`` must be an
     :class:`AdaClipGRPOConfig` (a plain ``GRPOConfig`` is upgraded with ``policy_loss="grpo"``)."""
 
@@ -82,28 +89,28 @@ class AdaClipGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, GRPOTr
             args.beta = self.kl_beta
         # TRL keeps args.beta in self.beta; any TRL path reading it must see no KL of its own
         self.beta = self.kl_beta
-        self._bapo_window: tuple[tuple[int, int], Any] | None = None  # (window, search result) of this update
+        self.update_search = UpdateSearch(self._reduce_sum)  # once per update
         self.grad_clipper = args.build_grad_clipper()
 
     # ------------------------------------------------------------------ loss
     def _reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
         return self.accelerator.reduce(t, reduction="sum") if self.accelerator.num_processes > 1 else t
 
-    def _generate_and_score_completions(self, inputs):
+    def generate_and_score_completions(self, inputs):
         if self._loss_needs_ref:  # TRL computes ref_per_token_logps only when self.beta != 0
             self.beta = 1.0
             try:
-                batch = super()._generate_and_score_completions(inputs)
+                batch = super().generate_and_score_completions(inputs)
             finally:
                 self.beta = self.kl_beta
         else:
-            batch = super()._generate_and_score_completions(inputs)
+            batch = super().generate_and_score_completions(inputs)
         if self.loss_spec.needs_old_entropies(self.loss_config):
             # Archer's Algorithm 1: classify tokens by the entropies of the policy that generated them
             input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
             attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
             with torch.no_grad():
-                _, entropies, _ = self._get_per_token_logps_and_entropies(
+                _, entropies, _ = self.per_token_logps_and_entropies(
                     self.model, input_ids, attention_mask, batch["completion_ids"].size(1),
                     batch_size=self.args.per_device_train_batch_size, compute_entropy=True,
                     **{k: batch.get(k) for k in _MM_KEYS if k in batch},
@@ -123,7 +130,7 @@ class AdaClipGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, GRPOTr
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
         attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
         mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
-        per_token_logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
+        per_token_logps, entropies, aux_loss = self.per_token_logps_and_entropies(
             model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=compute_entropy,
             compute_aux_loss=self.aux_loss_enabled and aux, **{k: inputs.get(k) for k in _MM_KEYS},
         )
@@ -147,10 +154,7 @@ class AdaClipGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, GRPOTr
                 sampling_per_token_logps=inputs.get("sampling_per_token_logps", old_per_token_logps),
                 mask=mask, off_policy_threshold=self.off_policy_mask_threshold,
             )
-        log_ratio = per_token_logps - old_per_token_logps
-        live = None
-        if self.loss_spec.clamps_log_ratio:  # verl: r = exp(clamp(logp - old, -20, 20)); one mask for clamp and statistic
-            log_ratio, live = clamp_log_ratio(log_ratio)
+        log_ratio, live = policy_log_ratio(self.loss_spec, per_token_logps, old_per_token_logps)
         if self.importance_sampling_level == "token":
             log_weights = log_ratio
         elif self.importance_sampling_level == "sequence":
@@ -207,8 +211,8 @@ class AdaClipGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, GRPOTr
         accumulation_steps = self.current_gradient_accumulation_steps
         if mode != "train" or not self.loss_spec.searches_per_update(self.loss_config) or accumulation_steps <= 1:
             return None
-        pos = self._step % accumulation_steps
-        return pos, accumulation_steps, (self.state.global_step, self._step - pos)
+        pos = self.micro_step % accumulation_steps
+        return pos, accumulation_steps, (self.state.global_step, self.micro_step - pos)
 
     def _window_statistics(self, model, mode: str) -> torch.Tensor | None:
         """At the first micro-batch of an accumulation window: the summed statistics of the window's
@@ -220,10 +224,10 @@ class AdaClipGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, GRPOTr
         if where is None:
             return None
         pos, accumulation_steps, window = where
-        if self._bapo_window is not None and self._bapo_window[0] == window:
+        if self.update_search.has(window):
             return None
         spg = self.args.steps_per_generation
-        first = (self._step - pos) % spg
+        first = (self.micro_step - pos) % spg
         stats = None
         was_training = model.training
         model.eval()
@@ -232,7 +236,7 @@ class AdaClipGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, GRPOTr
                 for k in range(accumulation_steps):
                     if k == pos:
                         continue
-                    micro_batch = self._buffered_inputs[(first + k) % spg]
+                    micro_batch = self.buffered_inputs[(first + k) % spg]
                     other = self._loss_inputs(model, micro_batch, mode,
                                               compute_entropy=self.top_entropy_quantile < 1.0, aux=False)
                     s = self.loss_spec.statistics(other.ratio, other.advantages,
@@ -254,19 +258,16 @@ class AdaClipGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, GRPOTr
         where = self._search_window(mode)
         if where is None:
             return None
-        window = where[2]
-        if self._bapo_window is not None and self._bapo_window[0] == window:
-            return self._bapo_window[1]
-        stats = self.loss_spec.statistics(li.ratio, li.advantages, weights, self.loss_config)
-        if other_stats is not None:
-            stats = stats + other_stats
-        result = self.loss_spec.select(self._reduce_sum(stats), self.loss_config)
-        self._bapo_window = (window, result)
-        return result
 
-    def _compute_loss(self, model, inputs):
+        def statistics() -> torch.Tensor:
+            stats = self.loss_spec.statistics(li.ratio, li.advantages, weights, self.loss_config)
+            return stats if other_stats is None else stats + other_stats
+
+        return self.update_search.result(where[2], self.loss_spec, self.loss_config, statistics)
+
+    def compute_policy_loss(self, model, inputs):
         if self.loss_type not in CLIP_LOSS_TYPES:
-            return super()._compute_loss(model, inputs)
+            return super().compute_policy_loss(model, inputs)
         mode = "train" if self.model.training else "eval"
         other_stats = self._window_statistics(model, mode) if self.loss_spec.needs_loss_weights else None
         li = self._loss_inputs(model, inputs, mode)
@@ -307,39 +308,39 @@ class AdaClipGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, GRPOTr
         loss = self._add_entropy_bonus(loss, entropies, mask, li.entropy_mask, policy_loss, mode)
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * li.aux_loss / accumulation_steps
-            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(li.aux_loss).mean().item())
+            self.logged_metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(li.aux_loss).mean().item())
         self._log_loss_metrics(mode, mask, ratio, entropies, per_token_kl, loss_out)
         return loss
 
     def _add_entropy_bonus(self, loss, entropies, mask, entropy_mask, policy_loss, mode):
         """TRL 1.16's entropy bonus and Skywork-OR1 adaptive controller, unchanged in behaviour."""
-        if not self._entropy_bonus_enabled:
+        if not self.entropy_bonus_enabled:
             return loss
         effective_mask = mask if entropy_mask is None else mask * entropy_mask
         accumulation_steps = self.current_gradient_accumulation_steps if mode == "train" else 1.0
         entropy_loss = (entropies * effective_mask).sum() / effective_mask.sum().clamp(min=1.0) / accumulation_steps
         if self.use_adaptive_entropy:
-            coef = self.entropy_coef if self._last_world_entropy <= self.args.entropy_target else 0.0
+            coef = self.entropy_coef if self.last_world_entropy <= self.args.entropy_target else 0.0
         else:
             coef = self.entropy_coef
         loss = loss - coef * entropy_loss
-        self._metrics[mode]["policy_loss"].append(self.accelerator.gather(policy_loss).nanmean().item())
+        self.logged_metrics[mode]["policy_loss"].append(self.accelerator.gather(policy_loss).nanmean().item())
         if self.use_adaptive_entropy and mode == "train":
             stats = torch.stack([(entropies * effective_mask).sum(), effective_mask.sum()]).detach()
-            self._entropy_window_stats = stats if self._entropy_window_stats is None \
-                else self._entropy_window_stats + stats
+            self.entropy_window_stats = stats if self.entropy_window_stats is None \
+                else self.entropy_window_stats + stats
             if self.accelerator.sync_gradients:
-                window = self.accelerator.reduce(self._entropy_window_stats, reduction="sum")
+                window = self.accelerator.reduce(self.entropy_window_stats, reduction="sum")
                 world_entropy = (window[0] / window[1].clamp(min=1.0)).item()
                 delta = self.args.entropy_coef_delta
                 if world_entropy <= self.args.entropy_target:
                     self.entropy_coef = min(self.entropy_coef + delta, self.args.entropy_coef_max)
                 else:
                     self.entropy_coef = max(self.entropy_coef - delta, self.args.entropy_coef_min)
-                self._last_world_entropy = world_entropy
-                self._entropy_window_stats = None
+                self.last_world_entropy = world_entropy
+                self.entropy_window_stats = None
         if mode == "train" and self.accelerator.sync_gradients:
-            self._metrics[mode]["entropy_coef"].append(self.entropy_coef)
+            self.logged_metrics[mode]["entropy_coef"].append(self.entropy_coef)
         return loss
 
     @torch.no_grad()
@@ -381,8 +382,8 @@ class AdaClipGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, GRPOTr
         vals = vec.tolist() if vec is not None else []
         for i, name in enumerate(names):
             s, c = vals[2 * i], vals[2 * i + 1]
-            self._metrics[mode][name].append(s / max(c, 1.0))
+            self.logged_metrics[mode][name].append(s / max(c, 1.0))
         base = 2 * len(names)
         for j, key in enumerate(loss_metrics):
             value = vals[base + j] / n
-            self._metrics[mode][key].append(value)
+            self.logged_metrics[mode][key].append(value)

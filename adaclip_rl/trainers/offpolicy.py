@@ -62,8 +62,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .._trl_compat.grpo import vllm_engine_sized
 from ..rollout import (
     BehaviourSample,
     PartialRolloutManager,
@@ -74,8 +74,8 @@ from ..rollout import (
     pad_versions,
 )
 from ..rollout.schedule import BatchScheduler, ReplayShare, effective_prefill, prefill_indices, top_up_rows
+from .config import OffPolicyGRPOConfig
 from .grpo import AdaClipGRPOTrainer
-from .offpolicy_config import OffPolicyGRPOConfig
 
 logger = logging.getLogger(__name__)
 
@@ -98,45 +98,20 @@ def in_flight_sequences(args: OffPolicyGRPOConfig) -> int:
     return batch + effective_prefill(cfg, fresh) * args.num_generations
 
 
-@contextlib.contextmanager
-def _vllm_max_num_seqs_at_least(sequences: int) -> Iterator[None]:
+def _vllm_max_num_seqs_at_least(sequences: int):
     """Within the block, TRL's colocated vLLM is built with ``max_num_seqs >= sequences`` and, on CPU,
-    without chunked prefill.
+    without chunked prefill (:func:`adaclip_rl._trl_compat.grpo.vllm_engine_sized` wraps the
+    constructors TRL calls; TRL offers no setting for either).
 
     TRL 1.16 sizes it to one generation batch (``per_device_train_batch_size * steps_per_generation``);
     the partial-rollout pool holds the pre-filled groups too, and a smaller engine would queue them
     (they could then be interrupted before generating anything). TRL builds the engine with chunked
     prefill, and vLLM-CPU crashes on a seeded request whose prompt is chunked, so the wrapped engine
-    would drop the per-request seeds (:func:`~adaclip_rl.rollout.vllm_engine._request_seeds_safe`);
-    on CPU the ``vllm.LLM`` TRL builds gets ``enable_chunked_prefill=False``. TRL offers no setting
-    for either, so the constructors TRL calls are wrapped for the duration of ``GRPOTrainer.__init__``.
+    would drop the per-request seeds (:func:`~adaclip_rl.rollout.vllm_engine._request_seeds_safe`).
     """
-    from trl.generation import vllm_generation
-    from trl.trainer import grpo_trainer
+    from ..rollout import vllm_engine
 
-    from ..rollout.vllm_engine import _is_cpu_platform
-
-    original = grpo_trainer.VLLMGeneration
-    original_llm = getattr(vllm_generation, "LLM", None)
-
-    class _SizedVLLMGeneration(original):  # type: ignore[misc, valid-type]
-        def __init__(self, *a: Any, max_num_seqs: int | None = None, **kw: Any) -> None:
-            super().__init__(*a, max_num_seqs=max(max_num_seqs or 0, sequences), **kw)
-
-    def _llm_without_chunked_prefill(*a: Any, **kw: Any) -> Any:
-        if _is_cpu_platform():
-            kw["enable_chunked_prefill"] = False
-        return original_llm(*a, **kw)
-
-    grpo_trainer.VLLMGeneration = _SizedVLLMGeneration
-    if original_llm is not None:
-        vllm_generation.LLM = _llm_without_chunked_prefill
-    try:
-        yield
-    finally:
-        grpo_trainer.VLLMGeneration = original
-        if original_llm is not None:
-            vllm_generation.LLM = original_llm
+    return vllm_engine_sized(sequences, no_chunked_prefill=lambda: vllm_engine._is_cpu_platform())
 
 
 class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
@@ -210,10 +185,10 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
             from ..rollout.vllm_engine import _ties_word_embeddings, with_tied_lm_head
 
             tied = _ties_word_embeddings(self.accelerator.unwrap_model(self.model))
-            weights = with_tied_lm_head(self.vllm_generation._iter_named_params(), tied)
+            weights = with_tied_lm_head(self.vllm_named_params(), tied)
             self.rollout_engine.sync_weights(weights, version=self.rollout_engine.version + 1)
             self._pushed_at_step = step
-        self._last_loaded_step = step  # TRL's own colocate sync is bypassed
+        self.mark_weights_synced(step)  # TRL's own colocate sync is bypassed
 
     # ------------------------------------------------------------------ generation
     def _rollout_func(self, prompts: list, trainer: Any) -> dict[str, list]:
@@ -223,7 +198,7 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
             if len(samples) != len(prompts):
                 raise RuntimeError(f"{len(samples)} pending completions for {len(prompts)} prompts")
         else:  # evaluation: synchronous (one segment), full length
-            prompt_ids, _, _ = self._tokenize_prompts(prompts)
+            prompt_ids, _, _ = self.tokenize_prompts(prompts)
             mgr = PartialRolloutManager(
                 self.rollout_engine,
                 max_completion_length=self.max_completion_length,
@@ -255,24 +230,24 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
     def _submit_rows(self, rows: list[dict]) -> None:
         if not rows:
             return
-        prompt_ids, _, _ = self._tokenize_prompts([r["prompt"] for r in rows])
+        prompt_ids, _, _ = self.tokenize_prompts([r["prompt"] for r in rows])
         self.rollout_manager.submit(prompt_ids, n=self.num_generations, metas=[{"row": r} for r in rows])
 
-    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+    def calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super().calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._last_rewards = rewards_per_func
         return rewards_per_func
 
-    def _generate_and_score_completions(self, inputs):
+    def generate_and_score_completions(self, inputs):
         """TRL's step, in named stages: (1) the batch's groups (finished partial rollouts and replayed
         groups), (2) TRL scores them (rewards, advantages, proximal log-probs), (3) the behaviour
         correction goes into the batch, (4) fresh groups go to the replay buffer, (5) metrics."""
         if not self.offpolicy_enabled:
-            return super()._generate_and_score_completions(inputs)
+            return super().generate_and_score_completions(inputs)
         self._sync_rollout_engine()
         if not self.model.training:
             self._pending_samples = None
-            return super()._generate_and_score_completions(inputs)
+            return super().generate_and_score_completions(inputs)
         version = self.rollout_engine.version  # weight pushes so far
         fresh, replayed = self._collect_groups(inputs)
         groups = [(grp.samples, grp.meta["row"]) for grp in fresh] + [(rg.samples, rg.meta["row"]) for rg in replayed]
@@ -280,7 +255,7 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
         samples = [s for group_samples, _ in groups for s in group_samples]
         self._pending_samples = list(samples)
         with self._behaviour_as_old_logps(samples):
-            batch = super()._generate_and_score_completions(rows)
+            batch = super().generate_and_score_completions(rows)
         versions = pad_versions([s.versions for s in samples], width=batch["completion_ids"].size(1))
         correction = self._apply_behaviour_correction(batch, versions, version)
         self._store_for_replay(fresh, batch, len(rows))
@@ -323,27 +298,20 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
             yield
             return
         assert self.use_vllm and self.vllm_importance_sampling_correction  # validate_rollout_fields
-        real = self._get_per_token_logps_and_entropies
 
         def behaviour_logps(model, input_ids, attention_mask, logits_to_keep, *a: Any, **kw: Any):
-            self._get_per_token_logps_and_entropies = real  # only this first call is replaced
             logps = torch.zeros(len(samples), logits_to_keep, dtype=torch.float32, device=input_ids.device)
             for i, s in enumerate(samples):
                 n = min(len(s.logprobs), logits_to_keep)
                 logps[i, :n] = torch.tensor(s.logprobs[:n], dtype=torch.float32)
             return logps, None, None
 
-        metrics = self._metrics["train"]
+        metrics = self.logged_metrics["train"]
         lengths = {k: len(metrics[k]) if k in metrics else 0 for k in _TRL_IS_METRICS}
-        patched = "_get_per_token_logps_and_entropies" in self.__dict__
-        self._get_per_token_logps_and_entropies = behaviour_logps
         try:
-            yield
+            with self.first_logps_call_returns(behaviour_logps):
+                yield
         finally:
-            if patched:
-                self._get_per_token_logps_and_entropies = real
-            else:
-                del self._get_per_token_logps_and_entropies  # back to the class's method
             for k, n in lengths.items():
                 if k in metrics:
                     del metrics[k][n:]
@@ -419,7 +387,7 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
                 ]
             )
         for k, v in zip(keys, vec.tolist(), strict=True):
-            self._metrics["train"][k].append(v)
+            self.logged_metrics["train"][k].append(v)
 
     # ------------------------------------------------------------------ checkpoints
     def rollout_state_dict(self) -> dict[str, Any]:
@@ -435,20 +403,17 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
         # from the restored one, so it is one newer than any restored token)
         self._pushed_at_step = None
 
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
+    def save_checkpoint_extras(self, folder: str) -> None:
+        super().save_checkpoint_extras(folder)
         if not self.offpolicy_enabled:
             return
-        folder = os.path.join(
-            self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        )
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, ROLLOUT_STATE_FILE.format(rank=self.accelerator.process_index))
         torch.save(self.rollout_state_dict(), path)
 
-    def _load_optimizer_and_scheduler(self, checkpoint):
-        super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is None or not self.offpolicy_enabled:
+    def load_checkpoint_extras(self, checkpoint: str) -> None:
+        super().load_checkpoint_extras(checkpoint)
+        if not self.offpolicy_enabled:
             return
         path = os.path.join(checkpoint, ROLLOUT_STATE_FILE.format(rank=self.accelerator.process_index))
         if os.path.exists(path):

@@ -7,9 +7,9 @@ would answer a typo only after that. This module answers the common mistakes at 
   ``OffPolicyGRPOConfig`` with its bases ``AdaClipGRPOConfig`` -> ``trl.GRPOConfig`` ->
   ``transformers.TrainingArguments``, and ``trl.ModelConfig``) are read from their *source* with
   :mod:`ast` (the installed files, so the set follows the installed versions), never imported;
-  the mixins whose fields are derived from the registries when they are defined
-  (``AdaClipFields``, ``RolloutFields``: decorated with ``with_twins``) are imported instead,
-  which loads torch but not TRL (their module imports no TRL);
+  the fields derived from the registries are read the same way from the committed
+  :mod:`adaclip_rl.trainers.generated_fields` (written by ``scripts/gen_fields.py``), so nothing
+  is imported (not even torch);
 * **invalid adaclip-rl values**: the same check functions that the config's ``__post_init__``
   runs (:mod:`adaclip_rl.trainers.field_checks`), applied to the recipe's values over the fields'
   literal defaults.
@@ -27,7 +27,6 @@ import difflib
 import importlib
 import importlib.util
 from collections.abc import Mapping, Sequence
-from dataclasses import MISSING
 from dataclasses import fields as dataclass_fields
 from functools import cache
 from pathlib import Path
@@ -36,7 +35,7 @@ from typing import Any
 # The dataclasses that ``adaclip-rl train`` parses a recipe into (trainers.build.make_parser).
 PARSER_CLASSES: tuple[tuple[str, str], ...] = (
     ("adaclip_rl.trainers.build", "TrainScriptArguments"),
-    ("adaclip_rl.trainers.offpolicy_config", "OffPolicyGRPOConfig"),
+    ("adaclip_rl.trainers.config", "OffPolicyGRPOConfig"),
     ("trl.trainer.model_config", "ModelConfig"),
 )
 # ... and with ``trainer: async``.
@@ -105,24 +104,6 @@ def _literal_default(value: ast.expr | None) -> Any:
         return NO_LITERAL_DEFAULT
 
 
-# Class decorators that add fields when the class is defined: such a class is read from the imported
-# module (adaclip_rl.trainers.adaclip_fields imports no TRL), not from its source.
-DERIVED_FIELDS_DECORATORS = frozenset({"with_twins"})
-
-
-def _decorator_name(node: ast.expr) -> str | None:
-    target = node.func if isinstance(node, ast.Call) else node
-    return getattr(target, "id", getattr(target, "attr", None))
-
-
-def _imported_fields(module: str, name: str) -> dict[str, Any]:
-    """Field name -> default of a dataclass whose fields are derived at import time."""
-    cls = getattr(importlib.import_module(module), name)
-    for f in dataclass_fields(cls):
-        _ANNOTATIONS.setdefault(f.name, f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""))
-    return {f.name: NO_LITERAL_DEFAULT if f.default is MISSING else f.default for f in dataclass_fields(cls)}
-
-
 @cache
 def class_fields(module: str, name: str) -> dict[str, Any]:
     """Field name -> literal default (or :data:`NO_LITERAL_DEFAULT`) of a dataclass, bases first."""
@@ -137,8 +118,6 @@ def class_fields(module: str, name: str) -> dict[str, Any]:
             classes[node.name] = node
     if name not in classes:
         raise Undecidable(f"class {name!r} not defined in {module!r}")
-    if any(_decorator_name(d) in DERIVED_FIELDS_DECORATORS for d in classes[name].decorator_list):
-        return _imported_fields(module, name)
     found: dict[str, Any] = {}
     for base in classes[name].bases:
         base_name = base.id if isinstance(base, ast.Name) else getattr(base, "attr", None)

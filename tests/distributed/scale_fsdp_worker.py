@@ -131,7 +131,7 @@ def run(trainer: AdaClipGRPOTrainer, full: dict, rank: int, world: int, steps_to
         trainer.state.global_step = step
         step_mbs = [dict(mb, advantages=mb["advantages"] * ADV_SCALE[step]) for mb in mbs]
         trainer._buffered_inputs = step_mbs
-        trainer._bapo_window = None
+        trainer.update_search.reset()
         trainer.current_gradient_accumulation_steps = 2
         bounds = []
         for k, mb in enumerate(step_mbs):
@@ -159,7 +159,7 @@ def save_checkpoint(trainer: AdaClipGRPOTrainer, folder: str) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    from adaclip_rl.trainers.adaptive_state import ADACLIP_STATE_FILE
+    from adaclip_rl.trainers.grad_clip_mixin import ADACLIP_STATE_FILE
 
     dcp.save(get_model_state_dict(trainer.model), checkpoint_id=os.path.join(folder, "model"))
     if dist.get_rank() == 0:
@@ -173,7 +173,7 @@ def load_checkpoint(trainer: AdaClipGRPOTrainer, folder: str) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
-    from adaclip_rl.trainers.adaptive_state import ADACLIP_STATE_FILE
+    from adaclip_rl.trainers.grad_clip_mixin import ADACLIP_STATE_FILE
 
     distributed = dist.is_available() and dist.is_initialized()
     state = get_model_state_dict(trainer.model) if distributed else trainer.model.state_dict()

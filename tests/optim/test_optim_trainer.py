@@ -16,7 +16,7 @@ from adaclip_rl.optim import SPAM, StableSPAM
 from adaclip_rl.tasks import ArithmeticTask, build_tiny_model
 from adaclip_rl.trainers import field_checks
 from adaclip_rl.trainers.async_config import AdaClipAsyncGRPOConfig
-from adaclip_rl.trainers.offpolicy_config import OffPolicyGRPOConfig
+from adaclip_rl.trainers.config import OffPolicyGRPOConfig
 
 
 def _cfg(tmp_path, cls=AdaClipGRPOConfig, **kw):

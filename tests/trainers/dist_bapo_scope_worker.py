@@ -67,7 +67,7 @@ def one_update(trainer: AdaClipGRPOTrainer, micro_batches: list[dict]) -> tuple[
     trainer.model.train()
     trainer.model.zero_grad()
     trainer._buffered_inputs = micro_batches
-    trainer._bapo_window = None
+    trainer.update_search.reset()
     trainer.current_gradient_accumulation_steps = len(micro_batches)
     bounds = []
     for k, mb in enumerate(micro_batches):

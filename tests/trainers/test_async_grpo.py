@@ -16,6 +16,7 @@ from async_stubs import NoTransfer, StubWorker
 from datasets import Dataset
 from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
+from adaclip_rl._trl_compat.async_grpo import peak_flops_cpu_safe
 from adaclip_rl.rollout.async_versions import VersionedRolloutWorker, expand_version_spans
 from adaclip_rl.rollout.async_weights import (
     ServerUnavailableError,
@@ -28,11 +29,10 @@ from adaclip_rl.tasks import ArithmeticTask
 from adaclip_rl.trainers.async_config import AdaClipAsyncGRPOConfig
 from adaclip_rl.trainers.async_grpo import (
     AdaClipAsyncGRPOTrainer,
-    _peak_flops_cpu_safe,
     _VersionedCollator,
-    cpu_tree_attention,
-    set_plain_response_template,
 )
+from adaclip_rl.trainers.chat_template import set_plain_response_template
+from adaclip_rl.trainers.cpu_tree_attention import cpu_tree_attention
 
 MAX_MODEL_LEN = 64
 
@@ -160,7 +160,7 @@ def test_grpo_matches_trl_async_loss(tiny_model_dir, tokenizer, tmp_path):
     same packed batch (clip-higher bounds, ratios on both sides of the clip)."""
     common = dict(output_dir=str(tmp_path), report_to=[], bf16=False, dtype="float32", token_budget=0,
                   epsilon=0.2, epsilon_high=0.28, gradient_accumulation_steps=2, max_steps=1)
-    with mock.patch.object(agt, "get_peak_flops_per_device", _peak_flops_cpu_safe):
+    with mock.patch.object(agt, "get_peak_flops_per_device", peak_flops_cpu_safe):
         trl_trainer = agt.AsyncGRPOTrainer(tiny_model_dir, digit_fraction_reward, agt.AsyncGRPOConfig(**common),
                                            _dataset(8), tokenizer, rollout_worker=StubWorker(),
                                            weight_transfer=NoTransfer())
@@ -271,7 +271,7 @@ def test_bapo_searches_once_per_update(tiny_model_dir, tokenizer, tmp_path):
         trainer.model.train()
         trainer.current_gradient_accumulation_steps = 2
         window = [_packed_batch(tokenizer, seed=1), _packed_batch(tokenizer, seed=7)]
-        trainer._window, trainer._window_pos, trainer._window_search = list(window), 0, None
+        trainer.begin_update(window)
         for batch in window:
             trainer.compute_loss(trainer.model, dict(batch))
         m = trainer._metrics["train"]

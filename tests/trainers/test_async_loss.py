@@ -21,9 +21,9 @@ from adaclip_rl.trainers.async_config import AdaClipAsyncGRPOConfig
 from adaclip_rl.trainers.async_grpo import (
     AdaClipAsyncGRPOTrainer,
     _VersionedCollator,
-    cpu_tree_attention,
-    set_plain_response_template,
 )
+from adaclip_rl.trainers.chat_template import set_plain_response_template
+from adaclip_rl.trainers.cpu_tree_attention import cpu_tree_attention
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def _update_loss(trainer, window: list[dict], cfg) -> float:
     """The summed loss of one optimizer update's micro-batches under ``cfg``."""
     trainer.loss_config = cfg
     trainer.current_gradient_accumulation_steps = len(window)
-    trainer._window, trainer._window_pos, trainer._window_search, trainer._window_samples = list(window), 0, None, None
+    trainer.begin_update(window)
     with torch.no_grad():
         return sum(trainer.compute_loss(trainer.model, dict(b)).item() for b in window)
 

@@ -232,7 +232,8 @@ def _window_batches(trainer):
 def _run_generation(trainer, batches, spy=None):
     """TRL's order: steps 0..3 of one generation batch, an optimizer step after every 2."""
     trainer.model.train()
-    trainer._buffered_inputs, trainer._bapo_window = batches, None
+    trainer._buffered_inputs = batches
+    trainer.update_search.reset()
     trainer.current_gradient_accumulation_steps = 2
     trainer.state.global_step = 0
     bounds = []

@@ -16,8 +16,7 @@ from adaclip_rl.losses import POLICY_LOSS_SPECS
 from adaclip_rl.optim import OPTIMIZER_SPECS
 from adaclip_rl.rollout import RolloutConfig
 from adaclip_rl.trainers.async_config import AdaClipAsyncGRPOConfig, _AsyncFieldView
-from adaclip_rl.trainers.config import AdaClipGRPOConfig
-from adaclip_rl.trainers.offpolicy_config import OffPolicyGRPOConfig
+from adaclip_rl.trainers.config import AdaClipGRPOConfig, OffPolicyGRPOConfig
 
 TRAINER_CONFIGS = (AdaClipGRPOConfig, OffPolicyGRPOConfig, AdaClipAsyncGRPOConfig)
 TRL_FIELDS = {f.name: f for f in dataclasses.fields(GRPOConfig)}

@@ -91,7 +91,7 @@ def _count_no_grad_logp_calls(trainer, monkeypatch) -> dict:
     counts = {"batches": 0, "no_grad_calls": 0}
     inside = []
     logps = OffPolicyGRPOTrainer._get_per_token_logps_and_entropies
-    score = AdaClipGRPOTrainer._generate_and_score_completions
+    score = AdaClipGRPOTrainer.generate_and_score_completions  # TRL's hook, under the seam's public name
 
     def counting_logps(self, *a, **k):
         counts["no_grad_calls"] += bool(inside) and not torch.is_grad_enabled()
@@ -107,7 +107,7 @@ def _count_no_grad_logp_calls(trainer, monkeypatch) -> dict:
             inside.pop()
 
     monkeypatch.setattr(OffPolicyGRPOTrainer, "_get_per_token_logps_and_entropies", counting_logps)
-    monkeypatch.setattr(AdaClipGRPOTrainer, "_generate_and_score_completions", counting_score)
+    monkeypatch.setattr(AdaClipGRPOTrainer, "generate_and_score_completions", counting_score)
     trainer._last_scored = counting_score
     return counts
 
@@ -121,14 +121,14 @@ def _assert_skip_leaves_loss_and_grads_unchanged(trainer, counts) -> None:
     rows, samples = trainer._last_scored.last
     assert samples and trainer._skips_old_forward(samples)
     model = trainer.model.train()
-    trainer._sync_rollout_engine()  # as _generate_and_score_completions does first (TRL's own sync is bypassed)
+    trainer._sync_rollout_engine()  # as generate_and_score_completions does first (TRL's own sync is bypassed)
     results = []
     for skip in (True, False):
         before = counts["no_grad_calls"]
         trainer._pending_samples = list(samples)
         ctx = trainer._behaviour_as_old_logps(samples) if skip else contextlib.nullcontext()
         with ctx:
-            batch = AdaClipGRPOTrainer._generate_and_score_completions(trainer, rows)
+            batch = AdaClipGRPOTrainer.generate_and_score_completions(trainer, rows)
         assert counts["no_grad_calls"] - before == (0 if skip else 1)
         if not skip:  # the comparison has teeth: TRL's old log-probs differ from the behaviour ones here
             valid = batch["completion_mask"].bool()

@@ -22,9 +22,9 @@ from adaclip_rl.trainers.async_config import AdaClipAsyncGRPOConfig
 from adaclip_rl.trainers.async_grpo import (
     AdaClipAsyncGRPOTrainer,
     _VersionedCollator,
-    cpu_tree_attention,
-    set_plain_response_template,
 )
+from adaclip_rl.trainers.chat_template import set_plain_response_template
+from adaclip_rl.trainers.cpu_tree_attention import cpu_tree_attention
 
 NOW = 5  # the trainer's policy version
 BOUND = 1

@@ -7,8 +7,8 @@ import random
 import pytest
 import torch
 
+from adaclip_rl.trainers.config import OffPolicyGRPOConfig
 from adaclip_rl.trainers.offpolicy import in_flight_sequences, prefill_indices
-from adaclip_rl.trainers.offpolicy_config import OffPolicyGRPOConfig
 
 
 def test_ranks_prefill_disjoint_rows_and_resume_where_they_stopped():

@@ -8,7 +8,7 @@ import pytest
 from conftest import digit_reward
 
 from adaclip_rl import AdaClipGRPOConfig, AdaClipGRPOTrainer
-from adaclip_rl.trainers.adaptive_state import ADACLIP_STATE_FILE
+from adaclip_rl.trainers.grad_clip_mixin import ADACLIP_STATE_FILE
 
 KEYS = ("loss", "grad_norm", "bapo/clip_low", "bapo/clip_high", "bapo/pos_share_after", "entropy",
         "gradclip/ema_mean", "gradclip/threshold", "gradclip/coefficient")

@@ -1,11 +1,13 @@
 """Adaptive gradient clipping and its checkpoint state, shared by every adaclip-rl trainer.
 
-:class:`AdaptiveGradClipMixin` goes in front of a ``transformers.Trainer`` subclass (TRL's
-``GRPOTrainer`` or ``AsyncGRPOTrainer``). The trainer sets ``self.grad_clipper_spec`` (the registry's
+:class:`AdaptiveGradClipMixin` goes in front of one of the seam's trainers
+(:class:`~adaclip_rl._trl_compat.grpo.GRPOTrainerSeam` or
+:class:`~adaclip_rl._trl_compat.async_grpo.AsyncGRPOTrainerSeam`, which expose transformers'
+``_clip_grad_norm`` / ``_save_checkpoint`` / ``_load_optimizer_and_scheduler`` as public hooks). The trainer sets ``self.grad_clipper_spec`` (the registry's
 :class:`~adaclip_rl.gradclip.GradClipperSpec` of ``grad_clip``) and ``self.grad_clipper`` (the
 built clipper, ``None`` for ``fixed`` and ``none``) in its constructor; the mixin then
 
-* replaces ``_clip_grad_norm``: ``fixed`` is the Trainer's own clip, ``none`` measures the global
+* overrides :meth:`clip_gradients` (the Trainer's ``_clip_grad_norm``): ``fixed`` is the Trainer's own clip, ``none`` measures the global
   norm without clipping, an adaptive clipper clips the accumulated gradient and logs ``gradclip/*``;
 * writes the adaptive state (:meth:`adaclip_state_dict`) to ``adaclip_state.json`` in every
   checkpoint and restores it on resume.
@@ -18,8 +20,6 @@ import logging
 import os
 from typing import Any
 
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
 from ..gradclip import grad_sq_norms, norm_reduce_fn_for
 
 logger = logging.getLogger(__name__)
@@ -30,12 +30,12 @@ ADACLIP_STATE_FILE = "adaclip_state.json"
 
 
 class AdaptiveGradClipMixin:
-    """``_clip_grad_norm`` by the registry's clipper and checkpointed adaptive state (see module doc)."""
+    """Gradient clipping by the registry's clipper and checkpointed adaptive state (see module doc)."""
 
-    def _clip_grad_norm(self, model):
+    def clip_gradients(self, model):
         """Adaptive clipping (``grad_clip``); returns the pre-clip global norm, like transformers."""
         if self.grad_clipper_spec.trainer_clips:
-            return super()._clip_grad_norm(model)
+            return super().clip_gradients(model)
         if getattr(self, "is_deepspeed_enabled", False):
             raise NotImplementedError(
                 "grad_clip other than 'fixed' is not supported under DeepSpeed (the engine clips inside its step); "
@@ -50,7 +50,7 @@ class AdaptiveGradClipMixin:
             return sq.sum().sqrt()
         norm = self.grad_clipper.clip_(params, norm_reduce_fn=reduce_fn)
         for key, value in self.grad_clipper.metrics().items():
-            self._metrics["train"][f"gradclip/{key}"].append(float(value))
+            self.logged_metrics["train"][f"gradclip/{key}"].append(float(value))
         return norm
 
     def adaclip_state_dict(self) -> dict[str, Any]:
@@ -61,17 +61,14 @@ class AdaptiveGradClipMixin:
         if self.grad_clipper is not None and state.get("grad_clipper") is not None:
             self.grad_clipper.load_state_dict(state["grad_clipper"])
 
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
+    def save_checkpoint_extras(self, folder: str) -> None:
+        super().save_checkpoint_extras(folder)
         if self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
             with open(os.path.join(folder, ADACLIP_STATE_FILE), "w") as f:
                 json.dump(self.adaclip_state_dict(), f)
 
-    def _load_optimizer_and_scheduler(self, checkpoint):
-        super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is None:
-            return
+    def load_checkpoint_extras(self, checkpoint: str) -> None:
+        super().load_checkpoint_extras(checkpoint)
         path = os.path.join(checkpoint, ADACLIP_STATE_FILE)
         if os.path.exists(path):
             with open(path) as f:
