@@ -2,7 +2,10 @@
 ``accelerate launch`` with DeepSpeed ZeRO on 2 CPU ranks (``use_cpu: false``, ``ddp_backend: gloo``,
 ``DS_ACCELERATOR=cpu``), or in one plain process; test_scale_ds_trainer.py compares the two.
 
-    python scale_ds_trainer_worker.py MODEL_DIR OUT LOSS {zero|single} [SAVE_STEPS] [RESUME_FROM]
+    python scale_ds_trainer_worker.py MODEL_DIR OUT LOSSES {zero|ddp|single} [CLIP [SAVE_STEPS [RESUME]]]
+
+(``ddp``: under ``accelerate launch`` with configs/accelerate/cpu_2proc.yaml, ``use_cpu: true``;
+``RESUME``: a checkpoint folder, ``{loss}`` replaced by the loss, for ``resume_from_checkpoint``.)
 
 Making the two runs comparable: the rollout samples, so each completion token is drawn by a
 Gumbel-max draw seeded by (the row's prompt tokens, the row's rank among equal prompts in its
@@ -71,6 +74,12 @@ def reward(completions, **kwargs):
     return [float(len(c)) for c in completions]
 
 
+def hash_reward(completions, **kwargs):
+    """A reward the policy cannot saturate in a few steps (an adaptive clipper lets lr 2 push every
+    completion to full length, and ``reward`` then has no spread left)."""
+    return [float(sum(map(ord, c)) % 5) for c in completions]
+
+
 def dataset():
     from datasets import Dataset
 
@@ -80,13 +89,16 @@ def dataset():
     return Dataset.from_list(rows)
 
 
-def make_args(out_dir: str, loss: str, per_device: int, zero: bool, save_steps: int = 0) -> AdaClipGRPOConfig:
+def make_args(out_dir: str, loss: str, per_device: int, zero: bool, save_steps: int = 0,
+              clip: str = "fixed") -> AdaClipGRPOConfig:
     extra = {"bapo_scope": "update"} if loss == "bapo" else {}
+    if clip == "zclip":  # out of warm-up after one step, a low z threshold: the restored EMAs decide clips
+        extra.update(zclip_warmup_steps=1, zclip_z_thresh=0.5)
     if loss == "archer":
         extra.update(archer_low_kl=0.05, archer_high_kl=0.01)  # a KL term: the reference model is used
     saving = {"save_strategy": "steps", "save_steps": save_steps} if save_steps else {"save_strategy": "no"}
     return AdaClipGRPOConfig(
-        output_dir=out_dir, policy_loss=loss, grad_clip="fixed", max_grad_norm=MAX_GRAD_NORM,
+        output_dir=out_dir, policy_loss=loss, grad_clip=clip, max_grad_norm=MAX_GRAD_NORM,
         use_cpu=not zero, ddp_backend="gloo" if zero else None, bf16=False, optim="sgd", learning_rate=LR,
         lr_scheduler_type="constant", per_device_train_batch_size=per_device, num_generations=4,
         gradient_accumulation_steps=2, steps_per_generation=2, num_iterations=2, max_completion_length=6, max_steps=STEPS,
@@ -104,10 +116,12 @@ def full_params(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in params.items()}
 
 
-def run(model_dir: str, out: str, loss: str, zero: bool, save_steps: int = 0, resume: str | None = None) -> dict:
+def run(model_dir: str, out: str, loss: str, mode: str, clip: str = "fixed", save_steps: int = 0,
+        resume: str | None = None) -> dict:
     """Train STEPS updates; what both runs must agree on (rank-local: this rank's completions)."""
-    args = make_args(f"{out}-{loss}", loss, 2 if zero else 4, zero, save_steps)
-    trainer = AdaClipGRPOTrainer(model=model_dir, reward_funcs=[reward], args=args, train_dataset=dataset())
+    args = make_args(f"{out}-{loss}", loss, 4 if mode == "single" else 2, mode == "zero", save_steps, clip)
+    trainer = AdaClipGRPOTrainer(model=model_dir, reward_funcs=[reward if clip == "fixed" else hash_reward], args=args,
+                                 train_dataset=dataset())
     record: dict = {"bounds": [], "completions": []}
     compute_loss, generate = trainer._compute_loss, trainer._generate_and_score_completions
 
@@ -133,6 +147,8 @@ def run(model_dir: str, out: str, loss: str, zero: bool, save_steps: int = 0, re
         "ref_engine": type(trainer.ref_model).__name__ if trainer.ref_model is not None else None,
         "zero_stage": acc.state.deepspeed_plugin.zero_stage if acc.state.deepspeed_plugin else None,
         "grad_norms": [h["grad_norm"] for h in trainer.state.log_history if "grad_norm" in h],
+        "logged_steps": [h["step"] for h in trainer.state.log_history if "grad_norm" in h],
+        "adaclip_state": trainer.adaclip_state_dict(),
         "bounds": record["bounds"], "completions": record["completions"],
         "global_step": trainer.state.global_step,
     }
@@ -145,8 +161,12 @@ def run(model_dir: str, out: str, loss: str, zero: bool, save_steps: int = 0, re
 
 def main() -> None:
     model_dir, out, losses, mode = sys.argv[1:5]
+    clip = sys.argv[5] if len(sys.argv) > 5 else "fixed"
+    save_steps = int(sys.argv[6]) if len(sys.argv) > 6 else 0
+    resume = sys.argv[7] if len(sys.argv) > 7 else None
     torch.set_num_threads(1)
-    results = {loss: run(model_dir, out, loss, mode == "zero") for loss in losses.split(",")}
+    results = {loss: run(model_dir, out, loss, mode, clip, save_steps, resume and resume.format(loss=loss))
+               for loss in losses.split(",")}
     if not dist.is_initialized() or dist.get_rank() == 0:
         torch.save(results, out)
     if dist.is_initialized():
