@@ -31,13 +31,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from scale_trainer_runs import clean_env, initial_params, launch, max_diff, single_results, zero_config  # noqa: E402
 from scale_util import child_env as _env  # noqa: E402
-from scale_util import free_port, run_with_port, venv_tool  # noqa: E402
+from scale_util import free_port  # noqa: E402
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
                                 reason="needs the deepspeed extra (pip install 'adaclip-rl[deepspeed]')")
@@ -45,41 +45,9 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
 LOSSES = ("grpo", "bapo", "archer")
 PARAM_ATOL = 2e-5
 NORM_REL = 1e-4
-
-
-def zero_config(stage: int, folder: Path) -> Path:
-    """TRL's zeroN.yaml for 2 float32 processes."""
-    import trl.accelerate_configs as configs
-
-    cfg = yaml.safe_load((Path(configs.__path__[0]) / f"zero{stage}.yaml").read_text())
-    cfg.update(num_processes=2, mixed_precision="no")
-    path = folder / f"zero{stage}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def launch_zero(stage: int, model_dir: str, out: Path, env: dict, losses=LOSSES, *extra: str) -> dict:
-    config = zero_config(stage, out.parent)
-    proc = run_with_port(lambda port: [venv_tool("accelerate"), "launch", "--config_file", str(config),
-                                       "--main_process_port", str(port), str(HERE / "scale_ds_trainer_worker.py"),
-                                       model_dir, str(out), ",".join(losses), "zero", *extra], env)
-    assert proc.returncode == 0, [ln for ln in proc.stderr.splitlines() if "Error" in ln][-10:] or proc.stderr[-4000:]
-    return torch.load(out, weights_only=False)
-
-
-def run_single(model_dir: str, out: Path, env: dict, losses=LOSSES, *extra: str) -> dict:
-    import subprocess
-
-    proc = subprocess.run([sys.executable, str(HERE / "scale_ds_trainer_worker.py"), model_dir, str(out),
-                           ",".join(losses), "single", *extra], capture_output=True, text=True, env=env, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return torch.load(out, weights_only=False)
-
-
-def initial_params(model_dir: str) -> dict[str, torch.Tensor]:
-    from transformers import AutoModelForCausalLM
-
-    return {n: p.detach() for n, p in AutoModelForCausalLM.from_pretrained(model_dir).named_parameters()}
+# ZeRO-2 runs grpo and bapo, ZeRO-3 bapo and archer (its reference model partitioned too); all six
+# passed when run by hand (measured max diffs in the module doc), the split keeps each test under a minute.
+STAGE_LOSSES = {2: ("grpo", "bapo"), 3: ("bapo", "archer")}
 
 
 def assert_zero_equals_single(zero: dict, single: dict, initial: dict, stage: int) -> dict[str, float]:
@@ -105,36 +73,36 @@ def assert_zero_equals_single(zero: dict, single: dict, initial: dict, stage: in
         assert got["params"].keys() == ref["params"].keys() == initial.keys()
         for name, p in ref["params"].items():
             torch.testing.assert_close(got["params"][name], p, rtol=0, atol=PARAM_ATOL, msg=f"{loss} {name}")
-        diffs[loss] = max((got["params"][n] - p).abs().max().item() for n, p in ref["params"].items())
+        diffs[loss] = max_diff(got["params"], ref["params"])
     return diffs
-
-
-def clean_env() -> dict[str, str]:
-    """conftest's ``child_env`` (function-scoped) for a module-scoped fixture."""
-    import os
-
-    launcher = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
-                "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "ACCELERATE_USE_CPU")
-    return _env({k: v for k, v in os.environ.items() if k not in launcher})
 
 
 @pytest.fixture(scope="module")
 def single_run(tiny_model_dir, tmp_path_factory):
-    return run_single(tiny_model_dir, tmp_path_factory.mktemp("ds_single") / "single.pt", clean_env())
+    return single_results(tiny_model_dir, tmp_path_factory.mktemp("ds_single") / "single.pt", clean_env(), LOSSES)
 
 
-# ZeRO-2 runs grpo and bapo, ZeRO-3 bapo and archer (its reference model partitioned too); all six
-# passed when run by hand (measured max diffs in the module doc), the split keeps each test under a minute.
-STAGE_LOSSES = {2: ("grpo", "bapo"), 3: ("bapo", "archer")}
+@pytest.fixture(scope="module")
+def zero2_run(tiny_model_dir, tmp_path_factory):
+    """The ZeRO-2 launch, saving a checkpoint every 2 updates (transformers' ``save_steps``)."""
+    folder = tmp_path_factory.mktemp("zero2")
+    out = folder / "zero.pt"
+    return launch(zero_config(2, folder), "zero", tiny_model_dir, out, clean_env(DS_ACCELERATOR="cpu"),
+                  STAGE_LOSSES[2], "fixed", "2"), out
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("stage", [2, 3])
-def test_trainer_under_zero_two_ranks_equals_one_process(stage, single_run, tiny_model_dir, tmp_path, child_env):
-    env = dict(_env(child_env), DS_ACCELERATOR="cpu")
-    zero = launch_zero(stage, tiny_model_dir, tmp_path / "zero.pt", env, STAGE_LOSSES[stage])
-    diffs = assert_zero_equals_single(zero, single_run, initial_params(tiny_model_dir), stage)
-    print(f"ZeRO-{stage} max |param diff| per loss: {diffs}")
+def test_trainer_under_zero2_two_ranks_equals_one_process(single_run, zero2_run, tiny_model_dir):
+    diffs = assert_zero_equals_single(zero2_run[0], single_run, initial_params(tiny_model_dir), 2)
+    print(f"ZeRO-2 max |param diff| per loss: {diffs}")
+
+
+@pytest.mark.distributed
+def test_trainer_under_zero3_two_ranks_equals_one_process(single_run, tiny_model_dir, tmp_path, child_env):
+    zero = launch(zero_config(3, tmp_path), "zero", tiny_model_dir, tmp_path / "zero.pt",
+                  dict(_env(child_env), DS_ACCELERATOR="cpu"), STAGE_LOSSES[3])
+    diffs = assert_zero_equals_single(zero, single_run, initial_params(tiny_model_dir), 3)
+    print(f"ZeRO-3 max |param diff| per loss: {diffs}")
 
 
 RECIPE_UNDER_DEEPSPEED = """\
@@ -176,3 +144,34 @@ def test_the_recipe_path_passes_ddp_backend_and_use_cpu_through(tiny_model_dir, 
 
     assert "ARGS gloo False False gloo 1" in parse()
     assert "ARGS gloo True False gloo 1" in parse("--use_cpu", "true")
+
+
+@pytest.mark.distributed
+def test_trainer_checkpoint_under_zero2_resumes_equal_and_is_refused_without_deepspeed(
+        zero2_run, tiny_model_dir, tmp_path, child_env):
+    """transformers' own checkpointing under ZeRO-2 (``save_steps`` -> ``_save_checkpoint``: DeepSpeed's
+    engine checkpoint inside the Trainer's folder; ``resume_from_checkpoint`` -> ``_load_from_checkpoint``
+    / DeepSpeed's ``load_checkpoint``). 2 -> 2 from checkpoint-2 (a generation boundary: TRL regenerates
+    after a resume) gives the uninterrupted run's updates 3 and 4. 2 -> 1 without DeepSpeed is refused
+    (transformers would find no optimizer.pt and silently restart the optimizer); 2 -> 1 under DeepSpeed
+    is refused by DeepSpeed itself (test_scale_zero_resume.py pins its message)."""
+    uninterrupted, out = zero2_run
+    template = f"{out}-{{loss}}/checkpoint-2"
+    ckpt = Path(template.format(loss="bapo"))
+    assert (ckpt / "latest").read_text().strip() == "global_step2" and (ckpt / "adaclip_state.json").is_file()
+    assert {p.name for p in ckpt.glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
+    env = dict(_env(child_env), DS_ACCELERATOR="cpu")
+    resumed = launch(zero_config(2, tmp_path), "zero", tiny_model_dir, tmp_path / "resumed.pt", env, ("bapo",),
+                     "fixed", "0", template)["bapo"]
+    ref = uninterrupted["bapo"]
+    for got, want in zip(resumed["ranks"], ref["ranks"], strict=True):
+        assert got["global_step"] == 4 and got["logged_steps"] == want["logged_steps"] == [1, 2, 3, 4]
+        assert got["grad_norms"] == want["grad_norms"]  # 1-2 from the checkpoint's log, 3-4 recomputed: exactly
+        assert min(got["grad_norms"][2:]) > 0.1  # the resumed updates had a gradient
+        assert got["bounds"] == [b for b in want["bounds"] if b[0] >= 2]  # updates 3 and 4, exactly
+    assert max_diff(resumed["params"], ref["params"]) <= 1e-6  # measured 0.0
+    from scale_trainer_runs import run_single
+
+    proc = run_single(tiny_model_dir, tmp_path / "one.pt", env, ("bapo",), "fixed", "0", template)
+    assert proc.returncode != 0
+    assert "was written under DeepSpeed (optimizer state as ZeRO shards in global_step2/, no optimizer.pt)" in proc.stderr
