@@ -489,6 +489,18 @@ class AdaClipAsyncGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, a
                 m["staleness/mixed_version_samples_frac"].append(
                     gathered[:, 4].sum().item() / max(gathered[:, 5].sum().item(), 1.0))
 
+    # ----------------------------------------------------------- versions
+    def _sync_weight(self):
+        """TRL's sync; then every rank takes rank 0's ``model_version``. TRL bumps (and, on resume,
+        restores) it on the main process only, but each rank computes its samples' staleness against it
+        (:meth:`_staleness_weights`): on 2 ranks rank 1 stayed at version 0 and failed with "negative
+        staleness" at its first update (measured; docs/scaling.md)."""
+        super()._sync_weight()
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            self.model_version = broadcast_object_list([self.model_version], from_process=0)[0]
+
     # ----------------------------------------------------------- checkpoints
     def adaclip_state_dict(self) -> dict[str, Any]:
         return {**super().adaclip_state_dict(), "model_version": self.model_version}
