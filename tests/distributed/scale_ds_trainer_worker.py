@@ -14,8 +14,9 @@ TRL's ``RepeatSampler`` puts each group of ``num_generations`` rows on one rank 
 batch 4 = one group), so both runs draw the same completions from the same policy; every prompt
 has the same length (no padding difference). Everything else is the trainer's own code.
 ``optim: sgd`` (Adam turns rounding noise on near-zero gradients into lr-sized steps), float32,
-``grad_clip: fixed`` with a small ``max_grad_norm`` so that the clip acts (DeepSpeed's engine clips
-under ZeRO; the Trainer's ``clip_grad_norm_`` in one process).
+``grad_clip: fixed`` with ``max_grad_norm`` 1, below most pre-clip norms, so that the clip acts
+(DeepSpeed's engine clips under ZeRO; the Trainer's ``clip_grad_norm_`` in one process); ``CLIP``
+other than ``fixed`` (``ddp`` / ``single`` only) uses :func:`hash_reward`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from adaclip_rl import AdaClipGRPOConfig, AdaClipGRPOTrainer
 
-STEPS = 4  # two generations, each used for two updates (num_iterations 2): updates 1 and 3 are off-policy
+STEPS = 4  # two generations, each used for two updates (num_iterations 2): the 2nd and 4th are off-policy
 LR = 2.0  # large, so that the policy moves and the off-policy ratios leave BAPO's start bounds
 MAX_GRAD_NORM = 1.0  # below the measured pre-clip norms (about 3.6, 2.9, 1.0, 2.4): the fixed clip acts
 
