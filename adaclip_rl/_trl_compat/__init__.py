@@ -107,6 +107,7 @@ MIRRORED: tuple[str, ...] = (
     "trl.experimental.async_grpo.async_grpo_trainer.AsyncGRPOTrainer.get_train_dataloader",
     "trl.experimental.async_grpo.async_grpo_trainer.AsyncGRPOTrainer._set_signature_columns_if_needed",
     "trl.experimental.async_grpo.async_grpo_trainer.AsyncGRPOTrainer._log_step_metrics",
+    "trl.experimental.async_grpo.async_grpo_trainer.AsyncGRPOTrainer._sync_weight",
     "trl.experimental.async_grpo.async_grpo_trainer.RolloutQueueDataset.__iter__",
     "trl.experimental.async_grpo.async_grpo_trainer.DataCollatorForRollout.torch_call",
     "trl.experimental.async_grpo.async_rollout_worker._AsyncRolloutLoop._generate_one_turn",
@@ -156,7 +157,8 @@ class TrainerSeam:
     """``transformers.Trainer``'s private hooks under public names; goes in front of a Trainer subclass.
 
     Override :meth:`clip_gradients` (call ``super().clip_gradients(model)`` for the Trainer's own
-    clip), :meth:`save_checkpoint_extras` and :meth:`load_checkpoint_extras` (chain with ``super()``)."""
+    clip), :meth:`save_checkpoint_extras`, :meth:`check_checkpoint` and :meth:`load_checkpoint_extras` (chain with
+    ``super()``)."""
 
     # --- hooks
     def _clip_grad_norm(self, model):
@@ -176,9 +178,14 @@ class TrainerSeam:
         that do not save)."""
 
     def _load_optimizer_and_scheduler(self, checkpoint):
+        if checkpoint is not None:
+            self.check_checkpoint(checkpoint)
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is not None:
             self.load_checkpoint_extras(checkpoint)
+
+    def check_checkpoint(self, checkpoint: str) -> None:
+        """Called on resume from ``checkpoint`` before the Trainer restores anything: raise to refuse it."""
 
     def load_checkpoint_extras(self, checkpoint: str) -> None:
         """Called on resume from ``checkpoint`` (a folder) after the Trainer restored optimizer and scheduler."""

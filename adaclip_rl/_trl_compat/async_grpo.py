@@ -61,6 +61,14 @@ class AsyncGRPOTrainerSeam(TrainerSeam, _agt.AsyncGRPOTrainer):
             if column not in self._signature_columns:
                 self._signature_columns.append(column)
 
+    def _sync_weight(self):
+        super()._sync_weight()
+        self.after_weight_sync()
+
+    def after_weight_sync(self) -> None:
+        """Called on every rank after TRL published the weights to vLLM and bumped ``model_version``
+        (on the main process only, in TRL 1.16)."""
+
     def prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """The Trainer's ``_prepare_inputs`` (tensors to the device)."""
         return self._prepare_inputs(inputs)

@@ -408,6 +408,18 @@ class AdaClipAsyncGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, A
                 m["staleness/mixed_version_samples_frac"].append(
                     gathered[:, 4].sum().item() / max(gathered[:, 5].sum().item(), 1.0))
 
+    # ----------------------------------------------------------- versions
+    def after_weight_sync(self) -> None:
+        """After TRL's sync, every rank takes rank 0's ``model_version``. TRL bumps (and, on resume,
+        restores) it on the main process only, but each rank computes its samples' staleness against it
+        (:meth:`_staleness_weights`): on 2 ranks rank 1 stayed at version 0 and failed with "negative
+        staleness" at its first update (measured; docs/scaling.md)."""
+        super().after_weight_sync()
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            self.model_version = broadcast_object_list([self.model_version], from_process=0)[0]
+
     # ----------------------------------------------------------- checkpoints
     def adaclip_state_dict(self) -> dict[str, Any]:
         return {**super().adaclip_state_dict(), "model_version": self.model_version}

@@ -29,6 +29,21 @@ __all__ = ["ADACLIP_STATE_FILE", "AdaptiveGradClipMixin"]
 ADACLIP_STATE_FILE = "adaclip_state.json"
 
 
+def refuse_deepspeed_checkpoint_without_deepspeed(checkpoint: str) -> None:
+    """A checkpoint written under DeepSpeed keeps its optimizer state as ZeRO shards (``global_step*/``,
+    named by its ``latest`` file) and no ``optimizer.pt``; transformers, resuming it without DeepSpeed,
+    finds no optimizer file and silently starts the optimizer afresh (AdamW's moments lost). Refused."""
+    latest = os.path.join(checkpoint, "latest")
+    if os.path.isfile(latest) and not os.path.isfile(os.path.join(checkpoint, "optimizer.pt")):
+        with open(latest) as f:
+            tag = f.read().strip()
+        raise ValueError(
+            f"resume_from_checkpoint={checkpoint!r} was written under DeepSpeed (optimizer state as ZeRO shards in "
+            f"{tag}/, no optimizer.pt) but this run is not under DeepSpeed: resuming would silently restart the "
+            "optimizer. Resume under the same DeepSpeed config and world size, or start a new run from the saved "
+            "weights (model_name_or_path=<checkpoint>); see docs/scaling.md")
+
+
 class AdaptiveGradClipMixin:
     """Gradient clipping by the registry's clipper and checkpointed adaptive state (see module doc)."""
 
@@ -66,6 +81,11 @@ class AdaptiveGradClipMixin:
         if self.args.should_save:
             with open(os.path.join(folder, ADACLIP_STATE_FILE), "w") as f:
                 json.dump(self.adaclip_state_dict(), f)
+
+    def check_checkpoint(self, checkpoint: str) -> None:
+        super().check_checkpoint(checkpoint)
+        if not getattr(self, "is_deepspeed_enabled", False):
+            refuse_deepspeed_checkpoint_without_deepspeed(checkpoint)
 
     def load_checkpoint_extras(self, checkpoint: str) -> None:
         super().load_checkpoint_extras(checkpoint)

@@ -55,9 +55,11 @@ one process per rank only (TP 1, no sleep mode, no tools/environments).
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import math
 import os
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -112,6 +114,22 @@ def _vllm_max_num_seqs_at_least(sequences: int):
     from ..rollout import vllm_engine
 
     return vllm_engine_sized(sequences, no_chunked_prefill=lambda: vllm_engine._is_cpu_platform())
+
+
+def check_rollout_state_ranks(checkpoint: str, world_size: int) -> None:
+    """Refuse a checkpoint whose per-rank rollout state (``rollout_state_<rank>.pt``) was written by
+    another number of ranks: each rank's replay buffer, in-flight partial rollouts and rank-strided
+    pre-fill order are its own and cannot be redistributed (with fewer ranks, the others' would be
+    dropped; with more, the new ranks would start empty beside restored ones)."""
+    ranks = sorted(int(m.group(1)) for f in glob.glob(os.path.join(checkpoint, "rollout_state_*.pt"))
+                   if (m := re.fullmatch(r"rollout_state_(\d+)\.pt", os.path.basename(f))))
+    if ranks and ranks != list(range(world_size)):
+        raise ValueError(
+            f"resume_from_checkpoint={checkpoint!r} holds the off-policy rollout state of ranks {ranks} "
+            f"(rollout_state_<rank>.pt) but this run has {world_size} rank(s): replay buffers, in-flight partial "
+            "rollouts and the pre-fill order are per rank and cannot be redistributed. Resume on "
+            f"{len(ranks)} rank(s), or from a copy of the checkpoint without the rollout_state_*.pt files "
+            "(the rollout state then starts empty)")
 
 
 class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
@@ -410,6 +428,11 @@ class OffPolicyGRPOTrainer(AdaClipGRPOTrainer):
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, ROLLOUT_STATE_FILE.format(rank=self.accelerator.process_index))
         torch.save(self.rollout_state_dict(), path)
+
+    def check_checkpoint(self, checkpoint: str) -> None:
+        super().check_checkpoint(checkpoint)
+        if self.offpolicy_enabled:
+            check_rollout_state_ranks(checkpoint, self.accelerator.num_processes)
 
     def load_checkpoint_extras(self, checkpoint: str) -> None:
         super().load_checkpoint_extras(checkpoint)

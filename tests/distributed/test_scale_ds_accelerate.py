@@ -12,7 +12,8 @@ altogether (its DeepSpeed branches are ``if not cpu``): ``MULTI_CPU``, no DeepSp
 With ``use_cpu: false`` and ``ddp_backend: gloo`` the backend is set, ``num_processes = 2`` and
 ``prepare`` returns a ``DeepSpeedEngine``.
 
-Not covered: a full ``AdaClipGRPOTrainer`` step under these settings (not run for lack of time).
+The trainer itself under these settings (``train()`` on ZeRO-2 and ZeRO-3, equal to one process):
+test_scale_ds_trainer.py.
 """
 
 from __future__ import annotations

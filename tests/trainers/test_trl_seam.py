@@ -91,6 +91,10 @@ TRIPWIRES: dict[str, tuple[str, str]] = {
     "trl.experimental.async_grpo.async_grpo_trainer.AsyncGRPOTrainer._log_step_metrics": (
         "6880db067d12921e39e53785b1a8586620acd98d17f8ab8170f7ac5933ca0260",
         "it reads and resets the _step_* counters account_forward fills"),
+    "trl.experimental.async_grpo.async_grpo_trainer.AsyncGRPOTrainer._sync_weight": (
+        "38e9a8cb3b240a068f98e82587775f8ae012a67d919d02ce72015b0f01ce0569",
+        "the seam calls after_weight_sync after it; TRL bumps model_version on the main process only, and "
+        "AdaClipAsyncGRPOTrainer broadcasts it to every rank there (tests/distributed/test_scale_async.py)"),
     "trl.experimental.async_grpo.async_grpo_trainer.RolloutQueueDataset.__iter__": (
         "d92a084c61a3511c7d225682121fa89a3a2e72ded84f2b39d0945a690b76ef88",
         "_VersionedQueueDataset wraps the queue and reads the sample it handed out last (one get per item)"),
