@@ -22,7 +22,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from adaclip_rl.rollout.async_weights import server_prompt_logprobs
 from adaclip_rl.tasks import ArithmeticTask
 from adaclip_rl.trainers.async_config import AdaClipAsyncGRPOConfig
-from adaclip_rl.trainers.async_grpo import AdaClipAsyncGRPOTrainer, set_plain_response_template
+from adaclip_rl.trainers.async_grpo import AdaClipAsyncGRPOTrainer
+from adaclip_rl.trainers.chat_template import set_plain_response_template
 
 PROBE = "12+34="
 
