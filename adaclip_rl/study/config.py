@@ -35,6 +35,7 @@ class Level:
     partial_prefill_groups: int = 0
     max_staleness: int | None = None
     learning_rate: float | None = None  # None: the recipe's (or --learning-rate)
+    num_iterations: int = 1  # TRL's num_iterations (PPO epochs): each generation batch is trained on this many times
 
     @property
     def uses_vllm(self) -> bool:
@@ -49,7 +50,7 @@ class Level:
             return "replay"
         if self.partial:
             return "partial"
-        return "spg" if self.learning_rate is None else "regime"
+        return "spg" if self.learning_rate is None and self.num_iterations == 1 else "regime"
 
     def flags(self, max_completion_length: int) -> list[str]:
         out = ["--steps_per_generation", str(self.steps_per_generation)]
@@ -64,6 +65,8 @@ class Level:
                     "--vllm_max_model_length", str(max_completion_length + 32)]
         if self.learning_rate is not None:
             out += ["--learning_rate", str(self.learning_rate)]
+        if self.num_iterations != 1:
+            out += ["--num_iterations", str(self.num_iterations)]
         return out
 
 
@@ -105,8 +108,14 @@ LEVELS["partial"] = Level("partial", 1, partial=True, partial_prefill_groups=16,
 # larger learning rate at s16 (docs/staleness_study.md, "a regime where clipping acts")
 LEVELS["s32"] = Level("s32", 32)
 LEVELS["s64"] = Level("s64", 64)
+LEVELS["s128"] = Level("s128", 128)  # one generation batch for the study's 128 steps
 LEVELS["s16-lr3e-4"] = Level("s16-lr3e-4", 16, learning_rate=3e-4)
 LEVELS["s64-lr2e-4"] = Level("s64-lr2e-4", 64, learning_rate=2e-4)
+# PPO epochs: every generation batch of s16 trained on 4 times (64 optimizer steps per batch, a quarter of the samples)
+LEVELS["s16-mu4"] = Level("s16-mu4", 16, num_iterations=4)
+LEVELS["s8-mu8"] = Level("s8-mu8", 8, num_iterations=8)
+LEVELS["s4-mu16"] = Level("s4-mu16", 4, num_iterations=16)
+LEVELS["s2-mu32"] = Level("s2-mu32", 2, num_iterations=32)
 
 
 @dataclass

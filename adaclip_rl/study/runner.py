@@ -144,7 +144,8 @@ def report(cfg: StudyConfig, prep: dict[str, Any], wall_seconds: float, stem: st
         "spike_rule": f"grad_norm > {SPIKE_FACTOR} x median of the previous {SPIKE_WINDOW} steps",
         "summary": summary, "degradation": degradation(summary),
         "runs": [{key: v for key, v in r.items() if key != "curves"} for r in runs],
-        "curves": {run_name(r["method"], r["level"], r["seed"]): r["curves"] for r in runs},
+        # (a baseline run's curves stay in its own report)
+        "curves": {run_name(r["method"], r["level"], r["seed"]): r["curves"] for r in runs if "baseline" not in r},
         "wall_seconds_this_invocation": wall_seconds,
         "train_seconds_total": sum(r["train_seconds"] for r in runs),
         "load_average": os.getloadavg(), "threads": cfg.threads,
