@@ -60,8 +60,7 @@ def plot(runs: list[dict[str, Any]], summary: dict[str, Any], path: Path, k: int
         ax.set_xticks(ticks + [_SIDE[lv] * top_spg for lv in side], [str(t) for t in ticks] + side)
         ax.set_xlabel("optimizer steps per generation batch (squares: 50% replay, 1 step per generation)"
                       if side == ["replay"] or not side else
-                      "optimizer steps per generation batch (squares: 1 step per generation, " + " / ".join(
-                          {"replay": "50% replay", "partial": "partial rollouts"}[lv] for lv in side) + ")")
+                      "optimizer steps per generation batch (squares: 1 step per generation)")
         ax.set_title(title + " — mean ± sd over seeds")
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
@@ -117,7 +116,7 @@ def premise_plot(summary: dict[str, Any], methods: list[str], levels: list[str],
         ax.axhline(0.0, color="black", lw=0.5)
     axes[0, 0].axhline(0.4, color="black", ls="--", lw=1)
     axes[0, 1].axhline(0.05, color="black", ls=":", lw=1)
-    axes[0, 0].legend(fontsize=7)
+    axes[0, 1].legend(fontsize=7, loc="upper left")  # the clip-fraction panel has room at the top left
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
