@@ -1,5 +1,6 @@
 """Studies that train many small runs and report what they measure (``adaclip-rl study ...``)."""
 
-from .staleness import LEVELS, METHODS, Level, Method, StudyConfig, run_study
+from .config import LEVELS, METHODS, Level, Method, StudyConfig
+from .runner import run_study
 
 __all__ = ["LEVELS", "METHODS", "Level", "Method", "StudyConfig", "run_study"]

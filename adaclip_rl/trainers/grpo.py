@@ -34,6 +34,7 @@ import torch
 
 from .._trl_compat.grpo import GRPOTrainerSeam
 from ..losses import aggregate_loss, aggregation_weights, kl_estimate, sequence_live_fraction
+from ..losses.premise import premise_metrics
 from .config import CLIP_LOSS_TYPES, AdaClipGRPOConfig
 from .grad_clip_mixin import AdaptiveGradClipMixin
 from .optimizer_mixin import SpikeAwareOptimizerMixin
@@ -65,6 +66,8 @@ _MM_KEYS = (
 class AdaClipGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, GRPOTrainerSeam):
     """GRPO with adaptive clipping. Same constructor as :class:`trl.GRPOTrainer`; ``args`` must be an
     :class:`AdaClipGRPOConfig` (a plain ``GRPOConfig`` is upgraded with ``policy_loss="grpo"``)."""
+
+    log_premise = False  # True: log BAPO's premise measures (adaclip_rl.losses.premise) per loss call
 
     def __init__(self, model, reward_funcs=None, args: AdaClipGRPOConfig | None = None, *a: Any, **kw: Any):
         if args is None:
@@ -290,6 +293,9 @@ class AdaClipGRPOTrainer(SpikeAwareOptimizerMixin, AdaptiveGradClipMixin, GRPOTr
             ratio, advantages, mask, config=self.loss_config, logp=per_token_logps, ref_logp=ref_logps,
             entropy=class_entropy.detach(), reduce_fn=self._reduce_sum, **extra,
         )
+        if self.log_premise:  # cheap: tensors the loss already has (the staleness study sets it)
+            loss_out.metrics.update(premise_metrics(ratio, advantages, per_token_logps, mask,
+                                                    self._loss_weights(li, inputs, mode), loss_out, self.loss_config))
         per_token_loss = self._apply_token_factors(loss_out.per_token_loss, li, inputs)
         if per_token_kl is not None:
             per_token_loss = per_token_loss + self.kl_beta * per_token_kl
