@@ -120,6 +120,7 @@ LEVELS["s2-mu32"] = Level("s2-mu32", 2, num_iterations=32)
 # 128-step budget on one batch (staleness up to 16 versions plus 8 passes)
 LEVELS["s16-mu8"] = Level("s16-mu8", 16, num_iterations=8)
 LEVELS["s8-mu16"] = Level("s8-mu16", 8, num_iterations=16)  # one batch of s8 (512 samples) trained on 16 times
+LEVELS["s32-mu4"] = Level("s32-mu4", 32, num_iterations=4)  # one batch of s32 (2048 samples) trained on 4 times
 
 
 @dataclass

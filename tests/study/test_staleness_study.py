@@ -104,7 +104,7 @@ def test_ablation_and_level_flags_reach_the_trainer_config():
     assert partial.replay_ratio == 0 and partial.steps_per_generation == 1 and partial.use_vllm
     regime = _parsed("grpo", "s16-lr3e-4")
     assert regime.learning_rate == 3e-4 and regime.steps_per_generation == 16 and not regime.partial_rollouts
-    for level, spg, mu in (("s8-mu8", 8, 8), ("s16-mu8", 16, 8), ("s8-mu16", 8, 16)):  # batch reuse (PPO epochs)
+    for level, spg, mu in (("s8-mu8", 8, 8), ("s16-mu8", 16, 8), ("s8-mu16", 8, 16), ("s32-mu4", 32, 4)):  # reuse
         reuse = _parsed("grpo", level)
         assert (reuse.steps_per_generation, reuse.num_iterations, LEVELS[level].kind) == (spg, mu, "regime")
         assert reuse.learning_rate == 1e-4 and not reuse.use_vllm
