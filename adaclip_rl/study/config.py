@@ -116,6 +116,11 @@ LEVELS["s16-mu4"] = Level("s16-mu4", 16, num_iterations=4)
 LEVELS["s8-mu8"] = Level("s8-mu8", 8, num_iterations=8)
 LEVELS["s4-mu16"] = Level("s4-mu16", 4, num_iterations=16)
 LEVELS["s2-mu32"] = Level("s2-mu32", 2, num_iterations=32)
+# issue 28b's search: one generation batch of s16 (1024 samples) trained on 8 times, i.e. the whole
+# 128-step budget on one batch (staleness up to 16 versions plus 8 passes)
+LEVELS["s16-mu8"] = Level("s16-mu8", 16, num_iterations=8)
+LEVELS["s8-mu16"] = Level("s8-mu16", 8, num_iterations=16)  # one batch of s8 (512 samples) trained on 16 times
+LEVELS["s32-mu4"] = Level("s32-mu4", 32, num_iterations=4)  # one batch of s32 (2048 samples) trained on 4 times
 
 
 @dataclass

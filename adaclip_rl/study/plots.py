@@ -36,6 +36,13 @@ def plot(runs: list[dict[str, Any]], summary: dict[str, Any], path: Path, k: int
     spg_levels = sorted({r["level"] for r in runs if LEVELS[r["level"]].kind == "spg"},
                         key=lambda lv: LEVELS[lv].steps_per_generation)
     side = [lv for lv in _SIDE if any(lv in by_level for by_level in summary.values())]
+    if not spg_levels and not side:  # only regime levels (e.g. the regime search): one point per level and method
+        _plot_categorical(axes[0], summary, runs, k)
+        _plot_curves(axes[1], runs, next((r["level"] for r in runs), None))
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return
     for ax, metric, title in ((axes[0, 0], "avg@k", f"held-out avg@{k} after RL"),
                               (axes[0, 1], "entropy_last", "entropy, nats/token (last quarter of training)")):
         top_spg = max((LEVELS[lv].steps_per_generation for lv in spg_levels), default=1)
@@ -64,21 +71,44 @@ def plot(runs: list[dict[str, Any]], summary: dict[str, Any], path: Path, k: int
         ax.set_title(title + " — mean ± sd over seeds")
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
-    top = spg_levels[-1] if spg_levels else None
-    for ax, key, title, window in ((axes[1, 0], "reward", "train reward", 10),
-                                   (axes[1, 1], "entropy", "entropy, nats/token", 10)):
-        for r in runs:
-            if r["level"] != top or key not in r["curves"]:
-                continue
-            ax.plot(*_smooth(r["curves"][key], window), color=COLORS[r["method"]], alpha=0.6,
-                    label=f"{r['method']} seed {r['seed']}")
-        ax.set_title(f"{title} at {top} ({window}-step mean), every seed")
-        ax.set_xlabel("optimizer step")
-        ax.grid(alpha=0.3)
-    axes[1, 0].legend(fontsize=6, ncol=2)
+    _plot_curves(axes[1], runs, spg_levels[-1] if spg_levels else None)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _plot_curves(axes: Any, runs: list[dict[str, Any]], level: str | None) -> None:
+    """Reward and entropy curves (10-step mean) of every run at ``level``."""
+    for ax, key, title, window in ((axes[0], "reward", "train reward", 10),
+                                   (axes[1], "entropy", "entropy, nats/token", 10)):
+        for r in runs:
+            if r["level"] != level or key not in r["curves"]:
+                continue
+            ax.plot(*_smooth(r["curves"][key], window), color=COLORS[r["method"]], alpha=0.6,
+                    label=f"{r['method']} seed {r['seed']}")
+        ax.set_title(f"{title} at {level} ({window}-step mean), every seed")
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=6, ncol=2)
+
+
+def _plot_categorical(axes: Any, summary: dict[str, Any], runs: list[dict[str, Any]], k: int) -> None:
+    """Held-out avg@k and entropy per level (categorical x, one offset point per method, mean ± sd)."""
+    levels = list(dict.fromkeys(r["level"] for r in runs))
+    for ax, metric, title in ((axes[0], "avg@k", f"held-out avg@{k} after RL"),
+                              (axes[1], "entropy_last", "entropy, nats/token (last quarter of training)")):
+        for i, (m, by_level) in enumerate(summary.items()):
+            cells = [(j, by_level[lv][metric]) for j, lv in enumerate(levels) if metric in by_level.get(lv, {})]
+            if cells:
+                ax.errorbar([j + 0.1 * (i - (len(summary) - 1) / 2) for j, _ in cells], [c["mean"] for _, c in cells],
+                            yerr=[c["sd"] for _, c in cells], fmt="o", color=COLORS[m], capsize=3,
+                            label=METHODS[m].label)
+        ax.set_xticks(range(len(levels)), levels)
+        ax.set_xlim(-0.5, len(levels) - 0.5)
+        ax.set_xlabel("level")
+        ax.set_title(title + " — mean ± sd over seeds")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
 
 
 def premise_plot(summary: dict[str, Any], methods: list[str], levels: list[str], path: Path) -> None:

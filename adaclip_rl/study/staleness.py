@@ -19,8 +19,10 @@ a batch trains on data ``i`` policy versions old), ``replay`` = half of every ba
 from a replay buffer of groups up to 8 versions old, and ``partial`` = partial rollouts (groups
 interrupted when a batch has its groups and continued by the next policy version)
 (:class:`~adaclip_rl.trainers.offpolicy.OffPolicyGRPOTrainer`, vLLM on CPU). The total number of
-samples and optimizer steps is the same at every level. Levels ``s32``, ``s64``, ``s16-lr3e-4``,
-``s64-lr2e-4`` are the candidates of the search for a regime where clipping acts.
+samples and optimizer steps is the same at every level. Levels ``s32``, ``s64``, ``s128``,
+``s16-lr3e-4``, ``s64-lr2e-4`` and the batch-reuse levels ``s<n>-mu<k>`` (TRL's ``num_iterations``
+= k passes over each generation batch) are the candidates of the search for a regime where
+clipping acts; ``--warm-steps`` sets the starting accuracy (one warm start per ``--out``).
 
 Each (method, level, seed) run writes ``<out>/runs/<method>-<level>-seed<seed>.json`` and is
 skipped when that file exists, so the study can be run in chunks and resumed after an

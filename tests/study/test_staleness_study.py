@@ -104,6 +104,10 @@ def test_ablation_and_level_flags_reach_the_trainer_config():
     assert partial.replay_ratio == 0 and partial.steps_per_generation == 1 and partial.use_vllm
     regime = _parsed("grpo", "s16-lr3e-4")
     assert regime.learning_rate == 3e-4 and regime.steps_per_generation == 16 and not regime.partial_rollouts
+    for level, spg, mu in (("s8-mu8", 8, 8), ("s16-mu8", 16, 8), ("s8-mu16", 8, 16), ("s32-mu4", 32, 4)):  # reuse
+        reuse = _parsed("grpo", level)
+        assert (reuse.steps_per_generation, reuse.num_iterations, LEVELS[level].kind) == (spg, mu, "regime")
+        assert reuse.learning_rate == 1e-4 and not reuse.use_vllm
 
 
 def _history(shares, covs, entropies):
@@ -197,3 +201,24 @@ def test_quick_study_writes_well_formed_outputs_and_resumes(tmp_path, capsys):
     assert "10/10 runs already done" in capsys.readouterr().out
     assert {f.name: f.stat().st_mtime_ns for f in (out / "runs").iterdir()} == stamps
     assert time.perf_counter() - t0 < 60
+
+
+def test_plot_of_regime_levels_only_draws_every_cell(tmp_path, monkeypatch):
+    """A study of regime levels only (no steps-per-generation axis, e.g. why_regime) plots each
+    (method, level) cell's mean and the curves of its runs instead of empty panels."""
+    import matplotlib.figure
+
+    from adaclip_rl.study.plots import plot
+
+    saved = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda self, *a, **kw: saved.append(self))
+    means = {"grpo": 0.18, "bapo": 0.13}
+    summary = {m: {"s8-mu8": {"avg@k": {"mean": v, "sd": 0.01, "n": 3},
+                              "entropy_last": {"mean": v + 0.05, "sd": 0.01, "n": 3}}} for m, v in means.items()}
+    runs = [{"method": m, "level": "s8-mu8", "seed": 0,
+             "curves": {"reward": [[1, 0.1], [65, 0.2]], "entropy": [[i, 0.2] for i in range(1, 129)]}} for m in means]
+    plot(runs, summary, tmp_path / "x.png", 4)
+    acc, ent, reward, entropy = saved[0].axes
+    drawn = lambda ax: sorted(round(float(y), 6) for line in ax.lines for y in line.get_ydata())  # noqa: E731
+    assert set(means.values()) <= set(drawn(acc)) and {0.23, 0.18} <= set(drawn(ent))
+    assert len(reward.lines) == 2 and len(entropy.lines) == 2 and "s8-mu8" in reward.get_title()
