@@ -25,6 +25,7 @@ FAST_FILES = frozenset({
     "losses/test_archer.py",
     "losses/test_bapo.py",
     "losses/test_bf16.py",
+    "losses/test_premise.py",
     "losses/test_import_isolation.py",
     "losses/test_no_host_sync.py",
     "losses/test_ratio.py",
@@ -51,6 +52,9 @@ FAST_FILES = frozenset({
     "trainers/test_adaclip_config.py",
     "trainers/test_offpolicy_units.py",
     "trainers/test_parity.py",
+    "trainers/test_generated_fields.py",
+    "trainers/test_policy_term.py",
+    "trainers/test_trl_seam.py",
 })
 
 # node-id prefixes (relative to tests/) of the slow tests inside fast files
