@@ -9,9 +9,9 @@ beside restored ones (their policy-version clocks then disagree). It is now refu
 state is loaded, naming the ranks found and the way out (resume on that many ranks, or drop the
 files to start the rollout state empty).
 
-The trainer here is built without ``__init__`` (a vLLM engine per rank does not fit the 2-core test
-machine); what runs is its real ``_load_optimizer_and_scheduler``. Not run: the 2-rank off-policy
-training and resume itself (docs/scaling.md).
+The trainer here is built without ``__init__`` (no vLLM engine, so many world sizes cost 9 s); what
+runs is its real ``_load_optimizer_and_scheduler``. The 2-rank off-policy training, its resume and a
+real one-process refusal of its checkpoint are test_scale_offpolicy_train.py.
 """
 
 from __future__ import annotations

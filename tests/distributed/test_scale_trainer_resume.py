@@ -16,8 +16,8 @@ one process).
 scale_ds_trainer_worker.py explains how the rollout is made independent of the world size. Measured on
 the busy 2-core CPU: 50-70 s per 2-rank launch, 10-30 s for the one-process resume.
 
-Not covered here: the off-policy trainer's rollout state on 2 ranks (it needs one vLLM engine per rank;
-see docs/scaling.md), FSDP (no FSDP through accelerate on CPU; test_scale_resume.py drives a sharded
+Not covered here: the off-policy trainer's rollout state on 2 ranks (test_scale_offpolicy_train.py, one
+vLLM engine per rank), FSDP (no FSDP through accelerate on CPU; test_scale_resume.py drives a sharded
 checkpoint by hand).
 """
 
