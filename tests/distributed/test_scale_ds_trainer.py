@@ -20,7 +20,10 @@ Invariants (one process = 4 sequences per micro-batch; ZeRO = 2 ranks x 2):
   3.9e-6 / 1.1e-6, ZeRO-3 1.0e-6 / 3.1e-6 / 1.0e-6, against parameter moves of 0.21-0.38). The difference is float32 summation order: gradients summed over 4
   rows in one process, over 2 rows per rank then all-reduced under ZeRO (relative rounding ~1e-7 per
   reduction), then amplified by 4 updates at lr 2 and by clipping a norm of ~40 down to 1.
-Measured on the 2-core CPU: 30 s for the one-process reference (3 losses), 40 s per ZeRO launch.
+Both stages run every loss and save checkpoint-2 through the Trainer; each stage's bapo run is then
+resumed on 2 ranks (exactly equal) and refused in one process without DeepSpeed.
+Measured on the 2-core CPU (this file alone: 193 s): the one-process reference (3 losses) and the ZeRO-2
+launch 94 s, the ZeRO-3 launch 25 s, each resume + refusal 30-34 s, the recipe test 10 s.
 """
 
 from __future__ import annotations
@@ -45,9 +48,8 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
 LOSSES = ("grpo", "bapo", "archer")
 PARAM_ATOL = 2e-5
 NORM_REL = 1e-4
-# ZeRO-2 runs grpo and bapo, ZeRO-3 bapo and archer (its reference model partitioned too); all six
-# passed when run by hand (measured max diffs in the module doc), the split keeps each test under a minute.
-STAGE_LOSSES = {2: ("grpo", "bapo"), 3: ("bapo", "archer")}
+# every loss under both stages (archer's reference model partitioned too under ZeRO-3)
+STAGE_LOSSES = {2: LOSSES, 3: LOSSES}
 
 
 def assert_zero_equals_single(zero: dict, single: dict, initial: dict, stage: int) -> dict[str, float]:
@@ -82,27 +84,22 @@ def single_run(tiny_model_dir, tmp_path_factory):
     return single_results(tiny_model_dir, tmp_path_factory.mktemp("ds_single") / "single.pt", clean_env(), LOSSES)
 
 
-@pytest.fixture(scope="module")
-def zero2_run(tiny_model_dir, tmp_path_factory):
-    """The ZeRO-2 launch, saving a checkpoint every 2 updates (transformers' ``save_steps``)."""
-    folder = tmp_path_factory.mktemp("zero2")
+@pytest.fixture(scope="module", params=[2, 3], ids=["zero2", "zero3"])
+def zero_run(request, tiny_model_dir, tmp_path_factory):
+    """The ZeRO-2 / ZeRO-3 launch of every loss, saving a checkpoint every 2 updates (transformers'
+    ``save_steps``); (stage, results, results file)."""
+    stage = request.param
+    folder = tmp_path_factory.mktemp(f"zero{stage}")
     out = folder / "zero.pt"
-    return launch(zero_config(2, folder), "zero", tiny_model_dir, out, clean_env(DS_ACCELERATOR="cpu"),
-                  STAGE_LOSSES[2], "fixed", "2"), out
+    return stage, launch(zero_config(stage, folder), "zero", tiny_model_dir, out, clean_env(DS_ACCELERATOR="cpu"),
+                         STAGE_LOSSES[stage], "fixed", "2"), out
 
 
 @pytest.mark.distributed
-def test_trainer_under_zero2_two_ranks_equals_one_process(single_run, zero2_run, tiny_model_dir):
-    diffs = assert_zero_equals_single(zero2_run[0], single_run, initial_params(tiny_model_dir), 2)
-    print(f"ZeRO-2 max |param diff| per loss: {diffs}")
-
-
-@pytest.mark.distributed
-def test_trainer_under_zero3_two_ranks_equals_one_process(single_run, tiny_model_dir, tmp_path, child_env):
-    zero = launch(zero_config(3, tmp_path), "zero", tiny_model_dir, tmp_path / "zero.pt",
-                  dict(_env(child_env), DS_ACCELERATOR="cpu"), STAGE_LOSSES[3])
-    diffs = assert_zero_equals_single(zero, single_run, initial_params(tiny_model_dir), 3)
-    print(f"ZeRO-3 max |param diff| per loss: {diffs}")
+def test_trainer_under_zero_two_ranks_equals_one_process(single_run, zero_run, tiny_model_dir):
+    stage, zero, _ = zero_run
+    diffs = assert_zero_equals_single(zero, single_run, initial_params(tiny_model_dir), stage)
+    print(f"ZeRO-{stage} max |param diff| per loss: {diffs}")
 
 
 RECIPE_UNDER_DEEPSPEED = """\
@@ -147,21 +144,21 @@ def test_the_recipe_path_passes_ddp_backend_and_use_cpu_through(tiny_model_dir, 
 
 
 @pytest.mark.distributed
-def test_trainer_checkpoint_under_zero2_resumes_equal_and_is_refused_without_deepspeed(
-        zero2_run, tiny_model_dir, tmp_path, child_env):
-    """transformers' own checkpointing under ZeRO-2 (``save_steps`` -> ``_save_checkpoint``: DeepSpeed's
+def test_trainer_checkpoint_under_zero_resumes_equal_and_is_refused_without_deepspeed(
+        zero_run, tiny_model_dir, tmp_path, child_env):
+    """transformers' own checkpointing under ZeRO-2 and ZeRO-3 (``save_steps`` -> ``_save_checkpoint``: DeepSpeed's
     engine checkpoint inside the Trainer's folder; ``resume_from_checkpoint`` -> ``_load_from_checkpoint``
     / DeepSpeed's ``load_checkpoint``). 2 -> 2 from checkpoint-2 (a generation boundary: TRL regenerates
     after a resume) gives the uninterrupted run's updates 3 and 4. 2 -> 1 without DeepSpeed is refused
     (transformers would find no optimizer.pt and silently restart the optimizer); 2 -> 1 under DeepSpeed
     is refused by DeepSpeed itself (test_scale_zero_resume.py pins its message)."""
-    uninterrupted, out = zero2_run
+    stage, uninterrupted, out = zero_run
     template = f"{out}-{{loss}}/checkpoint-2"
     ckpt = Path(template.format(loss="bapo"))
     assert (ckpt / "latest").read_text().strip() == "global_step2" and (ckpt / "adaclip_state.json").is_file()
     assert {p.name for p in ckpt.glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
     env = dict(_env(child_env), DS_ACCELERATOR="cpu")
-    resumed = launch(zero_config(2, tmp_path), "zero", tiny_model_dir, tmp_path / "resumed.pt", env, ("bapo",),
+    resumed = launch(zero_config(stage, tmp_path), "zero", tiny_model_dir, tmp_path / "resumed.pt", env, ("bapo",),
                      "fixed", "0", template)["bapo"]
     ref = uninterrupted["bapo"]
     for got, want in zip(resumed["ranks"], ref["ranks"], strict=True):
