@@ -40,6 +40,7 @@ sys.path.insert(0, str(HERE))
 from scale_trainer_runs import CPU_CONFIG, max_diff  # noqa: E402
 from scale_util import child_env as _env  # noqa: E402
 from scale_util import run_with_port, venv_tool  # noqa: E402
+from tiny_models import write_eos_model  # noqa: E402
 
 WORKER = HERE / "scale_offpolicy_worker.py"
 # A resume on the same world size replays the same float operations in the same order (same batch
@@ -55,18 +56,7 @@ HISTORY_PREFIXES = ("loss", "grad_norm", "bapo/", "rollout/", "replay/", "partia
 def eos_model_dir(tiny_model_dir, tmp_path_factory):
     """The tiny model with a large random EOS embedding row (as in tests/trainers/test_offpolicy.py):
     completion lengths vary, so partial rollouts carry sequences across updates."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    out = tmp_path_factory.mktemp("eos_model")
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        emb = model.get_input_embeddings().weight
-        emb[tok.eos_token_id] = 0.4 * torch.randn(emb.shape[1], generator=g)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
+    return write_eos_model(tiny_model_dir, tmp_path_factory.mktemp("eos_model"))
 
 
 def _launch(model_dir: str, out: Path, env: dict, save_steps: int, resume: str | None = None) -> dict:

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from tiny_models import write_eos_model
 
 from adaclip_rl.rollout.vllm_engine import release_trainer_engines
 from adaclip_rl.trainers.offpolicy import OffPolicyGRPOConfig
@@ -63,21 +64,8 @@ def parity_reward(completions, completion_ids, **kwargs):
 
 @pytest.fixture(scope="module")
 def eos_model_dir(tiny_model_dir, tmp_path_factory):
-    """The tiny random model with a large random EOS embedding row: EOS then has a sizeable,
-    position-dependent probability, so completion lengths vary and partial rollouts carry some
-    sequences across optimizer steps (a random model otherwise almost never stops)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    out = tmp_path_factory.mktemp("eos_model")
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        emb = model.get_input_embeddings().weight
-        emb[tok.eos_token_id] = 0.4 * torch.randn(emb.shape[1], generator=g)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
+    """The tiny model with a large random EOS embedding row (varying completion lengths)."""
+    return write_eos_model(tiny_model_dir, tmp_path_factory.mktemp("eos_model"))
 
 
 @pytest.mark.vllm
