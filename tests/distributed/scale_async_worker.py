@@ -39,12 +39,13 @@ def digit_fraction_reward(completions, **kwargs):
 
 
 GRAD_ACCUM = 2  # per rank
-# AdamW moves a coordinate by about lr * g / (|g| + eps): where |g| <~ eps it multiplies a round-off
-# difference of g by lr / eps (3e5 at transformers' 1e-8: a 4e-11 difference of a 7e-10 gradient
-# moved a parameter 1.3e-5 apart in the one-process replay, measured); 1e-6 bounds that factor at 3e3
-# and leaves the step of every coordinate with |g| >> 1e-6 unchanged (measured: median |g| 1.5e-4 to
-# 6.4e-4 per update, 0.2-0.7% of the coordinates below 1e-6).
-ADAM_EPS = 1e-6
+# SGD, so that a parameter's difference between the 2-rank run and the one-process replay is lr times
+# the gradients' round-off. AdamW moves a coordinate by about lr * g / (|g| + eps): where |g| <~ eps,
+# a cancellation, it multiplies a round-off difference of g by up to lr / eps (measured with AdamW,
+# lr 3e-3: a 4.7e-10 difference of a -2.5e-9 gradient moved a parameter 1.4e-6 apart at eps 1e-6; a
+# 4e-11 difference of a 7e-10 one 1.3e-5 apart at transformers' 1e-8, while the gradients agreed to
+# 5e-8). lr 2 as scale_ds_trainer_worker.py: the policy moves and BAPO's bounds leave their start.
+OPTIM = dict(optim="sgd", learning_rate=2.0)
 
 
 def dataset() -> Dataset:
@@ -55,11 +56,11 @@ def dataset() -> Dataset:
 def make_args(out: str, url: str, loss: str, grad_accum: int = GRAD_ACCUM) -> AdaClipAsyncGRPOConfig:
     return AdaClipAsyncGRPOConfig(
         output_dir=f"{out}-run", max_steps=3, per_device_train_batch_size=4, num_generations=4,
-        gradient_accumulation_steps=grad_accum, max_completion_length=8, learning_rate=3e-3, logging_steps=1,
-        report_to=[], bf16=False, dtype="float32", token_budget=0, vllm_server_base_url=url, max_staleness=2,
+        gradient_accumulation_steps=grad_accum, max_completion_length=8, logging_steps=1, report_to=[],
+        bf16=False, dtype="float32", token_budget=0, vllm_server_base_url=url, max_staleness=2,
         weight_sync_timeout=120, save_strategy="no", max_inflight_tasks=16, heartbeat_stale_after_s=120,
         weight_transfer="shared_file", use_cpu=True, policy_loss=loss, grad_clip="zclip", zclip_warmup_steps=1,
-        adam_epsilon=ADAM_EPS,
+        **OPTIM,
     )
 
 
