@@ -33,8 +33,8 @@ updates (atol 2e-5, the tolerance of the other "distributed equals one process" 
 largest parameter moves 0.29), and each update's logged loss, clip decision, BAPO bounds and the
 statistics they were searched on (``pos_share``, ``pos_neg_ratio``), clip fractions and token counts
 (rel 1e-4, abs 1e-6). Measured (busy 2-core CPU, 2026-12-07, a run whose BAPO search moved ``c_high``
-to 1.35 at update 2): gradients max 4.5e-8, parameters max 1.2e-7, pre-clip norms rel 2.3e-7, clipper
-EMAs rel 1.5e-6, logged values rel 8e-7. The differences are float32 summation order (DDP averages two
+to 1.35 at update 2; a second run): gradients max 4.5e-8 (5.8e-8), parameters max 1.2e-7 (1.2e-7),
+pre-clip norms rel 2.3e-7 (7e-8), clipper EMAs rel 1.5e-6 (1e-7), logged values rel 8e-7 (2e-7). The differences are float32 summation order (DDP averages two
 per-rank gradients, one process sums four micro-batch gradients: a few ulp of the largest gradient
 entries), which SGD (lr 2, as test_scale_ds_trainer.py) carries into the parameters as lr x that.
 The run trained with AdamW (lr 3e-3) before this check: there a coordinate whose gradient cancels to
@@ -61,10 +61,9 @@ which the parameters differ). Normalised by each row's own count, as in a one-pr
 micro-batches are per-rank sized, the norm at update 1 was 0.9375 x and 1.035 x the 2-rank one in two
 runs (rows of 32 + 28 and 32 + 27 terms in the second micro-step): TRL weighs a token by
 1 / (GA x its micro-batch's terms), so the gradient depends on how the update's samples are cut into
-micro-batches.
-That is TRL's aggregation (a mean per micro-batch, not a token mean over the whole update), not a
-defect of the 2-rank path, which equals the one-process union. Measured on the busy 2-core CPU: the
-whole test 64-102 s (server start 28-88 s, 2-rank training ~35-56 s).
+micro-batches. That is TRL's aggregation (a mean per micro-batch, not a token mean over the whole
+update), not a defect of the 2-rank path, which equals the one-process union. Measured on the busy
+2-core CPU: the whole test 64-102 s (server start 28-88 s, 2-rank training ~35-56 s).
 """
 
 from __future__ import annotations
