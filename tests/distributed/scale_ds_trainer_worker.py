@@ -26,6 +26,7 @@ import sys
 import torch
 import torch.distributed as dist
 import transformers
+from scale_util import save_on_rank0  # this folder (the worker runs as a script)
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from adaclip_rl import AdaClipGRPOConfig, AdaClipGRPOTrainer
@@ -168,10 +169,7 @@ def main() -> None:
     torch.set_num_threads(1)
     results = {loss: run(model_dir, out, loss, mode, clip, save_steps, resume and resume.format(loss=loss))
                for loss in losses.split(",")}
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        torch.save(results, out)
-    if dist.is_initialized():
-        dist.barrier()
+    save_on_rank0(results, out)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import sys
 
 import torch
 import torch.distributed as dist
+from scale_util import save_on_rank0  # this folder (the worker runs as a script)
 
 from adaclip_rl.trainers.offpolicy import OffPolicyGRPOConfig, OffPolicyGRPOTrainer
 
@@ -94,10 +95,7 @@ def main() -> None:
     resume = sys.argv[4] if len(sys.argv) > 4 else None
     torch.set_num_threads(1)
     results = run(model_dir, out, save_steps, resume)
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        torch.save(results, out)
-    if dist.is_initialized():
-        dist.barrier()
+    save_on_rank0(results, out)
 
 
 if __name__ == "__main__":

@@ -33,3 +33,15 @@ def run_with_port(make_cmd, env: dict[str, str], timeout: int = 240) -> subproce
         if proc.returncode == 0 or "address already in use" not in proc.stderr.lower():
             break
     return proc
+
+
+def save_on_rank0(results, out) -> None:
+    """A worker's ending: rank 0 (or a plain process) writes ``results`` to ``out`` (``torch.save``),
+    then every rank waits for it."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        torch.save(results, out)
+    if dist.is_initialized():
+        dist.barrier()
